@@ -1,0 +1,312 @@
+//! Accepting agents: QUIC endpoint, mTLS identity, handshake, batch streams, ordered
+//! forwarding, acks.
+//!
+//! Per connection: the TLS handshake verifies the client certificate against the client CA
+//! (quinn/rustls refuse anything else); the identity is read from the certificate (no identity:
+//! close 4). The first stream must carry a valid hello within `handshake_timeout` (else close 6,
+//! or 3 for a version mismatch). Each later stream carries one batch: it is read with a hard
+//! size limit (over it: close 2), decoded (malformed: close 1), then handed to the connection's
+//! [`Sequencer`], which releases batches in sequence order to one forwarding task. That task
+//! delivers downstream and answers acks; once a batch fails, it and every later batch are
+//! answered `Retry`, so the agent resends in order. A bad peer only ever closes its own
+//! connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+use uplink_shared::model;
+use uplink_shared::quic::{self, ReadFrameError};
+use uplink_shared::remote_write::{self, WriteRequest};
+use uplink_shared::wire::{
+    self, Ack, AckStatus, CloseCode, Encoding, Frame, MAX_CONTROL_FRAME, Offered, Sequencer,
+};
+
+use crate::config::Limits;
+use crate::forward::{self, Destination};
+use crate::metrics::{Metrics, labels};
+
+/// What every connection handler needs.
+pub struct Context {
+    pub limits: Limits,
+    pub destinations: Vec<Destination>,
+    pub metrics: Metrics,
+}
+
+/// Accepts connections until `shutdown`, then closes each with [`CloseCode::GoingAway`].
+pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let ctx = ctx.clone();
+        let remote = incoming.remote_address();
+        let shutdown = shutdown.clone();
+        tracker.spawn(
+            async move { handle(incoming, ctx, shutdown).await }
+                .instrument(info_span!("agent", %remote)),
+        );
+    }
+    endpoint.close(CloseCode::GoingAway.as_u32().into(), CloseCode::GoingAway.reason());
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    endpoint.wait_idle().await;
+}
+
+fn close(ctx: &Context, conn: &quinn::Connection, code: CloseCode) {
+    ctx.metrics
+        .closes
+        .get_or_create(&labels(&[("code", &code.as_u32().to_string())]))
+        .inc();
+    quic::close(conn, code);
+}
+
+async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: CancellationToken) {
+    let hs = ctx.limits.handshake_timeout.0;
+    let conn = match tokio::time::timeout(hs, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(error)) => {
+            debug!(%error, "TLS/QUIC handshake failed.");
+            return;
+        }
+        Err(_) => {
+            debug!("TLS/QUIC handshake timed out.");
+            return;
+        }
+    };
+    let Some(identity) = uplink_shared::tls::peer_identity(&conn) else {
+        warn!("Client certificate carries no usable identity; closing.");
+        close(&ctx, &conn, CloseCode::Unauthorized);
+        return;
+    };
+    let span = info_span!("session", agent = %identity);
+    async {
+        ctx.metrics.connections.inc();
+        ctx.metrics.agents_connected.inc();
+        let code = session(&conn, &identity, &ctx, &shutdown).await;
+        ctx.metrics.agents_connected.dec();
+        if let Some(code) = code {
+            close(&ctx, &conn, code);
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// One batch on its way to the forwarder, with where to send the answer.
+struct Pending {
+    body: Bytes,
+    samples: u64,
+    reply: oneshot::Sender<Ack>,
+    first_seq: u64,
+    count: u32,
+}
+
+/// Runs a session; returns the close code to use, or `None` if the connection is already gone.
+async fn session(
+    conn: &quinn::Connection,
+    identity: &str,
+    ctx: &Arc<Context>,
+    shutdown: &CancellationToken,
+) -> Option<CloseCode> {
+    let hs = ctx.limits.handshake_timeout.0;
+    let (mut ctl_send, mut ctl_recv) = match tokio::time::timeout(hs, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) => return None,
+        Err(_) => return Some(CloseCode::HandshakeTimeout),
+    };
+    let hello = match quic::read_frame(&mut ctl_recv, MAX_CONTROL_FRAME, hs).await {
+        Ok(f) => f,
+        Err(ReadFrameError::Connection(_)) => return None,
+        Err(e) => {
+            warn!(error = %e, "Bad hello.");
+            return Some(e.close_code());
+        }
+    };
+    let Frame::Hello(h) = &hello else {
+        return Some(CloseCode::ProtocolViolation);
+    };
+    let (queue_id, resume_seq) = (h.queue_id, h.resume_seq);
+    let welcome = match wire::accept_hello(hello, identity, ctx.limits.max_batch_bytes.get()) {
+        Ok(w) => w,
+        Err(code) => {
+            warn!(?code, "Refusing hello.");
+            return Some(code);
+        }
+    };
+    if ctl_send
+        .write_all(&Frame::Welcome(welcome).to_bytes())
+        .await
+        .is_err()
+    {
+        return None;
+    }
+    info!(queue_id = format!("{queue_id:016x}"), resume_seq, "Agent connected.");
+
+    let (tx, rx) = mpsc::channel::<Pending>(ctx.limits.max_streams_per_agent.get() as usize);
+    let (violation_tx, mut violation_rx) = mpsc::channel::<CloseCode>(1);
+    let forwarder = tokio::spawn(forward_in_order(
+        rx,
+        resume_seq,
+        ctx.clone(),
+        violation_tx.clone(),
+    ));
+    let mut streams = tokio::task::JoinSet::new();
+    let code = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Some(CloseCode::GoingAway),
+            Some(code) = violation_rx.recv() => break Some(code),
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    streams.spawn(batch_stream(send, recv, ctx.clone(), tx.clone(), violation_tx.clone()));
+                }
+                Err(error) => {
+                    info!(%error, "Agent disconnected.");
+                    break None;
+                }
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    };
+    streams.abort_all();
+    forwarder.abort();
+    code
+}
+
+/// Reads and decodes one batch stream, hands it to the forwarder, writes the ack.
+async fn batch_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    ctx: Arc<Context>,
+    tx: mpsc::Sender<Pending>,
+    violation: mpsc::Sender<CloseCode>,
+) {
+    let limit = ctx.limits.max_batch_bytes.get() as usize;
+    let frame = match quic::read_only_frame(&mut recv, limit).await {
+        Ok(f) => f,
+        Err(ReadFrameError::Connection(_)) => return,
+        Err(e) => {
+            warn!(error = %e, "Bad batch frame; closing connection.");
+            let _ = violation.try_send(e.close_code());
+            return;
+        }
+    };
+    let batch = match wire::expect_batch(frame) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(error = %e, "Unexpected frame on a batch stream; closing connection.");
+            let _ = violation.try_send(e.close_code());
+            return;
+        }
+    };
+    ctx.metrics.batches_received.inc();
+    let Encoding::RemoteWriteV1Snappy = batch.encoding;
+    let max = ctx.limits.max_uncompressed_bytes.get() as usize;
+    let mut req: WriteRequest = match remote_write::decode_snappy(&batch.payload, max) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, first_seq = batch.first_seq, "Undecodable batch payload; closing connection.");
+            let code = match e {
+                remote_write::DecodeError::TooLarge { .. } => CloseCode::FrameTooLarge,
+                _ => CloseCode::ProtocolViolation,
+            };
+            let _ = violation.try_send(code);
+            return;
+        }
+    };
+    // Remote write requires sorted, unique label names: enforce it whatever the agent sent.
+    let mut samples = 0u64;
+    for ts in &mut req.timeseries {
+        model::normalize(&mut ts.labels);
+        samples += ts.samples.len() as u64;
+    }
+    ctx.metrics.samples_received.inc_by(samples);
+    let body = remote_write::encode_snappy(&req);
+    let (reply, answer) = oneshot::channel();
+    let pending = Pending {
+        body,
+        samples,
+        reply,
+        first_seq: batch.first_seq,
+        count: batch.count,
+    };
+    if tx.send(pending).await.is_err() {
+        return;
+    }
+    let Ok(ack) = answer.await else { return };
+    let status = match ack.status {
+        AckStatus::Accepted => "accepted",
+        AckStatus::Retry => "retry",
+    };
+    ctx.metrics
+        .batches_acked
+        .get_or_create(&labels(&[("status", status)]))
+        .inc();
+    if send.write_all(&Frame::Ack(ack).to_bytes()).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+fn ack(p: &Pending, status: AckStatus, message: String) -> Ack {
+    Ack {
+        first_seq: p.first_seq,
+        count: p.count,
+        status,
+        message,
+    }
+}
+
+/// The connection's forwarding task: batches leave in sequence order.
+async fn forward_in_order(
+    mut rx: mpsc::Receiver<Pending>,
+    resume_seq: u64,
+    ctx: Arc<Context>,
+    violation: mpsc::Sender<CloseCode>,
+) {
+    let mut seq: Sequencer<Pending> = Sequencer::new(resume_seq);
+    while let Some(p) = rx.recv().await {
+        let (first, count) = (p.first_seq, p.count);
+        match seq.offer(first, count, p) {
+            Offered::Queued => {}
+            Offered::Duplicate(p) => {
+                ctx.metrics.batches_duplicate.inc();
+                let a = ack(&p, AckStatus::Accepted, String::new());
+                let _ = p.reply.send(a);
+            }
+            Offered::Retry(p) => {
+                let a = ack(&p, AckStatus::Retry, "an earlier batch failed".into());
+                let _ = p.reply.send(a);
+            }
+            Offered::Violation(_) => {
+                warn!(first, count, "Batch overlaps an earlier one; closing connection.");
+                let _ = violation.try_send(CloseCode::ProtocolViolation);
+                return;
+            }
+        }
+        while let Some((_, _, p)) = seq.pop_ready() {
+            match forward::deliver_all(&ctx.destinations, p.body.clone(), p.samples).await {
+                Ok(()) => {
+                    let a = ack(&p, AckStatus::Accepted, String::new());
+                    let _ = p.reply.send(a);
+                }
+                Err(msg) => {
+                    let a = ack(&p, AckStatus::Retry, msg);
+                    let _ = p.reply.send(a);
+                    for later in seq.fail() {
+                        let a = ack(&later, AckStatus::Retry, "an earlier batch failed".into());
+                        let _ = later.reply.send(a);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Every instrument the gateway exports on `/metrics`. Label values are bounded: destination
+//! names come from the configuration, close codes and outcomes are fixed sets. Per-agent series
+//! are deliberately absent (fleets of thousands of sites); the logs carry the identity.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub type Labels = Vec<(String, String)>;
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub agents_connected: Gauge,
+    pub connections: Counter,
+    pub closes: Family<Labels, Counter>,
+    pub batches_received: Counter,
+    pub batches_duplicate: Counter,
+    pub batches_acked: Family<Labels, Counter>,
+    pub samples_received: Counter,
+    pub samples_forwarded: Family<Labels, Counter>,
+    pub samples_dropped: Family<Labels, Counter>,
+    pub requests: Family<Labels, Counter>,
+    pub request_duration: Family<Labels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            agents_connected: Gauge::default(),
+            connections: Counter::default(),
+            closes: Family::default(),
+            batches_received: Counter::default(),
+            batches_duplicate: Counter::default(),
+            batches_acked: Family::default(),
+            samples_received: Counter::default(),
+            samples_forwarded: Family::default(),
+            samples_dropped: Family::default(),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 12))
+            }),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("uplink_gateway");
+        r.register(
+            "agents_connected",
+            "Agent connections currently established.",
+            self.agents_connected.clone(),
+        );
+        r.register(
+            "connections",
+            "Agent connections accepted (TLS verified).",
+            self.connections.clone(),
+        );
+        r.register(
+            "connection_closes",
+            "Agent connections closed by the gateway, by close code.",
+            self.closes.clone(),
+        );
+        r.register(
+            "batches_received",
+            "Batches received from agents.",
+            self.batches_received.clone(),
+        );
+        r.register(
+            "batches_duplicate",
+            "Retransmitted batches acknowledged without forwarding again.",
+            self.batches_duplicate.clone(),
+        );
+        r.register(
+            "batches_acked",
+            "Batch acks sent, by status (accepted, retry).",
+            self.batches_acked.clone(),
+        );
+        r.register(
+            "samples_received",
+            "Samples received from agents.",
+            self.samples_received.clone(),
+        );
+        r.register(
+            "remote_write_samples",
+            "Samples accepted by a destination (2xx), by destination.",
+            self.samples_forwarded.clone(),
+        );
+        r.register(
+            "remote_write_samples_dropped",
+            "Samples a destination refused permanently (4xx), by destination.",
+            self.samples_dropped.clone(),
+        );
+        r.register(
+            "remote_write_requests",
+            "Remote-write requests, by destination and outcome (2xx, 4xx, 5xx, error).",
+            self.requests.clone(),
+        );
+        r.register(
+            "remote_write_request_duration_seconds",
+            "Remote-write request latency per attempt, by destination.",
+            self.request_duration.clone(),
+        );
+    }
+}
+
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}

@@ -1,0 +1,164 @@
+//! A small development PKI: one CA, a gateway certificate and one certificate per agent.
+//!
+//! The agent's identity is the certificate's subject common name (see [`crate::tls`]); the
+//! gateway certificate carries the DNS names and IP addresses agents dial. Keys are ECDSA
+//! P-256. Validity runs from 2024-01-01 for `valid_days` days. Certificates from any other PKI
+//! (openssl, cert-manager, Vault) work the same way as long as they follow those two rules.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// Why a certificate could not be made or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// rcgen refused the parameters or could not sign.
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A name was not usable as an identity.
+    #[error("invalid name {0:?}: use 1-128 characters from [A-Za-z0-9._-]")]
+    InvalidName(String),
+}
+
+/// A certificate and its private key, PEM-encoded.
+#[derive(Clone, Debug)]
+pub struct Pair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A certificate authority that can issue gateway and agent certificates.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+fn params(cn: &str, valid_days: i64) -> Result<CertificateParams, CertError> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.distinguished_name.push(DnType::OrganizationName, "Uplink");
+    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    p.not_after = p.not_before + std::time::Duration::from_secs(valid_days.max(1) as u64 * 86_400);
+    Ok(p)
+}
+
+impl Authority {
+    /// Mints a new self-signed CA.
+    pub fn generate(name: &str, valid_days: i64) -> Result<Self, CertError> {
+        let mut p = params(name, valid_days)?;
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate()?;
+        let key_pem = key.serialize_pem();
+        let ca = CertifiedIssuer::self_signed(p, key)?;
+        let cert_pem = ca.pem();
+        Self::from_pem(&cert_pem, &key_pem).map(|mut a| {
+            a.cert_pem = cert_pem;
+            a
+        })
+    }
+
+    /// Loads an existing CA from PEM text.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        Ok(Authority {
+            issuer,
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+        })
+    }
+
+    /// Loads a CA from `ca.crt` and `ca.key` in `dir`.
+    pub fn load(dir: &Path) -> Result<Self, CertError> {
+        let cert = read(&dir.join("ca.crt"))?;
+        let key = read(&dir.join("ca.key"))?;
+        Self::from_pem(&cert, &key)
+    }
+
+    /// Issues a server certificate for the gateway, valid for `names` (DNS names or IPs).
+    pub fn issue_gateway(&self, names: &[String], valid_days: i64) -> Result<Pair, CertError> {
+        let cn = names.first().map(String::as_str).unwrap_or("uplink-gateway");
+        let mut p = params(cn, valid_days)?;
+        for n in names {
+            p.subject_alt_names.push(match n.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(n.clone().try_into()?),
+            });
+        }
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.sign(p)
+    }
+
+    /// Issues a client certificate whose identity (subject CN) is `site`.
+    pub fn issue_agent(&self, site: &str, valid_days: i64) -> Result<Pair, CertError> {
+        if !crate::tls::valid_identity(site) {
+            return Err(CertError::InvalidName(site.into()));
+        }
+        let mut p = params(site, valid_days)?;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.sign(p)
+    }
+
+    fn sign(&self, p: CertificateParams) -> Result<Pair, CertError> {
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &self.issuer)?;
+        Ok(Pair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Writes `ca.crt` and `ca.key` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), CertError> {
+        write(&dir.join("ca.crt"), &self.cert_pem, false)?;
+        write(&dir.join("ca.key"), &self.key_pem, true)
+    }
+}
+
+impl Pair {
+    /// Writes `<stem>.crt` and `<stem>.key` into `dir`.
+    pub fn write(&self, dir: &Path, stem: &str) -> Result<(), CertError> {
+        write(&dir.join(format!("{stem}.crt")), &self.cert_pem, false)?;
+        write(&dir.join(format!("{stem}.key")), &self.key_pem, true)
+    }
+}
+
+fn read(path: &Path) -> Result<String, CertError> {
+    std::fs::read_to_string(path).map_err(|source| CertError::Io {
+        path: path.into(),
+        source,
+    })
+}
+
+fn write(path: &Path, text: &str, secret: bool) -> Result<(), CertError> {
+    let io = |source| CertError::Io {
+        path: path.into(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    std::fs::write(path, text).map_err(io)?;
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! `uplink-shared`: everything the agent and the gateway must agree on.
+//!
+//! - [`model`]: labels, samples and series as both sides see them.
+//! - [`remote_write`]: Prometheus remote-write 1.0 protobuf types and their snappy framing.
+//! - [`wire`]: the agent-gateway protocol as code without I/O (frames, handshake, batches,
+//!   acks, close codes).
+//! - [`quic`]: thin glue from quinn streams to the `wire` codec.
+//! - [`tls`]: rustls/quinn configuration builders for mTLS, and identity from certificates.
+//! - [`certs`]: a small development PKI built with rcgen.
+//! - [`duration`]: Prometheus duration syntax (`15s`, `1m30s`).
+//! - [`yaml`]: YAML loading with errors that name file:line:column and the field.
+//! - [`web`]: the HTTP endpoints every binary serves (`/metrics`, `/-/healthy`, `/-/ready`,
+//!   `/-/reload`).
+//! - [`telemetry`]: tracing setup shared by the binaries.
+//!
+//! Invariants: only [`quic`] and [`web`] perform I/O; the protocol itself ([`wire`]) has none.
+//! This crate depends on neither RocksDB nor an
+//! HTTP client, so both sides, the tests and the fuzzers use one implementation.
+
+pub mod certs;
+pub mod duration;
+pub mod model;
+pub mod quic;
+pub mod remote_write;
+pub mod telemetry;
+pub mod tls;
+pub mod web;
+pub mod wire;
+pub mod yaml;

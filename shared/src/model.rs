@@ -1,0 +1,60 @@
+//! The sample/series model shared by agent and gateway.
+//!
+//! A series is identified by its label set, sorted by name with unique names (the order remote
+//! write requires). Samples carry millisecond timestamps. The remote-write message types double
+//! as the in-memory model so that a batch moves from scrape to queue to gateway to receiver
+//! without conversion.
+
+pub use crate::remote_write::{Label, Sample, TimeSeries};
+
+/// The label that carries the metric name.
+pub const METRIC_NAME: &str = "__name__";
+
+/// Sorts labels by name, as remote write requires, keeping the last value of a duplicate name.
+pub fn normalize(labels: &mut Vec<Label>) {
+    labels.sort_by(|a, b| a.name.cmp(&b.name));
+    labels.dedup_by(|later, earlier| {
+        if later.name == earlier.name {
+            std::mem::swap(&mut earlier.value, &mut later.value);
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// Returns the value of label `name`, if present.
+pub fn get<'a>(labels: &'a [Label], name: &str) -> Option<&'a str> {
+    labels
+        .iter()
+        .find(|l| l.name == name)
+        .map(|l| l.value.as_str())
+}
+
+/// Renders a label set the way Prometheus prints a series: `name{a="b",...}`.
+pub fn display(labels: &[Label]) -> String {
+    let name = get(labels, METRIC_NAME).unwrap_or("");
+    let rest: Vec<String> = labels
+        .iter()
+        .filter(|l| l.name != METRIC_NAME)
+        .map(|l| format!("{}={:?}", l.name, l.value))
+        .collect();
+    format!("{name}{{{}}}", rest.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_sorts_and_keeps_last() {
+        let mut l = vec![
+            Label::new("job", "a"),
+            Label::new("__name__", "x"),
+            Label::new("job", "b"),
+        ];
+        normalize(&mut l);
+        assert_eq!(l, vec![Label::new("__name__", "x"), Label::new("job", "b")]);
+        assert_eq!(display(&l), "x{job=\"b\"}");
+    }
+}

@@ -1,0 +1,47 @@
+//! Logging setup shared by the binaries: `tracing` to stderr, filtered by `--log.level` or
+//! `RUST_LOG`, in `logfmt`-like text or JSON.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. `level` is a Prometheus-style level
+/// (`debug`, `info`, `warn`, `error`); `RUST_LOG`, when set, wins.
+pub fn init(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT; exits the process at once on the second.
+pub fn cancel_on_signals(token: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("Received shutdown signal; shutting down in order (again to force).");
+        token.cancel();
+        wait_for_signal().await;
+        tracing::warn!("Second shutdown signal; exiting now.");
+        std::process::exit(1);
+    });
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

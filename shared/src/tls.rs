@@ -1,0 +1,247 @@
+//! mTLS for the agent-gateway QUIC connection, and identity from certificates.
+//!
+//! Invariants:
+//! - One crypto provider (ring), TLS 1.3 only (QUIC requires it), ALPN [`crate::wire::ALPN`].
+//! - The gateway requires a client certificate that chains to its client CA; anonymous
+//!   clients fail the handshake.
+//! - The agent verifies the gateway's certificate against its CA bundle and the configured
+//!   server name.
+//! - No 0-RTT: early data is replayable, and batches must not be.
+//! - An agent's identity is its leaf certificate's subject common name, or its first DNS name
+//!   when the subject has no CN; it must match [`valid_identity`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why TLS material could not be loaded or a configuration built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A file held no certificate or key of the expected kind.
+    #[error("{}: no {what} found in PEM file", path.display())]
+    Empty { path: PathBuf, what: &'static str },
+    /// rustls refused the material or settings.
+    #[error("tls: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built (for example an empty CA bundle).
+    #[error("client verifier: {0}")]
+    Verifier(String),
+    /// quinn refused the rustls configuration.
+    #[error("quic crypto: {0}")]
+    Quic(String),
+}
+
+/// Paths of the PEM files one side needs.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// This side's certificate chain.
+    pub cert_file: PathBuf,
+    /// This side's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA bundle that the peer's certificate must chain to.
+    pub ca_file: PathBuf,
+}
+
+impl TlsFiles {
+    /// Resolves relative paths against `base` (the config file's directory).
+    pub fn resolve(&mut self, base: &Path) {
+        for p in [&mut self.cert_file, &mut self.key_file, &mut self.ca_file] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Loads every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let data = read(path)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|source| TlsError::Read {
+            path: path.into(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.into(),
+            what: "certificate",
+        });
+    }
+    Ok(certs)
+}
+
+/// Loads the first private key in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let data = read(path)?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(|source| TlsError::Read {
+            path: path.into(),
+            source,
+        })?
+        .ok_or_else(|| TlsError::Empty {
+            path: path.into(),
+            what: "private key",
+        })
+}
+
+fn roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    for c in load_certs(path)? {
+        store.add(c)?;
+    }
+    Ok(store)
+}
+
+/// rustls server configuration for the gateway: client certificates required.
+pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots(&files.ca_file)?),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(&files.cert_file)?, load_key(&files.key_file)?)?;
+    cfg.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
+    cfg.max_early_data_size = 0;
+    Ok(cfg)
+}
+
+/// rustls client configuration for the agent: presents its certificate, verifies the gateway.
+pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(&files.ca_file)?)
+        .with_client_auth_cert(load_certs(&files.cert_file)?, load_key(&files.key_file)?)?;
+    cfg.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
+    cfg.enable_early_data = false;
+    Ok(cfg)
+}
+
+/// Transport settings both sides share: a dead path is noticed within `idle_timeout`.
+pub fn transport(keep_alive: Duration, idle_timeout: Duration) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(keep_alive));
+    // Durations up to 2^62 µs are representable; config validation keeps these small.
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
+    t
+}
+
+/// quinn server configuration for the gateway.
+pub fn quic_server(
+    files: &TlsFiles,
+    transport: quinn::TransportConfig,
+    max_streams: u32,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_config(files)?)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut transport = transport;
+    transport.max_concurrent_bidi_streams(max_streams.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+/// quinn client configuration for the agent.
+pub fn quic_client(
+    files: &TlsFiles,
+    transport: quinn::TransportConfig,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_config(files)?)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+/// Whether `s` is usable as an agent identity (it ends up in labels and logs).
+pub fn valid_identity(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Reads the identity from a verified leaf certificate: subject CN, else first DNS SAN.
+pub fn identity_from_cert(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned);
+    let name = cn.or_else(|| {
+        let san = cert.subject_alternative_name().ok()??;
+        san.value.general_names.iter().find_map(|g| match g {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+            _ => None,
+        })
+    })?;
+    valid_identity(&name).then_some(name)
+}
+
+/// Identity of the peer of an established quinn connection, if its certificate has one.
+pub fn peer_identity(conn: &quinn::Connection) -> Option<String> {
+    let any = conn.peer_identity()?;
+    let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    identity_from_cert(certs.first()?.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::Authority;
+
+    #[test]
+    fn identity_is_the_agent_cn_and_configs_build() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Authority::generate("test-ca", 30).expect("ca");
+        ca.write(dir.path()).expect("write ca");
+        let gw = ca
+            .issue_gateway(&["localhost".into(), "127.0.0.1".into()], 30)
+            .expect("gw");
+        gw.write(dir.path(), "gateway").expect("write");
+        let agent = ca.issue_agent("site-a", 30).expect("agent");
+        agent.write(dir.path(), "site-a").expect("write");
+
+        let der = &load_certs(&dir.path().join("site-a.crt")).expect("load")[0];
+        assert_eq!(identity_from_cert(der).as_deref(), Some("site-a"));
+
+        let files = |stem: &str| TlsFiles {
+            cert_file: dir.path().join(format!("{stem}.crt")),
+            key_file: dir.path().join(format!("{stem}.key")),
+            ca_file: dir.path().join("ca.crt"),
+        };
+        server_config(&files("gateway")).expect("server config");
+        client_config(&files("site-a")).expect("client config");
+        assert!(ca.issue_agent("bad name!", 1).is_err());
+        assert!(!valid_identity(""));
+    }
+}

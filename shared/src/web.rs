@@ -1,0 +1,84 @@
+//! The HTTP endpoints every Uplink binary serves, following Prometheus conventions:
+//! `GET /metrics` (the process's own metrics, OpenMetrics text), `GET /-/healthy` (200 while
+//! the process runs), `GET /-/ready` (200 once the component can do its job, 503 before) and
+//! `POST /-/reload` (re-read the configuration, as SIGHUP does).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// What the endpoints read.
+#[derive(Clone)]
+pub struct WebState {
+    pub registry: Arc<Registry>,
+    pub ready: Arc<AtomicBool>,
+    /// Notified on `POST /-/reload`; `None` answers 501 (reload not supported).
+    pub reload: Option<tokio::sync::mpsc::Sender<()>>,
+}
+
+/// The router, for embedding or tests.
+pub fn router(state: WebState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/-/healthy", get(|| async { "Healthy.\n" }))
+        .route("/-/ready", get(ready))
+        .route("/-/reload", post(reload).put(reload))
+        .with_state(state)
+}
+
+/// Binds `addr` and serves until `shutdown` is cancelled. Returns the bound address through
+/// `bound` before serving, so callers can use port 0.
+pub async fn serve(
+    addr: SocketAddr,
+    state: WebState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(address = %listener.local_addr()?, "Web endpoints listening.");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn metrics(State(s): State<WebState>) -> impl IntoResponse {
+    let mut out = String::new();
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &s.registry) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+async fn ready(State(s): State<WebState>) -> impl IntoResponse {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "Ready.\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "Not ready.\n")
+    }
+}
+
+async fn reload(State(s): State<WebState>) -> impl IntoResponse {
+    match &s.reload {
+        Some(tx) => match tx.try_send(()) {
+            Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                (StatusCode::OK, "Reload requested.\n")
+            }
+            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "Shutting down.\n"),
+        },
+        None => (StatusCode::NOT_IMPLEMENTED, "Reload not supported.\n"),
+    }
+}
