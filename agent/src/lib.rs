@@ -1,0 +1,125 @@
+//! `uplink-agent`: scrape like Prometheus, queue durably in RocksDB, ship over one outbound
+//! mTLS QUIC connection.
+//!
+//! Data flow: [`scrape`] (one task per target) → [`queue`] (RocksDB; a scrape is collected once
+//! appended) → [`ship`] (batches on QUIC streams; records are deleted only when acknowledged).
+//!
+//! Shutdown order: stop scraping (each target finishes the append it is doing), then stop the
+//! shipper (no new batches; wait for the acks in flight; close with code 0), flush the queue's
+//! WAL, stop the web endpoints.
+
+pub mod config;
+pub mod metrics;
+pub mod queue;
+pub mod scrape;
+pub mod ship;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use uplink_shared::model::Label;
+use uplink_shared::web::{self, WebState};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::queue::Queue;
+
+/// Runs the agent until `shutdown` is cancelled, then shuts down in order.
+pub async fn run(cfg: Config, web_addr: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<()> {
+    for section in cfg.ignored_sections() {
+        warn!(section, "Prometheus configuration section is ignored by the agent.");
+    }
+    let dir = cfg.uplink.queue.directory.clone();
+    let fsync = cfg.uplink.queue.fsync;
+    let queue = tokio::task::spawn_blocking(move || Queue::open(&dir, fsync))
+        .await?
+        .with_context(|| format!("opening queue at {}", cfg.uplink.queue.directory.display()))?;
+    let (records, bytes) = queue.usage();
+    info!(records, bytes, first = queue.head() - records, "Queue opened.");
+
+    let metrics = Metrics::default();
+    metrics.queue_records.set(records as i64);
+    metrics.queue_bytes.set(bytes as i64);
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    let web_state = WebState {
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+        reload: None,
+    };
+
+    let transport = uplink_shared::tls::transport(
+        cfg.uplink.shipper.keep_alive.0,
+        cfg.uplink.shipper.idle_timeout.0,
+    );
+    let client = uplink_shared::tls::quic_client(&cfg.uplink.tls, transport)
+        .context("building the QUIC client configuration")?;
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("uplink-agent/", env!("CARGO_PKG_VERSION")))
+        .gzip(true)
+        .no_proxy()
+        .build()
+        .context("building the HTTP client")?;
+
+    let web_token = CancellationToken::new();
+    let mut web_task = tokio::spawn(web::serve(web_addr, web_state, web_token.clone()));
+
+    let scrape_token = CancellationToken::new();
+    let scrapers = TaskTracker::new();
+    let ext: Vec<Label> = cfg
+        .global
+        .external_labels
+        .iter()
+        .map(|(k, v)| Label::new(k.clone(), v.clone()))
+        .collect();
+    let targets = scrape::targets(&cfg);
+    info!(targets = targets.len(), "Starting scrapers.");
+    scrape::ScrapeManager {
+        targets,
+        external_labels: ext,
+        client: http,
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+    }
+    .spawn(&scrapers, scrape_token.clone());
+    scrapers.close();
+
+    let ship_token = CancellationToken::new();
+    let shipper = ship::Shipper {
+        gateways: cfg.uplink.gateways.clone(),
+        server_name: cfg.server_name(),
+        client,
+        cfg: cfg.uplink.shipper.clone(),
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+    };
+    let ship_task = tokio::spawn(shipper.run(ship_token.clone()));
+    ready.store(true, Ordering::Release);
+
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        r = &mut web_task => {
+            // The web server ended on its own: that is a bind failure or a crash.
+            shutdown.cancel();
+            r?.context("web endpoints failed")?;
+            return Ok(());
+        }
+    }
+    ready.store(false, Ordering::Release);
+    info!("Stopping scrapers.");
+    scrape_token.cancel();
+    scrapers.wait().await;
+    info!("Stopping shipper (waiting for in-flight acks).");
+    ship_token.cancel();
+    ship_task.await?;
+    web_token.cancel();
+    info!("Shutdown complete.");
+    Ok(())
+}

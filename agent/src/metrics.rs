@@ -1,0 +1,112 @@
+//! Every instrument the agent exports on `/metrics`. Names follow Prometheus conventions;
+//! label values are bounded (job names come from the configuration).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type JobLabels = Vec<(String, String)>;
+
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub scrapes: Family<JobLabels, Counter>,
+    pub scrape_failures: Family<JobLabels, Counter>,
+    pub samples_scraped: Counter,
+    pub samples_queued: Counter,
+    pub samples_shipped: Counter,
+    pub samples_acked: Counter,
+    pub batches_sent: Counter,
+    pub batches_acked: Counter,
+    pub batches_retried: Counter,
+    pub bytes_sent: Counter,
+    pub queue_append_errors: Counter,
+    pub queue_records: Gauge,
+    pub queue_bytes: Gauge,
+    pub connected: Gauge,
+    pub connection_attempts: Counter,
+    pub connection_failures: Counter,
+}
+
+impl Metrics {
+    /// Registers every instrument under the `uplink_agent_` prefix.
+    pub fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("uplink_agent");
+        r.register("scrapes", "Scrapes attempted, by job.", self.scrapes.clone());
+        r.register(
+            "scrape_failures",
+            "Scrapes that failed (target down, timeout, bad body), by job.",
+            self.scrape_failures.clone(),
+        );
+        r.register(
+            "samples_scraped",
+            "Samples parsed from targets.",
+            self.samples_scraped.clone(),
+        );
+        r.register(
+            "samples_queued",
+            "Samples durably appended to the queue (scraped plus synthetic series).",
+            self.samples_queued.clone(),
+        );
+        r.register(
+            "samples_shipped",
+            "Samples sent to the gateway (retransmissions included).",
+            self.samples_shipped.clone(),
+        );
+        r.register(
+            "samples_acked",
+            "Samples acknowledged by the gateway and deleted from the queue.",
+            self.samples_acked.clone(),
+        );
+        r.register("batches_sent", "Batches sent.", self.batches_sent.clone());
+        r.register(
+            "batches_acked",
+            "Batches acknowledged.",
+            self.batches_acked.clone(),
+        );
+        r.register(
+            "batches_retried",
+            "Batches that will be sent again (gateway asked, or no ack arrived).",
+            self.batches_retried.clone(),
+        );
+        r.register(
+            "sent_bytes",
+            "Batch payload bytes sent.",
+            self.bytes_sent.clone(),
+        );
+        r.register(
+            "queue_append_errors",
+            "Scrape results that could not be appended to the queue.",
+            self.queue_append_errors.clone(),
+        );
+        r.register(
+            "queue_records",
+            "Records (scrapes) in the queue awaiting acknowledgement.",
+            self.queue_records.clone(),
+        );
+        r.register(
+            "queue_bytes",
+            "Bytes of records in the queue awaiting acknowledgement.",
+            self.queue_bytes.clone(),
+        );
+        r.register(
+            "gateway_connected",
+            "1 while a gateway connection is established.",
+            self.connected.clone(),
+        );
+        r.register(
+            "gateway_connection_attempts",
+            "Connection attempts to a gateway.",
+            self.connection_attempts.clone(),
+        );
+        r.register(
+            "gateway_connection_failures",
+            "Connection attempts that failed or sessions that ended abnormally.",
+            self.connection_failures.clone(),
+        );
+    }
+
+    pub fn job(job: &str) -> JobLabels {
+        vec![("job".to_owned(), job.to_owned())]
+    }
+}

@@ -1,0 +1,436 @@
+//! Scraping, as Prometheus does it.
+//!
+//! One task per target, each on its own timer with a stable per-target offset inside the
+//! interval (a hash of job and instance), so load is spread and a failing or slow target never
+//! delays another. A scrape's result (every sample plus the synthetic `up`,
+//! `scrape_duration_seconds`, `scrape_samples_scraped` and
+//! `scrape_samples_post_metric_relabeling` series) becomes one queue record. The scrape counts
+//! as collected once that append returned.
+//!
+//! Label handling follows Prometheus: target labels (`job`, `instance`, static labels) are
+//! attached to every sample; with `honor_labels: false` a scraped label that collides with a
+//! target label is kept as `exported_<name>`; with `honor_labels: true` the scraped value wins.
+//! Labels with empty values are dropped. External labels are then added to series that lack
+//! them.
+
+pub mod parse;
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
+
+use uplink_shared::model::{self, Label, METRIC_NAME, Sample, TimeSeries};
+use uplink_shared::remote_write::WriteRequest;
+
+use crate::config::{Config, ScrapeConfig};
+use crate::metrics::Metrics;
+use crate::queue::Queue;
+
+/// `Accept` header: the text format only, as this scraper parses (OpenMetrics slots in later).
+const ACCEPT: &str = "text/plain;version=0.0.4;q=1,*/*;q=0.1";
+
+/// A target resolved from the configuration.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub job: Arc<str>,
+    pub url: String,
+    /// `job`, `instance` and static labels, sorted, no empty values.
+    pub labels: Vec<Label>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub honor_labels: bool,
+    pub honor_timestamps: bool,
+    pub sample_limit: usize,
+    pub body_size_limit: usize,
+}
+
+/// Resolves every static target of every job.
+pub fn targets(cfg: &Config) -> Vec<Target> {
+    let mut out = Vec::new();
+    for job in &cfg.scrape_configs {
+        for sc in &job.static_configs {
+            for addr in &sc.targets {
+                out.push(target(cfg, job, addr, sc.labels.iter()));
+            }
+        }
+    }
+    out
+}
+
+fn target<'a>(
+    cfg: &Config,
+    job: &ScrapeConfig,
+    addr: &str,
+    extra: impl Iterator<Item = (&'a String, &'a String)>,
+) -> Target {
+    let mut labels = vec![
+        Label::new("job", job.job_name.clone()),
+        Label::new("instance", addr),
+    ];
+    // Static labels override job and instance, as in Prometheus.
+    labels.extend(extra.map(|(k, v)| Label::new(k.clone(), v.clone())));
+    model::normalize(&mut labels);
+    labels.retain(|l| !l.value.is_empty());
+    let mut url = format!("{}://{}{}", job.scheme.as_str(), addr, job.metrics_path);
+    let query: Vec<String> = job
+        .params
+        .iter()
+        .flat_map(|(k, vs)| vs.iter().map(move |v| format!("{k}={v}")))
+        .collect();
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(&query.join("&"));
+    }
+    Target {
+        job: job.job_name.as_str().into(),
+        url,
+        labels,
+        interval: cfg.interval(job),
+        timeout: cfg.timeout(job),
+        honor_labels: job.honor_labels,
+        honor_timestamps: job.honor_timestamps,
+        sample_limit: job.sample_limit,
+        body_size_limit: job.body_size_limit,
+    }
+}
+
+/// Why one scrape failed; the target's `up` is 0 for it.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    /// Connection refused, reset, DNS failure.
+    #[error("request failed: {0}")]
+    Request(#[from] reqwest::Error),
+    /// The scrape did not finish within `scrape_timeout`.
+    #[error("scrape timed out after {0:?}")]
+    Timeout(Duration),
+    /// The target answered with a non-2xx status.
+    #[error("server returned HTTP status {0}")]
+    Status(reqwest::StatusCode),
+    /// The body exceeded `body_size_limit`.
+    #[error("body size limit exceeded ({0} bytes)")]
+    BodyTooLarge(usize),
+    /// The body is not valid UTF-8.
+    #[error("body is not valid UTF-8")]
+    Utf8,
+    /// The body does not parse as the text format.
+    #[error("parse error: {0}")]
+    Parse(#[from] parse::ParseError),
+}
+
+/// Runs every target's loop until `shutdown`.
+pub struct ScrapeManager {
+    pub targets: Vec<Target>,
+    pub external_labels: Vec<Label>,
+    pub client: reqwest::Client,
+    pub queue: Queue,
+    pub metrics: Metrics,
+}
+
+impl ScrapeManager {
+    /// Starts one task per target on `tracker`.
+    pub fn spawn(self, tracker: &TaskTracker, shutdown: CancellationToken) {
+        let shared = Arc::new((self.external_labels, self.client, self.queue, self.metrics));
+        for t in self.targets {
+            let span = info_span!("scrape", job = %t.job, url = %t.url);
+            let shared = shared.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(
+                async move {
+                    let (ext, client, queue, metrics) = &*shared;
+                    run_target(t, ext, client, queue, metrics, shutdown).await;
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+/// Offset of a target inside its interval: stable across restarts, spread across targets.
+fn offset(t: &Target) -> Duration {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.job.hash(&mut h);
+    t.url.hash(&mut h);
+    let interval_ms = t.interval.as_millis().max(1) as u64;
+    Duration::from_millis(h.finish() % interval_ms)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn run_target(
+    t: Target,
+    ext: &[Label],
+    client: &reqwest::Client,
+    queue: &Queue,
+    metrics: &Metrics,
+    shutdown: CancellationToken,
+) {
+    // First scrape at the next point in wall-clock time congruent to the offset.
+    let interval_ms = t.interval.as_millis().max(1) as i64;
+    let off = offset(&t).as_millis() as i64;
+    let now = now_ms();
+    let mut wait = (off - now.rem_euclid(interval_ms)).rem_euclid(interval_ms);
+    if wait == 0 {
+        wait = interval_ms;
+    }
+    let start = tokio::time::Instant::now() + Duration::from_millis(wait as u64);
+    let mut ticker = tokio::time::interval_at(start, t.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let job = Metrics::job(&t.job);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        metrics.scrapes.get_or_create(&job).inc();
+        let ts = now_ms();
+        let started = std::time::Instant::now();
+        let result = scrape_once(&t, client).await;
+        let duration = started.elapsed().as_secs_f64();
+        let built = result.and_then(|text| build(&t, ext, &text, ts));
+        let (series, up) = match built {
+            Ok(s) => (s, true),
+            Err(error) => {
+                metrics.scrape_failures.get_or_create(&job).inc();
+                debug!(%error, "Scrape failed.");
+                (Vec::new(), false)
+            }
+        };
+        let (series, scraped) = with_synthetic(&t, ext, series, up, ts, duration);
+        metrics.samples_scraped.inc_by(scraped as u64);
+        let samples = series.len() as u64;
+        match queue.append(encode_record(series)).await {
+            Ok(_) => {
+                metrics.samples_queued.inc_by(samples);
+                let (records, bytes) = queue.usage();
+                metrics.queue_records.set(records as i64);
+                metrics.queue_bytes.set(bytes as i64);
+            }
+            Err(error) => {
+                metrics.queue_append_errors.inc();
+                warn!(%error, "Could not queue scrape result; it is lost.");
+            }
+        }
+    }
+}
+
+async fn scrape_once(t: &Target, client: &reqwest::Client) -> Result<String, ScrapeError> {
+    let req = client
+        .get(&t.url)
+        .header(reqwest::header::ACCEPT, ACCEPT)
+        .header(
+            "X-Prometheus-Scrape-Timeout-Seconds",
+            format!("{}", t.timeout.as_secs_f64()),
+        )
+        .timeout(t.timeout);
+    let fut = async {
+        let mut resp = req.send().await?;
+        if !resp.status().is_success() {
+            return Err(ScrapeError::Status(resp.status()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await? {
+            body.extend_from_slice(&chunk);
+            if t.body_size_limit > 0 && body.len() > t.body_size_limit {
+                return Err(ScrapeError::BodyTooLarge(t.body_size_limit));
+            }
+        }
+        String::from_utf8(body).map_err(|_| ScrapeError::Utf8)
+    };
+    tokio::time::timeout(t.timeout, fut)
+        .await
+        .map_err(|_| ScrapeError::Timeout(t.timeout))?
+}
+
+/// Turns a parsed body into series with target and external labels (not yet synthetic ones).
+pub fn build(
+    t: &Target,
+    ext: &[Label],
+    text: &str,
+    ts: i64,
+) -> Result<Vec<TimeSeries>, ScrapeError> {
+    let limits = parse::Limits {
+        max_samples: t.sample_limit,
+        ..Default::default()
+    };
+    let exp = parse::parse(text, &limits)?;
+    let mut out = Vec::with_capacity(exp.samples.len());
+    for s in exp.samples {
+        let mut labels = s.labels;
+        labels.push(Label::new(METRIC_NAME, s.name));
+        merge_target_labels(&mut labels, &t.labels, t.honor_labels);
+        add_external(&mut labels, ext);
+        let timestamp = match s.timestamp_ms {
+            Some(ms) if t.honor_timestamps => ms,
+            _ => ts,
+        };
+        out.push(TimeSeries {
+            labels,
+            samples: vec![Sample {
+                value: s.value,
+                timestamp,
+            }],
+        });
+    }
+    Ok(out)
+}
+
+/// Applies target labels to a scraped sample's labels, Prometheus's way.
+fn merge_target_labels(labels: &mut Vec<Label>, target: &[Label], honor: bool) {
+    for tl in target {
+        match labels.iter().position(|l| l.name == tl.name) {
+            Some(_) if honor => {}
+            Some(i) => {
+                // Rename the scraped label to exported_<name>, repeating the prefix until free.
+                let mut name = format!("exported_{}", tl.name);
+                while labels.iter().any(|l| l.name == name) {
+                    name = format!("exported_{name}");
+                }
+                labels[i].name = name;
+                labels.push(tl.clone());
+            }
+            None => labels.push(tl.clone()),
+        }
+    }
+    labels.retain(|l| !l.value.is_empty());
+    model::normalize(labels);
+}
+
+fn add_external(labels: &mut Vec<Label>, ext: &[Label]) {
+    let before = labels.len();
+    for e in ext {
+        if !labels[..before].iter().any(|l| l.name == e.name) {
+            labels.push(e.clone());
+        }
+    }
+    if labels.len() != before {
+        model::normalize(labels);
+    }
+}
+
+/// Appends the synthetic series; returns the series and the number of scraped samples.
+fn with_synthetic(
+    t: &Target,
+    ext: &[Label],
+    mut series: Vec<TimeSeries>,
+    up: bool,
+    ts: i64,
+    duration: f64,
+) -> (Vec<TimeSeries>, usize) {
+    let scraped = series.len();
+    for (name, value) in [
+        ("up", if up { 1.0 } else { 0.0 }),
+        ("scrape_duration_seconds", duration),
+        ("scrape_samples_scraped", scraped as f64),
+        ("scrape_samples_post_metric_relabeling", scraped as f64),
+    ] {
+        series.push(synthetic(t, ext, name, value, ts));
+    }
+    (series, scraped)
+}
+
+fn synthetic(t: &Target, ext: &[Label], name: &str, value: f64, ts: i64) -> TimeSeries {
+    let mut labels = t.labels.clone();
+    labels.push(Label::new(METRIC_NAME, name));
+    add_external(&mut labels, ext);
+    model::normalize(&mut labels);
+    TimeSeries {
+        labels,
+        samples: vec![Sample {
+            value,
+            timestamp: ts,
+        }],
+    }
+}
+
+/// Queue record format: sample count (u32 BE), then the protobuf encoding of a remote-write
+/// `WriteRequest`. Concatenated protobuf bodies form one valid `WriteRequest`, so a batch is
+/// built by concatenation without decoding.
+pub fn encode_record(series: Vec<TimeSeries>) -> Bytes {
+    let samples: usize = series.iter().map(|s| s.samples.len()).sum();
+    let req = WriteRequest {
+        timeseries: series,
+        metadata: vec![],
+    };
+    let mut b = BytesMut::with_capacity(4 + req.encoded_len());
+    b.put_u32(samples as u32);
+    // Encoding into a BytesMut with enough capacity cannot fail.
+    let _ = req.encode(&mut b);
+    b.freeze()
+}
+
+/// Splits a record into its sample count and protobuf body; `None` if shorter than the header.
+pub fn decode_record(data: &[u8]) -> Option<(u32, &[u8])> {
+    let (head, body) = data.split_first_chunk::<4>()?;
+    Some((u32::from_be_bytes(*head), body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(honor: bool) -> Target {
+        Target {
+            job: "node".into(),
+            url: "http://h:1/metrics".into(),
+            labels: vec![Label::new("instance", "h:1"), Label::new("job", "node")],
+            interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(10),
+            honor_labels: honor,
+            honor_timestamps: true,
+            sample_limit: 0,
+            body_size_limit: 0,
+        }
+    }
+
+    fn names(ts: &TimeSeries) -> String {
+        model::display(&ts.labels)
+    }
+
+    #[test]
+    fn target_and_external_labels_follow_prometheus() {
+        let ext = vec![Label::new("site", "a"), Label::new("job", "ignored")];
+        let text = "# TYPE x counter\nx{job=\"inner\",site=\"b\"} 1\ny 2 1700000000000\n";
+        let s = build(&t(false), &ext, text, 5).expect("parses");
+        assert_eq!(
+            names(&s[0]),
+            r#"x{exported_job="inner",instance="h:1",job="node",site="b"}"#
+        );
+        assert_eq!(names(&s[1]), r#"y{instance="h:1",job="node",site="a"}"#);
+        assert_eq!(s[0].samples[0].timestamp, 5);
+        assert_eq!(s[1].samples[0].timestamp, 1_700_000_000_000);
+
+        let s = build(&t(true), &ext, text, 5).expect("parses");
+        assert_eq!(names(&s[0]), r#"x{instance="h:1",job="inner",site="b"}"#);
+
+        let (all, scraped) = with_synthetic(&t(false), &ext, s, true, 5, 0.25);
+        assert_eq!(scraped, 2);
+        let up = &all[2];
+        assert_eq!(names(up), r#"up{instance="h:1",job="node",site="a"}"#);
+        assert_eq!(up.samples[0].value, 1.0);
+        assert_eq!(all.len(), 6);
+    }
+
+    #[test]
+    fn record_roundtrip_by_concatenation() {
+        let a = encode_record(vec![synthetic(&t(false), &[], "up", 1.0, 1)]);
+        let b = encode_record(vec![synthetic(&t(false), &[], "up", 0.0, 2)]);
+        let (na, ba) = decode_record(&a).expect("header");
+        let (nb, bb) = decode_record(&b).expect("header");
+        assert_eq!((na, nb), (1, 1));
+        let joined = [ba, bb].concat();
+        let req = WriteRequest::decode(joined.as_slice()).expect("valid protobuf");
+        assert_eq!(req.timeseries.len(), 2);
+        assert_eq!(req.timeseries[1].samples[0].timestamp, 2);
+        assert_eq!(decode_record(b"abc"), None);
+    }
+}

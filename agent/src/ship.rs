@@ -1,0 +1,342 @@
+//! The shipper: one outbound mTLS QUIC connection to a gateway, batches in flight on streams
+//! of their own, deletion only on acknowledgement.
+//!
+//! Session protocol (see `uplink_shared::wire`): hello on the control stream with the queue's
+//! first unacknowledged sequence number, then contiguous batches, each on its own stream. The
+//! gateway forwards in order and answers acks in order. Any trouble (retry ack, lost stream,
+//! ack timeout, dead connection) ends the session: the connection is closed, and after a
+//! jittered exponential backoff a new session resends everything from the first record still
+//! in the queue. That keeps per-series order and makes loss impossible by construction: a
+//! record leaves the queue only through [`Queue::delete`] after an [`AckStatus::Accepted`].
+//!
+//! Shutdown: stop sending new batches, wait for the acks of those in flight (bounded by the
+//! ack timeout), close the connection with [`CloseCode::Normal`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rand::Rng;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use uplink_shared::quic;
+use uplink_shared::wire::{
+    self, Ack, AckStatus, Batch, CloseCode, Encoding, Frame, Hello, MAX_CONTROL_FRAME, WireError,
+};
+
+use crate::config::ShipperConfig;
+use crate::metrics::Metrics;
+use crate::queue::{Queue, QueueError};
+use crate::scrape::decode_record;
+
+/// Why a session ended (none of these lose data: the queue still holds every unacked record).
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    /// No gateway address resolved.
+    #[error("cannot resolve gateway {0}")]
+    Resolve(String),
+    /// No local UDP socket could be bound.
+    #[error("bind: {0}")]
+    Bind(std::io::Error),
+    /// The QUIC handshake failed (TLS, unreachable, refused).
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The connection failed or was closed by the gateway.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Writing a stream failed.
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// Reading a frame failed (lost stream, malformed or oversized frame, timeout).
+    #[error("read: {0}")]
+    Read(#[from] quic::ReadFrameError),
+    /// The gateway sent something the protocol does not allow.
+    #[error("protocol: {0}")]
+    Wire(#[from] WireError),
+    /// The gateway asked for the batch to be sent again.
+    #[error("gateway asked to retry batch {first_seq}: {message}")]
+    Retry { first_seq: u64, message: String },
+    /// No ack within the ack timeout.
+    #[error("no ack within {0:?}")]
+    AckTimeout(Duration),
+    /// The local queue failed.
+    #[error("queue: {0}")]
+    Queue(#[from] QueueError),
+    /// A queue record was shorter than its header (corruption).
+    #[error("corrupt queue record {0}")]
+    CorruptRecord(u64),
+}
+
+/// Jittered exponential backoff ("full jitter" between half and the whole step).
+#[derive(Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    step: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff { min, max, step: min }
+    }
+    pub fn reset(&mut self) {
+        self.step = self.min;
+    }
+    /// The next delay; doubles the step up to the maximum.
+    pub fn next_delay(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (self.step * 2).min(self.max);
+        let half = step / 2;
+        half + rand::rng().random_range(Duration::ZERO..=half)
+    }
+}
+
+/// Ships queue records to the gateway.
+pub struct Shipper {
+    pub gateways: Vec<String>,
+    pub server_name: String,
+    pub client: quinn::ClientConfig,
+    pub cfg: ShipperConfig,
+    pub queue: Queue,
+    pub metrics: Metrics,
+}
+
+enum End {
+    Shutdown,
+}
+
+impl Shipper {
+    /// Connects, ships, reconnects, until `shutdown`; then drains in-flight acks and closes.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(self.cfg.min_backoff.0, self.cfg.max_backoff.0);
+        let mut endpoint: Option<quinn::Endpoint> = None;
+        let mut next_gw = 0usize;
+        while !shutdown.is_cancelled() {
+            let gw = &self.gateways[next_gw % self.gateways.len()];
+            next_gw += 1;
+            self.metrics.connection_attempts.inc();
+            let result = self.session(gw, &mut endpoint, &mut backoff, &shutdown).await;
+            self.metrics.connected.set(0);
+            match result {
+                Ok(End::Shutdown) => break,
+                Err(error) => {
+                    self.metrics.connection_failures.inc();
+                    warn!(%error, gateway = %gw, "Gateway session ended; will reconnect.");
+                }
+            }
+            let delay = backoff.next_delay();
+            debug!(?delay, "Backing off before reconnecting.");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        if let Some(ep) = endpoint {
+            ep.close(CloseCode::Normal.as_u32().into(), CloseCode::Normal.reason());
+            ep.wait_idle().await;
+        }
+        if let Err(error) = self.queue.flush().await {
+            warn!(%error, "Flushing the queue on shutdown failed.");
+        }
+    }
+
+    async fn connect(
+        &self,
+        gw: &str,
+        endpoint: &mut Option<quinn::Endpoint>,
+    ) -> Result<quinn::Connection, ShipError> {
+        let addr: SocketAddr = tokio::net::lookup_host(gw)
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| ShipError::Resolve(gw.into()))?;
+        let ep = match endpoint {
+            Some(ep) => ep.clone(),
+            None => {
+                let bind: SocketAddr = if addr.is_ipv6() {
+                    "[::]:0".parse().unwrap_or(addr)
+                } else {
+                    "0.0.0.0:0".parse().unwrap_or(addr)
+                };
+                let mut ep = quinn::Endpoint::client(bind).map_err(ShipError::Bind)?;
+                ep.set_default_client_config(self.client.clone());
+                *endpoint = Some(ep.clone());
+                ep
+            }
+        };
+        Ok(ep.connect(addr, &self.server_name)?.await?)
+    }
+
+    async fn session(
+        &self,
+        gw: &str,
+        endpoint: &mut Option<quinn::Endpoint>,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Result<End, ShipError> {
+        let conn = self.connect(gw, endpoint).await?;
+        let mut cursor = self.queue.first().await?;
+        // Handshake on the control stream; it stays open for the session's lifetime.
+        let (mut ctl_send, mut ctl_recv) = conn.open_bi().await?;
+        let hello = Frame::Hello(Hello {
+            version: wire::VERSION,
+            queue_id: self.queue.queue_id(),
+            resume_seq: cursor,
+            agent: concat!("uplink-agent/", env!("CARGO_PKG_VERSION")).into(),
+        });
+        ctl_send.write_all(&hello.to_bytes()).await?;
+        let welcome =
+            quic::read_frame(&mut ctl_recv, MAX_CONTROL_FRAME, self.cfg.ack_timeout.0).await?;
+        let Frame::Welcome(welcome) = welcome else {
+            conn.close(
+                CloseCode::ProtocolViolation.as_u32().into(),
+                CloseCode::ProtocolViolation.reason(),
+            );
+            return Err(WireError::Unexpected {
+                got: welcome.name(),
+                expected: "welcome",
+            }
+            .into());
+        };
+        info!(
+            gateway = %gw,
+            identity = %welcome.identity,
+            resume_seq = cursor,
+            "Connected to gateway."
+        );
+        self.metrics.connected.set(1);
+        backoff.reset();
+
+        let max_bytes = (self.cfg.max_batch_bytes.get() as usize)
+            .min(welcome.max_batch_bytes as usize)
+            .saturating_sub(64);
+        let max_in_flight = self.cfg.max_in_flight.get() as usize;
+        let ack_timeout = self.cfg.ack_timeout.0;
+        let mut head = self.queue.subscribe();
+        let mut in_flight: JoinSet<Result<(Ack, u64), ShipError>> = JoinSet::new();
+        let mut drain_deadline: Option<Instant> = None;
+
+        let result = loop {
+            // Fill the pipeline with contiguous batches.
+            while drain_deadline.is_none()
+                && in_flight.len() < max_in_flight
+                && cursor < self.queue.head()
+            {
+                let records = self
+                    .queue
+                    .read(cursor, self.cfg.max_batch_records.get() as usize, max_bytes)
+                    .await?;
+                let Some(last) = records.last() else { break };
+                let first_seq = cursor;
+                // The queue holds a contiguous suffix, so the read starts at the cursor.
+                let count = (last.seq - first_seq + 1) as u32;
+                cursor = last.seq + 1;
+                let mut body = BytesMut::new();
+                let mut samples = 0u64;
+                for r in &records {
+                    let (n, pb) = decode_record(&r.data).ok_or(ShipError::CorruptRecord(r.seq))?;
+                    samples += n as u64;
+                    body.extend_from_slice(pb);
+                }
+                let payload = Bytes::from(snap::raw::Encoder::new().compress_vec(&body).map_err(
+                    |_| ShipError::CorruptRecord(first_seq),
+                )?);
+                let batch = Batch {
+                    first_seq,
+                    count,
+                    encoding: Encoding::RemoteWriteV1Snappy,
+                    payload,
+                };
+                self.metrics.batches_sent.inc();
+                self.metrics.samples_shipped.inc_by(samples);
+                self.metrics.bytes_sent.inc_by(batch.payload.len() as u64);
+                let conn = conn.clone();
+                in_flight.spawn(async move {
+                    let ack = tokio::time::timeout(ack_timeout, send_batch(&conn, batch))
+                        .await
+                        .map_err(|_| ShipError::AckTimeout(ack_timeout))??;
+                    Ok((ack, samples))
+                });
+            }
+            if drain_deadline.is_some() && in_flight.is_empty() {
+                break Ok(End::Shutdown);
+            }
+            tokio::select! {
+                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    let (ack, samples) = match joined {
+                        Ok(r) => r?,
+                        Err(join) => break Err(ShipError::Queue(QueueError::Join(join))),
+                    };
+                    match ack.status {
+                        AckStatus::Accepted => {
+                            self.queue.delete(ack.first_seq, ack.count).await?;
+                            self.metrics.batches_acked.inc();
+                            self.metrics.samples_acked.inc_by(samples);
+                            let (records, bytes) = self.queue.usage();
+                            self.metrics.queue_records.set(records as i64);
+                            self.metrics.queue_bytes.set(bytes as i64);
+                        }
+                        AckStatus::Retry => {
+                            self.metrics.batches_retried.inc();
+                            break Err(ShipError::Retry { first_seq: ack.first_seq, message: ack.message });
+                        }
+                    }
+                }
+                changed = head.changed(), if drain_deadline.is_none() => {
+                    if changed.is_err() { break Ok(End::Shutdown); }
+                }
+                reason = conn.closed() => break Err(reason.into()),
+                _ = shutdown.cancelled(), if drain_deadline.is_none() => {
+                    drain_deadline = Some(Instant::now() + ack_timeout.min(Duration::from_secs(10)));
+                }
+                _ = sleep_until(drain_deadline), if drain_deadline.is_some() => {
+                    break Ok(End::Shutdown);
+                }
+            }
+        };
+        if result.is_err() {
+            self.metrics
+                .batches_retried
+                .inc_by(in_flight.len() as u64);
+        }
+        in_flight.abort_all();
+        let _ = ctl_send.finish();
+        conn.close(CloseCode::Normal.as_u32().into(), CloseCode::Normal.reason());
+        result
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends one batch on its own stream and waits for its ack.
+async fn send_batch(conn: &quinn::Connection, batch: Batch) -> Result<Ack, ShipError> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&Frame::Batch(batch.clone()).to_bytes()).await?;
+    send.finish().map_err(|_| {
+        ShipError::Connection(quinn::ConnectionError::LocallyClosed)
+    })?;
+    let frame = quic::read_only_frame(&mut recv, MAX_CONTROL_FRAME).await?;
+    Ok(wire::expect_ack(frame, &batch)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let d: Vec<_> = (0..6).map(|_| b.next_delay()).collect();
+        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
+        assert!(d[5] >= Duration::from_millis(400) && d[5] <= Duration::from_millis(800));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,121 @@
+//! `uplink-loadtest`: run a probe exporter or a capture receiver from the command line.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use uplink_loadtest::capture::Capture;
+use uplink_loadtest::probe::{Probe, ProbeSpec, spec_series_count};
+
+#[derive(Parser, Debug)]
+#[command(name = "uplink-loadtest", about = "Uplink load and end-to-end tooling")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve deterministic exporters, one listener per target, until Ctrl-C.
+    Probe(ProbeArgs),
+    /// Receive remote write and record every sample until Ctrl-C; `GET /report` shows counts.
+    Capture(CaptureArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ProbeArgs {
+    /// Number of targets (listeners).
+    #[arg(long)]
+    targets: usize,
+    /// Metric families per target.
+    #[arg(long)]
+    series: usize,
+    /// Address to listen on.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    listen_host: IpAddr,
+    /// First port; target i listens on base-port + i. 0 picks ephemeral ports.
+    #[arg(long, default_value_t = 0)]
+    base_port: u16,
+    /// Write the targets as a Prometheus file_sd list here (.yaml/.yml: YAML, else JSON).
+    #[arg(long)]
+    targets_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct CaptureArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9201")]
+    listen_address: SocketAddr,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Probe(args) => run_probe(args).await,
+        Command::Capture(args) => run_capture(args).await,
+    }
+}
+
+/// Renders a file_sd target list: YAML for `.yaml`/`.yml` paths, JSON otherwise.
+fn file_sd(path: &Path, targets: &[String]) -> anyhow::Result<String> {
+    let yaml = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+    if yaml {
+        let mut out = String::from("- targets:\n");
+        for t in targets {
+            out.push_str(&format!("    - {t:?}\n"));
+        }
+        Ok(out)
+    } else {
+        let v = serde_json::json!([{ "targets": targets, "labels": {} }]);
+        Ok(serde_json::to_string_pretty(&v)? + "\n")
+    }
+}
+
+async fn run_probe(args: ProbeArgs) -> anyhow::Result<()> {
+    let spec = ProbeSpec {
+        targets: args.targets,
+        families: args.series,
+    };
+    let probe = Probe::start(spec, args.listen_host, args.base_port)
+        .await
+        .context("starting probe listeners")?;
+    let instances = probe.instances();
+    if let Some(path) = &args.targets_file {
+        let text = file_sd(path, &instances)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "probe: {} targets, {} series each",
+        spec.targets,
+        spec_series_count(&spec)
+    );
+    for i in &instances {
+        println!("{i}");
+    }
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    let served: Vec<u64> = (0..spec.targets).map(|t| probe.served(t)).collect();
+    println!("served scrapes per target: {served:?}");
+    probe.shutdown().await;
+    Ok(())
+}
+
+async fn run_capture(args: CaptureArgs) -> anyhow::Result<()> {
+    let capture = Capture::start(args.listen_address)
+        .await
+        .context("starting capture receiver")?;
+    println!("capture: remote write URL {}", capture.url());
+    println!("capture: report at http://{}/report", capture.addr());
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    println!("{}", serde_json::to_string_pretty(&capture.report())?);
+    capture.shutdown().await;
+    Ok(())
+}
