@@ -304,10 +304,8 @@ pub fn parse(input: &str, limits: &Limits) -> Result<Exposition, ParseError> {
             Some(c) if is_name_start(c) => {
                 let line = p.line;
                 let sample = p.sample()?;
-                check_limits(&sample, limits, out.samples.len()).map_err(|kind| ParseError {
-                    line,
-                    kind,
-                })?;
+                check_limits(&sample, limits, out.samples.len())
+                    .map_err(|kind| ParseError { line, kind })?;
                 out.samples.push(sample);
             }
             _ => return Err(p.err(ParseErrorKind::UnexpectedLineStart { found: p.found() })),
@@ -924,10 +922,7 @@ something_weird{problem="division by zero"} +Inf -3982045
 
         let s = &e.samples[15];
         assert_eq!(s.name, "untyped_metric");
-        assert_eq!(
-            s.labels,
-            labels(&[("path", "C:\\dir"), ("msg", "é ünï ✓")])
-        );
+        assert_eq!(s.labels, labels(&[("path", "C:\\dir"), ("msg", "é ünï ✓")]));
         assert_eq!(s.value, f64::NEG_INFINITY);
         assert_eq!(s.timestamp_ms, Some(1_395_066_363_000));
 
@@ -947,7 +942,10 @@ something_weird{problem="division by zero"} +Inf -3982045
              h_count 3\n");
         assert_eq!(e.types.get("h"), Some(&MetricType::Histogram));
         let names: Vec<_> = e.samples.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["h_bucket", "h_bucket", "h_bucket", "h_sum", "h_count"]);
+        assert_eq!(
+            names,
+            ["h_bucket", "h_bucket", "h_bucket", "h_sum", "h_count"]
+        );
         assert_eq!(e.samples[2].labels, labels(&[("le", "+Inf")]));
         assert_eq!(e.samples[3].value, 1.5);
     }
@@ -1027,6 +1025,8 @@ something_weird{problem="division by zero"} +Inf -3982045
         assert_eq!(v("1E2"), 100.0);
         assert_eq!(v("1e-2"), 0.01);
         assert_eq!(v("007"), 7.0);
+        assert_eq!(v("1.e5"), 1e5);
+        assert_eq!(v("-.5"), -0.5);
         assert_eq!(v("1e-400"), 0.0);
         assert_eq!(v("Inf"), f64::INFINITY);
         assert_eq!(v("+Inf"), f64::INFINITY);
@@ -1068,10 +1068,7 @@ something_weird{problem="division by zero"} +Inf -3982045
     #[test]
     fn timestamps() {
         assert_eq!(one("m 1 0").timestamp_ms, Some(0));
-        assert_eq!(
-            one("m 1 9223372036854775807").timestamp_ms,
-            Some(i64::MAX)
-        );
+        assert_eq!(one("m 1 9223372036854775807").timestamp_ms, Some(i64::MAX));
         assert_eq!(one("m 1 0001").timestamp_ms, Some(1));
         assert_eq!(
             err("m 1 9223372036854775808").kind,
@@ -1113,7 +1110,9 @@ something_weird{problem="division by zero"} +Inf -3982045
 
     #[test]
     fn metadata() {
-        let e = ok("# TYPE a counter\n# TYPE a gauge\n#\tTYPE\tb\tsummary\n# HELP\n#TYPE x y\n# TYPEX z\n# EOF\n# HELP d \n");
+        let e = ok(
+            "# TYPE a counter\n# TYPE a gauge\n#\tTYPE\tb\tsummary\n# HELP\n#TYPE x y\n# TYPEX z\n# EOF\n# HELP d \n",
+        );
         assert_eq!(e.types.get("a"), Some(&MetricType::Gauge));
         assert_eq!(e.types.get("b"), Some(&MetricType::Summary));
         assert_eq!(e.types.len(), 2);
@@ -1204,20 +1203,41 @@ something_weird{problem="division by zero"} +Inf -3982045
                     found: "'{'".into(),
                 },
             ),
-            ("0m 1", UnexpectedLineStart { found: "'0'".into() }),
-            ("m 1\n\r", UnexpectedLineStart { found: "'\\r'".into() }),
-            ("\0m 1", UnexpectedLineStart { found: "'\\0'".into() }),
+            (
+                "0m 1",
+                UnexpectedLineStart {
+                    found: "'0'".into(),
+                },
+            ),
+            (
+                "m 1\n\r",
+                UnexpectedLineStart {
+                    found: "'\\r'".into(),
+                },
+            ),
+            (
+                "\0m 1",
+                UnexpectedLineStart {
+                    found: "'\\0'".into(),
+                },
+            ),
             (
                 "m{0=\"b\"} 1",
-                ExpectedLabelName { found: "'0'".into() },
+                ExpectedLabelName {
+                    found: "'0'".into(),
+                },
             ),
             (
                 "m{,} 1",
-                ExpectedLabelName { found: "','".into() },
+                ExpectedLabelName {
+                    found: "','".into(),
+                },
             ),
             (
                 "m{a=\"1\",,} 1",
-                ExpectedLabelName { found: "','".into() },
+                ExpectedLabelName {
+                    found: "','".into(),
+                },
             ),
             (
                 "m{a=\"1\"",
@@ -1233,7 +1253,9 @@ something_weird{problem="division by zero"} +Inf -3982045
             ),
             (
                 "m{a=\"1\"=} 1",
-                ExpectedLabelName { found: "'='".into() },
+                ExpectedLabelName {
+                    found: "'='".into(),
+                },
             ),
             (
                 "m{a:b=\"1\"} 1",
@@ -1263,18 +1285,12 @@ something_weird{problem="division by zero"} +Inf -3982045
                     found: "'\\''".into(),
                 },
             ),
-            (
-                "m{a=\"b} 1",
-                UnterminatedLabelValue { label: "a".into() },
-            ),
+            ("m{a=\"b} 1", UnterminatedLabelValue { label: "a".into() }),
             (
                 "m{a=\"b\\\nc\"} 1",
                 UnterminatedLabelValue { label: "a".into() },
             ),
-            (
-                "m{a=\"b\\",
-                UnterminatedLabelValue { label: "a".into() },
-            ),
+            ("m{a=\"b\\", UnterminatedLabelValue { label: "a".into() }),
             (
                 "m",
                 MissingValue {
@@ -1337,7 +1353,10 @@ something_weird{problem="division by zero"} +Inf -3982045
     fn limits() {
         use ParseErrorKind::*;
         let body = "a{x=\"1\",y=\"22\"} 1\nbb{x=\"1\"} 2\nccc 3\n";
-        assert_eq!(parse(body, &Limits::default()).map(|e| e.samples.len()), Ok(3));
+        assert_eq!(
+            parse(body, &Limits::default()).map(|e| e.samples.len()),
+            Ok(3)
+        );
 
         let l = Limits {
             max_samples: 3,
@@ -1426,10 +1445,13 @@ something_weird{problem="division by zero"} +Inf -3982045
             }
         );
         assert_eq!(
-            err_with("m{v=\"éé\"} 1", &Limits {
-                max_label_value_len: 3,
-                ..Limits::default()
-            })
+            err_with(
+                "m{v=\"éé\"} 1",
+                &Limits {
+                    max_label_value_len: 3,
+                    ..Limits::default()
+                }
+            )
             .kind,
             LabelValueTooLong {
                 name: "v".into(),
@@ -1455,7 +1477,10 @@ something_weird{problem="division by zero"} +Inf -3982045
     #[test]
     fn display() {
         let e = err("m{a=\"1\",a=\"2\"} 1");
-        assert_eq!(e.to_string(), "line 1: label name \"a\" appears more than once");
+        assert_eq!(
+            e.to_string(),
+            "line 1: label name \"a\" appears more than once"
+        );
         let e = err("\n\nm{a=b} 1");
         assert_eq!(
             e.to_string(),
@@ -1539,10 +1564,40 @@ something_weird{problem="division by zero"} +Inf -3982045
     #[test]
     fn odd_inputs_never_panic() {
         for input in [
-            "\\", "\"", "{", "}", "#", "# ", "# HELP", "# HELP ", "# TYPE m ", "m{", "m{a",
-            "m{a=", "m{a=\"", "m{a=\"\\", "m{a=\"\\\"", "m{a=\"\"", "m{a=\"\",", "m 1 ", "m 1 1",
-            "\r", "\r\n", "\n\r", "m\r", "m 1\r", "m{a=\"\r\n\"} 1\r\n", "é", "m é", "m{é=\"\"} 1",
-            "m{a=\"é\\", "# TYPE mé", "# TYPE m\té", "\u{0}", "m{a=\"\u{0}\"} 1", "m\u{0} 1",
+            "\\",
+            "\"",
+            "{",
+            "}",
+            "#",
+            "# ",
+            "# HELP",
+            "# HELP ",
+            "# TYPE m ",
+            "m{",
+            "m{a",
+            "m{a=",
+            "m{a=\"",
+            "m{a=\"\\",
+            "m{a=\"\\\"",
+            "m{a=\"\"",
+            "m{a=\"\",",
+            "m 1 ",
+            "m 1 1",
+            "\r",
+            "\r\n",
+            "\n\r",
+            "m\r",
+            "m 1\r",
+            "m{a=\"\r\n\"} 1\r\n",
+            "é",
+            "m é",
+            "m{é=\"\"} 1",
+            "m{a=\"é\\",
+            "# TYPE mé",
+            "# TYPE m\té",
+            "\u{0}",
+            "m{a=\"\u{0}\"} 1",
+            "m\u{0} 1",
         ] {
             check_invariants(input, &Limits::default());
             check_invariants(
