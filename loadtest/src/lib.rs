@@ -2,12 +2,15 @@
 //!
 //! * [`probe`]: a deterministic Prometheus exporter whose every value is known in advance,
 //! * [`capture`]: a remote-write 1.0 receiver that records everything it is sent,
-//! * [`oracle`]: checks what arrived against what the probe served.
+//! * [`oracle`]: checks what arrived against what the probe served,
+//! * [`harness`]: real agent, gateway and Prometheus processes for the demo and tests,
+//! * [`demo`]: the whole relay path, live, on an embedded default configuration.
 
 pub mod capture;
 pub mod oracle;
 pub mod probe;
-// pub mod demo; (added by the lead)
+pub mod demo;
+pub mod harness;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -21,6 +21,8 @@ enum Command {
     Probe(ProbeArgs),
     /// Receive remote write and record every sample until Ctrl-C; `GET /report` shows counts.
     Capture(CaptureArgs),
+    /// Run the whole relay path live: probes, gateway, three agents, a global Prometheus.
+    Demo(uplink_loadtest::demo::DemoArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -55,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Probe(args) => run_probe(args).await,
         Command::Capture(args) => run_capture(args).await,
+        Command::Demo(args) => uplink_loadtest::demo::run(args).await,
     }
 }
 

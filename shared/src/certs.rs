@@ -2,7 +2,7 @@
 //!
 //! The agent's identity is the certificate's subject common name (see [`crate::tls`]); the
 //! gateway certificate carries the DNS names and IP addresses agents dial. Keys are ECDSA
-//! P-256. Validity runs from 2024-01-01 for `valid_days` days. Certificates from any other PKI
+//! P-256. Validity starts a day before issuance and lasts `valid_days` days. Certificates from any other PKI
 //! (openssl, cert-manager, Vault) work the same way as long as they follow those two rules.
 
 use std::net::IpAddr;
@@ -48,8 +48,10 @@ fn params(cn: &str, valid_days: i64) -> Result<CertificateParams, CertError> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name.push(DnType::CommonName, cn);
     p.distinguished_name.push(DnType::OrganizationName, "Uplink");
-    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    p.not_after = p.not_before + std::time::Duration::from_secs(valid_days.max(1) as u64 * 86_400);
+    // Valid from a day ago (clock skew between hosts) for `valid_days` days.
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::days(1);
+    p.not_after = now + time::Duration::days(valid_days.max(1));
     Ok(p)
 }
 

@@ -83,6 +83,13 @@ impl fmt::Display for PromDuration {
     }
 }
 
+impl std::str::FromStr for PromDuration {
+    type Err = ParseDurationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PromDuration::parse(s)
+    }
+}
+
 impl From<PromDuration> for Duration {
     fn from(d: PromDuration) -> Duration {
         d.0

@@ -1,0 +1,393 @@
+//! Running real Uplink processes (and a real Prometheus) for the demo and end-to-end tests:
+//! certificates, configuration files, child processes, and reading their `/metrics`.
+//!
+//! Every child process is killed when its handle drops, so a failing test leaves nothing
+//! behind. All addresses are on loopback.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use uplink_shared::certs::Authority;
+
+/// Paths of the Uplink binaries built by cargo.
+#[derive(Clone, Debug)]
+pub struct Bins {
+    pub agent: PathBuf,
+    pub gateway: PathBuf,
+}
+
+impl Bins {
+    /// Finds the binaries next to the running executable (`target/<profile>/`), also when it
+    /// runs from `target/<profile>/deps/` as a test does.
+    pub fn locate() -> anyhow::Result<Bins> {
+        let exe = std::env::current_exe()?;
+        let mut dirs = vec![];
+        if let Some(d) = exe.parent() {
+            dirs.push(d.to_path_buf());
+            if let Some(p) = d.parent() {
+                dirs.push(p.to_path_buf());
+            }
+        }
+        for d in dirs {
+            let agent = d.join("uplink-agent");
+            let gateway = d.join("uplink-gateway");
+            if agent.is_file() && gateway.is_file() {
+                return Ok(Bins { agent, gateway });
+            }
+        }
+        bail!(
+            "uplink-agent and uplink-gateway not found next to {}: run `cargo build --workspace` first",
+            exe.display()
+        )
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (also free for UDP at the time of asking).
+pub fn free_port() -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let tcp = TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port")
+}
+
+/// A loopback address with a free port.
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+}
+
+/// Writes a CA, a gateway certificate for `localhost`/`127.0.0.1`, and one client certificate
+/// per site into `dir`.
+pub fn write_certs(dir: &Path, sites: &[String]) -> anyhow::Result<()> {
+    let ca = Authority::generate("Uplink test CA", 30)?;
+    ca.write(dir)?;
+    ca.issue_gateway(&["localhost".into(), "127.0.0.1".into()], 30)?
+        .write(dir, "gateway")?;
+    for s in sites {
+        ca.issue_agent(s, 30)?.write(dir, s)?;
+    }
+    Ok(())
+}
+
+/// A child process killed (SIGKILL) on drop unless it already exited.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<Proc> {
+        let out = std::fs::File::create(log)?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Proc {
+            name: name.into(),
+            child,
+        })
+    }
+
+    /// SIGKILL, as a crash or OOM kill would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait up to `grace` for an orderly exit (SIGKILL after). Returns whether
+    /// the process exited by itself with status 0.
+    pub fn terminate(&mut self, grace: Duration) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+        false
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.kill9();
+        }
+    }
+}
+
+/// A gateway process and where it listens.
+pub struct Gateway {
+    pub proc: Proc,
+    pub quic: SocketAddr,
+    pub web: SocketAddr,
+    pub config: PathBuf,
+}
+
+/// Writes `gateway.yml` in `dir` (certificates must be there) and starts the gateway.
+pub fn start_gateway(bins: &Bins, dir: &Path, remote_write_urls: &[String]) -> anyhow::Result<Gateway> {
+    let quic = free_addr()?;
+    let web = free_addr()?;
+    let mut rw = String::new();
+    for u in remote_write_urls {
+        rw.push_str(&format!(
+            "  - url: {u}\n    remote_timeout: 5s\n    queue_config: {{min_backoff: 50ms, max_backoff: 1s}}\n"
+        ));
+    }
+    let config = dir.join("gateway.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen_address: {quic}\n\
+             tls: {{cert_file: gateway.crt, key_file: gateway.key, ca_file: ca.crt}}\n\
+             limits: {{max_retry_duration: 5s}}\n\
+             remote_write:\n{rw}"
+        ),
+    )?;
+    let proc = Proc::spawn(
+        "uplink-gateway",
+        Command::new(&bins.gateway)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--web.listen-address={web}")),
+        &dir.join("gateway.log"),
+    )?;
+    wait_ready(web, Duration::from_secs(20))?;
+    Ok(Gateway {
+        proc,
+        quic,
+        web,
+        config,
+    })
+}
+
+/// An agent process.
+pub struct Agent {
+    pub site: String,
+    pub proc: Proc,
+    pub web: SocketAddr,
+    pub config: PathBuf,
+    pub queue_dir: PathBuf,
+}
+
+/// Options for [`start_agent`].
+pub struct AgentSpec<'a> {
+    pub site: &'a str,
+    pub gateway: SocketAddr,
+    pub targets: &'a [String],
+    pub interval: &'a str,
+    pub job: &'a str,
+}
+
+/// Writes `<site>.yml` (a Prometheus configuration plus `uplink:`) in `dir` and starts the
+/// agent. Its queue lives in `dir/<site>-queue`.
+pub fn start_agent(bins: &Bins, dir: &Path, spec: &AgentSpec<'_>) -> anyhow::Result<Agent> {
+    let config = dir.join(format!("{}.yml", spec.site));
+    let queue_dir = dir.join(format!("{}-queue", spec.site));
+    let targets: Vec<String> = spec.targets.iter().map(|t| format!("'{t}'")).collect();
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: {iv}\n  scrape_timeout: {iv}\n  external_labels:\n    site: {site}\n\
+             scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{targets}]\n\
+             uplink:\n  gateways: ['{gw}']\n  server_name: localhost\n\
+             \x20 tls: {{cert_file: {site}.crt, key_file: {site}.key, ca_file: ca.crt}}\n\
+             \x20 queue: {{directory: {site}-queue, fsync: false}}\n\
+             \x20 shipper: {{min_backoff: 100ms, max_backoff: 1s}}\n",
+            iv = spec.interval,
+            site = spec.site,
+            job = spec.job,
+            targets = targets.join(", "),
+            gw = spec.gateway,
+        ),
+    )?;
+    let web = free_addr()?;
+    let proc = Proc::spawn(
+        &format!("uplink-agent[{}]", spec.site),
+        Command::new(&bins.agent)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--web.listen-address={web}")),
+        &dir.join(format!("{}.log", spec.site)),
+    )?;
+    wait_ready(web, Duration::from_secs(20))?;
+    Ok(Agent {
+        site: spec.site.into(),
+        proc,
+        web,
+        config,
+        queue_dir,
+    })
+}
+
+impl Agent {
+    /// Starts the same agent again (same config, same queue) after it stopped.
+    pub fn restart(&mut self, bins: &Bins, dir: &Path) -> anyhow::Result<()> {
+        self.proc = Proc::spawn(
+            &format!("uplink-agent[{}]", self.site),
+            Command::new(&bins.agent)
+                .arg(format!("--config.file={}", self.config.display()))
+                .arg(format!("--web.listen-address={}", self.web)),
+            &dir.join(format!("{}.restart.log", self.site)),
+        )?;
+        wait_ready(self.web, Duration::from_secs(20))
+    }
+}
+
+/// Blocking HTTP GET on loopback (no client library needed for these small bodies).
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    // Chunked bodies are not decoded here; callers only parse line-oriented text.
+    Ok((status, body))
+}
+
+/// Waits until `GET /-/ready` answers 200.
+pub fn wait_ready(web: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok((200, _)) = http_get(web, "/-/ready") {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{web} not ready within {timeout:?}")
+}
+
+/// Reads a process's `/metrics` into `name{labels} -> value` (labels as printed).
+pub fn metrics(web: SocketAddr) -> anyhow::Result<HashMap<String, f64>> {
+    let (status, body) = http_get(web, "/metrics")?;
+    if status != 200 {
+        bail!("/metrics answered {status}");
+    }
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect())
+}
+
+/// Sum of every series of metric `name` (any labels).
+pub fn metric_sum(m: &HashMap<String, f64>, name: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// A real Prometheus server with the remote-write receiver enabled.
+pub struct Prometheus {
+    pub proc: Proc,
+    pub web: SocketAddr,
+}
+
+/// Whether the `prometheus` binary is installed.
+pub fn prometheus_installed() -> bool {
+    Command::new("prometheus")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Starts `prometheus` with an empty scrape configuration, TSDB under `dir/prometheus`.
+pub fn start_prometheus(dir: &Path) -> anyhow::Result<Prometheus> {
+    let web = free_addr()?;
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(&cfg, "global:\n  scrape_interval: 15s\n")?;
+    let proc = Proc::spawn(
+        "prometheus",
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("prometheus").display()))
+            .arg(format!("--web.listen-address={web}"))
+            .arg("--web.enable-remote-write-receiver"),
+        &dir.join("prometheus.log"),
+    )?;
+    wait_ready(web, Duration::from_secs(60))?;
+    Ok(Prometheus { proc, web })
+}
+
+impl Prometheus {
+    pub fn remote_write_url(&self) -> String {
+        format!("http://{}/api/v1/write", self.web)
+    }
+}
+
+/// Every raw sample of the range-vector selector `selector` (e.g. `{site="a"}[1h]`) from a
+/// Prometheus server's HTTP API, evaluated now.
+pub async fn prometheus_samples(
+    web: SocketAddr,
+    selector: &str,
+) -> anyhow::Result<Vec<crate::capture::Received>> {
+    use uplink_shared::model::{self, Label};
+    let url = format!("http://{web}/api/v1/query");
+    let text = reqwest::Client::new()
+        .get(&url)
+        .query(&[("query", selector)])
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let resp: serde_json::Value = serde_json::from_str(&text)?;
+    let result = resp["data"]["result"]
+        .as_array()
+        .with_context(|| format!("unexpected answer: {resp}"))?;
+    let mut out = Vec::new();
+    for series in result {
+        let mut labels: Vec<Label> = series["metric"]
+            .as_object()
+            .context("metric")?
+            .iter()
+            .map(|(k, v)| Label::new(k.clone(), v.as_str().unwrap_or_default()))
+            .collect();
+        model::normalize(&mut labels);
+        for pair in series["values"].as_array().context("values")? {
+            let ts = pair[0].as_f64().context("timestamp")?;
+            let value: f64 = pair[1].as_str().context("value")?.parse()?;
+            out.push(crate::capture::Received {
+                labels: labels.clone(),
+                timestamp: (ts * 1000.0).round() as i64,
+                value,
+            });
+        }
+    }
+    Ok(out)
+}
