@@ -210,17 +210,15 @@ impl Config {
 
     /// Cross-field rules, with the location of the offending job where one can be found.
     fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        let at = |needle: &str, field: String, message: String| {
-            match locate(text, needle) {
-                Some((line, column)) => ConfigError::Invalid {
-                    path: path.into(),
-                    line,
-                    column,
-                    field,
-                    message,
-                },
-                None => ConfigError::rule(path, field, message),
-            }
+        let at = |needle: &str, field: String, message: String| match locate(text, needle) {
+            Some((line, column)) => ConfigError::Invalid {
+                path: path.into(),
+                line,
+                column,
+                field,
+                message,
+            },
+            None => ConfigError::rule(path, field, message),
         };
         let g = &self.global;
         if g.scrape_timeout > g.scrape_interval {
@@ -233,7 +231,7 @@ impl Config {
                 ),
             ));
         }
-        for (name, _) in &g.external_labels {
+        for name in g.external_labels.keys() {
             if !valid_label_name(name) {
                 return Err(at(
                     &format!("{name}:"),
@@ -247,13 +245,20 @@ impl Config {
             let needle = format!("job_name: {}", job.job_name);
             let field = |f: &str| format!("scrape_configs[{i}].{f}");
             if job.job_name.is_empty() {
-                return Err(at("job_name:", field("job_name"), "must not be empty".into()));
+                return Err(at(
+                    "job_name:",
+                    field("job_name"),
+                    "must not be empty".into(),
+                ));
             }
             if !seen.insert(job.job_name.as_str()) {
                 return Err(at(
                     &needle,
                     field("job_name"),
-                    format!("found multiple scrape configs with job name {:?}", job.job_name),
+                    format!(
+                        "found multiple scrape configs with job name {:?}",
+                        job.job_name
+                    ),
                 ));
             }
             let interval = self.interval(job);
@@ -270,7 +275,11 @@ impl Config {
                 ));
             }
             if interval.is_zero() {
-                return Err(at(&needle, field("scrape_interval"), "must be positive".into()));
+                return Err(at(
+                    &needle,
+                    field("scrape_interval"),
+                    "must be positive".into(),
+                ));
             }
             if !job.metrics_path.starts_with('/') {
                 return Err(at(
@@ -337,9 +346,7 @@ impl Config {
 
     /// Effective scrape interval of a job.
     pub fn interval(&self, job: &ScrapeConfig) -> Duration {
-        job.scrape_interval
-            .unwrap_or(self.global.scrape_interval)
-            .0
+        job.scrape_interval.unwrap_or(self.global.scrape_interval).0
     }
 
     /// Effective scrape timeout of a job: its own, else the global one capped at the interval
@@ -381,9 +388,9 @@ impl Config {
 
 /// Finds the 1-based line and column of the first occurrence of `needle`.
 fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
-    text.lines().enumerate().find_map(|(i, line)| {
-        line.find(needle).map(|col| (i + 1, col + 1))
-    })
+    text.lines()
+        .enumerate()
+        .find_map(|(i, line)| line.find(needle).map(|col| (i + 1, col + 1)))
 }
 
 /// Prometheus label name syntax.
@@ -407,7 +414,6 @@ pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
 fn valid_target(t: &str) -> bool {
     split_host_port(t).is_some() && !t.contains('/') && !t.contains(' ')
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -476,7 +482,10 @@ uplink:
         assert!(e.starts_with("agent.yml:3:"), "{e}");
         assert!(e.contains("global.scrape_interval"), "{e}");
 
-        let bad = GOOD.replace("    static_configs:", "    scrape_intervall: 5s\n    static_configs:");
+        let bad = GOOD.replace(
+            "    static_configs:",
+            "    scrape_intervall: 5s\n    static_configs:",
+        );
         let e = load(&bad).expect_err("unknown key").to_string();
         assert!(e.contains("agent.yml:8:"), "{e}");
         assert!(e.contains("unknown field `scrape_intervall`"), "{e}");
@@ -486,7 +495,10 @@ uplink:
             "  - job_name: node\n    scrape_interval: 5s\n    scrape_timeout: 10s\n",
         );
         let e = load(&bad).expect_err("timeout > interval").to_string();
-        assert!(e.contains("agent.yml:7:5: scrape_configs[0].scrape_timeout"), "{e}");
+        assert!(
+            e.contains("agent.yml:7:5: scrape_configs[0].scrape_timeout"),
+            "{e}"
+        );
 
         let bad = GOOD.replace("127.0.0.1:9100", "http://x/");
         let e = load(&bad).expect_err("bad target").to_string();

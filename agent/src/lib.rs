@@ -31,9 +31,16 @@ use crate::metrics::Metrics;
 use crate::queue::Queue;
 
 /// Runs the agent until `shutdown` is cancelled, then shuts down in order.
-pub async fn run(cfg: Config, web_addr: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    web_addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     for section in cfg.ignored_sections() {
-        warn!(section, "Prometheus configuration section is ignored by the agent.");
+        warn!(
+            section,
+            "Prometheus configuration section is ignored by the agent."
+        );
     }
     let dir = cfg.uplink.queue.directory.clone();
     let fsync = cfg.uplink.queue.fsync;
@@ -41,7 +48,12 @@ pub async fn run(cfg: Config, web_addr: SocketAddr, shutdown: CancellationToken)
         .await?
         .with_context(|| format!("opening queue at {}", cfg.uplink.queue.directory.display()))?;
     let (records, bytes) = queue.usage();
-    info!(records, bytes, first = queue.head() - records, "Queue opened.");
+    info!(
+        records,
+        bytes,
+        first = queue.head() - records,
+        "Queue opened."
+    );
 
     let metrics = Metrics::default();
     metrics.queue_records.set(records as i64);

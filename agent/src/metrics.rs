@@ -32,7 +32,11 @@ impl Metrics {
     /// Registers every instrument under the `uplink_agent_` prefix.
     pub fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("uplink_agent");
-        r.register("scrapes", "Scrapes attempted, by job.", self.scrapes.clone());
+        r.register(
+            "scrapes",
+            "Scrapes attempted, by job.",
+            self.scrapes.clone(),
+        );
         r.register(
             "scrape_failures",
             "Scrapes that failed (target down, timeout, bad body), by job.",

@@ -128,7 +128,8 @@ impl Queue {
                 let id = rand::random::<u64>();
                 let mut wo = WriteOptions::default();
                 wo.set_sync(true);
-                db.put_opt(QUEUE_ID, id.to_be_bytes(), &wo).map_err(db_err)?;
+                db.put_opt(QUEUE_ID, id.to_be_bytes(), &wo)
+                    .map_err(db_err)?;
                 id
             }
         };
@@ -175,10 +176,13 @@ impl Queue {
             wb.put(NEXT_SEQ, (seq + 1).to_be_bytes());
             let mut wo = WriteOptions::default();
             wo.set_sync(inner.fsync);
-            inner.db.write_opt(wb, &wo).map_err(|source| QueueError::Db {
-                path: inner.path.clone(),
-                source,
-            })?;
+            inner
+                .db
+                .write_opt(wb, &wo)
+                .map_err(|source| QueueError::Db {
+                    path: inner.path.clone(),
+                    source,
+                })?;
             *next = seq + 1;
             Ok(seq)
         })
@@ -317,7 +321,10 @@ mod tests {
             assert_eq!(q.append(b(&format!("r{i}"))).await.expect("append"), i);
         }
         let got = q.read(3, 4, usize::MAX).await.expect("read");
-        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 4, 5, 6]);
+        assert_eq!(
+            got.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5, 6]
+        );
         assert_eq!(got[0].data, b("r3"));
         // Byte limit still returns one record.
         assert_eq!(q.read(0, 10, 1).await.expect("read").len(), 1);

@@ -9,8 +9,10 @@
 //! in the queue. That keeps per-series order and makes loss impossible by construction: a
 //! record leaves the queue only through [`Queue::delete`] after an [`AckStatus::Accepted`].
 //!
-//! Shutdown: stop sending new batches, wait for the acks of those in flight (bounded by the
-//! ack timeout), close the connection with [`CloseCode::Normal`].
+//! Shutdown (after the scrapers stopped, so the queue no longer grows): keep shipping until the
+//! queue is empty and every ack is in, bounded by a drain deadline (the ack timeout, at most
+//! 10 s); then close the connection with [`CloseCode::Normal`]. Whatever is left stays on disk
+//! for the next start.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -79,7 +81,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff { min, max, step: min }
+        Backoff {
+            min,
+            max,
+            step: min,
+        }
     }
     pub fn reset(&mut self) {
         self.step = self.min;
@@ -117,7 +123,9 @@ impl Shipper {
             let gw = &self.gateways[next_gw % self.gateways.len()];
             next_gw += 1;
             self.metrics.connection_attempts.inc();
-            let result = self.session(gw, &mut endpoint, &mut backoff, &shutdown).await;
+            let result = self
+                .session(gw, &mut endpoint, &mut backoff, &shutdown)
+                .await;
             self.metrics.connected.set(0);
             match result {
                 Ok(End::Shutdown) => break,
@@ -134,7 +142,10 @@ impl Shipper {
             }
         }
         if let Some(ep) = endpoint {
-            ep.close(CloseCode::Normal.as_u32().into(), CloseCode::Normal.reason());
+            ep.close(
+                CloseCode::Normal.as_u32().into(),
+                CloseCode::Normal.reason(),
+            );
             ep.wait_idle().await;
         }
         if let Err(error) = self.queue.flush().await {
@@ -220,10 +231,7 @@ impl Shipper {
 
         let result = loop {
             // Fill the pipeline with contiguous batches.
-            while drain_deadline.is_none()
-                && in_flight.len() < max_in_flight
-                && cursor < self.queue.head()
-            {
+            while in_flight.len() < max_in_flight && cursor < self.queue.head() {
                 let records = self
                     .queue
                     .read(cursor, self.cfg.max_batch_records.get() as usize, max_bytes)
@@ -240,9 +248,11 @@ impl Shipper {
                     samples += n as u64;
                     body.extend_from_slice(pb);
                 }
-                let payload = Bytes::from(snap::raw::Encoder::new().compress_vec(&body).map_err(
-                    |_| ShipError::CorruptRecord(first_seq),
-                )?);
+                let payload = Bytes::from(
+                    snap::raw::Encoder::new()
+                        .compress_vec(&body)
+                        .map_err(|_| ShipError::CorruptRecord(first_seq))?,
+                );
                 let batch = Batch {
                     first_seq,
                     count,
@@ -260,7 +270,7 @@ impl Shipper {
                     Ok((ack, samples))
                 });
             }
-            if drain_deadline.is_some() && in_flight.is_empty() {
+            if drain_deadline.is_some() && in_flight.is_empty() && cursor >= self.queue.head() {
                 break Ok(End::Shutdown);
             }
             tokio::select! {
@@ -297,13 +307,14 @@ impl Shipper {
             }
         };
         if result.is_err() {
-            self.metrics
-                .batches_retried
-                .inc_by(in_flight.len() as u64);
+            self.metrics.batches_retried.inc_by(in_flight.len() as u64);
         }
         in_flight.abort_all();
         let _ = ctl_send.finish();
-        conn.close(CloseCode::Normal.as_u32().into(), CloseCode::Normal.reason());
+        conn.close(
+            CloseCode::Normal.as_u32().into(),
+            CloseCode::Normal.reason(),
+        );
         result
     }
 }
@@ -318,10 +329,10 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// Sends one batch on its own stream and waits for its ack.
 async fn send_batch(conn: &quinn::Connection, batch: Batch) -> Result<Ack, ShipError> {
     let (mut send, mut recv) = conn.open_bi().await?;
-    send.write_all(&Frame::Batch(batch.clone()).to_bytes()).await?;
-    send.finish().map_err(|_| {
-        ShipError::Connection(quinn::ConnectionError::LocallyClosed)
-    })?;
+    send.write_all(&Frame::Batch(batch.clone()).to_bytes())
+        .await?;
+    send.finish()
+        .map_err(|_| ShipError::Connection(quinn::ConnectionError::LocallyClosed))?;
     let frame = quic::read_only_frame(&mut recv, MAX_CONTROL_FRAME).await?;
     Ok(wire::expect_ack(frame, &batch)?)
 }

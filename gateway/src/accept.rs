@@ -56,7 +56,10 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>, shutdown: Cance
                 .instrument(info_span!("agent", %remote)),
         );
     }
-    endpoint.close(CloseCode::GoingAway.as_u32().into(), CloseCode::GoingAway.reason());
+    endpoint.close(
+        CloseCode::GoingAway.as_u32().into(),
+        CloseCode::GoingAway.reason(),
+    );
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     endpoint.wait_idle().await;
@@ -150,7 +153,10 @@ async fn session(
     {
         return None;
     }
-    info!(queue_id = format!("{queue_id:016x}"), resume_seq, "Agent connected.");
+    info!(
+        queue_id = format!("{queue_id:016x}"),
+        resume_seq, "Agent connected."
+    );
 
     let (tx, rx) = mpsc::channel::<Pending>(ctx.limits.max_streams_per_agent.get() as usize);
     let (violation_tx, mut violation_rx) = mpsc::channel::<CloseCode>(1);
@@ -287,7 +293,10 @@ async fn forward_in_order(
                 let _ = p.reply.send(a);
             }
             Offered::Violation(_) => {
-                warn!(first, count, "Batch overlaps an earlier one; closing connection.");
+                warn!(
+                    first,
+                    count, "Batch overlaps an earlier one; closing connection."
+                );
                 let _ = violation.try_send(CloseCode::ProtocolViolation);
                 return;
             }

@@ -15,7 +15,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use reqwest::header::{
+    CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT,
+};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tracing::warn;
@@ -198,8 +200,14 @@ impl Destination {
         let name: Arc<str> = cfg.display_name().into();
         let url = reqwest::Url::parse(&cfg.url).map_err(|e| ForwardError::Setup(e.to_string()))?;
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_ENCODING, HeaderValue::from_static(remote_write::CONTENT_ENCODING));
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(remote_write::CONTENT_TYPE));
+        headers.insert(
+            CONTENT_ENCODING,
+            HeaderValue::from_static(remote_write::CONTENT_ENCODING),
+        );
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(remote_write::CONTENT_TYPE),
+        );
         headers.insert(
             USER_AGENT,
             HeaderValue::from_static(concat!("uplink-gateway/", env!("CARGO_PKG_VERSION"))),
@@ -209,8 +217,10 @@ impl Destination {
             HeaderValue::from_static(remote_write::VERSION_1),
         );
         for (k, v) in &cfg.headers {
-            let k = HeaderName::try_from(k.as_str()).map_err(|e| ForwardError::Setup(e.to_string()))?;
-            let v = HeaderValue::try_from(v.as_str()).map_err(|e| ForwardError::Setup(e.to_string()))?;
+            let k =
+                HeaderName::try_from(k.as_str()).map_err(|e| ForwardError::Setup(e.to_string()))?;
+            let v = HeaderValue::try_from(v.as_str())
+                .map_err(|e| ForwardError::Setup(e.to_string()))?;
             headers.insert(k, v);
         }
         let auth = match &cfg.basic_auth {
@@ -286,11 +296,17 @@ impl Destination {
         let d = labels(&[("destination", &self.name)]);
         match self.svc.clone().oneshot(body).await {
             Ok(()) => {
-                self.metrics.samples_forwarded.get_or_create(&d).inc_by(samples);
+                self.metrics
+                    .samples_forwarded
+                    .get_or_create(&d)
+                    .inc_by(samples);
                 Delivery::Accepted
             }
             Err(e) if !retryable(&e) => {
-                self.metrics.samples_dropped.get_or_create(&d).inc_by(samples);
+                self.metrics
+                    .samples_dropped
+                    .get_or_create(&d)
+                    .inc_by(samples);
                 warn!(error = %e, destination = %self.name, samples,
                     "Destination refused batch permanently; dropped.");
                 Delivery::Dropped(e.to_string())

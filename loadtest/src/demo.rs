@@ -144,9 +144,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     loop {
         print_table(&agents);
-        let remaining = args
-            .duration
-            .map(|d| d.0.saturating_sub(started.elapsed()));
+        let remaining = args.duration.map(|d| d.0.saturating_sub(started.elapsed()));
         if remaining == Some(Duration::ZERO) {
             break;
         }
@@ -173,7 +171,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             View::Capture(c) => c
                 .snapshot()
                 .into_iter()
-                .filter(|r| r.labels.iter().any(|l| l.name == "site" && &l.value == site))
+                .filter(|r| {
+                    r.labels
+                        .iter()
+                        .any(|l| l.name == "site" && &l.value == site)
+                })
                 .collect(),
         };
         let extra = [Label::new("job", "probe"), Label::new("site", site.clone())];
@@ -213,7 +215,11 @@ fn row(a: &harness::Agent) -> String {
                 g("uplink_agent_samples_shipped_total"),
                 g("uplink_agent_samples_acked_total"),
                 g("uplink_agent_queue_records"),
-                if g("uplink_agent_gateway_connected") == 1 { "yes" } else { "no" },
+                if g("uplink_agent_gateway_connected") == 1 {
+                    "yes"
+                } else {
+                    "no"
+                },
             )
         }
         Err(_) => format!("{:<8} (not reachable)", a.site),

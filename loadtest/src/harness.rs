@@ -142,7 +142,11 @@ pub struct Gateway {
 }
 
 /// Writes `gateway.yml` in `dir` (certificates must be there) and starts the gateway.
-pub fn start_gateway(bins: &Bins, dir: &Path, remote_write_urls: &[String]) -> anyhow::Result<Gateway> {
+pub fn start_gateway(
+    bins: &Bins,
+    dir: &Path,
+    remote_write_urls: &[String],
+) -> anyhow::Result<Gateway> {
     let quic = free_addr()?;
     let web = free_addr()?;
     let mut rw = String::new();
@@ -335,7 +339,10 @@ pub fn start_prometheus(dir: &Path) -> anyhow::Result<Prometheus> {
         "prometheus",
         Command::new("prometheus")
             .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("prometheus").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("prometheus").display()
+            ))
             .arg(format!("--web.listen-address={web}"))
             .arg("--web.enable-remote-write-receiver"),
         &dir.join("prometheus.log"),

@@ -7,10 +7,10 @@
 //! * [`demo`]: the whole relay path, live, on an embedded default configuration.
 
 pub mod capture;
-pub mod oracle;
-pub mod probe;
 pub mod demo;
 pub mod harness;
+pub mod oracle;
+pub mod probe;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

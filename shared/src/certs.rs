@@ -47,7 +47,8 @@ pub struct Authority {
 fn params(cn: &str, valid_days: i64) -> Result<CertificateParams, CertError> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name.push(DnType::CommonName, cn);
-    p.distinguished_name.push(DnType::OrganizationName, "Uplink");
+    p.distinguished_name
+        .push(DnType::OrganizationName, "Uplink");
     // Valid from a day ago (clock skew between hosts) for `valid_days` days.
     let now = time::OffsetDateTime::now_utc();
     p.not_before = now - time::Duration::days(1);
@@ -91,7 +92,10 @@ impl Authority {
 
     /// Issues a server certificate for the gateway, valid for `names` (DNS names or IPs).
     pub fn issue_gateway(&self, names: &[String], valid_days: i64) -> Result<Pair, CertError> {
-        let cn = names.first().map(String::as_str).unwrap_or("uplink-gateway");
+        let cn = names
+            .first()
+            .map(String::as_str)
+            .unwrap_or("uplink-gateway");
         let mut p = params(cn, valid_days)?;
         for n in names {
             p.subject_alt_names.push(match n.parse::<IpAddr>() {

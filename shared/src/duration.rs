@@ -124,6 +124,9 @@ mod tests {
         for bad in ["", "15", "s", "1s1m", "1.5s", "-1s", "1x", "1s1s"] {
             assert!(ms(bad).is_err(), "{bad} should fail");
         }
-        assert_eq!(PromDuration::parse("1m30s").map(|d| d.to_string()), Ok("1m30s".into()));
+        assert_eq!(
+            PromDuration::parse("1m30s").map(|d| d.to_string()),
+            Ok("1m30s".into())
+        );
     }
 }

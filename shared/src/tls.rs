@@ -115,13 +115,12 @@ fn roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
 
 /// rustls server configuration for the gateway: client certificates required.
 pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots(&files.ca_file)?),
-            provider(),
-        )
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(&files.ca_file)?),
+        provider(),
+    )
+    .build()
+    .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -183,8 +182,7 @@ pub fn quic_client(
 pub fn valid_identity(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 

@@ -441,8 +441,7 @@ impl FrameDecoder {
         if !(T_HELLO..=T_ACK).contains(&ty) {
             return Err(WireError::UnknownType(ty));
         }
-        let len =
-            u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
         if len > self.limit {
             return Err(WireError::TooLarge {
                 len,
@@ -683,8 +682,8 @@ mod tests {
         assert_eq!(
             decode_one(
                 &[
-                    T_HELLO, 0, 0, 0, 21, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
-                    0xff
+                    T_HELLO, 0, 0, 0, 21, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    1, 0xff
                 ],
                 100
             ),

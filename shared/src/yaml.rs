@@ -87,7 +87,9 @@ fn refine(text: &str, field: &str, line: usize, column: usize) -> (usize, usize)
             return (i + 1, l.len() - trimmed.len() + 1);
         }
         // Inline mappings: `{a: 1, key: x}`.
-        if let Some(pos) = l.find(&format!(" {pattern}")).or_else(|| l.find(&format!("{{{pattern}")))
+        if let Some(pos) = l
+            .find(&format!(" {pattern}"))
+            .or_else(|| l.find(&format!("{{{pattern}")))
         {
             return (i + 1, pos + 2);
         }
@@ -132,7 +134,8 @@ mod tests {
         assert!(s.contains("items[1].every"), "{s}");
         assert!(s.contains("not a valid duration"), "{s}");
 
-        let err = parse::<Outer>(Path::new("x.yml"), "items:\n  - evry: 1s\n").expect_err("unknown");
+        let err =
+            parse::<Outer>(Path::new("x.yml"), "items:\n  - evry: 1s\n").expect_err("unknown");
         let s = err.to_string();
         assert!(s.starts_with("x.yml:2:"), "{s}");
         assert!(s.contains("unknown field `evry`"), "{s}");
