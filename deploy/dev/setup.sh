@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what building, the demo and the tests need on Debian, if missing:
+#   clang, libclang-dev  RocksDB's bindings (bindgen needs libclang)
+#   prometheus           the real global view (also ships promtool)
+#   openssl              tests that certificates from a user's own PKI work
+# As root it installs them; otherwise it prints the exact command and fails.
+set -euo pipefail
+packages=(clang libclang-dev prometheus openssl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}"
+if [[ $(id -u) -eq 0 ]]; then
+  echo "setup: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "setup: missing Debian packages: ${missing[*]}" >&2
+  echo "setup: run as root:  sudo sh -c '$cmd'" >&2
+  exit 1
+fi

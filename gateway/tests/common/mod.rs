@@ -1,0 +1,154 @@
+//! Helpers shared by the gateway's integration tests: an in-process gateway with a capture
+//! receiver behind it, and a hand-driven agent side of the protocol.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use uplink_loadtest::capture::Capture;
+use uplink_loadtest::harness;
+use uplink_shared::remote_write::{self, Label, Sample, TimeSeries, WriteRequest};
+use uplink_shared::tls::{self, TlsFiles};
+use uplink_shared::wire::{self, Batch, CloseCode, Encoding, Frame, Hello};
+
+pub struct Setup {
+    pub _dir: tempfile::TempDir,
+    pub dir: std::path::PathBuf,
+    pub quic: SocketAddr,
+    pub capture: Capture,
+    pub stop: CancellationToken,
+}
+
+/// Development PKI (rcgen): agents `good` and `bad`, plus a foreign CA in `other/` with agent
+/// `intruder`.
+pub async fn setup_with_dev_pki() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    harness::write_certs(&path, &["good".into(), "bad".into()]).unwrap();
+    // A second CA whose agents the gateway must refuse.
+    let other = path.join("other");
+    harness::write_certs(&other, &["intruder".into()]).unwrap();
+    start(dir).await
+}
+
+/// Starts a gateway on the certificates already in `dir` (`gateway.crt/key`, `ca.crt`).
+pub async fn start(dir: tempfile::TempDir) -> Setup {
+    let path = dir.path().to_path_buf();
+    let capture = Capture::start(harness::free_addr().unwrap()).await.unwrap();
+    let quic = harness::free_addr().unwrap();
+    let cfg_path = path.join("gateway.yml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "listen_address: {quic}\n\
+             tls: {{cert_file: gateway.crt, key_file: gateway.key, ca_file: ca.crt}}\n\
+             limits: {{max_batch_bytes: 65536, handshake_timeout: 1s, max_retry_duration: 2s}}\n\
+             remote_write:\n  - url: {}\n",
+            capture.url()
+        ),
+    )
+    .unwrap();
+    let cfg = uplink_gateway::config::Config::load(&cfg_path).unwrap();
+    let stop = CancellationToken::new();
+    let web = harness::free_addr().unwrap();
+    tokio::spawn(uplink_gateway::run(cfg, web, stop.clone()));
+    tokio::task::block_in_place(|| harness::wait_ready(web, Duration::from_secs(10))).unwrap();
+    Setup {
+        _dir: dir,
+        dir: path,
+        quic,
+        capture,
+        stop,
+    }
+}
+
+pub async fn connect(
+    dir: &Path,
+    site: &str,
+    quic: SocketAddr,
+) -> Result<quinn::Connection, String> {
+    let files = TlsFiles {
+        cert_file: dir.join(format!("{site}.crt")),
+        key_file: dir.join(format!("{site}.key")),
+        ca_file: dir.join("ca.crt"),
+    };
+    let transport = tls::transport(Duration::from_secs(1), Duration::from_secs(5));
+    let client = tls::quic_client(&files, transport).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(client);
+    let conn = ep
+        .connect(quic, "localhost")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+pub fn hello(version: u16, resume_seq: u64) -> Bytes {
+    Frame::Hello(Hello {
+        version,
+        queue_id: 1,
+        resume_seq,
+        agent: "test".into(),
+    })
+    .to_bytes()
+}
+
+/// Opens the control stream and completes the handshake.
+pub async fn handshake(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream, String) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&hello(wire::VERSION, 0)).await.unwrap();
+    let f = uplink_shared::quic::read_frame(&mut recv, 4096, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let Frame::Welcome(w) = f else {
+        panic!("expected welcome, got {f:?}")
+    };
+    (send, recv, w.identity)
+}
+
+pub async fn close_code(conn: &quinn::Connection) -> Option<CloseCode> {
+    match tokio::time::timeout(Duration::from_secs(10), conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(c)) => {
+            CloseCode::from_u64(c.error_code.into_inner())
+        }
+        other => panic!("expected an application close, got {other:?}"),
+    }
+}
+
+pub fn batch(first_seq: u64, count: u32, value: f64) -> Bytes {
+    let req = WriteRequest {
+        timeseries: vec![TimeSeries {
+            labels: vec![Label::new("__name__", "m"), Label::new("site", "good")],
+            samples: vec![Sample {
+                value,
+                timestamp: 1000 + first_seq as i64,
+            }],
+        }],
+        metadata: vec![],
+    };
+    Frame::Batch(Batch {
+        first_seq,
+        count,
+        encoding: Encoding::RemoteWriteV1Snappy,
+        payload: remote_write::encode_snappy(&req),
+    })
+    .to_bytes()
+}
+
+pub async fn send_batch(conn: &quinn::Connection, frame: Bytes) -> wire::Ack {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&frame).await.unwrap();
+    send.finish().unwrap();
+    match uplink_shared::quic::read_only_frame(&mut recv, 4096)
+        .await
+        .unwrap()
+    {
+        Frame::Ack(a) => a,
+        other => panic!("expected ack, got {other:?}"),
+    }
+}
