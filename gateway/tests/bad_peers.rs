@@ -9,7 +9,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{batch, close_code, connect, handshake, hello, send_batch, setup_with_dev_pki};
+use common::{
+    batch, close_code, connect, handshake, handshake_at, hello, send_batch, setup_with_dev_pki,
+};
 use uplink_shared::tls::{self, TlsFiles};
 use uplink_shared::wire::{AckStatus, Batch, CloseCode, Encoding, Frame};
 
@@ -130,5 +132,16 @@ async fn bad_peers_get_close_codes_and_good_agents_carry_on() {
     assert!(ack.message.contains("503"), "{}", ack.message);
     let ack = send_batch(&good, batch(4, 1, 5.0)).await;
     assert_eq!(ack.status, AckStatus::Retry);
+
+    // A permanent 4xx: logged, counted as dropped, and acknowledged so the queue cannot jam.
+    s.capture.set_fail_next(1, 400);
+    let c = connect(&s.dir, "good", s.quic).await.unwrap();
+    let _ctl = handshake_at(&c, 10).await;
+    let ack = send_batch(&c, batch(10, 1, 9.0)).await;
+    assert_eq!(ack.status, AckStatus::Accepted);
+    let ack = send_batch(&c, batch(11, 1, 10.0)).await;
+    assert_eq!(ack.status, AckStatus::Accepted);
+    let got: Vec<i64> = s.capture.snapshot().iter().map(|r| r.timestamp).collect();
+    assert_eq!(got, vec![1000, 1001, 1002, 1011]);
     s.stop.cancel();
 }

@@ -98,10 +98,20 @@ pub fn hello(version: u16, resume_seq: u64) -> Bytes {
     .to_bytes()
 }
 
-/// Opens the control stream and completes the handshake.
+/// Opens the control stream and completes the handshake (resume at sequence 0).
 pub async fn handshake(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream, String) {
+    handshake_at(conn, 0).await
+}
+
+/// Opens the control stream and completes the handshake, announcing `resume_seq`.
+pub async fn handshake_at(
+    conn: &quinn::Connection,
+    resume_seq: u64,
+) -> (quinn::SendStream, quinn::RecvStream, String) {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&hello(wire::VERSION, 0)).await.unwrap();
+    send.write_all(&hello(wire::VERSION, resume_seq))
+        .await
+        .unwrap();
     let f = uplink_shared::quic::read_frame(&mut recv, 4096, Duration::from_secs(5))
         .await
         .unwrap();
