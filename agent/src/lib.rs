@@ -135,3 +135,31 @@ pub async fn run(
     info!("Shutdown complete.");
     Ok(())
 }
+
+/// Every series stored in a queue (records decoded and joined with their series sets), for
+/// tests and inspection tools. Records that cannot be decoded are skipped.
+pub async fn stored_series(
+    queue: &Queue,
+) -> Result<Vec<uplink_shared::model::TimeSeries>, queue::QueueError> {
+    use uplink_shared::codec::{self, ScrapeRecord, SeriesSet};
+    let records = queue.read(0, usize::MAX, usize::MAX).await?;
+    let recs: Vec<ScrapeRecord> = records
+        .iter()
+        .filter_map(|r| ScrapeRecord::decode(&r.data).ok())
+        .collect();
+    let mut ids: Vec<u64> = recs.iter().map(|r| r.set_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let sets = queue.sets(ids).await?;
+    let mut out = Vec::new();
+    for r in &recs {
+        if let Some(set) = sets
+            .get(&r.set_id)
+            .and_then(|d| SeriesSet::decode(d, usize::MAX).ok())
+            && let Ok(series) = codec::join(&set, r)
+        {
+            out.extend(series);
+        }
+    }
+    Ok(out)
+}

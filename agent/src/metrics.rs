@@ -21,6 +21,7 @@ pub struct Metrics {
     pub batches_retried: Counter,
     pub bytes_sent: Counter,
     pub queue_append_errors: Counter,
+    pub records_corrupt: Counter,
     pub queue_records: Gauge,
     pub queue_bytes: Gauge,
     pub connected: Gauge,
@@ -82,6 +83,11 @@ impl Metrics {
             "queue_append_errors",
             "Scrape results that could not be appended to the queue.",
             self.queue_append_errors.clone(),
+        );
+        r.register(
+            "queue_records_corrupt",
+            "Queue records skipped because they could not be decoded (counted, then deleted).",
+            self.records_corrupt.clone(),
         );
         r.register(
             "queue_records",

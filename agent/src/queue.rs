@@ -7,6 +7,10 @@
 //! - `m:next_seq`: the next sequence number to assign (u64 BE). Written in the same atomic
 //!   write batch as each record, so sequence numbers never repeat, even after the queue drains
 //!   and the process restarts.
+//! - `s` + set id (u64 BE): the encoded series set (labels) that records refer to
+//!   (`uplink_shared::codec`), written in the same write batch as the first record using it.
+//! - `u` + set id: the sequence number of the newest record using the set. [`Queue::gc_sets`]
+//!   deletes sets whose newest user was acknowledged.
 //! - `m:queue_id`: a random u64 chosen when the queue is created. The agent sends it in its
 //!   hello, so the gateway never confuses the sequence numbers of a wiped queue with the old
 //!   ones.
@@ -22,6 +26,7 @@
 //! - Every RocksDB call runs on the blocking pool (`spawn_blocking`), never on the async
 //!   runtime's worker threads.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +38,22 @@ use tokio::sync::watch;
 const NEXT_SEQ: &[u8] = b"m:next_seq";
 const QUEUE_ID: &[u8] = b"m:queue_id";
 const DATA: u8 = b'd';
+const SET: u8 = b's';
+const SET_USE: u8 = b'u';
+
+/// The series set a record refers to, with its definition when it may be new to the queue.
+#[derive(Clone, Debug)]
+pub struct SetUse {
+    pub id: u64,
+    pub def: Option<Bytes>,
+}
+
+fn set_key(prefix: u8, id: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
 
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -163,7 +184,9 @@ impl Queue {
     }
 
     /// Appends one record; returns its sequence number once it is durable (see module docs).
-    pub async fn append(&self, data: Bytes) -> Result<u64, QueueError> {
+    /// `set` names the series set the record uses; its definition, when given, is stored in the
+    /// same atomic write.
+    pub async fn append(&self, data: Bytes, set: Option<SetUse>) -> Result<u64, QueueError> {
         let inner = self.inner.clone();
         let len = data.len() as u64;
         let seq = tokio::task::spawn_blocking(move || -> Result<u64, QueueError> {
@@ -174,6 +197,12 @@ impl Queue {
             let mut wb = WriteBatch::default();
             wb.put(key(seq), &data);
             wb.put(NEXT_SEQ, (seq + 1).to_be_bytes());
+            if let Some(set) = &set {
+                if let Some(def) = &set.def {
+                    wb.put(set_key(SET, set.id), def);
+                }
+                wb.put(set_key(SET_USE, set.id), seq.to_be_bytes());
+            }
             let mut wo = WriteOptions::default();
             wo.set_sync(inner.fsync);
             inner
@@ -282,6 +311,60 @@ impl Queue {
         .await?
     }
 
+    /// Definitions of the given series sets (those found).
+    pub async fn sets(&self, ids: Vec<u64>) -> Result<HashMap<u64, Bytes>, QueueError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let keys: Vec<[u8; 9]> = ids.iter().map(|id| set_key(SET, *id)).collect();
+            let mut out = HashMap::new();
+            for (id, got) in ids.iter().zip(inner.db.multi_get(keys)) {
+                let got = got.map_err(|source| QueueError::Db {
+                    path: inner.path.clone(),
+                    source,
+                })?;
+                if let Some(v) = got {
+                    out.insert(*id, Bytes::from(v));
+                }
+            }
+            Ok(out)
+        })
+        .await?
+    }
+
+    /// Deletes series sets no stored record uses any more; returns how many.
+    pub async fn gc_sets(&self) -> Result<usize, QueueError> {
+        let first = self.first().await?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let db_err = |source| QueueError::Db {
+                path: inner.path.clone(),
+                source,
+            };
+            let mut wb = WriteBatch::default();
+            let mut n = 0;
+            for item in inner
+                .db
+                .iterator(IteratorMode::From(&[SET_USE], Direction::Forward))
+            {
+                let (k, v) = item.map_err(db_err)?;
+                if k.first() != Some(&SET_USE) {
+                    break;
+                }
+                let last: Option<u64> = v.as_ref().try_into().ok().map(u64::from_be_bytes);
+                if last.is_none_or(|l| l < first) {
+                    if let Ok(id) = <[u8; 8]>::try_from(&k[1..]) {
+                        wb.delete(set_key(SET, u64::from_be_bytes(id)));
+                    }
+                    wb.delete(&k);
+                    n += 1;
+                }
+            }
+            inner.db.write(wb).map_err(db_err)?;
+            Ok(n)
+        })
+        .await?
+    }
+
     /// Stored (unacknowledged) records and their bytes.
     pub fn usage(&self) -> (u64, u64) {
         (
@@ -318,7 +401,10 @@ mod tests {
         let q = Queue::open(dir.path(), false).expect("open");
         let id = q.queue_id();
         for i in 0..10 {
-            assert_eq!(q.append(b(&format!("r{i}"))).await.expect("append"), i);
+            assert_eq!(
+                q.append(b(&format!("r{i}")), None).await.expect("append"),
+                i
+            );
         }
         let got = q.read(3, 4, usize::MAX).await.expect("read");
         assert_eq!(
@@ -343,7 +429,7 @@ mod tests {
         drop(q);
         // Sequence numbers never repeat after the queue drains.
         let q = Queue::open(dir.path(), false).expect("reopen");
-        assert_eq!(q.append(b("x")).await.expect("append"), 10);
+        assert_eq!(q.append(b("x"), None).await.expect("append"), 10);
         assert_eq!(q.usage(), (1, 1));
     }
 
@@ -364,7 +450,7 @@ mod tests {
             match next() % 10 {
                 0..=4 => {
                     let data = b(&format!("s{step}"));
-                    let seq = q.append(data.clone()).await.expect("append");
+                    let seq = q.append(data.clone(), None).await.expect("append");
                     model.push_back((seq, data));
                 }
                 5..=6 if !model.is_empty() => {
@@ -393,5 +479,34 @@ mod tests {
             }
             assert_eq!(q.usage().0, model.len() as u64, "step {step}");
         }
+    }
+
+    #[tokio::test]
+    async fn set_definitions_live_while_used() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = Queue::open(dir.path(), false).expect("open");
+        let def = |id| {
+            Some(SetUse {
+                id,
+                def: Some(b(&format!("def{id}"))),
+            })
+        };
+        q.append(b("a"), def(1)).await.expect("append");
+        q.append(b("b"), def(2)).await.expect("append");
+        q.append(b("c"), Some(SetUse { id: 1, def: None }))
+            .await
+            .expect("append");
+        q.delete(0, 2).await.expect("ack a, b");
+        assert_eq!(
+            q.gc_sets().await.expect("gc"),
+            1,
+            "set 2 unused, set 1 still used by c"
+        );
+        let got = q.sets(vec![1, 2]).await.expect("sets");
+        assert_eq!(got.get(&1), Some(&b("def1")));
+        assert!(!got.contains_key(&2));
+        q.delete(2, 1).await.expect("ack c");
+        assert_eq!(q.gc_sets().await.expect("gc"), 1);
+        assert!(q.sets(vec![1]).await.expect("sets").is_empty());
     }
 }

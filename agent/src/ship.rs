@@ -1,6 +1,10 @@
 //! The shipper: one outbound mTLS QUIC connection to a gateway, batches in flight on streams
 //! of their own, deletion only on acknowledgement.
 //!
+//! Batches use the compact encoding (`uplink_shared::codec`): the encoder's state lives as long
+//! as the connection, so series definitions and previous values are sent again after every
+//! reconnect.
+//!
 //! Session protocol (see `uplink_shared::wire`): hello on the control stream with the queue's
 //! first unacknowledged sequence number, then contiguous batches, each on its own stream. The
 //! gateway forwards in order and answers acks in order. Any trouble (retry ack, lost stream,
@@ -17,12 +21,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+
+use bytes::Bytes;
 use rand::Rng;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use uplink_shared::codec::{CodecError, ScrapeRecord, TunnelEncoder};
 use uplink_shared::quic;
 use uplink_shared::wire::{
     self, Ack, AckStatus, Batch, CloseCode, Encoding, Frame, Hello, MAX_CONTROL_FRAME, WireError,
@@ -30,8 +37,10 @@ use uplink_shared::wire::{
 
 use crate::config::ShipperConfig;
 use crate::metrics::Metrics;
-use crate::queue::{Queue, QueueError};
-use crate::scrape::decode_record;
+use crate::queue::{Queue, QueueError, Record};
+
+/// zstd level for batches: a good ratio at low CPU on small ARM cores.
+const ZSTD_LEVEL: i32 = 3;
 
 /// Why a session ended (none of these lose data: the queue still holds every unacked record).
 #[derive(Debug, thiserror::Error)]
@@ -66,9 +75,9 @@ pub enum ShipError {
     /// The local queue failed.
     #[error("queue: {0}")]
     Queue(#[from] QueueError),
-    /// A queue record was shorter than its header (corruption).
-    #[error("corrupt queue record {0}")]
-    CorruptRecord(u64),
+    /// Encoding a batch failed.
+    #[error("encode: {0}")]
+    Codec(#[from] CodecError),
 }
 
 /// Jittered exponential backoff ("full jitter" between half and the whole step).
@@ -228,6 +237,9 @@ impl Shipper {
         let mut head = self.queue.subscribe();
         let mut in_flight: JoinSet<Result<(Ack, u64), ShipError>> = JoinSet::new();
         let mut drain_deadline: Option<Instant> = None;
+        // Connection-scoped codec state: starts empty with every connection (ADR 002).
+        let mut encoder = TunnelEncoder::new(ZSTD_LEVEL);
+        let mut acks_since_gc = 0u32;
 
         let result = loop {
             // Fill the pipeline with contiguous batches.
@@ -241,22 +253,11 @@ impl Shipper {
                 // The queue holds a contiguous suffix, so the read starts at the cursor.
                 let count = (last.seq - first_seq + 1) as u32;
                 cursor = last.seq + 1;
-                let mut body = BytesMut::new();
-                let mut samples = 0u64;
-                for r in &records {
-                    let (n, pb) = decode_record(&r.data).ok_or(ShipError::CorruptRecord(r.seq))?;
-                    samples += n as u64;
-                    body.extend_from_slice(pb);
-                }
-                let payload = Bytes::from(
-                    snap::raw::Encoder::new()
-                        .compress_vec(&body)
-                        .map_err(|_| ShipError::CorruptRecord(first_seq))?,
-                );
+                let (payload, samples) = self.encode(&mut encoder, &records).await?;
                 let batch = Batch {
                     first_seq,
                     count,
-                    encoding: Encoding::RemoteWriteV1Snappy,
+                    encoding: Encoding::Compact,
                     payload,
                 };
                 self.metrics.batches_sent.inc();
@@ -282,6 +283,11 @@ impl Shipper {
                     match ack.status {
                         AckStatus::Accepted => {
                             self.queue.delete(ack.first_seq, ack.count).await?;
+                            acks_since_gc += 1;
+                            if acks_since_gc >= 256 {
+                                acks_since_gc = 0;
+                                self.queue.gc_sets().await?;
+                            }
                             self.metrics.batches_acked.inc();
                             self.metrics.samples_acked.inc_by(samples);
                             let (records, bytes) = self.queue.usage();
@@ -316,6 +322,52 @@ impl Shipper {
             CloseCode::Normal.reason(),
         );
         result
+    }
+}
+
+impl Shipper {
+    /// Encodes queue records for this connection. A record that cannot be decoded, or whose
+    /// series set definition is missing, is skipped and counted (it is still covered by the
+    /// batch's range, so it is deleted with the ack instead of jamming the queue).
+    async fn encode(
+        &self,
+        encoder: &mut TunnelEncoder,
+        records: &[Record],
+    ) -> Result<(Bytes, u64), ShipError> {
+        let mut decoded = Vec::with_capacity(records.len());
+        for r in records {
+            match ScrapeRecord::decode(&r.data) {
+                Ok(rec) => decoded.push(rec),
+                Err(error) => {
+                    self.metrics.records_corrupt.inc();
+                    warn!(%error, seq = r.seq, "Skipping undecodable queue record.");
+                }
+            }
+        }
+        let mut missing: Vec<u64> = decoded
+            .iter()
+            .map(|r| r.set_id)
+            .filter(|id| !encoder.knows(*id))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        let defs = if missing.is_empty() {
+            HashMap::new()
+        } else {
+            self.queue.sets(missing).await?
+        };
+        decoded.retain(|r| {
+            let ok = encoder.knows(r.set_id) || defs.contains_key(&r.set_id);
+            if !ok {
+                self.metrics.records_corrupt.inc();
+                warn!(
+                    set = format!("{:016x}", r.set_id),
+                    "Skipping record whose series set is missing."
+                );
+            }
+            ok
+        });
+        Ok(encoder.encode(&decoded, &defs)?)
     }
 }
 

@@ -7,15 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uplink_agent::metrics::Metrics;
 use uplink_agent::queue::Queue;
-use uplink_agent::scrape::{ScrapeManager, Target, decode_record};
+use uplink_agent::scrape::{ScrapeManager, Target};
 use uplink_shared::model::{self, Label};
-use uplink_shared::remote_write::WriteRequest;
 
 /// A tiny HTTP server: `slow` never answers; otherwise a one-line exposition.
 async fn server(slow: bool, hits: Arc<AtomicU64>) -> String {
@@ -92,14 +90,11 @@ async fn slow_and_dead_targets_fail_alone() {
 
     // Collect `up` per job from the queue.
     let mut up: std::collections::HashMap<String, Vec<f64>> = Default::default();
-    for r in queue.read(0, usize::MAX, usize::MAX).await.unwrap() {
-        let (_, body) = decode_record(&r.data).unwrap();
-        for ts in WriteRequest::decode(body).unwrap().timeseries {
-            if model::get(&ts.labels, "__name__") == Some("up") {
-                assert_eq!(model::get(&ts.labels, "site"), Some("t"));
-                let job = model::get(&ts.labels, "job").unwrap().to_owned();
-                up.entry(job).or_default().push(ts.samples[0].value);
-            }
+    for ts in uplink_agent::stored_series(&queue).await.unwrap() {
+        if model::get(&ts.labels, "__name__") == Some("up") {
+            assert_eq!(model::get(&ts.labels, "site"), Some("t"));
+            let job = model::get(&ts.labels, "job").unwrap().to_owned();
+            up.entry(job).or_default().push(ts.samples[0].value);
         }
     }
     let fast_up = &up["fast"];

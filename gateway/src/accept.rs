@@ -7,7 +7,8 @@
 //! or 3 for a version mismatch). Each later stream carries one batch: it is read with a hard
 //! size limit (over it: close 2), decoded (malformed: close 1), then handed to the connection's
 //! [`Sequencer`], which releases batches in sequence order to one forwarding task. That task
-//! delivers downstream and answers acks; once a batch fails, it and every later batch are
+//! decodes compact batches (their codec state is connection-scoped, so order matters), delivers
+//! downstream and answers acks; once a batch fails, it and every later batch are
 //! answered `Retry`, so the agent resends in order. A bad peer only ever closes its own
 //! connection.
 
@@ -19,9 +20,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
+use uplink_shared::codec::{CodecError, TunnelDecoder};
 use uplink_shared::model;
 use uplink_shared::quic::{self, ReadFrameError};
-use uplink_shared::remote_write::{self, WriteRequest};
+use uplink_shared::remote_write::{self, TimeSeries, WriteRequest};
 use uplink_shared::wire::{
     self, Ack, AckStatus, CloseCode, Encoding, Frame, MAX_CONTROL_FRAME, Offered, Sequencer,
 };
@@ -105,10 +107,16 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: Cancella
     .await;
 }
 
+/// A batch's content: ready to forward, or still in the connection-scoped compact encoding
+/// (decoded by the forwarder, in sequence order).
+enum Payload {
+    Ready { body: Bytes, samples: u64 },
+    Compact(Bytes),
+}
+
 /// One batch on its way to the forwarder, with where to send the answer.
 struct Pending {
-    body: Bytes,
-    samples: u64,
+    payload: Payload,
     reply: oneshot::Sender<Ack>,
     first_seq: u64,
     count: u32,
@@ -215,32 +223,30 @@ async fn batch_stream(
         }
     };
     ctx.metrics.batches_received.inc();
-    let Encoding::RemoteWriteV1Snappy = batch.encoding;
-    let max = ctx.limits.max_uncompressed_bytes.get() as usize;
-    let mut req: WriteRequest = match remote_write::decode_snappy(&batch.payload, max) {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(error = %e, first_seq = batch.first_seq, "Undecodable batch payload; closing connection.");
-            let code = match e {
-                remote_write::DecodeError::TooLarge { .. } => CloseCode::FrameTooLarge,
-                _ => CloseCode::ProtocolViolation,
-            };
-            let _ = violation.try_send(code);
-            return;
+    let payload = match batch.encoding {
+        Encoding::Compact => Payload::Compact(batch.payload),
+        Encoding::RemoteWriteV1Snappy => {
+            let max = ctx.limits.max_uncompressed_bytes.get() as usize;
+            match remote_write::decode_snappy::<WriteRequest>(&batch.payload, max) {
+                Ok(req) => {
+                    let (body, samples) = to_remote_write(&ctx, req.timeseries);
+                    Payload::Ready { body, samples }
+                }
+                Err(e) => {
+                    warn!(error = %e, first_seq = batch.first_seq, "Undecodable batch payload; closing connection.");
+                    let code = match e {
+                        remote_write::DecodeError::TooLarge { .. } => CloseCode::FrameTooLarge,
+                        _ => CloseCode::ProtocolViolation,
+                    };
+                    let _ = violation.try_send(code);
+                    return;
+                }
+            }
         }
     };
-    // Remote write requires sorted, unique label names: enforce it whatever the agent sent.
-    let mut samples = 0u64;
-    for ts in &mut req.timeseries {
-        model::normalize(&mut ts.labels);
-        samples += ts.samples.len() as u64;
-    }
-    ctx.metrics.samples_received.inc_by(samples);
-    let body = remote_write::encode_snappy(&req);
     let (reply, answer) = oneshot::channel();
     let pending = Pending {
-        body,
-        samples,
+        payload,
         reply,
         first_seq: batch.first_seq,
         count: batch.count,
@@ -271,7 +277,23 @@ fn ack(p: &Pending, status: AckStatus, message: String) -> Ack {
     }
 }
 
-/// The connection's forwarding task: batches leave in sequence order.
+/// Normalizes labels (remote write requires them sorted and unique, whatever the agent sent)
+/// and encodes a remote-write 1.0 body.
+fn to_remote_write(ctx: &Context, mut timeseries: Vec<TimeSeries>) -> (Bytes, u64) {
+    let mut samples = 0u64;
+    for ts in &mut timeseries {
+        model::normalize(&mut ts.labels);
+        samples += ts.samples.len() as u64;
+    }
+    ctx.metrics.samples_received.inc_by(samples);
+    let req = WriteRequest {
+        timeseries,
+        metadata: vec![],
+    };
+    (remote_write::encode_snappy(&req), samples)
+}
+
+/// The connection's forwarding task: batches are decoded and leave in sequence order.
 async fn forward_in_order(
     mut rx: mpsc::Receiver<Pending>,
     resume_seq: u64,
@@ -279,6 +301,11 @@ async fn forward_in_order(
     violation: mpsc::Sender<CloseCode>,
 ) {
     let mut seq: Sequencer<Pending> = Sequencer::new(resume_seq);
+    let mut decoder = TunnelDecoder::new(
+        ctx.limits.max_uncompressed_bytes.get() as usize,
+        ctx.limits.max_series_sets_per_agent.get() as usize,
+        ctx.limits.max_series_per_set.get() as usize,
+    );
     while let Some(p) = rx.recv().await {
         let (first, count) = (p.first_seq, p.count);
         match seq.offer(first, count, p) {
@@ -302,7 +329,22 @@ async fn forward_in_order(
             }
         }
         while let Some((_, _, p)) = seq.pop_ready() {
-            match forward::deliver_all(&ctx.destinations, p.body.clone(), p.samples).await {
+            let (body, samples) = match &p.payload {
+                Payload::Ready { body, samples } => (body.clone(), *samples),
+                Payload::Compact(data) => match decoder.decode(data) {
+                    Ok((series, _)) => to_remote_write(&ctx, series),
+                    Err(error) => {
+                        warn!(%error, first_seq = p.first_seq, "Undecodable compact batch; closing connection.");
+                        let code = match error {
+                            CodecError::TooLarge { .. } => CloseCode::FrameTooLarge,
+                            _ => CloseCode::ProtocolViolation,
+                        };
+                        let _ = violation.try_send(code);
+                        return;
+                    }
+                },
+            };
+            match forward::deliver_all(&ctx.destinations, body, samples).await {
                 Ok(()) => {
                     let a = ack(&p, AckStatus::Accepted, String::new());
                     let _ = p.reply.send(a);

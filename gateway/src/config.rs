@@ -36,6 +36,10 @@ pub struct Limits {
     pub max_uncompressed_bytes: NonZeroU32,
     /// Batches one agent may have in flight (QUIC streams).
     pub max_streams_per_agent: NonZeroU32,
+    /// Series sets (one per target shape) one connection may define.
+    pub max_series_sets_per_agent: NonZeroU32,
+    /// Series in one set (one target's scrape).
+    pub max_series_per_set: NonZeroU32,
     /// Time for the TLS handshake plus the hello.
     pub handshake_timeout: PromDuration,
     pub keep_alive: PromDuration,
@@ -51,6 +55,8 @@ impl Default for Limits {
             max_batch_bytes: n(16 << 20),
             max_uncompressed_bytes: n(64 << 20),
             max_streams_per_agent: n(16),
+            max_series_sets_per_agent: n(100_000),
+            max_series_per_set: n(2_000_000),
             handshake_timeout: PromDuration(Duration::from_secs(10)),
             keep_alive: PromDuration(Duration::from_secs(2)),
             idle_timeout: PromDuration(Duration::from_secs(10)),

@@ -12,15 +12,12 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use uplink_agent::queue::Queue;
-use uplink_agent::scrape::decode_record;
 use uplink_loadtest::capture::Capture;
 use uplink_loadtest::harness::{self, AgentSpec, Bins};
 use uplink_loadtest::oracle;
 use uplink_loadtest::probe::{Probe, ProbeSpec};
 use uplink_shared::model::Label;
-use uplink_shared::remote_write::WriteRequest;
 
 type Key = (Vec<Label>, i64);
 
@@ -98,13 +95,11 @@ async fn kill9_during_outage_loses_nothing_queued() {
         let q = Queue::open(&agent.queue_dir, false).expect("queue reopens after kill -9");
         let records = q.read(0, usize::MAX, usize::MAX).await.unwrap();
         assert!(records.len() >= 8, "queue held {} records", records.len());
+        let series = uplink_agent::stored_series(&q).await.unwrap();
         let mut set = HashSet::new();
-        for r in records {
-            let (_, body) = decode_record(&r.data).expect("record header");
-            for ts in WriteRequest::decode(body).expect("record body").timeseries {
-                for s in ts.samples {
-                    set.insert((ts.labels.clone(), s.timestamp));
-                }
+        for ts in series {
+            for s in ts.samples {
+                set.insert((ts.labels.clone(), s.timestamp));
             }
         }
         set

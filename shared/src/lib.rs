@@ -2,6 +2,7 @@
 //!
 //! - [`model`]: labels, samples and series as both sides see them.
 //! - [`remote_write`]: Prometheus remote-write 1.0 protobuf types and their snappy framing.
+//! - [`codec`]: the compact tunnel encoding (queue records, series sets, stateful batch codec).
 //! - [`wire`]: the agent-gateway protocol as code without I/O (frames, handshake, batches,
 //!   acks, close codes).
 //! - [`quic`]: thin glue from quinn streams to the `wire` codec.
@@ -18,6 +19,7 @@
 //! HTTP client, so both sides, the tests and the fuzzers use one implementation.
 
 pub mod certs;
+pub mod codec;
 pub mod duration;
 pub mod model;
 pub mod quic;

@@ -104,8 +104,10 @@ impl CloseCode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Encoding {
-    /// Snappy block format of a remote-write 1.0 `WriteRequest`.
+    /// Snappy block format of a remote-write 1.0 `WriteRequest`; stateless.
     RemoteWriteV1Snappy = 1,
+    /// The compact stateful encoding of [`crate::codec`]; decoded in sequence order.
+    Compact = 2,
 }
 
 /// First frame on the control stream, agent to gateway.
@@ -308,6 +310,7 @@ impl Frame {
                 let count = get_u32(&mut body, f)?;
                 let encoding = match get_u8(&mut body, f)? {
                     1 => Encoding::RemoteWriteV1Snappy,
+                    2 => Encoding::Compact,
                     value => {
                         return Err(WireError::UnknownValue {
                             frame: f,

@@ -4,8 +4,9 @@
 //! interval (a hash of job and instance), so load is spread and a failing or slow target never
 //! delays another. A scrape's result (every sample plus the synthetic `up`,
 //! `scrape_duration_seconds`, `scrape_samples_scraped` and
-//! `scrape_samples_post_metric_relabeling` series) becomes one queue record. The scrape counts
-//! as collected once that append returned.
+//! `scrape_samples_post_metric_relabeling` series) becomes one queue record in the compact
+//! format of `uplink_shared::codec` (series set stored once, then values only). The scrape
+//! counts as collected once that append returned.
 //!
 //! Label handling follows Prometheus: target labels (`job`, `instance`, static labels) are
 //! attached to every sample; with `honor_labels: false` a scraped label that collides with a
@@ -19,18 +20,16 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
+use uplink_shared::codec;
 use uplink_shared::model::{self, Label, METRIC_NAME, Sample, TimeSeries};
-use uplink_shared::remote_write::WriteRequest;
 
 use crate::config::{Config, ScrapeConfig};
 use crate::metrics::Metrics;
-use crate::queue::Queue;
+use crate::queue::{Queue, SetUse};
 
 /// `Accept` header: the text format only, as this scraper parses (OpenMetrics slots in later).
 const ACCEPT: &str = "text/plain;version=0.0.4;q=1,*/*;q=0.1";
@@ -186,6 +185,8 @@ async fn run_target(
     let mut ticker = tokio::time::interval_at(start, t.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let job = Metrics::job(&t.job);
+    // The series set this target used last; its definition is already in the queue.
+    let mut last_set: Option<u64> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -208,8 +209,14 @@ async fn run_target(
         let (series, scraped) = with_synthetic(&t, ext, series, up, ts, duration);
         metrics.samples_scraped.inc_by(scraped as u64);
         let samples = series.len() as u64;
-        match queue.append(encode_record(series)).await {
+        let (set, record) = codec::split(series, ts);
+        let set_use = SetUse {
+            id: record.set_id,
+            def: (last_set != Some(record.set_id)).then(|| set.encode()),
+        };
+        match queue.append(record.encode(), Some(set_use)).await {
             Ok(_) => {
+                last_set = Some(record.set_id);
                 metrics.samples_queued.inc_by(samples);
                 let (records, bytes) = queue.usage();
                 metrics.queue_records.set(records as i64);
@@ -352,28 +359,6 @@ fn synthetic(t: &Target, ext: &[Label], name: &str, value: f64, ts: i64) -> Time
     }
 }
 
-/// Queue record format: sample count (u32 BE), then the protobuf encoding of a remote-write
-/// `WriteRequest`. Concatenated protobuf bodies form one valid `WriteRequest`, so a batch is
-/// built by concatenation without decoding.
-pub fn encode_record(series: Vec<TimeSeries>) -> Bytes {
-    let samples: usize = series.iter().map(|s| s.samples.len()).sum();
-    let req = WriteRequest {
-        timeseries: series,
-        metadata: vec![],
-    };
-    let mut b = BytesMut::with_capacity(4 + req.encoded_len());
-    b.put_u32(samples as u32);
-    // Encoding into a BytesMut with enough capacity cannot fail.
-    let _ = req.encode(&mut b);
-    b.freeze()
-}
-
-/// Splits a record into its sample count and protobuf body; `None` if shorter than the header.
-pub fn decode_record(data: &[u8]) -> Option<(u32, &[u8])> {
-    let (head, body) = data.split_first_chunk::<4>()?;
-    Some((u32::from_be_bytes(*head), body))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,19 +403,5 @@ mod tests {
         assert_eq!(names(up), r#"up{instance="h:1",job="node",site="a"}"#);
         assert_eq!(up.samples[0].value, 1.0);
         assert_eq!(all.len(), 6);
-    }
-
-    #[test]
-    fn record_roundtrip_by_concatenation() {
-        let a = encode_record(vec![synthetic(&t(false), &[], "up", 1.0, 1)]);
-        let b = encode_record(vec![synthetic(&t(false), &[], "up", 0.0, 2)]);
-        let (na, ba) = decode_record(&a).expect("header");
-        let (nb, bb) = decode_record(&b).expect("header");
-        assert_eq!((na, nb), (1, 1));
-        let joined = [ba, bb].concat();
-        let req = WriteRequest::decode(joined.as_slice()).expect("valid protobuf");
-        assert_eq!(req.timeseries.len(), 2);
-        assert_eq!(req.timeseries[1].samples[0].timestamp, 2);
-        assert_eq!(decode_record(b"abc"), None);
     }
 }

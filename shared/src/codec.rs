@@ -1,0 +1,884 @@
+//! The compact tunnel encoding: how a scrape is stored in the agent's queue and how batches of
+//! scrapes travel to the gateway. No I/O.
+//!
+//! # On disk: [`ScrapeRecord`] and [`SeriesSet`]
+//! A scrape of one target is split into its *series set* (the ordered label sets of its
+//! series, identified by a 64-bit hash, [`SeriesSet::id`]) and a record holding only the set id,
+//! one timestamp, and the values in set order (8 bytes each), plus the rare samples that carry
+//! their own timestamp. The agent stores each set's definition once, beside the records, so a
+//! scrape costs about 8 bytes per sample on disk instead of its labels.
+//!
+//! # On the wire: [`TunnelEncoder`] / [`TunnelDecoder`]
+//! Both ends keep per-connection state: the series sets defined so far (connection-local small
+//! ids) and, per set, the previous timestamp and values. A batch carries the definitions of sets
+//! it uses for the first time on this connection, then each scrape as: set id, timestamp as
+//! delta-of-delta, and each value against the same series' previous value: identical (1 byte),
+//! integer delta-of-delta (1-2 bytes for steady counters), integer delta, or the XOR of the
+//! IEEE-754 bits with zero bytes trimmed at both ends. The whole body is then compressed with
+//! zstd. Everything is exact: stale-marker NaN bits and `-0.0` survive.
+//!
+//! Why any gateway can decode every batch: the state starts empty on both sides with each
+//! connection, and the gateway decodes a connection's batches strictly in sequence order (the
+//! same order the agent encoded them). A batch only refers to definitions and previous values
+//! sent earlier *on the same connection*, so after a reconnect, a gateway restart or a failover
+//! the agent simply starts again from empty state (ADR 002).
+//!
+//! # Limits
+//! The decoder checks every declared count against the bytes that remain before allocating,
+//! bounds the decompressed size, the number of sets per connection and series per set, and
+//! never panics on any input.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::remote_write::{Label, Sample, TimeSeries};
+
+/// Version byte of [`ScrapeRecord`].
+pub const RECORD_VERSION: u8 = 2;
+
+/// Why bytes could not be encoded or decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    /// Input ended early.
+    #[error("truncated {what}")]
+    Truncated { what: &'static str },
+    /// A declared count or size exceeds what the input can hold or the limits allow.
+    #[error("{what} of {value} exceeds limit {limit}")]
+    TooLarge {
+        what: &'static str,
+        value: u64,
+        limit: u64,
+    },
+    /// A value is not valid where it appears.
+    #[error("invalid {what}")]
+    Invalid { what: &'static str },
+    /// A scrape refers to a set that was never defined on this connection.
+    #[error("unknown series set {0}")]
+    UnknownSet(u64),
+    /// The encoder was not given the definition of a set it must send.
+    #[error("missing definition of series set {0:016x}")]
+    MissingDefinition(u64),
+    /// zstd failed (corrupt input, or output over the limit).
+    #[error("zstd: {0}")]
+    Zstd(String),
+    /// Trailing bytes after a complete message.
+    #[error("trailing bytes after {what}")]
+    Trailing { what: &'static str },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Primitive readers and writers.
+
+fn put_varint(out: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        out.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, CodecError> {
+        let (&b, rest) = self
+            .buf
+            .split_first()
+            .ok_or(CodecError::Truncated { what })?;
+        self.buf = rest;
+        Ok(b)
+    }
+    fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], CodecError> {
+        if self.buf.len() < n {
+            return Err(CodecError::Truncated { what });
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn u64_le(&mut self, what: &'static str) -> Result<u64, CodecError> {
+        let b = self.bytes(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn varint(&mut self, what: &'static str) -> Result<u64, CodecError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8(what)?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(CodecError::Invalid { what })
+    }
+    /// A count whose every element needs at least `min_each` bytes, bounded by `limit`.
+    fn count(
+        &mut self,
+        what: &'static str,
+        min_each: usize,
+        limit: u64,
+    ) -> Result<usize, CodecError> {
+        let n = self.varint(what)?;
+        let fits = (self.buf.len() / min_each.max(1)) as u64;
+        if n > limit.min(fits) {
+            return Err(CodecError::TooLarge {
+                what,
+                value: n,
+                limit: limit.min(fits),
+            });
+        }
+        Ok(n as usize)
+    }
+    fn string(&mut self, what: &'static str) -> Result<String, CodecError> {
+        let n = self.count(what, 1, u16::MAX as u64)?;
+        let b = self.bytes(n, what)?;
+        String::from_utf8(b.to_vec()).map_err(|_| CodecError::Invalid { what })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Series sets and scrape records (the queue's format).
+
+/// The ordered label sets of one target's scrape.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SeriesSet {
+    pub series: Vec<Vec<Label>>,
+}
+
+impl SeriesSet {
+    /// Stable 64-bit identity (SipHash with fixed keys over the label sets). Only needs to be
+    /// unique within one agent's queue; definitions are stored beside the records.
+    pub fn id(&self) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        self.series.len().hash(&mut h);
+        for s in &self.series {
+            s.len().hash(&mut h);
+            for l in s {
+                l.name.hash(&mut h);
+                l.value.hash(&mut h);
+            }
+        }
+        h.finish()
+    }
+
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        put_varint(&mut out, self.series.len() as u64);
+        for s in &self.series {
+            put_varint(&mut out, s.len() as u64);
+            for l in s {
+                put_varint(&mut out, l.name.len() as u64);
+                out.put_slice(l.name.as_bytes());
+                put_varint(&mut out, l.value.len() as u64);
+                out.put_slice(l.value.as_bytes());
+            }
+        }
+        out.freeze()
+    }
+
+    pub fn decode(buf: &[u8], max_series: usize) -> Result<SeriesSet, CodecError> {
+        let mut r = Reader::new(buf);
+        let set = Self::read(&mut r, max_series)?;
+        if !r.is_empty() {
+            return Err(CodecError::Trailing { what: "series set" });
+        }
+        Ok(set)
+    }
+
+    fn read(r: &mut Reader<'_>, max_series: usize) -> Result<SeriesSet, CodecError> {
+        let n = r.count("series count", 1, max_series as u64)?;
+        let mut series = Vec::with_capacity(n);
+        for _ in 0..n {
+            let nl = r.count("label count", 2, 1024)?;
+            let mut labels = Vec::with_capacity(nl);
+            for _ in 0..nl {
+                let name = r.string("label name")?;
+                let value = r.string("label value")?;
+                labels.push(Label { name, value });
+            }
+            series.push(labels);
+        }
+        Ok(SeriesSet { series })
+    }
+}
+
+/// One scrape as stored in the queue: which set, when, and the values in set order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScrapeRecord {
+    pub set_id: u64,
+    /// Default timestamp (ms) of every sample.
+    pub timestamp: i64,
+    pub values: Vec<f64>,
+    /// Samples with their own timestamp: (index into `values`, timestamp ms).
+    pub exceptions: Vec<(u32, i64)>,
+}
+
+impl ScrapeRecord {
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(24 + 8 * self.values.len());
+        out.put_u8(RECORD_VERSION);
+        out.put_u64_le(self.set_id);
+        put_varint(&mut out, zigzag(self.timestamp));
+        put_varint(&mut out, self.values.len() as u64);
+        for v in &self.values {
+            out.put_u64_le(v.to_bits());
+        }
+        put_varint(&mut out, self.exceptions.len() as u64);
+        for (i, ts) in &self.exceptions {
+            put_varint(&mut out, u64::from(*i));
+            put_varint(&mut out, zigzag(*ts));
+        }
+        out.freeze()
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<ScrapeRecord, CodecError> {
+        let mut r = Reader::new(buf);
+        if r.u8("record version")? != RECORD_VERSION {
+            return Err(CodecError::Invalid {
+                what: "record version",
+            });
+        }
+        let set_id = r.u64_le("set id")?;
+        let timestamp = unzigzag(r.varint("timestamp")?);
+        let n = r.count("value count", 8, u32::MAX as u64)?;
+        let mut values = Vec::with_capacity(n);
+        for _ in 0..n {
+            values.push(f64::from_bits(r.u64_le("value")?));
+        }
+        let ne = r.count("exception count", 2, n as u64)?;
+        let mut exceptions = Vec::with_capacity(ne);
+        for _ in 0..ne {
+            let i = r.varint("exception index")?;
+            if i >= n as u64 {
+                return Err(CodecError::Invalid {
+                    what: "exception index",
+                });
+            }
+            exceptions.push((i as u32, unzigzag(r.varint("exception timestamp")?)));
+        }
+        if !r.is_empty() {
+            return Err(CodecError::Trailing { what: "record" });
+        }
+        Ok(ScrapeRecord {
+            set_id,
+            timestamp,
+            values,
+            exceptions,
+        })
+    }
+
+    /// Reads only the set id, without decoding the values.
+    pub fn peek_set_id(buf: &[u8]) -> Result<u64, CodecError> {
+        let mut r = Reader::new(buf);
+        if r.u8("record version")? != RECORD_VERSION {
+            return Err(CodecError::Invalid {
+                what: "record version",
+            });
+        }
+        r.u64_le("set id")
+    }
+
+    pub fn sample_count(&self) -> usize {
+        self.values.len()
+    }
+}
+
+/// Splits a scrape (one sample per series) into its set and record. `timestamp` is the scrape's
+/// default timestamp; samples with another one become exceptions.
+pub fn split(series: Vec<TimeSeries>, timestamp: i64) -> (SeriesSet, ScrapeRecord) {
+    let mut set = Vec::with_capacity(series.len());
+    let mut values = Vec::with_capacity(series.len());
+    let mut exceptions = Vec::new();
+    for (i, ts) in series.into_iter().enumerate() {
+        let s = ts.samples.first().copied().unwrap_or(Sample {
+            value: f64::NAN,
+            timestamp,
+        });
+        if s.timestamp != timestamp {
+            exceptions.push((i as u32, s.timestamp));
+        }
+        values.push(s.value);
+        set.push(ts.labels);
+    }
+    let set = SeriesSet { series: set };
+    let record = ScrapeRecord {
+        set_id: set.id(),
+        timestamp,
+        values,
+        exceptions,
+    };
+    (set, record)
+}
+
+/// Joins a set and a record back into series (one sample each).
+pub fn join(set: &SeriesSet, rec: &ScrapeRecord) -> Result<Vec<TimeSeries>, CodecError> {
+    if set.series.len() != rec.values.len() {
+        return Err(CodecError::Invalid {
+            what: "record length for its series set",
+        });
+    }
+    let mut out: Vec<TimeSeries> = set
+        .series
+        .iter()
+        .zip(&rec.values)
+        .map(|(labels, v)| TimeSeries {
+            labels: labels.clone(),
+            samples: vec![Sample {
+                value: *v,
+                timestamp: rec.timestamp,
+            }],
+        })
+        .collect();
+    for (i, ts) in &rec.exceptions {
+        if let Some(s) = out.get_mut(*i as usize).and_then(|t| t.samples.first_mut()) {
+            s.timestamp = *ts;
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value coding shared by encoder and decoder.
+
+const C_SAME: u8 = 0;
+const C_DOD_ZERO: u8 = 1;
+const C_DOD: u8 = 2;
+const C_DELTA: u8 = 3;
+const C_ZERO: u8 = 4;
+const C_XOR: u8 = 0x40;
+
+const MAX_EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+
+fn integral(v: f64) -> bool {
+    v.is_finite() && v.fract() == 0.0 && v.abs() < MAX_EXACT && v.to_bits() != (-0.0f64).to_bits()
+}
+
+/// Per-series coding state: previous value and, for integers, previous delta.
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    prev: Option<f64>,
+    delta: Option<i64>,
+}
+
+impl Slot {
+    fn advance(&mut self, v: f64) {
+        self.delta = match self.prev {
+            Some(p) if integral(v) && integral(p) => Some(v as i64 - p as i64),
+            _ => None,
+        };
+        self.prev = Some(v);
+    }
+}
+
+fn encode_value(out: &mut BytesMut, v: f64, slot: &mut Slot) {
+    let bits = v.to_bits();
+    match slot.prev {
+        Some(p) if p.to_bits() == bits => out.put_u8(C_SAME),
+        Some(p) if integral(v) && integral(p) => {
+            let d = v as i64 - p as i64;
+            match slot.delta {
+                Some(pd) if d == pd => out.put_u8(C_DOD_ZERO),
+                Some(pd) => {
+                    out.put_u8(C_DOD);
+                    put_varint(out, zigzag(d - pd));
+                }
+                None => {
+                    out.put_u8(C_DELTA);
+                    put_varint(out, zigzag(d));
+                }
+            }
+        }
+        _ if bits == 0 => out.put_u8(C_ZERO),
+        prev => {
+            let x = bits ^ prev.map_or(0, f64::to_bits);
+            if x == 0 {
+                // Only reachable without a previous value and bits == 0, handled above.
+                out.put_u8(C_ZERO);
+            } else {
+                let lz = (x.leading_zeros() / 8).min(7);
+                let tz = (x.trailing_zeros() / 8).min(7 - lz);
+                out.put_u8(C_XOR | ((lz as u8) << 3) | tz as u8);
+                let be = x.to_be_bytes();
+                out.put_slice(&be[lz as usize..(8 - tz) as usize]);
+            }
+        }
+    }
+    slot.advance(v);
+}
+
+fn decode_value(r: &mut Reader<'_>, slot: &mut Slot) -> Result<f64, CodecError> {
+    let c = r.u8("value control")?;
+    let int_base = |slot: &Slot| -> Result<i64, CodecError> {
+        match slot.prev {
+            Some(p) if integral(p) => Ok(p as i64),
+            _ => Err(CodecError::Invalid {
+                what: "integer coding without integer base",
+            }),
+        }
+    };
+    let from_int = |v: Option<i64>| -> Result<f64, CodecError> {
+        match v {
+            Some(v) if (v as f64).abs() < MAX_EXACT => Ok(v as f64),
+            _ => Err(CodecError::Invalid {
+                what: "integer value",
+            }),
+        }
+    };
+    let v = match c {
+        C_SAME => slot.prev.ok_or(CodecError::Invalid {
+            what: "repeat without previous value",
+        })?,
+        C_DOD_ZERO | C_DOD => {
+            let base = int_base(slot)?;
+            let pd = slot.delta.ok_or(CodecError::Invalid {
+                what: "delta-of-delta without delta",
+            })?;
+            let dod = if c == C_DOD {
+                unzigzag(r.varint("delta of delta")?)
+            } else {
+                0
+            };
+            from_int(pd.checked_add(dod).and_then(|d| base.checked_add(d)))?
+        }
+        C_DELTA => {
+            let base = int_base(slot)?;
+            let d = unzigzag(r.varint("delta")?);
+            from_int(base.checked_add(d))?
+        }
+        C_ZERO => 0.0,
+        c if c & 0xc0 == C_XOR => {
+            let lz = u32::from((c >> 3) & 7);
+            let tz = u32::from(c & 7);
+            if lz + tz >= 8 {
+                return Err(CodecError::Invalid {
+                    what: "xor control",
+                });
+            }
+            let n = (8 - lz - tz) as usize;
+            let b = r.bytes(n, "xor bytes")?;
+            let mut be = [0u8; 8];
+            be[lz as usize..lz as usize + n].copy_from_slice(b);
+            let x = u64::from_be_bytes(be);
+            f64::from_bits(x ^ slot.prev.map_or(0, f64::to_bits))
+        }
+        _ => {
+            return Err(CodecError::Invalid {
+                what: "value control",
+            });
+        }
+    };
+    slot.advance(v);
+    Ok(v)
+}
+
+/// Per-set state on one connection.
+#[derive(Debug, Default)]
+struct SetState {
+    len: usize,
+    prev_ts: Option<i64>,
+    ts_delta: i64,
+    slots: Vec<Slot>,
+}
+
+impl SetState {
+    fn new(len: usize) -> Self {
+        SetState {
+            len,
+            prev_ts: None,
+            ts_delta: 0,
+            slots: vec![Slot::default(); len],
+        }
+    }
+    /// Timestamp coded as delta-of-delta against this set's previous scrape.
+    fn ts_code(&mut self, ts: i64) -> i64 {
+        let code = match self.prev_ts {
+            None => ts,
+            Some(p) => ts.wrapping_sub(p).wrapping_sub(self.ts_delta),
+        };
+        self.advance_ts(ts);
+        code
+    }
+    fn ts_decode(&mut self, code: i64) -> i64 {
+        let ts = match self.prev_ts {
+            None => code,
+            Some(p) => p.wrapping_add(self.ts_delta).wrapping_add(code),
+        };
+        self.advance_ts(ts);
+        ts
+    }
+    fn advance_ts(&mut self, ts: i64) {
+        if let Some(p) = self.prev_ts {
+            self.ts_delta = ts.wrapping_sub(p);
+        }
+        self.prev_ts = Some(ts);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoder and decoder.
+
+/// Agent side, one per connection.
+#[derive(Debug)]
+pub struct TunnelEncoder {
+    level: i32,
+    ids: HashMap<u64, u32>,
+    states: Vec<SetState>,
+}
+
+impl TunnelEncoder {
+    /// `level`: zstd level (3 is a good default on small CPUs).
+    pub fn new(level: i32) -> Self {
+        TunnelEncoder {
+            level,
+            ids: HashMap::new(),
+            states: Vec::new(),
+        }
+    }
+
+    /// Whether the set must be defined before use on this connection.
+    pub fn knows(&self, set_id: u64) -> bool {
+        self.ids.contains_key(&set_id)
+    }
+
+    /// Encodes a batch. `defs` must hold the encoded [`SeriesSet`] of every set this connection
+    /// has not seen yet. Returns the compressed payload and the number of samples in it.
+    pub fn encode(
+        &mut self,
+        records: &[ScrapeRecord],
+        defs: &HashMap<u64, Bytes>,
+    ) -> Result<(Bytes, u64), CodecError> {
+        // Definitions first, in first-use order.
+        let mut body = BytesMut::new();
+        let mut new_defs: Vec<(u32, &Bytes)> = Vec::new();
+        let mut pending: HashMap<u64, u32> = HashMap::new();
+        for r in records {
+            if self.ids.contains_key(&r.set_id) || pending.contains_key(&r.set_id) {
+                continue;
+            }
+            let def = defs
+                .get(&r.set_id)
+                .ok_or(CodecError::MissingDefinition(r.set_id))?;
+            let local = (self.ids.len() + pending.len()) as u32;
+            pending.insert(r.set_id, local);
+            new_defs.push((local, def));
+        }
+        put_varint(&mut body, new_defs.len() as u64);
+        for (local, def) in &new_defs {
+            put_varint(&mut body, u64::from(*local));
+            put_varint(&mut body, def.len() as u64);
+            body.put_slice(def);
+        }
+        // Definitions are valid: commit them to the connection state.
+        for (set_id, local) in pending {
+            self.ids.insert(set_id, local);
+        }
+        let lens: Vec<(u32, usize)> = new_defs
+            .iter()
+            .map(|(local, def)| {
+                let n = SeriesSet::decode(def, usize::MAX)
+                    .map(|s| s.series.len())
+                    .unwrap_or(0);
+                (*local, n)
+            })
+            .collect();
+        for (local, n) in lens {
+            let i = local as usize;
+            if self.states.len() <= i {
+                self.states.resize_with(i + 1, SetState::default);
+            }
+            self.states[i] = SetState::new(n);
+        }
+        put_varint(&mut body, records.len() as u64);
+        let mut samples = 0u64;
+        for r in records {
+            let local = self.ids[&r.set_id];
+            let st = &mut self.states[local as usize];
+            if st.len != r.values.len() {
+                return Err(CodecError::Invalid {
+                    what: "record length for its series set",
+                });
+            }
+            put_varint(&mut body, u64::from(local));
+            put_varint(&mut body, zigzag(st.ts_code(r.timestamp)));
+            for (v, slot) in r.values.iter().zip(st.slots.iter_mut()) {
+                encode_value(&mut body, *v, slot);
+            }
+            put_varint(&mut body, r.exceptions.len() as u64);
+            for (i, ts) in &r.exceptions {
+                put_varint(&mut body, u64::from(*i));
+                put_varint(&mut body, zigzag(*ts));
+            }
+            samples += r.values.len() as u64;
+        }
+        let compressed =
+            zstd::bulk::compress(&body, self.level).map_err(|e| CodecError::Zstd(e.to_string()))?;
+        Ok((Bytes::from(compressed), samples))
+    }
+}
+
+/// Gateway side, one per connection. Batches must be decoded in sequence order.
+#[derive(Debug)]
+pub struct TunnelDecoder {
+    max_body: usize,
+    max_sets: usize,
+    max_series: usize,
+    sets: Vec<(SeriesSet, SetState)>,
+}
+
+impl TunnelDecoder {
+    /// `max_body`: largest decompressed batch; `max_sets`: sets per connection;
+    /// `max_series`: series per set.
+    pub fn new(max_body: usize, max_sets: usize, max_series: usize) -> Self {
+        TunnelDecoder {
+            max_body,
+            max_sets,
+            max_series,
+            sets: Vec::new(),
+        }
+    }
+
+    /// Decodes one batch into series with one sample each; returns them and the sample count.
+    pub fn decode(&mut self, payload: &[u8]) -> Result<(Vec<TimeSeries>, u64), CodecError> {
+        let body = zstd::bulk::decompress(payload, self.max_body)
+            .map_err(|e| CodecError::Zstd(e.to_string()))?;
+        let mut r = Reader::new(&body);
+        let nd = r.count("definition count", 2, self.max_sets as u64)?;
+        for _ in 0..nd {
+            let local = r.varint("set id")?;
+            if local != self.sets.len() as u64 {
+                return Err(CodecError::Invalid {
+                    what: "set id out of order",
+                });
+            }
+            if self.sets.len() >= self.max_sets {
+                return Err(CodecError::TooLarge {
+                    what: "series sets",
+                    value: self.sets.len() as u64 + 1,
+                    limit: self.max_sets as u64,
+                });
+            }
+            let len = r.count("definition size", 1, u32::MAX as u64)?;
+            let set = SeriesSet::decode(r.bytes(len, "definition")?, self.max_series)?;
+            let n = set.series.len();
+            self.sets.push((set, SetState::new(n)));
+        }
+        let ns = r.count("scrape count", 3, u32::MAX as u64)?;
+        let mut out = Vec::new();
+        let mut samples = 0u64;
+        for _ in 0..ns {
+            let local = r.varint("set id")?;
+            let (set, st) = self
+                .sets
+                .get_mut(local as usize)
+                .ok_or(CodecError::UnknownSet(local))?;
+            let ts = st.ts_decode(unzigzag(r.varint("timestamp")?));
+            let first = out.len();
+            for (labels, slot) in set.series.iter().zip(st.slots.iter_mut()) {
+                let value = decode_value(&mut r, slot)?;
+                out.push(TimeSeries {
+                    labels: labels.clone(),
+                    samples: vec![Sample {
+                        value,
+                        timestamp: ts,
+                    }],
+                });
+            }
+            samples += set.series.len() as u64;
+            let ne = r.count("exception count", 2, set.series.len() as u64)?;
+            for _ in 0..ne {
+                let i = r.varint("exception index")?;
+                let ets = unzigzag(r.varint("exception timestamp")?);
+                let s = usize::try_from(i)
+                    .ok()
+                    .filter(|i| *i < set.series.len())
+                    .and_then(|i| out.get_mut(first + i))
+                    .and_then(|t| t.samples.first_mut())
+                    .ok_or(CodecError::Invalid {
+                        what: "exception index",
+                    })?;
+                s.timestamp = ets;
+            }
+        }
+        if !r.is_empty() {
+            return Err(CodecError::Trailing { what: "batch" });
+        }
+        Ok((out, samples))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(t: usize, n: u64, series: usize) -> Vec<TimeSeries> {
+        (0..series)
+            .map(|s| {
+                let value = match s % 5 {
+                    0 => (n * 10 + s as u64) as f64,            // steady counter
+                    1 => (n as f64) * 0.25 + s as f64,          // gauge with fractions
+                    2 => f64::from_bits(0x7ff0_0000_0000_0002), // stale marker
+                    3 => {
+                        if n % 2 == 0 {
+                            -0.0
+                        } else {
+                            1e300
+                        }
+                    }
+                    _ => (n * n) as f64, // accelerating counter
+                };
+                TimeSeries {
+                    labels: vec![
+                        Label::new("__name__", format!("m{s}")),
+                        Label::new("instance", format!("t{t}")),
+                    ],
+                    samples: vec![Sample {
+                        value,
+                        timestamp: 1_700_000_000_000 + n as i64 * 15_000 + (n as i64 % 3),
+                    }],
+                }
+            })
+            .collect()
+    }
+
+    fn same(a: &[TimeSeries], b: &[TimeSeries]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                x.labels == y.labels
+                    && x.samples.len() == y.samples.len()
+                    && x.samples.iter().zip(&y.samples).all(|(p, q)| {
+                        p.timestamp == q.timestamp && p.value.to_bits() == q.value.to_bits()
+                    })
+            })
+    }
+
+    #[test]
+    fn records_roundtrip_through_disk_and_wire() {
+        let mut enc = TunnelEncoder::new(3);
+        let mut dec = TunnelDecoder::new(1 << 24, 1000, 10_000);
+        let mut defs = HashMap::new();
+        for batch in 0..6u64 {
+            let mut records = vec![];
+            let mut want = vec![];
+            for n in batch * 3..batch * 3 + 3 {
+                for t in 0..3 {
+                    let mut series = scrape(t, n, 12);
+                    // One sample with its own timestamp.
+                    series[7].samples[0].timestamp = 42;
+                    let ts = series[0].samples[0].timestamp;
+                    let (set, rec) = split(series.clone(), ts);
+                    let rec = ScrapeRecord::decode(&rec.encode()).expect("record roundtrip");
+                    assert_eq!(SeriesSet::decode(&set.encode(), 100).as_ref(), Ok(&set));
+                    assert_eq!(join(&set, &rec).map(|j| same(&j, &series)), Ok(true));
+                    defs.insert(set.id(), set.encode());
+                    records.push(rec);
+                    want.extend(series);
+                }
+            }
+            let (payload, samples) = enc.encode(&records, &defs).expect("encode");
+            assert_eq!(samples, want.len() as u64);
+            let (got, n) = dec.decode(&payload).expect("decode");
+            assert_eq!(n, samples);
+            assert!(same(&got, &want), "batch {batch}");
+        }
+    }
+
+    #[test]
+    fn steady_counters_cost_about_a_byte_before_zstd() {
+        let mut slot = Slot::default();
+        let mut out = BytesMut::new();
+        for n in 0..100u64 {
+            encode_value(&mut out, (1000 + n * 7) as f64, &mut slot);
+        }
+        // First value raw (XOR vs zero), second a delta, then one byte each.
+        assert!(out.len() < 100 + 12, "{}", out.len());
+    }
+
+    #[test]
+    fn missing_definitions_and_unknown_sets_are_errors() {
+        let (set, rec) = split(scrape(0, 0, 3), 5);
+        let mut enc = TunnelEncoder::new(1);
+        assert_eq!(
+            enc.encode(std::slice::from_ref(&rec), &HashMap::new()),
+            Err(CodecError::MissingDefinition(set.id()))
+        );
+        let mut defs = HashMap::new();
+        defs.insert(set.id(), set.encode());
+        let (payload, _) = enc
+            .encode(std::slice::from_ref(&rec), &defs)
+            .expect("encode");
+        let (payload2, _) = enc
+            .encode(std::slice::from_ref(&rec), &defs)
+            .expect("encode");
+        // A fresh decoder (another gateway) cannot decode the second batch alone.
+        let mut fresh = TunnelDecoder::new(1 << 20, 10, 10);
+        assert_eq!(fresh.decode(&payload2), Err(CodecError::UnknownSet(0)));
+        let mut dec = TunnelDecoder::new(1 << 20, 10, 10);
+        dec.decode(&payload).expect("first");
+        dec.decode(&payload2).expect("second");
+    }
+
+    #[test]
+    fn decoder_survives_mutated_input() {
+        let (set, rec) = split(scrape(0, 1, 8), 5);
+        let (_, rec2) = split(scrape(0, 2, 8), 6);
+        let mut defs = HashMap::new();
+        defs.insert(set.id(), set.encode());
+        let mut enc = TunnelEncoder::new(1);
+        let (p1, _) = enc.encode(&[rec], &defs).expect("encode");
+        let (p2, _) = enc.encode(&[rec2], &defs).expect("encode");
+        let raw1 = zstd::bulk::decompress(&p1, 1 << 20).expect("raw");
+        let raw2 = zstd::bulk::decompress(&p2, 1 << 20).expect("raw");
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for round in 0..20_000 {
+            let mut a = raw1.clone();
+            let mut b = raw2.clone();
+            let target = if round % 2 == 0 { &mut a } else { &mut b };
+            for _ in 0..1 + next() % 3 {
+                if target.is_empty() {
+                    break;
+                }
+                let i = next() as usize % target.len();
+                match next() % 3 {
+                    0 => target[i] = next() as u8,
+                    1 => target.truncate(i),
+                    _ => target.insert(i, next() as u8),
+                }
+            }
+            let mut dec = TunnelDecoder::new(1 << 16, 4, 64);
+            let za = zstd::bulk::compress(&a, 1).expect("zstd");
+            let zb = zstd::bulk::compress(&b, 1).expect("zstd");
+            if dec.decode(&za).is_ok() {
+                let _ = dec.decode(&zb);
+            }
+            let _ = ScrapeRecord::decode(&a);
+            let _ = SeriesSet::decode(&a, 64);
+            let _ = TunnelDecoder::new(1 << 16, 4, 64).decode(&a);
+        }
+    }
+}
