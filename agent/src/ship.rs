@@ -344,6 +344,7 @@ impl Shipper {
                 }
             }
         }
+        encoder.prepare();
         let mut missing: Vec<u64> = decoded
             .iter()
             .map(|r| r.set_id)

@@ -71,6 +71,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let spec = ProbeSpec {
         targets: args.targets,
         families: args.families,
+        churn_every: 0,
     };
     let mut probes = Vec::new();
     for _ in &sites {

@@ -3,14 +3,17 @@
 //! * [`probe`]: a deterministic Prometheus exporter whose every value is known in advance,
 //! * [`capture`]: a remote-write 1.0 receiver that records everything it is sent,
 //! * [`oracle`]: checks what arrived against what the probe served,
+//! * [`proxy`]: counting UDP and TCP relays, with fault injection on UDP,
 //! * [`harness`]: real agent, gateway and Prometheus processes for the demo and tests,
 //! * [`demo`]: the whole relay path, live, on an embedded default configuration.
 
+pub mod bench;
 pub mod capture;
 pub mod demo;
 pub mod harness;
 pub mod oracle;
 pub mod probe;
+pub mod proxy;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

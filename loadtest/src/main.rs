@@ -23,6 +23,8 @@ enum Command {
     Capture(CaptureArgs),
     /// Run the whole relay path live: probes, gateway, three agents, a global Prometheus.
     Demo(uplink_loadtest::demo::DemoArgs),
+    /// Benchmark the tunnel encoding in process against remote write 1.0 and 2.0.
+    BenchCodec(uplink_loadtest::bench::CodecArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -33,6 +35,9 @@ struct ProbeArgs {
     /// Metric families per target.
     #[arg(long)]
     series: usize,
+    /// Replace 1% of series every this many scrapes (0: never).
+    #[arg(long, default_value_t = 0)]
+    churn_every: u64,
     /// Address to listen on.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     listen_host: IpAddr,
@@ -58,6 +63,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Probe(args) => run_probe(args).await,
         Command::Capture(args) => run_capture(args).await,
         Command::Demo(args) => uplink_loadtest::demo::run(args).await,
+        Command::BenchCodec(args) => {
+            let report = uplink_loadtest::bench::codec(&args)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
     }
 }
 
@@ -83,6 +93,7 @@ async fn run_probe(args: ProbeArgs) -> anyhow::Result<()> {
     let spec = ProbeSpec {
         targets: args.targets,
         families: args.series,
+        churn_every: args.churn_every,
     };
     let probe = Probe::start(spec, args.listen_host, args.base_port)
         .await

@@ -50,6 +50,23 @@ pub const BUCKETS: [&str; 4] = ["0.1", "1", "10", "+Inf"];
 pub struct ProbeSpec {
     pub targets: usize,
     pub families: usize,
+    /// Series churn: when non-zero, 1% of the families get a new `gen` label value every
+    /// `churn_every` scrapes (each family once per 100 periods), as pods come and go.
+    #[serde(default)]
+    pub churn_every: u64,
+}
+
+/// The `gen` label of family `f` at scrape `n` (churn; see [`ProbeSpec::churn_every`]).
+fn generation(spec: &ProbeSpec, f: usize, n: u64) -> Option<String> {
+    (spec.churn_every > 0).then(|| ((n / spec.churn_every + (f % 100) as u64) / 100).to_string())
+}
+
+fn family_labels(spec: &ProbeSpec, f: usize, n: u64) -> Vec<(&'static str, String)> {
+    let mut l = vec![("family", f.to_string())];
+    if let Some(g) = generation(spec, f, n) {
+        l.push(("gen", g));
+    }
+    l
 }
 
 /// One expected series: labels (including `__name__`, excluding `job`/`instance`, sorted by
@@ -87,13 +104,13 @@ pub fn expected(spec: &ProbeSpec, target: usize, n: u64) -> Vec<ExpectedSeries> 
     let mut out = Vec::with_capacity(spec_series_count(spec));
     let fams = |k: usize| (0..spec.families).filter(move |f| f % 3 == k);
     for f in fams(0) {
-        let labels = series(COUNTER, &[("family", f.to_string())]);
+        let labels = series(COUNTER, &family_labels(spec, f, n));
         out.push((labels, counter_value(t, f, n)));
     }
     for f in fams(1) {
         // Goes up and down, negative included, in steps of 0.25.
         let step = (n + t as u64 + f as u64) % 11;
-        let labels = series(GAUGE, &[("family", f.to_string())]);
+        let labels = series(GAUGE, &family_labels(spec, f, n));
         out.push((labels, step as f64 * 0.25 - 1.0));
     }
     for f in fams(2) {
@@ -105,10 +122,9 @@ pub fn expected(spec: &ProbeSpec, target: usize, n: u64) -> Vec<ExpectedSeries> 
         let inf = b10 + (n + t64) % 2 + n;
         let counts = [b01, b1, b10, inf];
         for (le, c) in BUCKETS.iter().zip(counts) {
-            let labels = series(
-                &format!("{HISTOGRAM}_bucket"),
-                &[("family", f.to_string()), ("le", le.to_string())],
-            );
+            let mut l = family_labels(spec, f, n);
+            l.push(("le", le.to_string()));
+            let labels = series(&format!("{HISTOGRAM}_bucket"), &l);
             out.push((labels, c as f64));
         }
         // Sum: 0.05 per le=0.1 observation would not be exact; use multiples of 0.25.
@@ -117,11 +133,11 @@ pub fn expected(spec: &ProbeSpec, target: usize, n: u64) -> Vec<ExpectedSeries> 
             + (b10 - b1) as f64 * 5.0
             + (inf - b10) as f64 * 20.0;
         out.push((
-            series(&format!("{HISTOGRAM}_sum"), &[("family", f.to_string())]),
+            series(&format!("{HISTOGRAM}_sum"), &family_labels(spec, f, n)),
             sum,
         ));
         out.push((
-            series(&format!("{HISTOGRAM}_count"), &[("family", f.to_string())]),
+            series(&format!("{HISTOGRAM}_count"), &family_labels(spec, f, n)),
             inf as f64,
         ));
     }
@@ -356,6 +372,7 @@ mod tests {
         let spec = ProbeSpec {
             targets: 3,
             families: 7,
+            churn_every: 0,
         };
         // kinds: 0,1,2,0,1,2,0 -> 3 counters, 2 gauges, 2 histograms
         assert_eq!(spec_series_count(&spec), 3 + 2 + 2 * 6 + 1);
@@ -413,6 +430,7 @@ mod tests {
         let spec = ProbeSpec {
             targets: 2,
             families: 6,
+            churn_every: 0,
         };
         let text = render(&spec, 1, 17);
         let e = expected(&spec, 1, 17);

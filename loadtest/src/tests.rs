@@ -14,6 +14,7 @@ use crate::probe::{Probe, ProbeSpec, expected, render};
 const SPEC: ProbeSpec = ProbeSpec {
     targets: 2,
     families: 5,
+    churn_every: 0,
 };
 
 fn extra() -> Vec<Label> {

@@ -48,6 +48,7 @@ async fn kill9_during_outage_loses_nothing_queued() {
     let spec = ProbeSpec {
         targets: 4,
         families: 9,
+        churn_every: 0,
     };
     let probe = Probe::start(spec, IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
         .await

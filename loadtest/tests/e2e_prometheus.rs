@@ -30,6 +30,7 @@ async fn every_series_of_every_site_reaches_prometheus_exactly() {
     let spec = ProbeSpec {
         targets: 2,
         families: 6,
+        churn_every: 0,
     };
     let prom = block(|| harness::start_prometheus(dir.path())).unwrap();
     let gateway =

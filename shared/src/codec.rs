@@ -9,13 +9,17 @@
 //! scrape costs about 8 bytes per sample on disk instead of its labels.
 //!
 //! # On the wire: [`TunnelEncoder`] / [`TunnelDecoder`]
-//! Both ends keep per-connection state: the series sets defined so far (connection-local small
-//! ids) and, per set, the previous timestamp and values. A batch carries the definitions of sets
-//! it uses for the first time on this connection, then each scrape as: set id, timestamp as
+//! Both ends keep per-connection state: a string table (label names and values, each sent
+//! once), the series sets defined so far (connection-local small ids, series as pairs of string
+//! references) and, per set, the previous timestamp and values. A batch carries the new strings
+//! and the definitions of sets it uses for the first time on this connection, then each scrape
+//! as: set id, timestamp as
 //! delta-of-delta, and each value against the same series' previous value: identical (1 byte),
 //! integer delta-of-delta (1-2 bytes for steady counters), integer delta, or the XOR of the
 //! IEEE-754 bits with zero bytes trimmed at both ends. The whole body is then compressed with
-//! zstd. Everything is exact: stale-marker NaN bits and `-0.0` survive.
+//! zstd. Everything is exact: stale-marker NaN bits and `-0.0` survive. A flag in the batch
+//! resets both sides' state, which the encoder uses when its tables outgrow fixed thresholds,
+//! so memory stays bounded on long-lived connections with series churn.
 //!
 //! Why any gateway can decode every batch: the state starts empty on both sides with each
 //! connection, and the gateway decodes a connection's batches strictly in sequence order (the
@@ -537,12 +541,25 @@ impl SetState {
 // ---------------------------------------------------------------------------------------------
 // Encoder and decoder.
 
+/// Encoder thresholds past which it resets the connection's state (a flag in the batch), so
+/// a long-lived connection under series churn keeps bounded memory on both sides. Kept well
+/// below the gateway's default limits.
+const RESET_STRING_BYTES: usize = 16 << 20;
+const RESET_SETS: usize = 50_000;
+
+const FLAG_RESET: u8 = 1;
+
 /// Agent side, one per connection.
 #[derive(Debug)]
 pub struct TunnelEncoder {
     level: i32,
     ids: HashMap<u64, u32>,
     states: Vec<SetState>,
+    strings: HashMap<String, u32>,
+    string_bytes: usize,
+    pending_reset: bool,
+    reset_string_bytes: usize,
+    reset_sets: usize,
 }
 
 impl TunnelEncoder {
@@ -552,7 +569,19 @@ impl TunnelEncoder {
             level,
             ids: HashMap::new(),
             states: Vec::new(),
+            strings: HashMap::new(),
+            string_bytes: 0,
+            pending_reset: false,
+            reset_string_bytes: RESET_STRING_BYTES,
+            reset_sets: RESET_SETS,
         }
+    }
+
+    /// Overrides the thresholds past which [`TunnelEncoder::prepare`] resets the state.
+    pub fn with_reset_thresholds(mut self, string_bytes: usize, sets: usize) -> Self {
+        self.reset_string_bytes = string_bytes;
+        self.reset_sets = sets;
+        self
     }
 
     /// Whether the set must be defined before use on this connection.
@@ -560,64 +589,90 @@ impl TunnelEncoder {
         self.ids.contains_key(&set_id)
     }
 
+    fn reset(&mut self) {
+        self.ids.clear();
+        self.states.clear();
+        self.strings.clear();
+        self.string_bytes = 0;
+    }
+
     /// Encodes a batch. `defs` must hold the encoded [`SeriesSet`] of every set this connection
-    /// has not seen yet. Returns the compressed payload and the number of samples in it.
+    /// has not seen yet (a reset may make more sets unknown: callers look them up with
+    /// [`TunnelEncoder::knows`] after [`TunnelEncoder::prepare`]). Returns the compressed
+    /// payload and the number of samples in it.
     pub fn encode(
         &mut self,
         records: &[ScrapeRecord],
         defs: &HashMap<u64, Bytes>,
     ) -> Result<(Bytes, u64), CodecError> {
-        // Definitions first, in first-use order.
-        let mut body = BytesMut::new();
-        let mut new_defs: Vec<(u32, &Bytes)> = Vec::new();
-        let mut pending: HashMap<u64, u32> = HashMap::new();
+        // Resolve every new definition before touching any state.
+        let mut new_sets: Vec<(u64, SeriesSet)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for r in records {
-            if self.ids.contains_key(&r.set_id) || pending.contains_key(&r.set_id) {
+            if self.ids.contains_key(&r.set_id) || !seen.insert(r.set_id) {
                 continue;
             }
             let def = defs
                 .get(&r.set_id)
                 .ok_or(CodecError::MissingDefinition(r.set_id))?;
-            let local = (self.ids.len() + pending.len()) as u32;
-            pending.insert(r.set_id, local);
-            new_defs.push((local, def));
+            new_sets.push((r.set_id, SeriesSet::decode(def, usize::MAX)?));
         }
-        put_varint(&mut body, new_defs.len() as u64);
-        for (local, def) in &new_defs {
-            put_varint(&mut body, u64::from(*local));
-            put_varint(&mut body, def.len() as u64);
-            body.put_slice(def);
-        }
-        // Definitions are valid: commit them to the connection state.
-        for (set_id, local) in pending {
-            self.ids.insert(set_id, local);
-        }
-        let lens: Vec<(u32, usize)> = new_defs
-            .iter()
-            .map(|(local, def)| {
-                let n = SeriesSet::decode(def, usize::MAX)
-                    .map(|s| s.series.len())
-                    .unwrap_or(0);
-                (*local, n)
-            })
-            .collect();
-        for (local, n) in lens {
-            let i = local as usize;
-            if self.states.len() <= i {
-                self.states.resize_with(i + 1, SetState::default);
+        for r in records {
+            let len = match self.ids.get(&r.set_id) {
+                Some(local) => self.states[*local as usize].len,
+                None => new_sets
+                    .iter()
+                    .find(|(id, _)| *id == r.set_id)
+                    .map_or(0, |(_, s)| s.series.len()),
+            };
+            if len != r.values.len() {
+                return Err(CodecError::Invalid {
+                    what: "record length for its series set",
+                });
             }
-            self.states[i] = SetState::new(n);
         }
+
+        let mut body = BytesMut::new();
+        body.put_u8(if self.pending_reset { FLAG_RESET } else { 0 });
+        self.pending_reset = false;
+        // New strings, then definitions referring to them.
+        let mut strings_out = BytesMut::new();
+        let mut n_strings = 0u64;
+        let mut defs_out = BytesMut::new();
+        for (set_id, set) in &new_sets {
+            let local = self.ids.len() as u32;
+            self.ids.insert(*set_id, local);
+            self.states.push(SetState::new(set.series.len()));
+            put_varint(&mut defs_out, u64::from(local));
+            put_varint(&mut defs_out, set.series.len() as u64);
+            for labels in &set.series {
+                put_varint(&mut defs_out, labels.len() as u64);
+                for l in labels {
+                    for text in [&l.name, &l.value] {
+                        let next = self.strings.len() as u32;
+                        let id = *self.strings.entry(text.clone()).or_insert_with(|| {
+                            put_varint(&mut strings_out, text.len() as u64);
+                            strings_out.put_slice(text.as_bytes());
+                            n_strings += 1;
+                            next
+                        });
+                        if id == next {
+                            self.string_bytes += text.len();
+                        }
+                        put_varint(&mut defs_out, u64::from(id));
+                    }
+                }
+            }
+        }
+        put_varint(&mut body, n_strings);
+        body.put_slice(&strings_out);
+        put_varint(&mut body, new_sets.len() as u64);
+        body.put_slice(&defs_out);
         put_varint(&mut body, records.len() as u64);
         let mut samples = 0u64;
         for r in records {
             let local = self.ids[&r.set_id];
             let st = &mut self.states[local as usize];
-            if st.len != r.values.len() {
-                return Err(CodecError::Invalid {
-                    what: "record length for its series set",
-                });
-            }
             put_varint(&mut body, u64::from(local));
             put_varint(&mut body, zigzag(st.ts_code(r.timestamp)));
             for (v, slot) in r.values.iter().zip(st.slots.iter_mut()) {
@@ -634,7 +689,21 @@ impl TunnelEncoder {
             zstd::bulk::compress(&body, self.level).map_err(|e| CodecError::Zstd(e.to_string()))?;
         Ok((Bytes::from(compressed), samples))
     }
+
+    /// Call before looking up definitions for a batch: when the connection's tables have grown
+    /// past their thresholds, the next batch resets them (both sides) and defines everything
+    /// it uses again. Returns whether it will.
+    pub fn prepare(&mut self) -> bool {
+        if self.string_bytes > self.reset_string_bytes || self.ids.len() > self.reset_sets {
+            self.reset();
+            self.pending_reset = true;
+        }
+        self.pending_reset
+    }
 }
+
+/// A series' labels as (name, value) references into the connection's string table.
+type RefLabels = Vec<(u32, u32)>;
 
 /// Gateway side, one per connection. Batches must be decoded in sequence order.
 #[derive(Debug)]
@@ -642,18 +711,27 @@ pub struct TunnelDecoder {
     max_body: usize,
     max_sets: usize,
     max_series: usize,
-    sets: Vec<(SeriesSet, SetState)>,
+    max_string_bytes: usize,
+    sets: Vec<(Vec<RefLabels>, SetState)>,
+    strings: Vec<String>,
+    string_bytes: usize,
+    /// Label pairs held in all sets, bounded like the string table.
+    pairs: usize,
 }
 
 impl TunnelDecoder {
     /// `max_body`: largest decompressed batch; `max_sets`: sets per connection;
-    /// `max_series`: series per set.
+    /// `max_series`: series per set; string table bytes are bounded by 4 × `max_body`.
     pub fn new(max_body: usize, max_sets: usize, max_series: usize) -> Self {
         TunnelDecoder {
             max_body,
             max_sets,
             max_series,
+            max_string_bytes: max_body.saturating_mul(4),
             sets: Vec::new(),
+            strings: Vec::new(),
+            string_bytes: 0,
+            pairs: 0,
         }
     }
 
@@ -662,6 +740,29 @@ impl TunnelDecoder {
         let body = zstd::bulk::decompress(payload, self.max_body)
             .map_err(|e| CodecError::Zstd(e.to_string()))?;
         let mut r = Reader::new(&body);
+        let flags = r.u8("flags")?;
+        if flags & !FLAG_RESET != 0 {
+            return Err(CodecError::Invalid { what: "flags" });
+        }
+        if flags & FLAG_RESET != 0 {
+            self.sets.clear();
+            self.strings.clear();
+            self.string_bytes = 0;
+            self.pairs = 0;
+        }
+        let n_strings = r.count("string count", 1, u32::MAX as u64)?;
+        for _ in 0..n_strings {
+            let s = r.string("string")?;
+            self.string_bytes += s.len() + 16;
+            if self.string_bytes > self.max_string_bytes {
+                return Err(CodecError::TooLarge {
+                    what: "string table bytes",
+                    value: self.string_bytes as u64,
+                    limit: self.max_string_bytes as u64,
+                });
+            }
+            self.strings.push(s);
+        }
         let nd = r.count("definition count", 2, self.max_sets as u64)?;
         for _ in 0..nd {
             let local = r.varint("set id")?;
@@ -677,40 +778,69 @@ impl TunnelDecoder {
                     limit: self.max_sets as u64,
                 });
             }
-            let len = r.count("definition size", 1, u32::MAX as u64)?;
-            let set = SeriesSet::decode(r.bytes(len, "definition")?, self.max_series)?;
-            let n = set.series.len();
-            self.sets.push((set, SetState::new(n)));
+            let n = r.count("series count", 1, self.max_series as u64)?;
+            let mut series = Vec::with_capacity(n);
+            for _ in 0..n {
+                let nl = r.count("label count", 2, 1024)?;
+                self.pairs += nl + 1;
+                if self.pairs * 8 > self.max_string_bytes {
+                    return Err(CodecError::TooLarge {
+                        what: "series definitions",
+                        value: self.pairs as u64,
+                        limit: (self.max_string_bytes / 8) as u64,
+                    });
+                }
+                let mut labels = Vec::with_capacity(nl);
+                for _ in 0..nl {
+                    let name = r.varint("label name ref")?;
+                    let value = r.varint("label value ref")?;
+                    let known = self.strings.len() as u64;
+                    if name >= known || value >= known {
+                        return Err(CodecError::Invalid {
+                            what: "string reference",
+                        });
+                    }
+                    labels.push((name as u32, value as u32));
+                }
+                series.push(labels);
+            }
+            self.sets.push((series, SetState::new(n)));
         }
         let ns = r.count("scrape count", 3, u32::MAX as u64)?;
         let mut out = Vec::new();
         let mut samples = 0u64;
         for _ in 0..ns {
             let local = r.varint("set id")?;
-            let (set, st) = self
+            let (series, st) = self
                 .sets
                 .get_mut(local as usize)
                 .ok_or(CodecError::UnknownSet(local))?;
             let ts = st.ts_decode(unzigzag(r.varint("timestamp")?));
             let first = out.len();
-            for (labels, slot) in set.series.iter().zip(st.slots.iter_mut()) {
+            for (labels, slot) in series.iter().zip(st.slots.iter_mut()) {
                 let value = decode_value(&mut r, slot)?;
                 out.push(TimeSeries {
-                    labels: labels.clone(),
+                    labels: labels
+                        .iter()
+                        .map(|(n, v)| Label {
+                            name: self.strings[*n as usize].clone(),
+                            value: self.strings[*v as usize].clone(),
+                        })
+                        .collect(),
                     samples: vec![Sample {
                         value,
                         timestamp: ts,
                     }],
                 });
             }
-            samples += set.series.len() as u64;
-            let ne = r.count("exception count", 2, set.series.len() as u64)?;
+            samples += series.len() as u64;
+            let ne = r.count("exception count", 2, series.len() as u64)?;
             for _ in 0..ne {
                 let i = r.varint("exception index")?;
                 let ets = unzigzag(r.varint("exception timestamp")?);
                 let s = usize::try_from(i)
                     .ok()
-                    .filter(|i| *i < set.series.len())
+                    .filter(|i| *i < series.len())
                     .and_then(|i| out.get_mut(first + i))
                     .and_then(|t| t.samples.first_mut())
                     .ok_or(CodecError::Invalid {
@@ -880,5 +1010,30 @@ mod tests {
             let _ = SeriesSet::decode(&a, 64);
             let _ = TunnelDecoder::new(1 << 16, 4, 64).decode(&a);
         }
+    }
+
+    #[test]
+    fn reset_keeps_both_sides_in_step() {
+        let mut enc = TunnelEncoder::new(1).with_reset_thresholds(1 << 20, 2);
+        let mut dec = TunnelDecoder::new(1 << 20, 3, 100);
+        let mut resets = 0;
+        for n in 0..12u64 {
+            // A new target shape every scrape: sets accumulate until the encoder resets.
+            let mut series = scrape(n as usize, n, 4);
+            let ts = series[0].samples[0].timestamp;
+            series.truncate(2 + (n % 3) as usize);
+            let (set, rec) = split(series.clone(), ts);
+            if enc.prepare() {
+                resets += 1;
+            }
+            let mut defs = HashMap::new();
+            defs.insert(set.id(), set.encode());
+            let (payload, _) = enc.encode(&[rec], &defs).expect("encode");
+            let (got, _) = dec
+                .decode(&payload)
+                .expect("decoder stays within max_sets = 3");
+            assert!(same(&got, &series));
+        }
+        assert!(resets >= 3);
     }
 }
