@@ -293,6 +293,16 @@ fn to_remote_write(ctx: &Context, mut timeseries: Vec<TimeSeries>) -> (Bytes, u6
     (remote_write::encode_snappy(&req), samples)
 }
 
+/// Decodes a compact batch straight into a snappy-compressed remote-write 1.0 body.
+fn decode_compact(decoder: &mut TunnelDecoder, data: &[u8]) -> Result<(Bytes, u64), CodecError> {
+    let mut raw = bytes::BytesMut::new();
+    let samples = decoder.decode_remote_write(data, &mut raw)?;
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&raw)
+        .map_err(|e| CodecError::Zstd(format!("snappy: {e}")))?;
+    Ok((Bytes::from(body), samples))
+}
+
 /// The connection's forwarding task: batches are decoded and leave in sequence order.
 async fn forward_in_order(
     mut rx: mpsc::Receiver<Pending>,
@@ -331,8 +341,11 @@ async fn forward_in_order(
         while let Some((_, _, p)) = seq.pop_ready() {
             let (body, samples) = match &p.payload {
                 Payload::Ready { body, samples } => (body.clone(), *samples),
-                Payload::Compact(data) => match decoder.decode(data) {
-                    Ok((series, _)) => to_remote_write(&ctx, series),
+                Payload::Compact(data) => match decode_compact(&mut decoder, data) {
+                    Ok((body, samples)) => {
+                        ctx.metrics.samples_received.inc_by(samples);
+                        (body, samples)
+                    }
                     Err(error) => {
                         warn!(%error, first_seq = p.first_seq, "Undecodable compact batch; closing connection.");
                         let code = match error {

@@ -121,11 +121,14 @@ pub fn codec(args: &CodecArgs) -> anyhow::Result<CodecReport> {
     let encode_ns = started.elapsed().as_nanos() as f64 / samples as f64;
     let compact: usize = payloads.iter().map(Bytes::len).sum();
 
+    // The gateway's path: compact batch to remote-write protobuf (before snappy).
     let mut dec = TunnelDecoder::new(1 << 30, 1 << 20, 1 << 22);
+    let mut out = bytes::BytesMut::new();
     let started = Instant::now();
     let mut decoded = 0u64;
     for p in &payloads {
-        decoded += dec.decode(p)?.1;
+        out.clear();
+        decoded += dec.decode_remote_write(p, &mut out)?;
     }
     let decode_rate = decoded as f64 / started.elapsed().as_secs_f64();
 

@@ -675,13 +675,13 @@ impl TunnelEncoder {
             let st = &mut self.states[local as usize];
             put_varint(&mut body, u64::from(local));
             put_varint(&mut body, zigzag(st.ts_code(r.timestamp)));
-            for (v, slot) in r.values.iter().zip(st.slots.iter_mut()) {
-                encode_value(&mut body, *v, slot);
-            }
             put_varint(&mut body, r.exceptions.len() as u64);
             for (i, ts) in &r.exceptions {
                 put_varint(&mut body, u64::from(*i));
                 put_varint(&mut body, zigzag(*ts));
+            }
+            for (v, slot) in r.values.iter().zip(st.slots.iter_mut()) {
+                encode_value(&mut body, *v, slot);
             }
             samples += r.values.len() as u64;
         }
@@ -705,6 +705,40 @@ impl TunnelEncoder {
 /// A series' labels as (name, value) references into the connection's string table.
 type RefLabels = Vec<(u32, u32)>;
 
+/// A set as the decoder holds it: label references, and (built on first use by
+/// [`TunnelDecoder::decode_remote_write`]) each series' labels already encoded as remote-write
+/// `Label` fields, sorted by name, so forwarding copies bytes instead of building messages.
+#[derive(Debug, Default)]
+struct SetDef {
+    series: Vec<RefLabels>,
+    encoded: Option<Vec<Bytes>>,
+}
+
+fn put_len_field(out: &mut BytesMut, tag: u8, body: &[u8]) {
+    out.put_u8(tag);
+    put_varint(out, body.len() as u64);
+    out.put_slice(body);
+}
+
+/// Encodes a series' labels as repeated `Label` fields of a remote-write `TimeSeries`.
+fn encode_labels(labels: &RefLabels, strings: &[String]) -> Bytes {
+    let mut sorted: Vec<(&str, &str)> = labels
+        .iter()
+        .map(|(n, v)| (strings[*n as usize].as_str(), strings[*v as usize].as_str()))
+        .collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    sorted.dedup_by(|later, earlier| later.0 == earlier.0);
+    let mut out = BytesMut::new();
+    let mut label = BytesMut::new();
+    for (name, value) in sorted {
+        label.clear();
+        put_len_field(&mut label, 0x0a, name.as_bytes());
+        put_len_field(&mut label, 0x12, value.as_bytes());
+        put_len_field(&mut out, 0x0a, &label);
+    }
+    out.freeze()
+}
+
 /// Gateway side, one per connection. Batches must be decoded in sequence order.
 #[derive(Debug)]
 pub struct TunnelDecoder {
@@ -712,7 +746,8 @@ pub struct TunnelDecoder {
     max_sets: usize,
     max_series: usize,
     max_string_bytes: usize,
-    sets: Vec<(Vec<RefLabels>, SetState)>,
+    sets: Vec<SetDef>,
+    states: Vec<SetState>,
     strings: Vec<String>,
     string_bytes: usize,
     /// Label pairs held in all sets, bounded like the string table.
@@ -729,6 +764,7 @@ impl TunnelDecoder {
             max_series,
             max_string_bytes: max_body.saturating_mul(4),
             sets: Vec::new(),
+            states: Vec::new(),
             strings: Vec::new(),
             string_bytes: 0,
             pairs: 0,
@@ -737,6 +773,57 @@ impl TunnelDecoder {
 
     /// Decodes one batch into series with one sample each; returns them and the sample count.
     pub fn decode(&mut self, payload: &[u8]) -> Result<(Vec<TimeSeries>, u64), CodecError> {
+        let mut out = Vec::new();
+        let samples = self.walk(payload, false, |set, strings, i, value, timestamp| {
+            out.push(TimeSeries {
+                labels: set.series[i]
+                    .iter()
+                    .map(|(n, v)| Label {
+                        name: strings[*n as usize].clone(),
+                        value: strings[*v as usize].clone(),
+                    })
+                    .collect(),
+                samples: vec![Sample { value, timestamp }],
+            });
+        })?;
+        Ok((out, samples))
+    }
+
+    /// Decodes one batch straight into the protobuf encoding of a remote-write 1.0
+    /// `WriteRequest` (labels sorted by name, one sample per series), appended to `out`.
+    /// Returns the sample count. This is the gateway's fast path: no per-sample allocation.
+    pub fn decode_remote_write(
+        &mut self,
+        payload: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<u64, CodecError> {
+        let mut ts_body = BytesMut::new();
+        let mut sample = BytesMut::new();
+        self.walk(payload, true, |set, _, i, value, timestamp| {
+            let labels = set.encoded.as_ref().and_then(|e| e.get(i));
+            ts_body.clear();
+            if let Some(l) = labels {
+                ts_body.put_slice(l);
+            }
+            sample.clear();
+            sample.put_u8(0x09);
+            sample.put_u64_le(value.to_bits());
+            sample.put_u8(0x10);
+            put_varint(&mut sample, timestamp as u64);
+            put_len_field(&mut ts_body, 0x12, &sample);
+            put_len_field(out, 0x0a, &ts_body);
+        })
+    }
+
+    /// Parses a batch, updating the connection state, and calls `f(set, strings, series index,
+    /// value, timestamp)` for every sample in order. With `encode_labels`, sets get their
+    /// remote-write label encoding before their first sample.
+    fn walk(
+        &mut self,
+        payload: &[u8],
+        want_encoded: bool,
+        mut f: impl FnMut(&SetDef, &[String], usize, f64, i64),
+    ) -> Result<u64, CodecError> {
         let body = zstd::bulk::decompress(payload, self.max_body)
             .map_err(|e| CodecError::Zstd(e.to_string()))?;
         let mut r = Reader::new(&body);
@@ -746,6 +833,7 @@ impl TunnelDecoder {
         }
         if flags & FLAG_RESET != 0 {
             self.sets.clear();
+            self.states.clear();
             self.strings.clear();
             self.string_bytes = 0;
             self.pairs = 0;
@@ -804,55 +892,67 @@ impl TunnelDecoder {
                 }
                 series.push(labels);
             }
-            self.sets.push((series, SetState::new(n)));
+            self.sets.push(SetDef {
+                series,
+                encoded: None,
+            });
+            self.states.push(SetState::new(n));
         }
         let ns = r.count("scrape count", 3, u32::MAX as u64)?;
-        let mut out = Vec::new();
         let mut samples = 0u64;
+        let mut exceptions: Vec<(usize, i64)> = Vec::new();
         for _ in 0..ns {
-            let local = r.varint("set id")?;
-            let (series, st) = self
-                .sets
-                .get_mut(local as usize)
-                .ok_or(CodecError::UnknownSet(local))?;
-            let ts = st.ts_decode(unzigzag(r.varint("timestamp")?));
-            let first = out.len();
-            for (labels, slot) in series.iter().zip(st.slots.iter_mut()) {
-                let value = decode_value(&mut r, slot)?;
-                out.push(TimeSeries {
-                    labels: labels
+            let local = r.varint("set id")? as usize;
+            let (Some(set), Some(st)) = (self.sets.get_mut(local), self.states.get_mut(local))
+            else {
+                return Err(CodecError::UnknownSet(local as u64));
+            };
+            if want_encoded && set.encoded.is_none() {
+                let strings = &self.strings;
+                set.encoded = Some(
+                    set.series
                         .iter()
-                        .map(|(n, v)| Label {
-                            name: self.strings[*n as usize].clone(),
-                            value: self.strings[*v as usize].clone(),
-                        })
+                        .map(|l| encode_labels(l, strings))
                         .collect(),
-                    samples: vec![Sample {
-                        value,
-                        timestamp: ts,
-                    }],
-                });
+                );
             }
-            samples += series.len() as u64;
-            let ne = r.count("exception count", 2, series.len() as u64)?;
+            let ts = st.ts_decode(unzigzag(r.varint("timestamp")?));
+            let n = set.series.len();
+            let ne = r.count("exception count", 2, n as u64)?;
+            exceptions.clear();
             for _ in 0..ne {
                 let i = r.varint("exception index")?;
                 let ets = unzigzag(r.varint("exception timestamp")?);
-                let s = usize::try_from(i)
+                let i = usize::try_from(i)
                     .ok()
-                    .filter(|i| *i < series.len())
-                    .and_then(|i| out.get_mut(first + i))
-                    .and_then(|t| t.samples.first_mut())
+                    .filter(|i| *i < n)
                     .ok_or(CodecError::Invalid {
                         what: "exception index",
                     })?;
-                s.timestamp = ets;
+                exceptions.push((i, ets));
             }
+            let mut next_exc = 0;
+            exceptions.sort_unstable();
+            for (i, slot) in st.slots.iter_mut().enumerate() {
+                let value = decode_value(&mut r, slot)?;
+                let mut t = ts;
+                while let Some((ei, ets)) = exceptions.get(next_exc).copied() {
+                    if ei > i {
+                        break;
+                    }
+                    if ei == i {
+                        t = ets;
+                    }
+                    next_exc += 1;
+                }
+                f(set, &self.strings, i, value, t);
+            }
+            samples += n as u64;
         }
         if !r.is_empty() {
             return Err(CodecError::Trailing { what: "batch" });
         }
-        Ok((out, samples))
+        Ok(samples)
     }
 }
 
@@ -905,6 +1005,7 @@ mod tests {
     fn records_roundtrip_through_disk_and_wire() {
         let mut enc = TunnelEncoder::new(3);
         let mut dec = TunnelDecoder::new(1 << 24, 1000, 10_000);
+        let mut rw_dec = TunnelDecoder::new(1 << 24, 1000, 10_000);
         let mut defs = HashMap::new();
         for batch in 0..6u64 {
             let mut records = vec![];
@@ -929,6 +1030,15 @@ mod tests {
             let (got, n) = dec.decode(&payload).expect("decode");
             assert_eq!(n, samples);
             assert!(same(&got, &want), "batch {batch}");
+            let mut rw = BytesMut::new();
+            assert_eq!(rw_dec.decode_remote_write(&payload, &mut rw), Ok(samples));
+            let req = <crate::remote_write::WriteRequest as prost::Message>::decode(rw.freeze())
+                .expect("valid remote-write protobuf");
+            let mut sorted = want.clone();
+            for ts in &mut sorted {
+                crate::model::normalize(&mut ts.labels);
+            }
+            assert!(same(&req.timeseries, &sorted), "remote-write batch {batch}");
         }
     }
 
