@@ -164,6 +164,8 @@ pub struct ShipperConfig {
     pub max_batch_records: NonZeroU32,
     /// Upper bound of a batch's payload (before compression), in bytes.
     pub max_batch_bytes: NonZeroU32,
+    /// How long to wait for a full batch before sending a partial one.
+    pub batch_delay: PromDuration,
     /// QUIC keep-alive interval.
     pub keep_alive: PromDuration,
     /// A connection silent for this long is declared dead.
@@ -182,6 +184,7 @@ impl Default for ShipperConfig {
             max_in_flight: n(4),
             max_batch_records: n(64),
             max_batch_bytes: n(4 << 20),
+            batch_delay: PromDuration(Duration::from_secs(1)),
             keep_alive: PromDuration(Duration::from_secs(2)),
             idle_timeout: PromDuration(Duration::from_secs(10)),
             ack_timeout: PromDuration(Duration::from_secs(60)),

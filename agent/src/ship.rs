@@ -240,14 +240,25 @@ impl Shipper {
         // Connection-scoped codec state: starts empty with every connection (ADR 002).
         let mut encoder = TunnelEncoder::new(ZSTD_LEVEL);
         let mut acks_since_gc = 0u32;
+        let max_records = self.cfg.max_batch_records.get() as usize;
+        let batch_delay = self.cfg.batch_delay.0;
+        let mut waiting_since: Option<Instant> = None;
 
         let result = loop {
             // Fill the pipeline with contiguous batches.
             while in_flight.len() < max_in_flight && cursor < self.queue.head() {
-                let records = self
-                    .queue
-                    .read(cursor, self.cfg.max_batch_records.get() as usize, max_bytes)
-                    .await?;
+                // Small batches cost packets and compress worse: wait up to `batch_delay` for a
+                // full batch (not while draining for shutdown).
+                let available = self.queue.head() - cursor;
+                let since = *waiting_since.get_or_insert_with(Instant::now);
+                if drain_deadline.is_none()
+                    && available < max_records as u64
+                    && since.elapsed() < batch_delay
+                {
+                    break;
+                }
+                waiting_since = None;
+                let records = self.queue.read(cursor, max_records, max_bytes).await?;
                 let Some(last) = records.last() else { break };
                 let first_seq = cursor;
                 // The queue holds a contiguous suffix, so the read starts at the cursor.
@@ -300,6 +311,8 @@ impl Shipper {
                         }
                     }
                 }
+                _ = sleep_until(waiting_since.map(|t| t + batch_delay)),
+                    if waiting_since.is_some() && in_flight.len() < max_in_flight => {}
                 changed = head.changed(), if drain_deadline.is_none() => {
                     if changed.is_err() { break Ok(End::Shutdown); }
                 }

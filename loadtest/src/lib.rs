@@ -8,6 +8,7 @@
 //! * [`demo`]: the whole relay path, live, on an embedded default configuration.
 
 pub mod bench;
+pub mod bench_tunnel;
 pub mod capture;
 pub mod demo;
 pub mod harness;

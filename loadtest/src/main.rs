@@ -25,6 +25,8 @@ enum Command {
     Demo(uplink_loadtest::demo::DemoArgs),
     /// Benchmark the tunnel encoding in process against remote write 1.0 and 2.0.
     BenchCodec(uplink_loadtest::bench::CodecArgs),
+    /// Bytes on the wire per sample: Uplink against Prometheus agent and vmagent, same run.
+    BenchTunnel(uplink_loadtest::bench_tunnel::TunnelArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -63,6 +65,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Probe(args) => run_probe(args).await,
         Command::Capture(args) => run_capture(args).await,
         Command::Demo(args) => uplink_loadtest::demo::run(args).await,
+        Command::BenchTunnel(args) => {
+            let report = uplink_loadtest::bench_tunnel::run(args).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Command::BenchCodec(args) => {
             let report = uplink_loadtest::bench::codec(&args)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
