@@ -22,6 +22,7 @@ pub struct Metrics {
     pub bytes_sent: Counter,
     pub queue_append_errors: Counter,
     pub records_corrupt: Counter,
+    pub samples_dropped: Counter,
     pub queue_records: Gauge,
     pub queue_bytes: Gauge,
     pub connected: Gauge,
@@ -83,6 +84,11 @@ impl Metrics {
             "queue_append_errors",
             "Scrape results that could not be appended to the queue.",
             self.queue_append_errors.clone(),
+        );
+        r.register(
+            "samples_dropped",
+            "Samples lost at the agent (queue append failures, corrupt records).",
+            self.samples_dropped.clone(),
         );
         r.register(
             "queue_records_corrupt",

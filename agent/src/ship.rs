@@ -32,15 +32,13 @@ use tracing::{debug, info, warn};
 use uplink_shared::codec::{CodecError, ScrapeRecord, TunnelEncoder};
 use uplink_shared::quic;
 use uplink_shared::wire::{
-    self, Ack, AckStatus, Batch, CloseCode, Encoding, Frame, Hello, MAX_CONTROL_FRAME, WireError,
+    self, Ack, AckStatus, Batch, CloseCode, Encoding, Frame, Hello, MAX_CONTROL_FRAME, Status,
+    WireError,
 };
 
 use crate::config::ShipperConfig;
 use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueError, Record};
-
-/// zstd level for batches: a good ratio at low CPU on small ARM cores.
-const ZSTD_LEVEL: i32 = 3;
 
 /// Why a session ended (none of these lose data: the queue still holds every unacked record).
 #[derive(Debug, thiserror::Error)]
@@ -238,11 +236,12 @@ impl Shipper {
         let mut in_flight: JoinSet<Result<(Ack, u64), ShipError>> = JoinSet::new();
         let mut drain_deadline: Option<Instant> = None;
         // Connection-scoped codec state: starts empty with every connection (ADR 002).
-        let mut encoder = TunnelEncoder::new(ZSTD_LEVEL);
+        let mut encoder = TunnelEncoder::new(self.cfg.zstd_level);
         let mut acks_since_gc = 0u32;
         let max_records = self.cfg.max_batch_records.get() as usize;
         let batch_delay = self.cfg.batch_delay.0;
         let mut waiting_since: Option<Instant> = None;
+        let mut status_tick = tokio::time::interval(self.cfg.status_interval.0);
 
         let result = loop {
             // Fill the pipeline with contiguous batches.
@@ -317,6 +316,10 @@ impl Shipper {
                     if changed.is_err() { break Ok(End::Shutdown); }
                 }
                 reason = conn.closed() => break Err(reason.into()),
+                _ = status_tick.tick() => {
+                    let status = self.status().await?;
+                    ctl_send.write_all(&Frame::Status(status).to_bytes()).await?;
+                }
                 _ = shutdown.cancelled(), if drain_deadline.is_none() => {
                     drain_deadline = Some(Instant::now() + ack_timeout.min(Duration::from_secs(10)));
                 }
@@ -339,6 +342,25 @@ impl Shipper {
 }
 
 impl Shipper {
+    /// The agent's state for the gateway's freshness ledger.
+    async fn status(&self) -> Result<Status, ShipError> {
+        let (records, bytes) = self.queue.usage();
+        let first = self.queue.first().await?;
+        let oldest = self
+            .queue
+            .read(first, 1, 0)
+            .await?
+            .first()
+            .and_then(|r| ScrapeRecord::decode(&r.data).ok())
+            .map_or(0, |r| r.timestamp);
+        Ok(Status {
+            backlog_records: records,
+            backlog_bytes: bytes,
+            oldest_timestamp_ms: oldest,
+            dropped_samples: self.metrics.samples_dropped.get(),
+        })
+    }
+
     /// Encodes queue records for this connection. A record that cannot be decoded, or whose
     /// series set definition is missing, is skipped and counted (it is still covered by the
     /// batch's range, so it is deleted with the ack instead of jamming the queue).
@@ -374,6 +396,7 @@ impl Shipper {
             let ok = encoder.knows(r.set_id) || defs.contains_key(&r.set_id);
             if !ok {
                 self.metrics.records_corrupt.inc();
+                self.metrics.samples_dropped.inc_by(r.values.len() as u64);
                 warn!(
                     set = format!("{:016x}", r.set_id),
                     "Skipping record whose series set is missing."

@@ -2,10 +2,11 @@
 # Installs what building, the demo and the tests need on Debian, if missing:
 #   clang, libclang-dev  RocksDB's bindings (bindgen needs libclang)
 #   prometheus           the real global view (also ships promtool)
+#   prometheus-alertmanager  the global alerting (amtool validates its config)
 #   openssl              tests that certificates from a user's own PKI work
 # As root it installs them; otherwise it prints the exact command and fails.
 set -euo pipefail
-packages=(clang libclang-dev prometheus openssl)
+packages=(clang libclang-dev prometheus prometheus-alertmanager openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

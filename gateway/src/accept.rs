@@ -30,6 +30,7 @@ use uplink_shared::wire::{
 
 use crate::config::Limits;
 use crate::forward::{self, Destination};
+use crate::ledger::Ledger;
 use crate::metrics::{Metrics, labels};
 
 /// What every connection handler needs.
@@ -37,6 +38,7 @@ pub struct Context {
     pub limits: Limits,
     pub destinations: Vec<Destination>,
     pub metrics: Metrics,
+    pub ledger: Arc<Ledger>,
 }
 
 /// Accepts connections until `shutdown`, then closes each with [`CloseCode::GoingAway`].
@@ -97,7 +99,9 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: Cancella
     async {
         ctx.metrics.connections.inc();
         ctx.metrics.agents_connected.inc();
+        ctx.ledger.connected(&identity);
         let code = session(&conn, &identity, &ctx, &shutdown).await;
+        ctx.ledger.disconnected(&identity);
         ctx.metrics.agents_connected.dec();
         if let Some(code) = code {
             close(&ctx, &conn, code);
@@ -110,7 +114,11 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: Cancella
 /// A batch's content: ready to forward, or still in the connection-scoped compact encoding
 /// (decoded by the forwarder, in sequence order).
 enum Payload {
-    Ready { body: Bytes, samples: u64 },
+    Ready {
+        body: Bytes,
+        samples: u64,
+        newest: i64,
+    },
     Compact(Bytes),
 }
 
@@ -172,6 +180,14 @@ async fn session(
         rx,
         resume_seq,
         ctx.clone(),
+        identity.to_owned(),
+        violation_tx.clone(),
+    ));
+    // The control stream now carries the agent's status reports.
+    let control = tokio::spawn(read_status(
+        ctl_recv,
+        ctx.clone(),
+        identity.to_owned(),
         violation_tx.clone(),
     ));
     let mut streams = tokio::task::JoinSet::new();
@@ -193,7 +209,38 @@ async fn session(
     };
     streams.abort_all();
     forwarder.abort();
+    control.abort();
     code
+}
+
+/// Reads the agent's status frames from the control stream into the ledger.
+async fn read_status(
+    mut recv: quinn::RecvStream,
+    ctx: Arc<Context>,
+    identity: String,
+    violation: mpsc::Sender<CloseCode>,
+) {
+    loop {
+        match quic::read_frame(&mut recv, MAX_CONTROL_FRAME, Duration::from_secs(86_400)).await {
+            Ok(Frame::Status(st)) => ctx.ledger.status(&identity, st),
+            Ok(other) => {
+                warn!(
+                    frame = other.name(),
+                    "Unexpected frame on the control stream; closing."
+                );
+                let _ = violation.try_send(CloseCode::ProtocolViolation);
+                return;
+            }
+            Err(ReadFrameError::Wire(e)) => {
+                if e != wire::WireError::Truncated {
+                    warn!(error = %e, "Bad frame on the control stream; closing.");
+                    let _ = violation.try_send(e.close_code());
+                }
+                return;
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// Reads and decodes one batch stream, hands it to the forwarder, writes the ack.
@@ -229,8 +276,18 @@ async fn batch_stream(
             let max = ctx.limits.max_uncompressed_bytes.get() as usize;
             match remote_write::decode_snappy::<WriteRequest>(&batch.payload, max) {
                 Ok(req) => {
+                    let newest = req
+                        .timeseries
+                        .iter()
+                        .flat_map(|t| t.samples.iter().map(|s| s.timestamp))
+                        .max()
+                        .unwrap_or(i64::MIN);
                     let (body, samples) = to_remote_write(&ctx, req.timeseries);
-                    Payload::Ready { body, samples }
+                    Payload::Ready {
+                        body,
+                        samples,
+                        newest,
+                    }
                 }
                 Err(e) => {
                     warn!(error = %e, first_seq = batch.first_seq, "Undecodable batch payload; closing connection.");
@@ -308,6 +365,7 @@ async fn forward_in_order(
     mut rx: mpsc::Receiver<Pending>,
     resume_seq: u64,
     ctx: Arc<Context>,
+    identity: String,
     violation: mpsc::Sender<CloseCode>,
 ) {
     let mut seq: Sequencer<Pending> = Sequencer::new(resume_seq);
@@ -339,12 +397,16 @@ async fn forward_in_order(
             }
         }
         while let Some((_, _, p)) = seq.pop_ready() {
-            let (body, samples) = match &p.payload {
-                Payload::Ready { body, samples } => (body.clone(), *samples),
+            let (body, samples, newest) = match &p.payload {
+                Payload::Ready {
+                    body,
+                    samples,
+                    newest,
+                } => (body.clone(), *samples, *newest),
                 Payload::Compact(data) => match decode_compact(&mut decoder, data) {
                     Ok((body, samples)) => {
                         ctx.metrics.samples_received.inc_by(samples);
-                        (body, samples)
+                        (body, samples, decoder.newest_timestamp())
                     }
                     Err(error) => {
                         warn!(%error, first_seq = p.first_seq, "Undecodable compact batch; closing connection.");
@@ -358,7 +420,8 @@ async fn forward_in_order(
                 },
             };
             match forward::deliver_all(&ctx.destinations, body, samples).await {
-                Ok(()) => {
+                Ok(dropped) => {
+                    ctx.ledger.forwarded(&identity, samples, newest, dropped);
                     let a = ack(&p, AckStatus::Accepted, String::new());
                     let _ = p.reply.send(a);
                 }

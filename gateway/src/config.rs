@@ -24,6 +24,31 @@ pub struct Config {
     pub limits: Limits,
     /// Destinations, in Prometheus's remote_write schema.
     pub remote_write: Vec<RemoteWriteConfig>,
+    /// The freshness ledger written to the destinations.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+}
+
+/// The freshness and gap ledger (see `ledger.rs`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Write the ledger every this long; `0s` disables it.
+    pub interval: PromDuration,
+    /// Labels added to every ledger series (e.g. the region or gateway name).
+    pub labels: BTreeMap<String, String>,
+    /// Stop reporting a site after it has been offline this long.
+    pub forget_after: PromDuration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            interval: PromDuration(Duration::from_secs(15)),
+            labels: BTreeMap::new(),
+            forget_after: PromDuration(Duration::from_secs(7 * 86_400)),
+        }
+    }
 }
 
 /// Hard limits on what agents may send.

@@ -316,8 +316,9 @@ impl Destination {
     }
 }
 
-/// Delivers to every destination concurrently; `Err` carries the first failure to report.
-pub async fn deliver_all(dests: &[Destination], body: Bytes, samples: u64) -> Result<(), String> {
+/// Delivers to every destination concurrently. `Ok` carries the number of samples that
+/// destinations refused permanently (summed over destinations); `Err` the first failure.
+pub async fn deliver_all(dests: &[Destination], body: Bytes, samples: u64) -> Result<u64, String> {
     let mut set = tokio::task::JoinSet::new();
     for d in dests {
         let d = d.clone();
@@ -325,8 +326,10 @@ pub async fn deliver_all(dests: &[Destination], body: Bytes, samples: u64) -> Re
         set.spawn(async move { (d.name.clone(), d.deliver(body, samples).await) });
     }
     let mut failure = None;
+    let mut dropped = 0u64;
     while let Some(joined) = set.join_next().await {
         match joined {
+            Ok((_, Delivery::Dropped(_))) => dropped += samples,
             Ok((name, Delivery::Failed(msg))) => {
                 warn!(destination = %name, error = %msg, "Destination still failing; agent will resend.");
                 failure.get_or_insert(format!("{name}: {msg}"));
@@ -337,5 +340,5 @@ pub async fn deliver_all(dests: &[Destination], body: Bytes, samples: u64) -> Re
             }
         }
     }
-    failure.map_or(Ok(()), Err)
+    failure.map_or(Ok(dropped), Err)
 }

@@ -1,5 +1,7 @@
 //! `uplink-gateway`: accept agents over mTLS QUIC, forward standard Prometheus remote write.
 //!
+//! The [`ledger`] writes the gateway's own per-site freshness series to the destinations.
+//!
 //! Data flow: [`accept`] (QUIC endpoint; identity from the client certificate; one task per
 //! connection, one per batch stream; a per-connection sequencer) → [`forward`] (one tower stack
 //! per destination; remote write 1.0). An ack is sent to the agent only after every destination
@@ -12,6 +14,7 @@ pub mod accept;
 pub mod certs_cmd;
 pub mod config;
 pub mod forward;
+pub mod ledger;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -67,11 +70,24 @@ pub async fn run(
         },
         web_token.clone(),
     ));
+    let ledger = Arc::new(ledger::Ledger::default());
     let ctx = Arc::new(accept::Context {
         limits: cfg.limits.clone(),
-        destinations,
+        destinations: destinations.clone(),
         metrics,
+        ledger: ledger.clone(),
     });
+    let ledger_token = CancellationToken::new();
+    if !cfg.ledger.interval.0.is_zero() {
+        tokio::spawn(ledger::run_writer(
+            ledger,
+            destinations,
+            cfg.ledger.interval.0,
+            cfg.ledger.labels.clone(),
+            cfg.ledger.forget_after.0,
+            ledger_token.clone(),
+        ));
+    }
     let accept_token = CancellationToken::new();
     let mut accept_task = tokio::spawn(accept::serve(endpoint, ctx, accept_token.clone()));
     tokio::select! {
@@ -90,6 +106,7 @@ pub async fn run(
     info!("Closing agent connections.");
     accept_token.cancel();
     accept_task.await?;
+    ledger_token.cancel();
     web_token.cancel();
     let _ = web_task.await;
     info!("Shutdown complete.");

@@ -75,6 +75,11 @@ pub fn probe_scrape(spec: &ProbeSpec, t: usize, n: u64) -> Vec<TimeSeries> {
 #[derive(Debug, serde::Serialize)]
 pub struct CodecReport {
     pub samples: u64,
+    pub zstd_level: i32,
+    /// Queue record bytes per sample on disk (series sets stored once, not counted).
+    pub queue_record_bytes_per_sample: f64,
+    /// The foundation's queue format (remote-write protobuf per scrape), for comparison.
+    pub rw1_protobuf_record_bytes_per_sample: f64,
     pub compact_bytes_per_sample: f64,
     pub rw1_snappy_bytes_per_sample: f64,
     pub rw2_zstd_bytes_per_sample: f64,
@@ -172,9 +177,23 @@ pub fn codec(args: &CodecArgs) -> anyhow::Result<CodecReport> {
                 .len();
     }
 
+    let record_bytes: usize = scrapes.iter().map(|(_, r, ..)| r.encode().len()).sum();
+    let rw1_records: usize = scrapes
+        .iter()
+        .map(|(s, ..)| {
+            WriteRequest {
+                timeseries: s.clone(),
+                metadata: vec![],
+            }
+            .encoded_len()
+        })
+        .sum();
     let per = |b: usize, n: u64| b as f64 / n as f64;
     Ok(CodecReport {
         samples,
+        zstd_level: args.level,
+        queue_record_bytes_per_sample: per(record_bytes, samples),
+        rw1_protobuf_record_bytes_per_sample: per(rw1_records, samples),
         compact_bytes_per_sample: per(compact, samples),
         rw1_snappy_bytes_per_sample: per(rw1, samples),
         rw2_zstd_bytes_per_sample: per(rw2, samples),

@@ -147,6 +147,16 @@ pub fn start_gateway(
     dir: &Path,
     remote_write_urls: &[String],
 ) -> anyhow::Result<Gateway> {
+    start_gateway_with(bins, dir, remote_write_urls, "0s")
+}
+
+/// As [`start_gateway`], writing the freshness ledger every `ledger_interval` (`0s`: off).
+pub fn start_gateway_with(
+    bins: &Bins,
+    dir: &Path,
+    remote_write_urls: &[String],
+    ledger_interval: &str,
+) -> anyhow::Result<Gateway> {
     let quic = free_addr()?;
     let web = free_addr()?;
     let mut rw = String::new();
@@ -162,6 +172,7 @@ pub fn start_gateway(
             "listen_address: {quic}\n\
              tls: {{cert_file: gateway.crt, key_file: gateway.key, ca_file: ca.crt}}\n\
              limits: {{max_retry_duration: 5s}}\n\
+             ledger: {{interval: {ledger_interval}}}\n\
              remote_write:\n{rw}"
         ),
     )?;
@@ -397,4 +408,125 @@ pub async fn prometheus_samples(
         }
     }
     Ok(out)
+}
+
+/// The shipped global configuration (deploy/global), embedded so the demo runs anywhere.
+pub mod global_files {
+    pub const PROMETHEUS: &str = include_str!("../../deploy/global/prometheus.yml");
+    pub const RECORDING: &str = include_str!("../../deploy/global/rules/recording.yml");
+    pub const ALERTS: &str = include_str!("../../deploy/global/rules/alerts.yml");
+    pub const ALERTMANAGER: &str = include_str!("../../deploy/global/alertmanager.yml");
+}
+
+/// Timings for running the shipped global configuration quickly (tests, demo): every alert's
+/// `for:`, Prometheus's evaluation interval, Alertmanager's grouping delays.
+#[derive(Clone, Debug)]
+pub struct Timings {
+    pub alert_for: String,
+    pub evaluation_interval: String,
+    pub group_wait: String,
+    pub group_interval: String,
+}
+
+/// A global Prometheus running deploy/global's rules, and an Alertmanager routing to a webhook.
+pub struct GlobalView {
+    pub prometheus: Prometheus,
+    pub alertmanager: Proc,
+    pub alertmanager_web: SocketAddr,
+}
+
+/// Whether Debian's `prometheus-alertmanager` is installed.
+pub fn alertmanager_installed() -> bool {
+    Command::new("prometheus-alertmanager")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Writes deploy/global's files into `dir/global` with local addresses and `timings`, then
+/// starts Alertmanager (webhook to `tickets_url`) and Prometheus (remote-write receiver on).
+pub fn start_global_view(dir: &Path, tickets_url: &str, t: &Timings) -> anyhow::Result<GlobalView> {
+    let g = dir.join("global");
+    std::fs::create_dir_all(g.join("rules"))?;
+    let prom_web = free_addr()?;
+    let am_web = free_addr()?;
+    let mut alerts = global_files::ALERTS.to_owned();
+    for d in ["5m", "10m", "15m"] {
+        alerts = alerts.replace(&format!("for: {d}"), &format!("for: {}", t.alert_for));
+    }
+    std::fs::write(g.join("rules/alerts.yml"), alerts)?;
+    std::fs::write(g.join("rules/recording.yml"), global_files::RECORDING)?;
+    let prom = global_files::PROMETHEUS
+        .replace("127.0.0.1:9093", &am_web.to_string())
+        .replace("127.0.0.1:9090", &prom_web.to_string())
+        .replace(
+            "evaluation_interval: 30s",
+            &format!("evaluation_interval: {}", t.evaluation_interval),
+        )
+        .replace(
+            "scrape_interval: 30s",
+            &format!("scrape_interval: {}", t.evaluation_interval),
+        );
+    std::fs::write(g.join("prometheus.yml"), prom)?;
+    let am = global_files::ALERTMANAGER
+        .replace("http://127.0.0.1:9095/tickets", tickets_url)
+        .replace("group_wait: 30s", &format!("group_wait: {}", t.group_wait))
+        .replace(
+            "group_interval: 5m",
+            &format!("group_interval: {}", t.group_interval),
+        );
+    std::fs::write(g.join("alertmanager.yml"), am)?;
+
+    let alertmanager = Proc::spawn(
+        "alertmanager",
+        Command::new("prometheus-alertmanager")
+            .arg(format!(
+                "--config.file={}",
+                g.join("alertmanager.yml").display()
+            ))
+            .arg(format!("--storage.path={}", g.join("am-data").display()))
+            .arg(format!("--web.listen-address={am_web}"))
+            .arg("--cluster.listen-address="),
+        &g.join("alertmanager.log"),
+    )?;
+    wait_ready(am_web, Duration::from_secs(30))?;
+    let proc = Proc::spawn(
+        "prometheus",
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                g.join("prometheus.yml").display()
+            ))
+            .arg(format!("--storage.tsdb.path={}", g.join("tsdb").display()))
+            .arg(format!("--web.listen-address={prom_web}"))
+            .arg("--web.enable-remote-write-receiver"),
+        &g.join("prometheus.log"),
+    )?;
+    wait_ready(prom_web, Duration::from_secs(60))?;
+    Ok(GlobalView {
+        prometheus: Prometheus {
+            proc,
+            web: prom_web,
+        },
+        alertmanager,
+        alertmanager_web: am_web,
+    })
+}
+
+/// Value of an instant PromQL query returning one series, if any.
+pub async fn prometheus_value(web: SocketAddr, query: &str) -> anyhow::Result<Option<f64>> {
+    let text = reqwest::Client::new()
+        .get(format!("http://{web}/api/v1/query"))
+        .query(&[("query", query)])
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(v["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|s| s.parse().ok()))
 }

@@ -4,6 +4,7 @@
 //! * [`capture`]: a remote-write 1.0 receiver that records everything it is sent,
 //! * [`oracle`]: checks what arrived against what the probe served,
 //! * [`proxy`]: counting UDP and TCP relays, with fault injection on UDP,
+//! * [`tickets`]: an Alertmanager webhook receiver that stands in for a ticketing system,
 //! * [`harness`]: real agent, gateway and Prometheus processes for the demo and tests,
 //! * [`demo`]: the whole relay path, live, on an embedded default configuration.
 
@@ -15,6 +16,7 @@ pub mod harness;
 pub mod oracle;
 pub mod probe;
 pub mod proxy;
+pub mod tickets;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

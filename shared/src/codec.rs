@@ -752,6 +752,8 @@ pub struct TunnelDecoder {
     string_bytes: usize,
     /// Label pairs held in all sets, bounded like the string table.
     pairs: usize,
+    /// Newest sample timestamp seen in the last decoded batch.
+    newest: i64,
 }
 
 impl TunnelDecoder {
@@ -768,7 +770,13 @@ impl TunnelDecoder {
             strings: Vec::new(),
             string_bytes: 0,
             pairs: 0,
+            newest: i64::MIN,
         }
+    }
+
+    /// Newest sample timestamp (ms) in the last decoded batch; `i64::MIN` if it had none.
+    pub fn newest_timestamp(&self) -> i64 {
+        self.newest
     }
 
     /// Decodes one batch into series with one sample each; returns them and the sample count.
@@ -827,6 +835,7 @@ impl TunnelDecoder {
         let body = zstd::bulk::decompress(payload, self.max_body)
             .map_err(|e| CodecError::Zstd(e.to_string()))?;
         let mut r = Reader::new(&body);
+        self.newest = i64::MIN;
         let flags = r.u8("flags")?;
         if flags & !FLAG_RESET != 0 {
             return Err(CodecError::Invalid { what: "flags" });
@@ -945,6 +954,7 @@ impl TunnelDecoder {
                     }
                     next_exc += 1;
                 }
+                self.newest = self.newest.max(t);
                 f(set, &self.strings, i, value, t);
             }
             samples += n as u64;

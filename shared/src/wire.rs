@@ -3,7 +3,8 @@
 //! # Transport
 //! One QUIC connection per agent, ALPN [`ALPN`], mutual TLS. The agent opens the first
 //! bidirectional stream (the *control stream*) and sends [`Hello`]; the gateway answers
-//! [`Welcome`] or closes the connection with a [`CloseCode`]. After that, each batch travels on
+//! [`Welcome`] or closes the connection with a [`CloseCode`]; afterwards the agent sends a
+//! [`Status`] frame on the control stream now and then. After that, each batch travels on
 //! a bidirectional stream of its own: the agent writes one [`Batch`] frame and finishes its
 //! side; the gateway answers one [`Ack`] frame and finishes. Streams are independent, so
 //! several batches are in flight at once and one slow batch never blocks another.
@@ -164,6 +165,20 @@ pub struct Ack {
     pub message: String,
 }
 
+/// The agent's periodic report of its own state, on the control stream, so the gateway can
+/// tell "site offline, data on its way" from "data lost" (the freshness ledger).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Status {
+    /// Records (scrapes) in the agent's queue, not yet acknowledged.
+    pub backlog_records: u64,
+    /// Bytes of those records.
+    pub backlog_bytes: u64,
+    /// Timestamp (ms) of the oldest unacknowledged sample; 0 when the queue is empty.
+    pub oldest_timestamp_ms: i64,
+    /// Samples the agent dropped so far (corrupt records, append failures), since it started.
+    pub dropped_samples: u64,
+}
+
 /// Any frame.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
@@ -171,12 +186,14 @@ pub enum Frame {
     Welcome(Welcome),
     Batch(Batch),
     Ack(Ack),
+    Status(Status),
 }
 
 const T_HELLO: u8 = 1;
 const T_WELCOME: u8 = 2;
 const T_BATCH: u8 = 3;
 const T_ACK: u8 = 4;
+const T_STATUS: u8 = 5;
 
 /// Why bytes from the peer could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -228,6 +245,7 @@ impl Frame {
             Frame::Welcome(_) => "welcome",
             Frame::Batch(_) => "batch",
             Frame::Ack(_) => "ack",
+            Frame::Status(_) => "status",
         }
     }
 
@@ -263,6 +281,13 @@ impl Frame {
                 out.put_u8(a.status as u8);
                 put_str(out, &a.message);
                 T_ACK
+            }
+            Frame::Status(st) => {
+                out.put_u64(st.backlog_records);
+                out.put_u64(st.backlog_bytes);
+                out.put_i64(st.oldest_timestamp_ms);
+                out.put_u64(st.dropped_samples);
+                T_STATUS
             }
         };
         let body_len = (out.len() - start - HEADER_LEN) as u32;
@@ -350,6 +375,15 @@ impl Frame {
                     count,
                     status,
                     message,
+                })
+            }
+            T_STATUS => {
+                let f = "status";
+                Frame::Status(Status {
+                    backlog_records: get_u64(&mut body, f)?,
+                    backlog_bytes: get_u64(&mut body, f)?,
+                    oldest_timestamp_ms: get_u64(&mut body, f)? as i64,
+                    dropped_samples: get_u64(&mut body, f)?,
                 })
             }
             other => return Err(WireError::UnknownType(other)),
@@ -441,7 +475,7 @@ impl FrameDecoder {
             return Ok(None);
         }
         let ty = self.buf[0];
-        if !(T_HELLO..=T_ACK).contains(&ty) {
+        if !(T_HELLO..=T_STATUS).contains(&ty) {
             return Err(WireError::UnknownType(ty));
         }
         let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
@@ -629,6 +663,12 @@ mod tests {
                 count: 3,
                 status: AckStatus::Retry,
                 message: "downstream 503".into(),
+            }),
+            Frame::Status(Status {
+                backlog_records: 12,
+                backlog_bytes: 3400,
+                oldest_timestamp_ms: 1_700_000_000_000,
+                dropped_samples: 1,
             }),
         ]
     }

@@ -224,6 +224,7 @@ async fn run_target(
             }
             Err(error) => {
                 metrics.queue_append_errors.inc();
+                metrics.samples_dropped.inc_by(samples);
                 warn!(%error, "Could not queue scrape result; it is lost.");
             }
         }

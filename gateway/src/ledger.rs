@@ -1,0 +1,242 @@
+//! The freshness and gap ledger: the gateway's own series about every site, written to the
+//! destinations beside the sites' data, so the global view can tell "site offline, data on its
+//! way" (`uplink_site_up == 0` with a backlog) from "data lost" (drops counted).
+//!
+//! Series, each with `site="<identity>"` plus the configured `ledger.labels`:
+//!
+//! | series | meaning |
+//! | --- | --- |
+//! | `uplink_site_up` | 1 while the site has a connection to this gateway, else 0 |
+//! | `uplink_site_last_seen_timestamp_seconds` | when the site was last connected |
+//! | `uplink_site_lag_seconds` | now minus the newest sample forwarded for the site |
+//! | `uplink_site_backlog_records`, `uplink_site_backlog_bytes` | the site's unacknowledged queue, as it last reported |
+//! | `uplink_site_oldest_backlog_timestamp_seconds` | oldest unacknowledged sample at the site (absent when empty) |
+//! | `uplink_site_forwarded_samples_total` | samples forwarded for the site by this gateway |
+//! | `uplink_site_dropped_samples_total` | samples dropped for the site (agent-reported plus refused downstream) |
+//!
+//! Sites are known from their first connection since the gateway started, and forgotten after
+//! `forget_after` offline.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use uplink_shared::model::{self, Label, Sample, TimeSeries};
+use uplink_shared::remote_write::{self, WriteRequest};
+use uplink_shared::wire::Status;
+
+use crate::forward::{self, Destination};
+
+#[derive(Debug, Default, Clone)]
+struct Site {
+    connections: u32,
+    last_seen: Option<SystemTime>,
+    newest_ts: Option<i64>,
+    forwarded: u64,
+    dropped_downstream: u64,
+    status: Status,
+}
+
+/// Per-site state, shared by every connection handler.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    sites: Mutex<HashMap<String, Site>>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Ledger {
+    fn with(&self, site: &str, f: impl FnOnce(&mut Site)) {
+        // A poisoned lock only means a panic elsewhere mid-update; the counters stay usable.
+        let mut g = self.sites.lock().unwrap_or_else(|p| p.into_inner());
+        f(g.entry(site.to_owned()).or_default());
+    }
+
+    pub fn connected(&self, site: &str) {
+        self.with(site, |s| {
+            s.connections += 1;
+            s.last_seen = Some(SystemTime::now());
+        });
+    }
+
+    pub fn disconnected(&self, site: &str) {
+        self.with(site, |s| {
+            s.connections = s.connections.saturating_sub(1);
+            s.last_seen = Some(SystemTime::now());
+        });
+    }
+
+    pub fn forwarded(&self, site: &str, samples: u64, newest_ts: i64, dropped: u64) {
+        self.with(site, |s| {
+            s.forwarded += samples;
+            s.dropped_downstream += dropped;
+            if newest_ts != i64::MIN {
+                s.newest_ts = Some(s.newest_ts.map_or(newest_ts, |n| n.max(newest_ts)));
+            }
+        });
+    }
+
+    pub fn status(&self, site: &str, status: Status) {
+        self.with(site, |s| s.status = status);
+    }
+
+    /// The ledger's series at `now_ms`, sorted labels, one sample each.
+    pub fn series(
+        &self,
+        now_ms: i64,
+        extra: &BTreeMap<String, String>,
+        forget_after: Duration,
+    ) -> Vec<TimeSeries> {
+        let mut g = self.sites.lock().unwrap_or_else(|p| p.into_inner());
+        let now = SystemTime::now();
+        g.retain(|_, s| {
+            s.connections > 0
+                || s.last_seen
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_none_or(|d| d < forget_after)
+        });
+        let mut out = Vec::new();
+        for (site, s) in g.iter() {
+            let mut push = |name: &str, value: f64| {
+                let mut labels = vec![
+                    Label::new(model::METRIC_NAME, name),
+                    Label::new("site", site.clone()),
+                ];
+                labels.extend(extra.iter().map(|(k, v)| Label::new(k.clone(), v.clone())));
+                model::normalize(&mut labels);
+                out.push(TimeSeries {
+                    labels,
+                    samples: vec![Sample {
+                        value,
+                        timestamp: now_ms,
+                    }],
+                });
+            };
+            push("uplink_site_up", if s.connections > 0 { 1.0 } else { 0.0 });
+            if let Some(t) = s.last_seen {
+                let secs = if s.connections > 0 {
+                    now_ms as f64 / 1000.0
+                } else {
+                    t.duration_since(UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64())
+                };
+                push("uplink_site_last_seen_timestamp_seconds", secs);
+            }
+            if let Some(n) = s.newest_ts {
+                push(
+                    "uplink_site_lag_seconds",
+                    ((now_ms - n).max(0)) as f64 / 1000.0,
+                );
+            }
+            push(
+                "uplink_site_backlog_records",
+                s.status.backlog_records as f64,
+            );
+            push("uplink_site_backlog_bytes", s.status.backlog_bytes as f64);
+            if s.status.oldest_timestamp_ms > 0 {
+                push(
+                    "uplink_site_oldest_backlog_timestamp_seconds",
+                    s.status.oldest_timestamp_ms as f64 / 1000.0,
+                );
+            }
+            push("uplink_site_forwarded_samples_total", s.forwarded as f64);
+            push(
+                "uplink_site_dropped_samples_total",
+                (s.dropped_downstream + s.status.dropped_samples) as f64,
+            );
+        }
+        out
+    }
+}
+
+/// Writes the ledger to every destination every `interval` until `shutdown`.
+pub async fn run_writer(
+    ledger: Arc<Ledger>,
+    destinations: Vec<Destination>,
+    interval: Duration,
+    labels: BTreeMap<String, String>,
+    forget_after: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let series = ledger.series(now_ms(), &labels, forget_after);
+        if series.is_empty() {
+            continue;
+        }
+        let samples = series.len() as u64;
+        let body = remote_write::encode_snappy(&WriteRequest {
+            timeseries: series,
+            metadata: vec![],
+        });
+        match forward::deliver_all(&destinations, body, samples).await {
+            Ok(_) => debug!(samples, "Ledger written."),
+            Err(error) => {
+                warn!(%error, "Writing the freshness ledger failed; next interval writes fresh values.")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offline_with_backlog_is_distinguishable_from_loss() {
+        let l = Ledger::default();
+        l.connected("a");
+        l.forwarded("a", 10, 1_000, 0);
+        l.status(
+            "a",
+            Status {
+                backlog_records: 3,
+                backlog_bytes: 300,
+                oldest_timestamp_ms: 900,
+                dropped_samples: 2,
+            },
+        );
+        l.disconnected("a");
+        l.forwarded("b", 5, 2_000, 5);
+        let extra = BTreeMap::from([("region".to_string(), "eu".to_string())]);
+        let s = l.series(3_000, &extra, Duration::from_secs(3600));
+        let get = |site: &str, name: &str| {
+            s.iter()
+                .find(|t| {
+                    model::get(&t.labels, "site") == Some(site)
+                        && model::get(&t.labels, "__name__") == Some(name)
+                })
+                .map(|t| t.samples[0].value)
+        };
+        assert_eq!(get("a", "uplink_site_up"), Some(0.0));
+        assert_eq!(get("a", "uplink_site_backlog_records"), Some(3.0));
+        assert_eq!(get("a", "uplink_site_lag_seconds"), Some(2.0));
+        assert_eq!(get("a", "uplink_site_dropped_samples_total"), Some(2.0));
+        assert_eq!(get("b", "uplink_site_dropped_samples_total"), Some(5.0));
+        assert_eq!(
+            get("a", "uplink_site_oldest_backlog_timestamp_seconds"),
+            Some(0.9)
+        );
+        assert!(
+            s.iter()
+                .all(|t| model::get(&t.labels, "region") == Some("eu"))
+        );
+        // Forgotten after the offline horizon.
+        assert!(
+            l.series(3_000, &extra, Duration::ZERO)
+                .iter()
+                .all(|t| model::get(&t.labels, "site") != Some("a"))
+        );
+    }
+}
