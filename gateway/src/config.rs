@@ -67,7 +67,9 @@ pub struct Limits {
     pub max_series_per_set: NonZeroU32,
     /// Time for the TLS handshake plus the hello.
     pub handshake_timeout: PromDuration,
+    /// Gateway-side keep-alives; `0s` (default) leaves them to the agents.
     pub keep_alive: PromDuration,
+    /// An agent connection silent this long is dead (agents ping every `keep_alive`).
     pub idle_timeout: PromDuration,
     /// How long one batch is retried downstream before the agent is told to send it again.
     pub max_retry_duration: PromDuration,
@@ -83,8 +85,8 @@ impl Default for Limits {
             max_series_sets_per_agent: n(100_000),
             max_series_per_set: n(2_000_000),
             handshake_timeout: PromDuration(Duration::from_secs(10)),
-            keep_alive: PromDuration(Duration::from_secs(2)),
-            idle_timeout: PromDuration(Duration::from_secs(10)),
+            keep_alive: PromDuration(Duration::ZERO),
+            idle_timeout: PromDuration(Duration::from_secs(20)),
             max_retry_duration: PromDuration(Duration::from_secs(30)),
         }
     }
@@ -258,7 +260,7 @@ impl Config {
                 ));
             }
         }
-        if self.limits.idle_timeout.0 <= self.limits.keep_alive.0 {
+        if !self.limits.keep_alive.0.is_zero() && self.limits.idle_timeout.0 <= self.limits.keep_alive.0 {
             return Err(at(
                 "idle_timeout",
                 "limits.idle_timeout".into(),

@@ -141,10 +141,12 @@ pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError>
     Ok(cfg)
 }
 
-/// Transport settings both sides share: a dead path is noticed within `idle_timeout`.
+/// Transport settings: a dead path is noticed within `idle_timeout`. Only the agent needs
+/// keep-alives (`Duration::ZERO` disables them): its pings keep NAT mappings open and the
+/// connection alive for both sides, and every keep-alive costs bytes on metered links.
 pub fn transport(keep_alive: Duration, idle_timeout: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(keep_alive));
+    t.keep_alive_interval((!keep_alive.is_zero()).then_some(keep_alive));
     // Durations up to 2^62 µs are representable; config validation keeps these small.
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
     t
