@@ -260,7 +260,9 @@ impl Config {
                 ));
             }
         }
-        if !self.limits.keep_alive.0.is_zero() && self.limits.idle_timeout.0 <= self.limits.keep_alive.0 {
+        if !self.limits.keep_alive.0.is_zero()
+            && self.limits.idle_timeout.0 <= self.limits.keep_alive.0
+        {
             return Err(at(
                 "idle_timeout",
                 "limits.idle_timeout".into(),

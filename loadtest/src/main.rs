@@ -23,6 +23,12 @@ enum Command {
     Capture(CaptureArgs),
     /// Run the whole relay path live: probes, gateway, three agents, a global Prometheus.
     Demo(uplink_loadtest::demo::DemoArgs),
+    /// An Alertmanager webhook receiver that prints "ticket opened / resolved" lines.
+    Tickets {
+        /// Address to listen on (Alertmanager posts to /tickets).
+        #[arg(long, default_value = "127.0.0.1:9095")]
+        listen_address: SocketAddr,
+    },
     /// Benchmark the tunnel encoding in process against remote write 1.0 and 2.0.
     BenchCodec(uplink_loadtest::bench::CodecArgs),
     /// Bytes on the wire per sample: Uplink against Prometheus agent and vmagent, same run.
@@ -65,6 +71,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Probe(args) => run_probe(args).await,
         Command::Capture(args) => run_capture(args).await,
         Command::Demo(args) => uplink_loadtest::demo::run(args).await,
+        Command::Tickets { listen_address } => {
+            let t = uplink_loadtest::tickets::Tickets::start(listen_address, true).await?;
+            println!("tickets webhook at {}", t.url());
+            tokio::signal::ctrl_c().await?;
+            Ok(())
+        }
         Command::BenchTunnel(args) => {
             let report = uplink_loadtest::bench_tunnel::run(args).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
