@@ -9,8 +9,9 @@
 //! * [`demo`]: the whole relay path, live, on an embedded default configuration.
 
 pub mod bench;
-pub mod bench_tunnel;
 pub mod capture;
+pub mod charts;
+pub mod compare;
 pub mod demo;
 pub mod harness;
 pub mod oracle;

@@ -31,8 +31,9 @@ enum Command {
     },
     /// Benchmark the tunnel encoding in process against remote write 1.0 and 2.0.
     BenchCodec(uplink_loadtest::bench::CodecArgs),
-    /// Bytes on the wire per sample: Uplink against Prometheus agent and vmagent, same run.
-    BenchTunnel(uplink_loadtest::bench_tunnel::TunnelArgs),
+    /// Uplink against Prometheus agent and vmagent on the same targets in the same run: bytes
+    /// on the wire, CPU and peak memory per relay; a markdown table and PNG charts.
+    Compare(uplink_loadtest::compare::CompareArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -77,8 +78,8 @@ async fn main() -> anyhow::Result<()> {
             tokio::signal::ctrl_c().await?;
             Ok(())
         }
-        Command::BenchTunnel(args) => {
-            let report = uplink_loadtest::bench_tunnel::run(args).await?;
+        Command::Compare(args) => {
+            let report = uplink_loadtest::compare::run(args).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

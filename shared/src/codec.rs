@@ -15,8 +15,9 @@
 //! and the definitions of sets it uses for the first time on this connection, then each scrape
 //! as: set id, timestamp as
 //! delta-of-delta, and each value against the same series' previous value: identical (1 byte),
-//! integer delta-of-delta (1-2 bytes for steady counters), integer delta, or the XOR of the
-//! IEEE-754 bits with zero bytes trimmed at both ends. The whole body is then compressed with
+//! or, for values that are exactly `m / 10^k` (integers, and the few-decimal values expositions
+//! print, k <= 6), delta-of-delta or delta of the mantissa `m` (1-2 bytes for steady counters),
+//! else the XOR of the IEEE-754 bits with zero bytes trimmed at both ends. The whole body is then compressed with
 //! zstd. Everything is exact: stale-marker NaN bits and `-0.0` survive. A flag in the batch
 //! resets both sides' state, which the encoder uses when its tables outgrow fixed thresholds,
 //! so memory stays bounded on long-lived connections with series churn.
@@ -369,42 +370,98 @@ const C_DOD_ZERO: u8 = 1;
 const C_DOD: u8 = 2;
 const C_DELTA: u8 = 3;
 const C_ZERO: u8 = 4;
+const C_SCALE: u8 = 5;
 const C_XOR: u8 = 0x40;
 
 const MAX_EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+/// Largest decimal scale tried: values with up to this many decimals code as integers.
+const MAX_SCALE: u8 = 6;
+const POW10: [f64; 7] = [1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0];
 
-fn integral(v: f64) -> bool {
-    v.is_finite() && v.fract() == 0.0 && v.abs() < MAX_EXACT && v.to_bits() != (-0.0f64).to_bits()
+/// `v` as `m / 10^k` exactly (the smallest such `k` up to [`MAX_SCALE`]): what a value printed
+/// with a few decimals in an exposition parses to. Division is correctly rounded, so `m / 10^k`
+/// reproduces `v` bit for bit on both sides.
+fn decimal(v: f64) -> Option<(u8, i64)> {
+    if !v.is_finite() || (v == 0.0 && v.is_sign_negative()) {
+        return None;
+    }
+    for (k, p) in POW10.iter().enumerate() {
+        let x = v * p;
+        if x.abs() >= MAX_EXACT {
+            return None;
+        }
+        let m = x.round();
+        if m / p == v {
+            return Some((k as u8, m as i64));
+        }
+    }
+    None
 }
 
-/// Per-series coding state: previous value and, for integers, previous delta.
+/// `v` as `m / 10^k` for a given scale, if exact.
+fn decimal_at(v: f64, k: u8) -> Option<i64> {
+    let p = *POW10.get(k as usize)?;
+    let x = v * p;
+    if !v.is_finite() || x.abs() >= MAX_EXACT || (v == 0.0 && v.is_sign_negative()) {
+        return None;
+    }
+    let m = x.round();
+    (m / p == v).then_some(m as i64)
+}
+
+/// The decimal form of `v` for a slot: the slot's current scale when it still fits (so trailing
+/// zeros do not change the scale), else the smallest one.
+fn decimal_for(slot: &Slot, v: f64) -> Option<(u8, i64)> {
+    slot.dec
+        .and_then(|(k, _)| decimal_at(v, k).map(|m| (k, m)))
+        .or_else(|| decimal(v))
+}
+
+fn from_decimal(k: u8, m: i64) -> Result<f64, CodecError> {
+    let p = POW10.get(k as usize).ok_or(CodecError::Invalid {
+        what: "decimal scale",
+    })?;
+    if (m as f64).abs() >= MAX_EXACT {
+        return Err(CodecError::Invalid {
+            what: "decimal mantissa",
+        });
+    }
+    Ok(m as f64 / p)
+}
+
+/// Per-series coding state: previous value, its decimal form, and the previous mantissa delta
+/// (when the last two values shared a scale).
 #[derive(Clone, Copy, Debug, Default)]
 struct Slot {
     prev: Option<f64>,
+    dec: Option<(u8, i64)>,
     delta: Option<i64>,
 }
 
 impl Slot {
     fn advance(&mut self, v: f64) {
-        self.delta = match self.prev {
-            Some(p) if integral(v) && integral(p) => Some(v as i64 - p as i64),
+        let dec = decimal_for(self, v);
+        self.delta = match (self.dec, dec) {
+            (Some((pk, pm)), Some((k, m))) if pk == k => m.checked_sub(pm),
             _ => None,
         };
+        self.dec = dec;
         self.prev = Some(v);
     }
 }
 
 fn encode_value(out: &mut BytesMut, v: f64, slot: &mut Slot) {
     let bits = v.to_bits();
-    match slot.prev {
-        Some(p) if p.to_bits() == bits => out.put_u8(C_SAME),
-        Some(p) if integral(v) && integral(p) => {
-            let d = v as i64 - p as i64;
-            match slot.delta {
-                Some(pd) if d == pd => out.put_u8(C_DOD_ZERO),
-                Some(pd) => {
+    let dec = decimal_for(slot, v);
+    match (slot.prev, slot.dec, dec) {
+        (Some(p), _, _) if p.to_bits() == bits => out.put_u8(C_SAME),
+        (_, Some((pk, pm)), Some((k, m))) if pk == k && m.checked_sub(pm).is_some() => {
+            let d = m - pm;
+            match slot.delta.and_then(|pd| d.checked_sub(pd)) {
+                Some(0) => out.put_u8(C_DOD_ZERO),
+                Some(dod) => {
                     out.put_u8(C_DOD);
-                    put_varint(out, zigzag(d - pd));
+                    put_varint(out, zigzag(dod));
                 }
                 None => {
                     out.put_u8(C_DELTA);
@@ -413,10 +470,14 @@ fn encode_value(out: &mut BytesMut, v: f64, slot: &mut Slot) {
             }
         }
         _ if bits == 0 => out.put_u8(C_ZERO),
-        prev => {
+        (_, _, Some((k, m))) => {
+            out.put_u8(C_SCALE);
+            out.put_u8(k);
+            put_varint(out, zigzag(m));
+        }
+        (prev, _, None) => {
             let x = bits ^ prev.map_or(0, f64::to_bits);
             if x == 0 {
-                // Only reachable without a previous value and bits == 0, handled above.
                 out.put_u8(C_ZERO);
             } else {
                 let lz = (x.leading_zeros() / 8).min(7);
@@ -432,28 +493,17 @@ fn encode_value(out: &mut BytesMut, v: f64, slot: &mut Slot) {
 
 fn decode_value(r: &mut Reader<'_>, slot: &mut Slot) -> Result<f64, CodecError> {
     let c = r.u8("value control")?;
-    let int_base = |slot: &Slot| -> Result<i64, CodecError> {
-        match slot.prev {
-            Some(p) if integral(p) => Ok(p as i64),
-            _ => Err(CodecError::Invalid {
-                what: "integer coding without integer base",
-            }),
-        }
-    };
-    let from_int = |v: Option<i64>| -> Result<f64, CodecError> {
-        match v {
-            Some(v) if (v as f64).abs() < MAX_EXACT => Ok(v as f64),
-            _ => Err(CodecError::Invalid {
-                what: "integer value",
-            }),
-        }
+    let base = |slot: &Slot| {
+        slot.dec.ok_or(CodecError::Invalid {
+            what: "delta without a decimal base",
+        })
     };
     let v = match c {
         C_SAME => slot.prev.ok_or(CodecError::Invalid {
             what: "repeat without previous value",
         })?,
         C_DOD_ZERO | C_DOD => {
-            let base = int_base(slot)?;
+            let (k, pm) = base(slot)?;
             let pd = slot.delta.ok_or(CodecError::Invalid {
                 what: "delta-of-delta without delta",
             })?;
@@ -462,14 +512,30 @@ fn decode_value(r: &mut Reader<'_>, slot: &mut Slot) -> Result<f64, CodecError> 
             } else {
                 0
             };
-            from_int(pd.checked_add(dod).and_then(|d| base.checked_add(d)))?
+            let m = pd
+                .checked_add(dod)
+                .and_then(|d| pm.checked_add(d))
+                .ok_or(CodecError::Invalid { what: "mantissa" })?;
+            from_decimal(k, m)?
         }
         C_DELTA => {
-            let base = int_base(slot)?;
+            let (k, pm) = base(slot)?;
             let d = unzigzag(r.varint("delta")?);
-            from_int(base.checked_add(d))?
+            let m = pm
+                .checked_add(d)
+                .ok_or(CodecError::Invalid { what: "mantissa" })?;
+            from_decimal(k, m)?
         }
         C_ZERO => 0.0,
+        C_SCALE => {
+            let k = r.u8("decimal scale")?;
+            if k > MAX_SCALE {
+                return Err(CodecError::Invalid {
+                    what: "decimal scale",
+                });
+            }
+            from_decimal(k, unzigzag(r.varint("mantissa")?))?
+        }
         c if c & 0xc0 == C_XOR => {
             let lz = u32::from((c >> 3) & 7);
             let tz = u32::from(c & 7);
@@ -1155,5 +1221,42 @@ mod tests {
             assert!(same(&got, &series));
         }
         assert!(resets >= 3);
+    }
+
+    #[test]
+    fn decimals_code_as_integers_bit_exactly() {
+        for v in [
+            12345.67,
+            0.1,
+            -3.25,
+            1e-6,
+            99.999999,
+            4.0,
+            0.30000000000000004,
+        ] {
+            let mut slot = Slot::default();
+            let mut out = BytesMut::new();
+            let mut dslot = Slot::default();
+            for i in 0..20 {
+                let x = v + i as f64 * 0.01;
+                encode_value(&mut out, x, &mut slot);
+            }
+            let mut r = Reader::new(&out);
+            for i in 0..20 {
+                let x = v + i as f64 * 0.01;
+                let got = decode_value(&mut r, &mut dslot).expect("decodes");
+                assert_eq!(got.to_bits(), x.to_bits(), "{v} step {i}");
+            }
+        }
+        // A CPU-seconds-like counter with two decimals costs about a byte per sample.
+        let mut slot = Slot::default();
+        let mut out = BytesMut::new();
+        for i in 0..100u64 {
+            encode_value(&mut out, (1_234_567 + i * 1_003) as f64 / 100.0, &mut slot);
+        }
+        assert!(out.len() < 100 + 16, "{}", out.len());
+        assert_eq!(decimal(-0.0), None);
+        assert_eq!(decimal(f64::NAN), None);
+        assert_eq!(decimal(2.5), Some((1, 25)));
     }
 }

@@ -1,12 +1,15 @@
-//! `uplink-loadtest bench-tunnel`: bytes on the wire per sample, Uplink against Prometheus agent
-//! mode and vmagent, side by side in one run.
+//! `uplink-loadtest compare`: Uplink against Prometheus agent mode and vmagent, side by side in
+//! one run: bytes on the wire per sample, CPU per sample and peak memory of each relay.
 //!
 //! Every sender scrapes identical data: each gets its own probe exporter with the same spec (so
 //! each sees the same scrape-number sequence and the same 1% series churn), and all scrape the
 //! same real node_exporter. Bytes are counted by relays in front of the receivers: on the UDP
 //! socket for Uplink (agent to gateway: QUIC, TLS, acks, everything), on the TCP socket for the
 //! peers' remote write (HTTP headers, bodies and responses). Samples are counted where they
-//! arrive. The figure is bytes per delivered sample over a steady-state window after warm-up.
+//! arrive. Bytes and CPU are measured over a steady-state window after warm-up; CPU is the relay
+//! process's user+system time from /proc, peak RSS its `VmHWM`. For Uplink the relay is the
+//! agent (the gateway is the remote end). Results go to stdout, and to `--out` as
+//! `results.json`, `results.md` and PNG charts. Run the release build for CPU figures.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -22,7 +25,7 @@ use crate::proxy::{Counters, TcpProxy, UdpProxy};
 
 /// Settings of the live tunnel benchmark.
 #[derive(clap::Args, Debug, Clone)]
-pub struct TunnelArgs {
+pub struct CompareArgs {
     /// Scenario: probe (the probe's mix), node (a real node_exporter), or both in sequence.
     #[arg(long, default_value = "both")]
     pub scenario: String,
@@ -44,6 +47,9 @@ pub struct TunnelArgs {
     /// Probe churn: 1% of series replaced every this many scrapes.
     #[arg(long, default_value_t = 60)]
     pub churn_every: u64,
+    /// Output folder for results.json, results.md and charts.
+    #[arg(long, default_value = "compare-results")]
+    pub out: std::path::PathBuf,
 }
 
 /// One sender's figures.
@@ -54,6 +60,11 @@ pub struct SenderFigures {
     pub samples: u64,
     pub packets: u64,
     pub bytes_per_sample: f64,
+    /// CPU seconds of the relay process during the window.
+    pub cpu_seconds: f64,
+    pub cpu_us_per_sample: f64,
+    /// Peak resident memory of the relay process over its life, MiB.
+    pub peak_rss_mib: f64,
 }
 
 /// One scenario's figures.
@@ -73,18 +84,54 @@ fn installed(bin: &str) -> bool {
 
 struct Sender {
     name: String,
+    /// The relay process whose CPU and memory are measured.
+    pid: u32,
     capture: Capture,
     counters: std::sync::Arc<Counters>,
     _procs: Vec<Proc>,
     _keep: Vec<Box<dyn std::any::Any>>,
 }
 
-fn snapshot(s: &Sender) -> (u64, u64, u64) {
+fn snapshot(s: &Sender) -> (u64, u64, u64, f64) {
     (
         s.counters.total_bytes(),
         s.capture.len() as u64,
         s.counters.total_packets(),
+        cpu_seconds(s.pid),
     )
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User plus system CPU seconds of a process (children excluded), from /proc.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+/// Peak resident set size of a process, MiB (`VmHWM`).
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn prom_config(targets: &[String], interval: &str, site: &str, rw: SocketAddr) -> String {
@@ -98,7 +145,7 @@ fn prom_config(targets: &[String], interval: &str, site: &str, rw: SocketAddr) -
 }
 
 async fn scenario(
-    args: &TunnelArgs,
+    args: &CompareArgs,
     bins: &Bins,
     dir: &Path,
     name: &str,
@@ -149,6 +196,7 @@ async fn scenario(
         })?;
         senders.push(Sender {
             name: "uplink (compact over QUIC)".into(),
+            pid: agent.proc.child.id(),
             capture,
             counters: udp.counters.clone(),
             _procs: vec![agent.proc, gw.proc],
@@ -189,6 +237,7 @@ async fn scenario(
         )?;
         senders.push(Sender {
             name: "prometheus --enable-feature=agent (remote write 1.0)".into(),
+            pid: proc.child.id(),
             capture,
             counters: tcp.counters.clone(),
             _procs: vec![proc],
@@ -236,6 +285,7 @@ async fn scenario(
         )?;
         senders.push(Sender {
             name: "vmagent (remote write 1.0)".into(),
+            pid: proc.child.id(),
             capture,
             counters: tcp.counters.clone(),
             _procs: vec![proc],
@@ -253,17 +303,23 @@ async fn scenario(
         .iter()
         .zip(start.iter().zip(&end))
         .map(|(s, (a, b))| {
-            let (bytes, samples, packets) = (b.0 - a.0, b.1 - a.1, b.2 - a.2);
+            let (bytes, samples, packets, cpu) = (b.0 - a.0, b.1 - a.1, b.2 - a.2, b.3 - a.3);
+            let per = |v: f64| {
+                if samples == 0 {
+                    f64::NAN
+                } else {
+                    v / samples as f64
+                }
+            };
             SenderFigures {
                 sender: s.name.clone(),
                 bytes,
                 samples,
                 packets,
-                bytes_per_sample: if samples == 0 {
-                    f64::NAN
-                } else {
-                    bytes as f64 / samples as f64
-                },
+                bytes_per_sample: per(bytes as f64),
+                cpu_seconds: cpu,
+                cpu_us_per_sample: per(cpu * 1e6),
+                peak_rss_mib: peak_rss_mib(s.pid),
             }
         })
         .collect();
@@ -274,7 +330,7 @@ async fn scenario(
 }
 
 /// Runs the benchmark; prints a table and returns the figures.
-pub async fn run(args: TunnelArgs) -> anyhow::Result<Vec<Scenario>> {
+pub async fn run(args: CompareArgs) -> anyhow::Result<Vec<Scenario>> {
     let bins = Bins::locate()?;
     let dir = std::env::temp_dir().join(format!("uplink-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -305,24 +361,46 @@ pub async fn run(args: TunnelArgs) -> anyhow::Result<Vec<Scenario>> {
         }
     }
     drop(node_proc);
-    for s in &out {
-        println!("\nscenario: {}", s.name);
-        println!(
-            "{:<55} {:>12} {:>10} {:>9} {:>10}",
-            "sender", "bytes", "samples", "packets", "B/sample"
-        );
-        let uplink = s.paths.first().map_or(f64::NAN, |p| p.bytes_per_sample);
+    let table = markdown(&out);
+    println!("{table}");
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("results.md"), &table)?;
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&out)?,
+    )?;
+    match crate::charts::bars(&args.out, &out) {
+        Ok(files) => println!("charts: {}", files.join(", ")),
+        Err(e) => println!("charts skipped: {e}"),
+    }
+    println!("results in {}", args.out.display());
+    Ok(out)
+}
+
+/// The results as a markdown table, ratios against Uplink.
+pub fn markdown(scenarios: &[Scenario]) -> String {
+    let mut md = String::new();
+    for s in scenarios {
+        md.push_str(&format!("\n### Scenario: {}\n\n", s.name));
+        md.push_str("| relay | samples | bytes | B/sample | vs uplink | CPU s | CPU µs/sample | vs uplink | peak RSS MiB | vs uplink |\n");
+        md.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        let base = s.paths.first();
         for p in &s.paths {
-            println!(
-                "{:<55} {:>12} {:>10} {:>9} {:>10.3}  ({:.1}x uplink)",
+            let ratio = |v: f64, b: Option<f64>| b.map_or(f64::NAN, |b| v / b);
+            md.push_str(&format!(
+                "| {} | {} | {} | {:.3} | {:.1}x | {:.2} | {:.3} | {:.1}x | {:.1} | {:.1}x |\n",
                 p.sender,
-                p.bytes,
                 p.samples,
-                p.packets,
+                p.bytes,
                 p.bytes_per_sample,
-                p.bytes_per_sample / uplink
-            );
+                ratio(p.bytes_per_sample, base.map(|b| b.bytes_per_sample)),
+                p.cpu_seconds,
+                p.cpu_us_per_sample,
+                ratio(p.cpu_us_per_sample, base.map(|b| b.cpu_us_per_sample)),
+                p.peak_rss_mib,
+                ratio(p.peak_rss_mib, base.map(|b| b.peak_rss_mib)),
+            ));
         }
     }
-    Ok(out)
+    md
 }
