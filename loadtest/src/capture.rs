@@ -60,9 +60,14 @@ struct Store {
     seen: HashSet<(Vec<Label>, i64)>,
     series: HashSet<Vec<Label>>,
     report: CaptureReport,
+    /// Counting mode: arrival time minus sample timestamp, ms, one entry per series per request
+    /// (capped).
+    latencies_ms: Vec<u32>,
 }
 
 struct Inner {
+    /// Counting mode: count samples and latencies, keep nothing else (fleet runs).
+    counting: bool,
     store: Mutex<Store>,
     fail_next: AtomicU32,
     fail_status: AtomicU16,
@@ -119,6 +124,22 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
     let mut store = inner.store();
     let store = &mut *store;
     store.report.requests += 1;
+    if inner.counting {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for ts in req.timeseries {
+            store.report.samples += ts.samples.len() as u64;
+            if let Some(s) = ts.samples.last()
+                && store.latencies_ms.len() < 20_000_000
+            {
+                store
+                    .latencies_ms
+                    .push((now - s.timestamp).clamp(0, u32::MAX as i64) as u32);
+            }
+        }
+        return StatusCode::NO_CONTENT.into_response();
+    }
     for ts in req.timeseries {
         let ordered = ts.labels.windows(2).all(|w| w[0].name < w[1].name);
         let mut labels = ts.labels;
@@ -157,9 +178,25 @@ impl Capture {
     /// Binds `addr` and serves `POST /api/v1/write` and `GET /report`. Must run inside a Tokio
     /// runtime.
     pub async fn start(addr: SocketAddr) -> io::Result<Capture> {
+        Self::start_with(addr, false).await
+    }
+
+    /// A receiver that only counts samples and records delivery latency (now minus sample
+    /// timestamp) per series, for runs too large to keep every sample.
+    pub async fn start_counting(addr: SocketAddr) -> io::Result<Capture> {
+        Self::start_with(addr, true).await
+    }
+
+    /// Latencies recorded in counting mode, ms.
+    pub fn latencies_ms(&self) -> Vec<u32> {
+        self.inner.store().latencies_ms.clone()
+    }
+
+    async fn start_with(addr: SocketAddr, counting: bool) -> io::Result<Capture> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
+            counting,
             store: Mutex::new(Store::default()),
             fail_next: AtomicU32::new(0),
             fail_status: AtomicU16::new(503),

@@ -192,6 +192,20 @@ pub fn start_gateway_with(
     })
 }
 
+impl Gateway {
+    /// Starts the same gateway again (same config, same addresses) after it stopped.
+    pub fn restart(&mut self, dir: &Path, bins: &Bins) -> anyhow::Result<()> {
+        self.proc = Proc::spawn(
+            "uplink-gateway",
+            Command::new(&bins.gateway)
+                .arg(format!("--config.file={}", self.config.display()))
+                .arg(format!("--web.listen-address={}", self.web)),
+            &dir.join("gateway.restart.log"),
+        )?;
+        wait_ready(self.web, Duration::from_secs(20))
+    }
+}
+
 /// An agent process.
 pub struct Agent {
     pub site: String,

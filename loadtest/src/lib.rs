@@ -10,9 +10,11 @@
 
 pub mod bench;
 pub mod capture;
+pub mod chaos;
 pub mod charts;
 pub mod compare;
 pub mod demo;
+pub mod fleet;
 pub mod harness;
 pub mod oracle;
 pub mod probe;

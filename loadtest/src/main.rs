@@ -23,6 +23,12 @@ enum Command {
     Capture(CaptureArgs),
     /// Run the whole relay path live: probes, gateway, three agents, a global Prometheus.
     Demo(uplink_loadtest::demo::DemoArgs),
+    /// Delivery under faults (kill -9 loops, partitions, lost acks, loss, outages) with the
+    /// exact oracle's verdict.
+    Chaos(uplink_loadtest::chaos::ChaosArgs),
+    /// Many sites (simulated agents, real protocol) against one gateway: connect and reconnect
+    /// storms, gateway memory per connection, end-to-end latency.
+    Fleet(uplink_loadtest::fleet::FleetArgs),
     /// An Alertmanager webhook receiver that prints "ticket opened / resolved" lines.
     Tickets {
         /// Address to listen on (Alertmanager posts to /tickets).
@@ -72,6 +78,19 @@ async fn main() -> anyhow::Result<()> {
         Command::Probe(args) => run_probe(args).await,
         Command::Capture(args) => run_capture(args).await,
         Command::Demo(args) => uplink_loadtest::demo::run(args).await,
+        Command::Chaos(args) => {
+            let verdicts = uplink_loadtest::chaos::run(args).await?;
+            if verdicts.iter().all(|v| v.passed) {
+                Ok(())
+            } else {
+                anyhow::bail!("a chaos scenario failed")
+            }
+        }
+        Command::Fleet(args) => {
+            let report = uplink_loadtest::fleet::run(args).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Command::Tickets { listen_address } => {
             let t = uplink_loadtest::tickets::Tickets::start(listen_address, true).await?;
             println!("tickets webhook at {}", t.url());

@@ -1,0 +1,207 @@
+//! `uplink-loadtest chaos`: the delivery scenarios as named, repeatable runs with the exact
+//! oracle's verdict (missing, duplicated, wrong).
+//!
+//! Each scenario runs real processes on loopback: a probe exporter, an agent, a UDP chaos proxy
+//! between agent and gateway, a gateway, and the capture receiver as the destination. After
+//! the faults, links are healed, the agent is stopped in order (so everything it queued is
+//! delivered), and every received sample is checked against the probe's oracle.
+//!
+//! Scenarios: `kill-loop` (kill -9 the agent repeatedly at random points), `partition` (drop
+//! every packet for a while, repeatedly), `lost-acks` (drop only gateway-to-agent packets),
+//! `loss30` (30% loss both ways), `outage` (the destination answers 503), `all`.
+//!
+//! Verdict rules: nothing may be wrong or missing inside a scrape; scrapes may only be missing
+//! in `kill-loop`, at most one per target per kill (the scrape in progress when killed, never
+//! acknowledged to anyone). Duplicates (retransmissions after a lost ack) are reported; the
+//! receiver keeps the first copy.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use uplink_shared::model::Label;
+
+use crate::capture::Capture;
+use crate::harness::{self, AgentSpec, Bins};
+use crate::oracle;
+use crate::probe::{Probe, ProbeSpec};
+use crate::proxy::UdpProxy;
+
+/// Settings of a chaos run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ChaosArgs {
+    /// kill-loop, partition, lost-acks, loss30, outage, or all.
+    #[arg(long, default_value = "all")]
+    pub scenario: String,
+    /// Fault cycles per scenario.
+    #[arg(long, default_value_t = 3)]
+    pub cycles: u32,
+    /// Length of each fault.
+    #[arg(long, default_value = "8s")]
+    pub fault: uplink_shared::duration::PromDuration,
+    /// Healthy time between faults.
+    #[arg(long, default_value = "4s")]
+    pub heal: uplink_shared::duration::PromDuration,
+    /// Seed for the random kill points.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+/// One scenario's verdict.
+#[derive(Debug, serde::Serialize)]
+pub struct Verdict {
+    pub scenario: String,
+    pub served_scrapes: u64,
+    pub received_samples: u64,
+    pub missing_scrapes: u64,
+    pub allowed_missing_scrapes: u64,
+    pub missing_in_scrape: u64,
+    pub wrong: u64,
+    pub duplicates_dropped_by_receiver: u64,
+    pub passed: bool,
+    pub seconds: f64,
+}
+
+fn block<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+async fn scenario(
+    args: &ChaosArgs,
+    bins: &Bins,
+    name: &str,
+    rng: &mut u64,
+) -> anyhow::Result<Verdict> {
+    let started = Instant::now();
+    let dir = tempfile::tempdir()?;
+    let site = "chaos".to_string();
+    harness::write_certs(dir.path(), std::slice::from_ref(&site))?;
+    let spec = ProbeSpec {
+        targets: 3,
+        families: 9,
+        churn_every: 0,
+    };
+    let probe = Probe::start(spec, IpAddr::V4(Ipv4Addr::LOCALHOST), 0).await?;
+    let capture = Capture::start(harness::free_addr()?).await?;
+    let gateway = block(|| harness::start_gateway(bins, dir.path(), &[capture.url()]))?;
+    let link = UdpProxy::start(harness::free_addr()?, gateway.quic).await?;
+    let targets = probe.instances();
+    let agent_spec = AgentSpec {
+        site: &site,
+        gateway: link.addr,
+        targets: &targets,
+        interval: "500ms",
+        job: "probe",
+    };
+    let mut agent = block(|| harness::start_agent(bins, dir.path(), &agent_spec))?;
+    let mut next = move || {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        *rng
+    };
+    let mut kills = 0u64;
+    for cycle in 0..args.cycles {
+        tokio::time::sleep(args.heal.0).await;
+        eprintln!("[{name}] fault {} of {}", cycle + 1, args.cycles);
+        match name {
+            "kill-loop" => {
+                // Kill at a random point inside the fault window, then restart.
+                let at = Duration::from_millis(next() % args.fault.0.as_millis().max(1) as u64);
+                tokio::time::sleep(at).await;
+                block(|| agent.proc.kill9());
+                kills += 1;
+                tokio::time::sleep(args.fault.0.saturating_sub(at)).await;
+                block(|| agent.restart(bins, dir.path()))?;
+            }
+            "partition" | "lost-acks" | "loss30" => {
+                let f = &link.faults;
+                match name {
+                    "partition" => f.blackhole.store(true, Ordering::Relaxed),
+                    "lost-acks" => f.down_loss_ppm.store(1_000_000, Ordering::Relaxed),
+                    _ => {
+                        f.up_loss_ppm.store(300_000, Ordering::Relaxed);
+                        f.down_loss_ppm.store(300_000, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(args.fault.0).await;
+                f.blackhole.store(false, Ordering::Relaxed);
+                f.up_loss_ppm.store(0, Ordering::Relaxed);
+                f.down_loss_ppm.store(0, Ordering::Relaxed);
+            }
+            "outage" => {
+                capture.set_fail_next(u32::MAX, 503);
+                tokio::time::sleep(args.fault.0).await;
+                capture.set_fail_next(0, 503);
+            }
+            other => anyhow::bail!("unknown scenario {other}"),
+        }
+    }
+    // Heal, let the backlog drain, stop in order: everything queued must arrive.
+    tokio::time::sleep(args.heal.0).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let m = block(|| harness::metrics(agent.web)).unwrap_or_default();
+        if harness::metric_sum(&m, "uplink_agent_queue_records") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    block(|| agent.proc.terminate(Duration::from_secs(30)));
+    let received = capture.snapshot();
+    let extra = [Label::new("job", "probe"), Label::new("site", site.clone())];
+    let report = oracle::check(&spec, &probe.addrs, &extra, &received);
+    let mut missing = 0u64;
+    let mut served_total = 0u64;
+    for t in 0..spec.targets {
+        let served = probe.served(t);
+        served_total += served;
+        missing += report.missing_scrapes(t, served).len() as u64;
+    }
+    let allowed = kills * spec.targets as u64;
+    let passed = report.wrong == 0 && report.missing_in_scrape == 0 && missing <= allowed;
+    Ok(Verdict {
+        scenario: name.into(),
+        served_scrapes: served_total,
+        received_samples: received.len() as u64,
+        missing_scrapes: missing,
+        allowed_missing_scrapes: allowed,
+        missing_in_scrape: report.missing_in_scrape,
+        wrong: report.wrong,
+        duplicates_dropped_by_receiver: capture.duplicates(),
+        passed,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Runs the chosen scenarios; prints one verdict line each.
+pub async fn run(args: ChaosArgs) -> anyhow::Result<Vec<Verdict>> {
+    println!(
+        "reproduce with: {}",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    let bins = Bins::locate()?;
+    let names: Vec<&str> = match args.scenario.as_str() {
+        "all" => vec!["kill-loop", "partition", "lost-acks", "loss30", "outage"],
+        one => vec![one],
+    };
+    let mut rng = args.seed.max(1);
+    let mut out = Vec::new();
+    for name in names {
+        let v = scenario(&args, &bins, name, &mut rng).await?;
+        println!(
+            "{:<10} {}  served scrapes {:>5}  missing {}/{} allowed  missing-in-scrape {}  wrong {}  duplicates {}  ({:.0}s)",
+            v.scenario,
+            if v.passed { "PASS" } else { "FAIL" },
+            v.served_scrapes,
+            v.missing_scrapes,
+            v.allowed_missing_scrapes,
+            v.missing_in_scrape,
+            v.wrong,
+            v.duplicates_dropped_by_receiver,
+            v.seconds
+        );
+        out.push(v);
+    }
+    Ok(out)
+}
