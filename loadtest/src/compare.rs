@@ -95,7 +95,7 @@ struct Sender {
 fn snapshot(s: &Sender) -> (u64, u64, u64, f64) {
     (
         s.counters.total_bytes(),
-        s.capture.len() as u64,
+        s.capture.report().samples,
         s.counters.total_packets(),
         cpu_seconds(s.pid),
     )
@@ -173,7 +173,7 @@ async fn scenario(
         } else {
             None
         };
-        let capture = Capture::start(harness::free_addr()?).await?;
+        let capture = Capture::start_counting(harness::free_addr()?).await?;
         let d = dir.join(format!("{name}-uplink"));
         std::fs::create_dir_all(&d)?;
         harness::write_certs(&d, &["bench".to_string()])?;
@@ -211,7 +211,7 @@ async fn scenario(
         } else {
             None
         };
-        let capture = Capture::start(harness::free_addr()?).await?;
+        let capture = Capture::start_counting(harness::free_addr()?).await?;
         let tcp = TcpProxy::start(harness::free_addr()?, capture.addr()).await?;
         let d = dir.join(format!("{name}-prometheus"));
         std::fs::create_dir_all(&d)?;
@@ -252,7 +252,7 @@ async fn scenario(
         } else {
             None
         };
-        let capture = Capture::start(harness::free_addr()?).await?;
+        let capture = Capture::start_counting(harness::free_addr()?).await?;
         let tcp = TcpProxy::start(harness::free_addr()?, capture.addr()).await?;
         let d = dir.join(format!("{name}-vmagent"));
         std::fs::create_dir_all(&d)?;
@@ -329,6 +329,37 @@ async fn scenario(
     })
 }
 
+/// Resident memory of an agent with no targets after `settle`, MiB, and the binary's size.
+pub async fn idle_agent(bins: &Bins, dir: &Path) -> anyhow::Result<(f64, u64)> {
+    let d = dir.join("idle");
+    std::fs::create_dir_all(&d)?;
+    harness::write_certs(&d, &["idle".to_string()])?;
+    let agent = tokio::task::block_in_place(|| {
+        harness::start_agent(
+            bins,
+            &d,
+            &AgentSpec {
+                site: "idle",
+                gateway: "127.0.0.1:9".parse().expect("literal address"),
+                targets: &[],
+                interval: "10s",
+                job: "none",
+            },
+        )
+    })?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", agent.proc.child.id()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0);
+    let size = std::fs::metadata(&bins.agent).map_or(0, |m| m.len());
+    Ok((rss, size))
+}
+
 /// Runs the benchmark; prints a table and returns the figures.
 pub async fn run(args: CompareArgs) -> anyhow::Result<Vec<Scenario>> {
     let bins = Bins::locate()?;
@@ -361,7 +392,13 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<Vec<Scenario>> {
         }
     }
     drop(node_proc);
-    let table = markdown(&out);
+    let (idle_rss, size) = idle_agent(&bins, &dir).await?;
+    let mut table = markdown(&out);
+    table.push_str(&format!(
+        "\nUplink agent with no targets: {idle_rss:.1} MiB RSS; binary {:.1} MiB ({}).\n",
+        size as f64 / 1048576.0,
+        bins.agent.display()
+    ));
     println!("{table}");
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("results.md"), &table)?;

@@ -34,7 +34,7 @@ fn promtool_and_amtool_accept_deploy_global() {
 }
 
 #[test]
-fn every_alert_has_a_unit_test() {
+fn every_rule_has_a_unit_test() {
     let alerts = std::fs::read_to_string(global().join("rules/alerts.yml")).expect("alerts");
     let tests = std::fs::read_to_string(global().join("rules/alerts_test.yml")).expect("tests");
     for line in alerts.lines() {
@@ -42,6 +42,15 @@ fn every_alert_has_a_unit_test() {
             assert!(
                 tests.contains(&format!("alertname: {name}")),
                 "alert {name} has no test in rules/alerts_test.yml"
+            );
+        }
+    }
+    let recording = std::fs::read_to_string(global().join("rules/recording.yml")).expect("rules");
+    for line in recording.lines() {
+        if let Some(name) = line.trim().strip_prefix("- record: ") {
+            assert!(
+                tests.contains(&format!("expr: {name}")),
+                "recording rule {name} has no test in rules/alerts_test.yml"
             );
         }
     }
