@@ -242,6 +242,7 @@ impl Shipper {
         let batch_delay = self.cfg.batch_delay.0;
         let mut waiting_since: Option<Instant> = None;
         let mut status_tick = tokio::time::interval(self.cfg.status_interval.0);
+        let mut last_status: Option<(Status, Instant)> = None;
 
         let result = loop {
             // Fill the pipeline with contiguous batches.
@@ -317,8 +318,22 @@ impl Shipper {
                 }
                 reason = conn.closed() => break Err(reason.into()),
                 _ = status_tick.tick() => {
+                    // Every interval while backlogged or after a drop; otherwise a heartbeat
+                    // every four intervals (bytes matter on metered links).
                     let status = self.status().await?;
-                    ctl_send.write_all(&Frame::Status(status).to_bytes()).await?;
+                    let due = match &last_status {
+                        None => true,
+                        Some((prev, at)) => {
+                            status.backlog_records > max_records as u64
+                                || prev.backlog_records > max_records as u64
+                                || status.dropped_samples != prev.dropped_samples
+                                || at.elapsed() >= self.cfg.status_interval.0 * 4
+                        }
+                    };
+                    if due {
+                        ctl_send.write_all(&Frame::Status(status.clone()).to_bytes()).await?;
+                        last_status = Some((status, Instant::now()));
+                    }
                 }
                 _ = shutdown.cancelled(), if drain_deadline.is_none() => {
                     drain_deadline = Some(Instant::now() + ack_timeout.min(Duration::from_secs(10)));
