@@ -293,11 +293,9 @@ async fn scenario(
         });
     }
 
-    eprintln!("[{name}] warming up for {}", args.warmup);
-    tokio::time::sleep(args.warmup.0).await;
+    crate::progress::wait(&format!("{name}: warm-up"), args.warmup.0).await;
     let start: Vec<_> = senders.iter().map(snapshot).collect();
-    eprintln!("[{name}] measuring for {}", args.window);
-    tokio::time::sleep(args.window.0).await;
+    crate::progress::wait(&format!("{name}: measuring"), args.window.0).await;
     let end: Vec<_> = senders.iter().map(snapshot).collect();
     let paths = senders
         .iter()
@@ -362,6 +360,8 @@ pub async fn idle_agent(bins: &Bins, dir: &Path) -> anyhow::Result<(f64, u64)> {
 
 /// Runs the benchmark; prints a table and returns the figures.
 pub async fn run(args: CompareArgs) -> anyhow::Result<Vec<Scenario>> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    println!("reproduce with: {command}");
     let bins = Bins::locate()?;
     let dir = std::env::temp_dir().join(format!("uplink-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -393,7 +393,8 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<Vec<Scenario>> {
     }
     drop(node_proc);
     let (idle_rss, size) = idle_agent(&bins, &dir).await?;
-    let mut table = markdown(&out);
+    let mut table = format!("Command: `{command}`\n");
+    table.push_str(&markdown(&out));
     table.push_str(&format!(
         "\nUplink agent with no targets: {idle_rss:.1} MiB RSS; binary {:.1} MiB ({}).\n",
         size as f64 / 1048576.0,

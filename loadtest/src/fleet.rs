@@ -183,11 +183,14 @@ async fn site_loop(
     }
 }
 
-async fn wait_all(stats: &Stats, n: usize, limit: Duration) {
+async fn wait_all(stats: &Stats, n: usize, limit: Duration, what: &str) {
+    let bar = crate::progress::counter(what, n as u64);
     let started = Instant::now();
     while stats.connected.load(Ordering::Relaxed) < n && started.elapsed() < limit {
+        bar.set_position(stats.connected.load(Ordering::Relaxed) as u64);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    bar.finish_and_clear();
 }
 
 fn percentile(sorted: &[u32], p: f64) -> u32 {
@@ -256,13 +259,19 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<FleetReport> {
             stop.clone(),
         ));
     }
-    wait_all(&stats, args.sites, Duration::from_secs(600)).await;
+    wait_all(
+        &stats,
+        args.sites,
+        Duration::from_secs(600),
+        "sites connected",
+    )
+    .await;
     let connect_all = started.elapsed().as_secs_f64();
     eprintln!(
         "{} sites connected in {connect_all:.1}s",
         stats.connected.load(Ordering::Relaxed)
     );
-    tokio::time::sleep(args.run.0).await;
+    crate::progress::wait("fleet running", args.run.0).await;
     let rss_connected = rss_mib(gw_pid);
     let cpu = cpu_seconds(gw_pid) - cpu0;
 
@@ -273,7 +282,13 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<FleetReport> {
     tokio::task::block_in_place(|| gateway.restart(dir.path(), &bins))?;
     // Give sites a moment to notice the close before counting reconnections.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    wait_all(&stats, args.sites, Duration::from_secs(600)).await;
+    wait_all(
+        &stats,
+        args.sites,
+        Duration::from_secs(600),
+        "sites reconnected",
+    )
+    .await;
     let reconnect_all = restarted.elapsed().as_secs_f64();
     eprintln!(
         "{} sites reconnected",

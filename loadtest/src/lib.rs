@@ -18,6 +18,7 @@ pub mod fleet;
 pub mod harness;
 pub mod oracle;
 pub mod probe;
+pub mod progress;
 pub mod proxy;
 pub mod tickets;
 
