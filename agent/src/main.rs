@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// Scrapes like Prometheus, queues on disk, ships to an Uplink gateway over mTLS QUIC.
 #[derive(Parser, Debug)]
@@ -27,34 +26,13 @@ struct Flags {
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    let cfg = match uplink_agent::config::Config::load(&flags.config_file) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("uplink-agent: invalid configuration: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    if flags.check_config {
-        println!("{}: valid", flags.config_file.display());
-        return ExitCode::SUCCESS;
-    }
-    uplink_shared::telemetry::init(&flags.log_level);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("uplink-agent: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        uplink_shared::telemetry::cancel_on_signals(shutdown.clone());
-        match uplink_agent::run(cfg, flags.web_listen_address, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "Agent failed.");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    let web = flags.web_listen_address;
+    uplink_shared::telemetry::run_binary(
+        "uplink-agent",
+        uplink_agent::config::Config::load(&flags.config_file),
+        &flags.config_file,
+        flags.check_config,
+        &flags.log_level,
+        |cfg, shutdown| uplink_agent::run(cfg, web, shutdown),
+    )
 }

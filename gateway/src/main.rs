@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 /// Accepts Uplink agents over mTLS QUIC and forwards Prometheus remote write.
 #[derive(Parser, Debug)]
@@ -45,34 +44,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    let cfg = match uplink_gateway::config::Config::load(&flags.config_file) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("uplink-gateway: invalid configuration: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    if flags.check_config {
-        println!("{}: valid", flags.config_file.display());
-        return ExitCode::SUCCESS;
-    }
-    uplink_shared::telemetry::init(&flags.log_level);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("uplink-gateway: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        uplink_shared::telemetry::cancel_on_signals(shutdown.clone());
-        match uplink_gateway::run(cfg, flags.web_listen_address, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "Gateway failed.");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    let web = flags.web_listen_address;
+    uplink_shared::telemetry::run_binary(
+        "uplink-gateway",
+        uplink_gateway::config::Config::load(&flags.config_file),
+        &flags.config_file,
+        flags.check_config,
+        &flags.log_level,
+        |cfg, shutdown| uplink_gateway::run(cfg, web, shutdown),
+    )
 }

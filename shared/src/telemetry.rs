@@ -49,3 +49,52 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// The common tail of both binaries' `main`: a loaded config (or its error), `--check-config`,
+/// logging, a runtime, signals, and the exit code (64 invalid configuration, 1 runtime
+/// failure, 0 clean shutdown).
+pub fn run_binary<C, E, F, Fut>(
+    name: &str,
+    config: Result<C, E>,
+    config_path: &std::path::Path,
+    check_only: bool,
+    log_level: &str,
+    run: F,
+) -> std::process::ExitCode
+where
+    E: std::fmt::Display,
+    F: FnOnce(C, tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use std::process::ExitCode;
+    let cfg = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: invalid configuration: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    if check_only {
+        println!("{}: valid", config_path.display());
+        return ExitCode::SUCCESS;
+    }
+    init(log_level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        cancel_on_signals(shutdown.clone());
+        match run(cfg, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "{name} failed.");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
