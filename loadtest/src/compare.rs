@@ -204,8 +204,12 @@ async fn scenario(
         });
     }
 
-    // Prometheus agent mode, remote write 1.0.
-    if installed("prometheus") {
+    // The peers: Prometheus agent mode and vmagent, each remote-writing through a counting TCP
+    // relay to its own receiver.
+    for peer in ["prometheus", "vmagent"] {
+        if !installed(peer) {
+            continue;
+        }
         let probe = if use_probe {
             Some(Probe::start(spec, IpAddr::V4(Ipv4Addr::LOCALHOST), 0).await?)
         } else {
@@ -213,78 +217,36 @@ async fn scenario(
         };
         let capture = Capture::start_counting(harness::free_addr()?).await?;
         let tcp = TcpProxy::start(harness::free_addr()?, capture.addr()).await?;
-        let d = dir.join(format!("{name}-prometheus"));
+        let d = dir.join(format!("{name}-{peer}"));
         std::fs::create_dir_all(&d)?;
-        let cfg = d.join("prometheus.yml");
-        std::fs::write(
-            &cfg,
-            prom_config(
-                &targets_for(probe.as_ref()),
-                &args.interval,
-                "prometheus",
-                tcp.addr,
-            ),
-        )?;
+        let full = prom_config(&targets_for(probe.as_ref()), &args.interval, peer, tcp.addr);
         let web = harness::free_addr()?;
-        let proc = Proc::spawn(
-            "prometheus-agent",
-            Command::new("prometheus")
-                .arg("--enable-feature=agent")
+        let (label, mut cmd) = if peer == "prometheus" {
+            let cfg = d.join("prometheus.yml");
+            std::fs::write(&cfg, full)?;
+            let mut cmd = Command::new("prometheus");
+            cmd.arg("--enable-feature=agent")
                 .arg(format!("--config.file={}", cfg.display()))
                 .arg(format!("--storage.agent.path={}", d.join("data").display()))
-                .arg(format!("--web.listen-address={web}")),
-            &d.join("prometheus.log"),
-        )?;
-        senders.push(Sender {
-            name: "prometheus --enable-feature=agent (remote write 1.0)".into(),
-            pid: proc.child.id(),
-            capture,
-            counters: tcp.counters.clone(),
-            _procs: vec![proc],
-            _keep: vec![Box::new(tcp), Box::new(probe)],
-        });
-    }
-
-    // vmagent, remote write to a Prometheus-compatible receiver.
-    if installed("vmagent") {
-        let probe = if use_probe {
-            Some(Probe::start(spec, IpAddr::V4(Ipv4Addr::LOCALHOST), 0).await?)
+                .arg(format!("--web.listen-address={web}"));
+            ("prometheus --enable-feature=agent (remote write 1.0)", cmd)
         } else {
-            None
-        };
-        let capture = Capture::start_counting(harness::free_addr()?).await?;
-        let tcp = TcpProxy::start(harness::free_addr()?, capture.addr()).await?;
-        let d = dir.join(format!("{name}-vmagent"));
-        std::fs::create_dir_all(&d)?;
-        let cfg = d.join("scrape.yml");
-        let full = prom_config(
-            &targets_for(probe.as_ref()),
-            &args.interval,
-            "vmagent",
-            tcp.addr,
-        );
-        // vmagent takes remote write from flags; keep only global and scrape_configs.
-        let scrape_only = full
-            .split("remote_write:")
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        std::fs::write(&cfg, scrape_only)?;
-        let web = harness::free_addr()?;
-        let proc = Proc::spawn(
-            "vmagent",
-            Command::new("vmagent")
-                .arg(format!("-promscrape.config={}", cfg.display()))
+            // vmagent takes remote write from flags; keep only global and scrape_configs.
+            let cfg = d.join("scrape.yml");
+            std::fs::write(&cfg, full.split("remote_write:").next().unwrap_or_default())?;
+            let mut cmd = Command::new("vmagent");
+            cmd.arg(format!("-promscrape.config={}", cfg.display()))
                 .arg(format!("-remoteWrite.url=http://{}/api/v1/write", tcp.addr))
                 .arg(format!(
                     "-remoteWrite.tmpDataPath={}",
                     d.join("data").display()
                 ))
-                .arg(format!("-httpListenAddr={web}")),
-            &d.join("vmagent.log"),
-        )?;
+                .arg(format!("-httpListenAddr={web}"));
+            ("vmagent (remote write 1.0)", cmd)
+        };
+        let proc = Proc::spawn(peer, &mut cmd, &d.join(format!("{peer}.log")))?;
         senders.push(Sender {
-            name: "vmagent (remote write 1.0)".into(),
+            name: label.into(),
             pid: proc.child.id(),
             capture,
             counters: tcp.counters.clone(),
