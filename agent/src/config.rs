@@ -152,6 +152,14 @@ pub struct QueueConfig {
     /// but a power loss may lose the last appends.
     #[serde(default = "default_true")]
     pub fsync: bool,
+    /// Retention budget: the queue's bytes at most (0: unbounded). Over it, the oldest
+    /// records are dropped, counted and logged.
+    #[serde(default)]
+    pub max_bytes: u64,
+    /// Retention budget: records older than this are dropped, counted and logged (unset:
+    /// no age limit).
+    #[serde(default)]
+    pub max_age: Option<PromDuration>,
 }
 
 /// How batches are shipped.

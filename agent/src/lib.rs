@@ -113,6 +113,13 @@ pub async fn run(
         metrics: metrics.clone(),
     };
     let ship_task = tokio::spawn(shipper.run(ship_token.clone()));
+    let retention_task = tokio::spawn(retention(
+        queue.clone(),
+        cfg.uplink.queue.max_bytes,
+        cfg.uplink.queue.max_age.map(|d| d.0),
+        metrics.clone(),
+        ship_token.clone(),
+    ));
     ready.store(true, Ordering::Release);
 
     tokio::select! {
@@ -131,9 +138,69 @@ pub async fn run(
     info!("Stopping shipper (waiting for in-flight acks).");
     ship_token.cancel();
     ship_task.await?;
+    retention_task.await?;
     web_token.cancel();
     info!("Shutdown complete.");
     Ok(())
+}
+
+/// Enforces the queue's retention budget every second until `stop`: the oldest records go
+/// first, every dropped sample is counted by reason and logged.
+async fn retention(
+    queue: Queue,
+    max_bytes: u64,
+    max_age: Option<std::time::Duration>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    if max_bytes == 0 && max_age.is_none() {
+        return;
+    }
+    fn inspect(data: &[u8]) -> Option<(i64, u64)> {
+        uplink_shared::codec::ScrapeRecord::decode(data)
+            .ok()
+            .map(|r| (r.timestamp, r.values.len() as u64))
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // Bytes first, then age, so each drop is counted under the rule that caused it.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let rules = [
+            ("bytes", max_bytes, None),
+            ("age", 0, max_age.map(|a| now - a.as_millis() as i64)),
+        ];
+        for (reason, bytes, min_ts) in rules {
+            if bytes == 0 && min_ts.is_none() {
+                continue;
+            }
+            match queue.enforce_retention(bytes, min_ts, inspect).await {
+                Ok((0, _)) => {}
+                Ok((records, samples)) => {
+                    metrics
+                        .retention_dropped
+                        .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+                        .inc_by(samples);
+                    metrics.samples_dropped.inc_by(samples);
+                    let (left, bytes) = queue.usage();
+                    metrics.queue_records.set(left as i64);
+                    metrics.queue_bytes.set(bytes as i64);
+                    warn!(
+                        reason,
+                        records,
+                        samples,
+                        "Queue retention budget exceeded; dropped the oldest data."
+                    );
+                }
+                Err(error) => warn!(%error, "Enforcing the queue retention budget failed."),
+            }
+        }
+    }
 }
 
 /// Every series stored in a queue (records decoded and joined with their series sets), for

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub queue_append_errors: Counter,
     pub records_corrupt: Counter,
     pub samples_dropped: Counter,
+    pub retention_dropped: Family<Vec<(String, String)>, Counter>,
     pub queue_records: Gauge,
     pub queue_bytes: Gauge,
     pub connected: Gauge,
@@ -89,6 +90,11 @@ impl Metrics {
             "samples_dropped",
             "Samples lost at the agent (queue append failures, corrupt records).",
             self.samples_dropped.clone(),
+        );
+        r.register(
+            "retention_dropped_samples",
+            "Samples dropped by the queue's retention budget, by reason (bytes, age).",
+            self.retention_dropped.clone(),
         );
         r.register(
             "queue_records_corrupt",

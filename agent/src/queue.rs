@@ -365,6 +365,60 @@ impl Queue {
         .await?
     }
 
+    /// Applies the retention budget: deletes the oldest records while the queue holds more
+    /// than `max_bytes` (0: no limit) or while the oldest record is older than `min_ts`.
+    /// `inspect` returns a record's timestamp and sample count. Returns the records and
+    /// samples dropped; the deletion is one atomic write.
+    pub async fn enforce_retention(
+        &self,
+        max_bytes: u64,
+        min_ts: Option<i64>,
+        inspect: fn(&[u8]) -> Option<(i64, u64)>,
+    ) -> Result<(u64, u64), QueueError> {
+        let (_, bytes) = self.usage();
+        if (max_bytes == 0 || bytes <= max_bytes) && min_ts.is_none() {
+            return Ok((0, 0));
+        }
+        let inner = self.inner.clone();
+        let head = self.head();
+        tokio::task::spawn_blocking(move || {
+            let db_err = |source| QueueError::Db {
+                path: inner.path.clone(),
+                source,
+            };
+            let mut freed = 0u64;
+            let (mut records, mut samples) = (0u64, 0u64);
+            let mut end: Option<u64> = None;
+            for item in inner
+                .db
+                .iterator(IteratorMode::From(&[DATA], Direction::Forward))
+            {
+                let (k, v) = item.map_err(db_err)?;
+                let Some(seq) = seq_of(&k) else { break };
+                let (ts, n) = inspect(&v).unwrap_or((i64::MIN, 0));
+                let over_bytes = max_bytes > 0 && bytes - freed > max_bytes;
+                let too_old = min_ts.is_some_and(|m| ts < m);
+                // Never drop the newest record: it is what the budget protects.
+                if !(over_bytes || too_old) || seq + 1 >= head {
+                    break;
+                }
+                freed += v.len() as u64;
+                records += 1;
+                samples += n;
+                end = Some(seq + 1);
+            }
+            if let Some(end) = end {
+                let mut wb = WriteBatch::default();
+                wb.delete_range(key(0), key(end));
+                inner.db.write(wb).map_err(db_err)?;
+                inner.bytes.fetch_sub(freed, Ordering::Relaxed);
+                inner.records.fetch_sub(records, Ordering::Relaxed);
+            }
+            Ok((records, samples))
+        })
+        .await?
+    }
+
     /// Stored (unacknowledged) records and their bytes.
     pub fn usage(&self) -> (u64, u64) {
         (
@@ -508,5 +562,49 @@ mod tests {
         q.delete(2, 1).await.expect("ack c");
         assert_eq!(q.gc_sets().await.expect("gc"), 1);
         assert!(q.sets(vec![1]).await.expect("sets").is_empty());
+    }
+
+    fn inspect(data: &[u8]) -> Option<(i64, u64)> {
+        // Test records are "t<timestamp>".
+        std::str::from_utf8(data)
+            .ok()?
+            .strip_prefix('t')?
+            .parse()
+            .ok()
+            .map(|t| (t, 2))
+    }
+
+    #[tokio::test]
+    async fn retention_drops_oldest_exactly_and_keeps_newest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = Queue::open(dir.path(), false).expect("open");
+        for t in 0..10 {
+            q.append(b(&format!("t{t}")), None).await.expect("append");
+        }
+        // Each record is 2 bytes: 20 bytes stored; a 12-byte budget drops the 4 oldest.
+        assert_eq!(
+            q.enforce_retention(12, None, inspect)
+                .await
+                .expect("enforce"),
+            (4, 8)
+        );
+        assert_eq!(q.first().await.expect("first"), 4);
+        assert_eq!(q.usage(), (6, 12));
+        // Age: everything older than t=7 goes.
+        assert_eq!(
+            q.enforce_retention(0, Some(7), inspect)
+                .await
+                .expect("enforce"),
+            (3, 6)
+        );
+        assert_eq!(q.first().await.expect("first"), 7);
+        // The newest record is kept even when it alone exceeds the budget.
+        assert_eq!(
+            q.enforce_retention(1, Some(100), inspect)
+                .await
+                .expect("enforce"),
+            (2, 4)
+        );
+        assert_eq!(q.usage().0, 1);
     }
 }

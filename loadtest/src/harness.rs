@@ -227,6 +227,21 @@ pub struct AgentSpec<'a> {
 /// Writes `<site>.yml` (a Prometheus configuration plus `uplink:`) in `dir` and starts the
 /// agent. Its queue lives in `dir/<site>-queue`.
 pub fn start_agent(bins: &Bins, dir: &Path, spec: &AgentSpec<'_>) -> anyhow::Result<Agent> {
+    start_agent_with(bins, dir, spec, "")
+}
+
+/// As [`start_agent`], with extra keys for the `uplink.queue` mapping (e.g. `max_bytes: 3000`).
+pub fn start_agent_with(
+    bins: &Bins,
+    dir: &Path,
+    spec: &AgentSpec<'_>,
+    queue_extra: &str,
+) -> anyhow::Result<Agent> {
+    let queue_extra = if queue_extra.is_empty() {
+        String::new()
+    } else {
+        format!(", {queue_extra}")
+    };
     let config = dir.join(format!("{}.yml", spec.site));
     let queue_dir = dir.join(format!("{}-queue", spec.site));
     let targets: Vec<String> = spec.targets.iter().map(|t| format!("'{t}'")).collect();
@@ -237,7 +252,7 @@ pub fn start_agent(bins: &Bins, dir: &Path, spec: &AgentSpec<'_>) -> anyhow::Res
              scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{targets}]\n\
              uplink:\n  gateways: ['{gw}']\n  server_name: localhost\n\
              \x20 tls: {{cert_file: {site}.crt, key_file: {site}.key, ca_file: ca.crt}}\n\
-             \x20 queue: {{directory: {site}-queue, fsync: false}}\n\
+             \x20 queue: {{directory: {site}-queue, fsync: false{queue_extra}}}\n\
              \x20 shipper: {{min_backoff: 100ms, max_backoff: 1s}}\n",
             iv = spec.interval,
             site = spec.site,
