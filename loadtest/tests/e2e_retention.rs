@@ -95,12 +95,12 @@ async fn budget_drops_oldest_counts_exactly_keeps_newest() {
     // scrape_samples_scraped and scrape_samples_post_metric_relabeling.
     let per_scrape = spec_series_count(&spec) as u64 + 4;
     let mut missing_total = 0u64;
-    for t in 0..spec.targets {
+    for (t, before_heal) in served_before_heal.iter().enumerate() {
         let served = probe.served(t);
         let missing = report.missing_scrapes(t, served);
         missing_total += missing.len() as u64;
         // The newest data is kept: the last scrapes before the heal arrived.
-        let last_before_heal = served_before_heal[t].saturating_sub(1);
+        let last_before_heal = before_heal.saturating_sub(1);
         assert!(
             report.scrapes[t].contains(&last_before_heal),
             "target {t}: newest scrape {last_before_heal} was dropped; missing {missing:?}"
