@@ -39,6 +39,24 @@ pub struct Context {
     pub destinations: Vec<Destination>,
     pub metrics: Metrics,
     pub ledger: Arc<Ledger>,
+    /// Per (identity, queue id): one past the last record forwarded, behind a lock that
+    /// every connection of that queue holds while it forwards. A new connection (after a lost
+    /// ack) therefore waits for an old one still retrying, then skips what it forwarded. In
+    /// memory only: a gateway restart forgets it.
+    pub forwarded: Forwarded,
+}
+
+/// See [`Context::forwarded`].
+pub type Forwarded =
+    std::sync::Mutex<std::collections::HashMap<(String, u64), Arc<tokio::sync::Mutex<u64>>>>;
+
+impl Context {
+    fn lane(&self, identity: &str, queue_id: u64) -> Arc<tokio::sync::Mutex<u64>> {
+        let mut g = self.forwarded.lock().unwrap_or_else(|p| p.into_inner());
+        g.entry((identity.to_owned(), queue_id))
+            .or_default()
+            .clone()
+    }
 }
 
 /// Accepts connections until `shutdown`, then closes each with [`CloseCode::GoingAway`].
@@ -181,6 +199,7 @@ async fn session(
         resume_seq,
         ctx.clone(),
         identity.to_owned(),
+        queue_id,
         violation_tx.clone(),
     ));
     // The control stream now carries the agent's status reports.
@@ -351,9 +370,13 @@ fn to_remote_write(ctx: &Context, mut timeseries: Vec<TimeSeries>) -> (Bytes, u6
 }
 
 /// Decodes a compact batch straight into a snappy-compressed remote-write 1.0 body.
-fn decode_compact(decoder: &mut TunnelDecoder, data: &[u8]) -> Result<(Bytes, u64), CodecError> {
+fn decode_compact(
+    decoder: &mut TunnelDecoder,
+    data: &[u8],
+    skip: u64,
+) -> Result<(Bytes, u64), CodecError> {
     let mut raw = bytes::BytesMut::new();
-    let samples = decoder.decode_remote_write(data, &mut raw)?;
+    let samples = decoder.decode_remote_write(data, &mut raw, skip)?;
     let body = snap::raw::Encoder::new()
         .compress_vec(&raw)
         .map_err(|e| CodecError::Zstd(format!("snappy: {e}")))?;
@@ -366,9 +389,11 @@ async fn forward_in_order(
     resume_seq: u64,
     ctx: Arc<Context>,
     identity: String,
+    queue_id: u64,
     violation: mpsc::Sender<CloseCode>,
 ) {
     let mut seq: Sequencer<Pending> = Sequencer::new(resume_seq);
+    let lane = ctx.lane(&identity, queue_id);
     let mut decoder = TunnelDecoder::new(
         ctx.limits.max_uncompressed_bytes.get() as usize,
         ctx.limits.max_series_sets_per_agent.get() as usize,
@@ -396,14 +421,19 @@ async fn forward_in_order(
                 return;
             }
         }
-        while let Some((_, _, p)) = seq.pop_ready() {
+        while let Some((first, count, p)) = seq.pop_ready() {
+            // Records below the floor were forwarded on an earlier connection of this queue.
+            let mut floor = lane.lock().await;
+            let skip = floor.saturating_sub(first).min(u64::from(count));
+            let whole = skip == u64::from(count);
             let (body, samples, newest) = match &p.payload {
+                Payload::Ready { .. } if whole => (Bytes::new(), 0, i64::MIN),
                 Payload::Ready {
                     body,
                     samples,
                     newest,
                 } => (body.clone(), *samples, *newest),
-                Payload::Compact(data) => match decode_compact(&mut decoder, data) {
+                Payload::Compact(data) => match decode_compact(&mut decoder, data, skip) {
                     Ok((body, samples)) => {
                         ctx.metrics.samples_received.inc_by(samples);
                         (body, samples, decoder.newest_timestamp())
@@ -419,8 +449,18 @@ async fn forward_in_order(
                     }
                 },
             };
-            match forward::deliver_all(&ctx.destinations, body, samples).await {
+            if skip > 0 {
+                ctx.metrics.batches_duplicate.inc();
+            }
+            let delivered = if samples == 0 {
+                Ok(0)
+            } else {
+                forward::deliver_all(&ctx.destinations, body, samples).await
+            };
+            match delivered {
                 Ok(dropped) => {
+                    *floor = (*floor).max(first + u64::from(count));
+                    drop(floor);
                     ctx.ledger.forwarded(&identity, samples, newest, dropped);
                     let a = ack(&p, AckStatus::Accepted, String::new());
                     let _ = p.reply.send(a);

@@ -76,6 +76,7 @@ pub async fn run(
         destinations: destinations.clone(),
         metrics,
         ledger: ledger.clone(),
+        forwarded: Default::default(),
     });
     let ledger_token = CancellationToken::new();
     if !cfg.ledger.interval.0.is_zero() {

@@ -125,6 +125,19 @@ async fn bad_peers_get_close_codes_and_good_agents_carry_on() {
         "a retransmission on the same connection is not forwarded twice"
     );
 
+    // The same queue reconnects (its ack was lost with the connection) and resends from 1:
+    // what was already forwarded is acknowledged, not forwarded again.
+    let again = connect(&s.dir, "good", s.quic).await.unwrap();
+    let _ctl2 = handshake_at(&again, 1).await;
+    let resent = send_batch(&again, batch(1, 2, 2.0)).await;
+    assert_eq!(resent.status, AckStatus::Accepted);
+    assert_eq!(
+        s.capture.len(),
+        3,
+        "records 1 and 2 were not forwarded twice"
+    );
+    again.close(0u32.into(), b"done");
+
     // Downstream outage: the batch is answered retry, and so is every later one.
     s.capture.set_fail_next(u32::MAX, 503);
     let ack = send_batch(&good, batch(3, 1, 4.0)).await;

@@ -142,6 +142,13 @@ async fn kill9_during_outage_loses_nothing_queued() {
     let lost_acked = before_kill.difference(&have).count();
     assert_eq!(lost_queued, 0, "samples queued at the kill are missing");
     assert_eq!(lost_acked, 0);
+    // Batches the dead agent had in flight were forwarded by its old connection; the restarted
+    // agent resends them, and the gateway recognises them by queue sequence number.
+    assert_eq!(
+        capture.duplicates(),
+        0,
+        "exactly one forward per sample while the gateway lives"
+    );
 
     let extra = [Label::new("job", "probe"), Label::new("site", site.clone())];
     let report = oracle::check(&spec, &probe.addrs, &extra, &received);

@@ -848,7 +848,7 @@ impl TunnelDecoder {
     /// Decodes one batch into series with one sample each; returns them and the sample count.
     pub fn decode(&mut self, payload: &[u8]) -> Result<(Vec<TimeSeries>, u64), CodecError> {
         let mut out = Vec::new();
-        let samples = self.walk(payload, false, |set, strings, i, value, timestamp| {
+        let samples = self.walk(payload, false, |set, strings, _, i, value, timestamp| {
             out.push(TimeSeries {
                 labels: set.series[i]
                     .iter()
@@ -866,14 +866,24 @@ impl TunnelDecoder {
     /// Decodes one batch straight into the protobuf encoding of a remote-write 1.0
     /// `WriteRequest` (labels sorted by name, one sample per series), appended to `out`.
     /// Returns the sample count. This is the gateway's fast path: no per-sample allocation.
+    ///
+    /// The first `skip` scrapes (queue records) are decoded, to keep the connection's state in
+    /// step, but not written: the gateway uses this to drop what it already forwarded for the
+    /// same queue on an earlier connection. The count returned excludes them.
     pub fn decode_remote_write(
         &mut self,
         payload: &[u8],
         out: &mut BytesMut,
+        skip: u64,
     ) -> Result<u64, CodecError> {
         let mut ts_body = BytesMut::new();
         let mut sample = BytesMut::new();
-        self.walk(payload, true, |set, _, i, value, timestamp| {
+        let mut written = 0u64;
+        self.walk(payload, true, |set, _, scrape, i, value, timestamp| {
+            if scrape < skip {
+                return;
+            }
+            written += 1;
             let labels = set.encoded.as_ref().and_then(|e| e.get(i));
             ts_body.clear();
             if let Some(l) = labels {
@@ -886,17 +896,18 @@ impl TunnelDecoder {
             put_varint(&mut sample, timestamp as u64);
             put_len_field(&mut ts_body, 0x12, &sample);
             put_len_field(out, 0x0a, &ts_body);
-        })
+        })?;
+        Ok(written)
     }
 
-    /// Parses a batch, updating the connection state, and calls `f(set, strings, series index,
-    /// value, timestamp)` for every sample in order. With `encode_labels`, sets get their
+    /// Parses a batch, updating the connection state, and calls `f(set, strings, scrape index
+    /// in the batch, series index, value, timestamp)` for every sample in order. With `encode_labels`, sets get their
     /// remote-write label encoding before their first sample.
     fn walk(
         &mut self,
         payload: &[u8],
         want_encoded: bool,
-        mut f: impl FnMut(&SetDef, &[String], usize, f64, i64),
+        mut f: impl FnMut(&SetDef, &[String], u64, usize, f64, i64),
     ) -> Result<u64, CodecError> {
         let body = zstd::bulk::decompress(payload, self.max_body)
             .map_err(|e| CodecError::Zstd(e.to_string()))?;
@@ -976,7 +987,7 @@ impl TunnelDecoder {
         let ns = r.count("scrape count", 3, u32::MAX as u64)?;
         let mut samples = 0u64;
         let mut exceptions: Vec<(usize, i64)> = Vec::new();
-        for _ in 0..ns {
+        for scrape in 0..ns as u64 {
             let local = r.varint("set id")? as usize;
             let (Some(set), Some(st)) = (self.sets.get_mut(local), self.states.get_mut(local))
             else {
@@ -1021,7 +1032,7 @@ impl TunnelDecoder {
                     next_exc += 1;
                 }
                 self.newest = self.newest.max(t);
-                f(set, &self.strings, i, value, t);
+                f(set, &self.strings, scrape, i, value, t);
             }
             samples += n as u64;
         }
@@ -1107,7 +1118,10 @@ mod tests {
             assert_eq!(n, samples);
             assert!(same(&got, &want), "batch {batch}");
             let mut rw = BytesMut::new();
-            assert_eq!(rw_dec.decode_remote_write(&payload, &mut rw), Ok(samples));
+            assert_eq!(
+                rw_dec.decode_remote_write(&payload, &mut rw, 0),
+                Ok(samples)
+            );
             let req = <crate::remote_write::WriteRequest as prost::Message>::decode(rw.freeze())
                 .expect("valid remote-write protobuf");
             let mut sorted = want.clone();
