@@ -211,16 +211,64 @@ impl Default for ShipperConfig {
     }
 }
 
+/// Where the configuration comes from: a Prometheus file, and optionally the `uplink:` section
+/// in a file of its own (so the user's prometheus.yml stays byte for byte unchanged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub prometheus: PathBuf,
+    pub uplink: Option<PathBuf>,
+}
+
 impl Config {
     /// Loads, resolves relative paths against the file's directory, and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        Self::load_from(&Source {
+            prometheus: path.into(),
+            uplink: None,
+        })
+    }
+
+    /// Loads from a [`Source`]. With a separate uplink file, its content is the `uplink:`
+    /// section's (no `uplink:` key), its relative paths resolve against its own directory, and
+    /// the Prometheus file must not have an `uplink:` section too.
+    pub fn load_from(src: &Source) -> Result<Config, ConfigError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.into(),
+                source,
+            })
+        };
+        let path = src.prometheus.as_path();
+        let mut text = read(path)?;
+        let mut base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        if let Some(up) = &src.uplink {
+            let utext = read(up)?;
+            // Errors in the uplink file are reported against it.
+            let _: UplinkConfig = yaml::parse(up, &utext)?;
+            let has_section = yaml::parse::<serde_yaml::Value>(path, &text)?
+                .get("uplink")
+                .is_some();
+            if has_section {
+                return Err(ConfigError::rule(
+                    path,
+                    "uplink",
+                    format!(
+                        "the uplink section is given both here and in {}",
+                        up.display()
+                    ),
+                ));
+            }
+            // Appended after the Prometheus text, so its line numbers stay exact.
+            text.push_str("\nuplink:\n");
+            for line in utext.lines() {
+                text.push_str("  ");
+                text.push_str(line);
+                text.push('\n');
+            }
+            base = up.parent().unwrap_or(Path::new(".")).to_path_buf();
+        }
         let mut cfg: Config = yaml::parse(path, &text)?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        cfg.uplink.tls.resolve(base);
+        cfg.uplink.tls.resolve(&base);
         if cfg.uplink.queue.directory.is_relative() {
             cfg.uplink.queue.directory = base.join(&cfg.uplink.queue.directory);
         }

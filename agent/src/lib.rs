@@ -31,8 +31,14 @@ use crate::metrics::Metrics;
 use crate::queue::Queue;
 
 /// Runs the agent until `shutdown` is cancelled, then shuts down in order.
+///
+/// `source` is where `cfg` came from: SIGHUP and `POST /-/reload` read it again. A valid new
+/// configuration replaces the scrapers (targets, intervals, labels) without touching the queue
+/// or the gateway connection; changes to the `uplink:` section need a restart (logged). An
+/// invalid one keeps the running configuration and reports the error.
 pub async fn run(
     cfg: Config,
+    source: config::Source,
     web_addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -61,11 +67,17 @@ pub async fn run(
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<web::ReloadRequest>(4);
+    spawn_sighup(reload_tx.clone());
     let web_state = WebState {
         registry: Arc::new(registry),
         ready: ready.clone(),
-        reload: None,
+        reload: Some(reload_tx),
     };
+    metrics.config_last_reload_successful.set(1);
+    metrics
+        .config_last_reload_success_timestamp
+        .set(unix_seconds());
 
     let transport = uplink_shared::tls::transport(
         cfg.uplink.shipper.keep_alive.0,
@@ -83,25 +95,9 @@ pub async fn run(
     let web_token = CancellationToken::new();
     let mut web_task = tokio::spawn(web::serve(web_addr, web_state, web_token.clone()));
 
-    let scrape_token = CancellationToken::new();
-    let scrapers = TaskTracker::new();
-    let ext: Vec<Label> = cfg
-        .global
-        .external_labels
-        .iter()
-        .map(|(k, v)| Label::new(k.clone(), v.clone()))
-        .collect();
-    let targets = scrape::targets(&cfg);
-    info!(targets = targets.len(), "Starting scrapers.");
-    scrape::ScrapeManager {
-        targets,
-        external_labels: ext,
-        client: http,
-        queue: queue.clone(),
-        metrics: metrics.clone(),
-    }
-    .spawn(&scrapers, scrape_token.clone());
-    scrapers.close();
+    let mut scrape_token = CancellationToken::new();
+    let mut scrapers = TaskTracker::new();
+    start_scrapers(&cfg, &http, &queue, &metrics, &scrapers, &scrape_token);
 
     let ship_token = CancellationToken::new();
     let shipper = ship::Shipper {
@@ -122,13 +118,41 @@ pub async fn run(
     ));
     ready.store(true, Ordering::Release);
 
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        r = &mut web_task => {
-            // The web server ended on its own: that is a bind failure or a crash.
-            shutdown.cancel();
-            r?.context("web endpoints failed")?;
-            return Ok(());
+    let mut running = cfg;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = &mut web_task => {
+                // The web server ended on its own: that is a bind failure or a crash.
+                shutdown.cancel();
+                r?.context("web endpoints failed")?;
+                return Ok(());
+            }
+            Some(reply) = reload_rx.recv() => {
+                let outcome = match Config::load_from(&source) {
+                    Ok(new) => {
+                        if new.uplink != running.uplink {
+                            warn!("The uplink section changed; restart the agent to apply it.");
+                        }
+                        info!("Configuration reloaded; restarting scrapers.");
+                        scrape_token.cancel();
+                        scrapers.wait().await;
+                        scrape_token = CancellationToken::new();
+                        scrapers = TaskTracker::new();
+                        start_scrapers(&new, &http, &queue, &metrics, &scrapers, &scrape_token);
+                        running = new;
+                        metrics.config_last_reload_successful.set(1);
+                        metrics.config_last_reload_success_timestamp.set(unix_seconds());
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "Reloading the configuration failed; keeping the running one.");
+                        metrics.config_last_reload_successful.set(0);
+                        Err(e.to_string())
+                    }
+                };
+                let _ = reply.send(outcome);
+            }
         }
     }
     ready.store(false, Ordering::Release);
@@ -142,6 +166,60 @@ pub async fn run(
     web_token.cancel();
     info!("Shutdown complete.");
     Ok(())
+}
+
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Starts one scrape task per target of `cfg` on `tracker`, and closes the tracker.
+fn start_scrapers(
+    cfg: &Config,
+    http: &reqwest::Client,
+    queue: &Queue,
+    metrics: &Metrics,
+    tracker: &TaskTracker,
+    token: &CancellationToken,
+) {
+    let ext: Vec<Label> = cfg
+        .global
+        .external_labels
+        .iter()
+        .map(|(k, v)| Label::new(k.clone(), v.clone()))
+        .collect();
+    let targets = scrape::targets(cfg);
+    info!(targets = targets.len(), "Starting scrapers.");
+    scrape::ScrapeManager {
+        targets,
+        external_labels: ext,
+        client: http.clone(),
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+    }
+    .spawn(tracker, token.clone());
+    tracker.close();
+}
+
+/// SIGHUP asks for a reload, as in Prometheus; the outcome is logged.
+fn spawn_sighup(tx: web::ReloadSender) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let (reply, outcome) = tokio::sync::oneshot::channel();
+            if tx.send(reply).await.is_err() {
+                return;
+            }
+            let _ = outcome.await;
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = tx;
 }
 
 /// Enforces the queue's retention budget every second until `stop`: the oldest records go

@@ -10,9 +10,12 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "uplink-agent", version)]
 struct Flags {
-    /// Prometheus configuration file with an `uplink:` section.
+    /// Prometheus configuration file (with an `uplink:` section unless --uplink.config.file).
     #[arg(long = "config.file", default_value = "prometheus.yml")]
     config_file: PathBuf,
+    /// The `uplink:` section in a file of its own, so prometheus.yml stays unchanged.
+    #[arg(long = "uplink.config.file")]
+    uplink_config_file: Option<PathBuf>,
     /// Address for /metrics, /-/healthy and /-/ready.
     #[arg(long = "web.listen-address", default_value = "0.0.0.0:9701")]
     web_listen_address: SocketAddr,
@@ -27,12 +30,16 @@ struct Flags {
 fn main() -> ExitCode {
     let flags = Flags::parse();
     let web = flags.web_listen_address;
+    let source = uplink_agent::config::Source {
+        prometheus: flags.config_file.clone(),
+        uplink: flags.uplink_config_file.clone(),
+    };
     uplink_shared::telemetry::run_binary(
         "uplink-agent",
-        uplink_agent::config::Config::load(&flags.config_file),
+        uplink_agent::config::Config::load_from(&source),
         &flags.config_file,
         flags.check_config,
         &flags.log_level,
-        |cfg, shutdown| uplink_agent::run(cfg, web, shutdown),
+        |cfg, shutdown| uplink_agent::run(cfg, source, web, shutdown),
     )
 }

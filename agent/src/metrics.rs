@@ -10,6 +10,8 @@ type JobLabels = Vec<(String, String)>;
 
 #[derive(Clone, Default)]
 pub struct Metrics {
+    pub config_last_reload_successful: Gauge,
+    pub config_last_reload_success_timestamp: Gauge,
     pub scrapes: Family<JobLabels, Counter>,
     pub scrape_failures: Family<JobLabels, Counter>,
     pub samples_scraped: Counter,
@@ -35,6 +37,16 @@ impl Metrics {
     /// Registers every instrument under the `uplink_agent_` prefix.
     pub fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("uplink_agent");
+        r.register(
+            "config_last_reload_successful",
+            "Whether the last configuration reload succeeded (1) or failed (0).",
+            self.config_last_reload_successful.clone(),
+        );
+        r.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully.",
+            self.config_last_reload_success_timestamp.clone(),
+        );
         r.register(
             "scrapes",
             "Scrapes attempted, by job.",

@@ -15,13 +15,18 @@ use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+/// A reload request carries where to send its outcome (an error names file:line:column).
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
+/// The sending side of the reload channel.
+pub type ReloadSender = tokio::sync::mpsc::Sender<ReloadRequest>;
+
 /// What the endpoints read.
 #[derive(Clone)]
 pub struct WebState {
     pub registry: Arc<Registry>,
     pub ready: Arc<AtomicBool>,
-    /// Notified on `POST /-/reload`; `None` answers 501 (reload not supported).
-    pub reload: Option<tokio::sync::mpsc::Sender<()>>,
+    /// Asked on `POST /-/reload`, answered with the outcome; `None` answers 501.
+    pub reload: Option<ReloadSender>,
 }
 
 /// The router, for embedding or tests.
@@ -72,13 +77,28 @@ async fn ready(State(s): State<WebState>) -> impl IntoResponse {
 }
 
 async fn reload(State(s): State<WebState>) -> impl IntoResponse {
-    match &s.reload {
-        Some(tx) => match tx.try_send(()) {
-            Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                (StatusCode::OK, "Reload requested.\n")
-            }
-            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "Shutting down.\n"),
-        },
-        None => (StatusCode::NOT_IMPLEMENTED, "Reload not supported.\n"),
+    let Some(tx) = &s.reload else {
+        return (
+            StatusCode::NOT_IMPLEMENTED,
+            "Reload not supported.\n".to_owned(),
+        );
+    };
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    if tx.send(reply).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Shutting down.\n".to_owned(),
+        );
+    }
+    match outcome.await {
+        Ok(Ok(())) => (StatusCode::OK, "Configuration reloaded.\n".to_owned()),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to reload config: {e}\n"),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Shutting down.\n".to_owned(),
+        ),
     }
 }
