@@ -15,17 +15,12 @@
 //! acknowledged to anyone). Duplicates (retransmissions after a lost ack) are reported; the
 //! receiver keeps the first copy.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use uplink_shared::model::Label;
-
-use crate::capture::Capture;
-use crate::harness::{self, AgentSpec, Bins};
+use crate::harness::{Bins, Rig};
 use crate::oracle;
-use crate::probe::{Probe, ProbeSpec};
-use crate::proxy::UdpProxy;
+use crate::probe::ProbeSpec;
 
 /// Settings of a chaos run.
 #[derive(clap::Args, Debug, Clone)]
@@ -66,34 +61,14 @@ fn block<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-async fn scenario(
-    args: &ChaosArgs,
-    bins: &Bins,
-    name: &str,
-    rng: &mut u64,
-) -> anyhow::Result<Verdict> {
+async fn scenario(args: &ChaosArgs, name: &str, rng: &mut u64) -> anyhow::Result<Verdict> {
     let started = Instant::now();
-    let dir = tempfile::tempdir()?;
-    let site = "chaos".to_string();
-    harness::write_certs(dir.path(), std::slice::from_ref(&site))?;
     let spec = ProbeSpec {
         targets: 3,
         families: 9,
         churn_every: 0,
     };
-    let probe = Probe::start(spec, IpAddr::V4(Ipv4Addr::LOCALHOST), 0).await?;
-    let capture = Capture::start(harness::free_addr()?).await?;
-    let gateway = block(|| harness::start_gateway(bins, dir.path(), &[capture.url()]))?;
-    let link = UdpProxy::start(harness::free_addr()?, gateway.quic).await?;
-    let targets = probe.instances();
-    let agent_spec = AgentSpec {
-        site: &site,
-        gateway: link.addr,
-        targets: &targets,
-        interval: "500ms",
-        job: "probe",
-    };
-    let mut agent = block(|| harness::start_agent(bins, dir.path(), &agent_spec))?;
+    let mut rig = Rig::start("chaos", spec, "500ms", "").await?;
     let mut next = move || {
         *rng ^= *rng << 13;
         *rng ^= *rng >> 7;
@@ -109,13 +84,13 @@ async fn scenario(
                 // Kill at a random point inside the fault window, then restart.
                 let at = Duration::from_millis(next() % args.fault.0.as_millis().max(1) as u64);
                 tokio::time::sleep(at).await;
-                block(|| agent.proc.kill9());
+                block(|| rig.agent.proc.kill9());
                 kills += 1;
                 tokio::time::sleep(args.fault.0.saturating_sub(at)).await;
-                block(|| agent.restart(bins, dir.path()))?;
+                rig.restart_agent()?;
             }
             "partition" | "lost-acks" | "loss30" => {
-                let f = &link.faults;
+                let f = &rig.link.faults;
                 match name {
                     "partition" => f.blackhole.store(true, Ordering::Relaxed),
                     "lost-acks" => f.down_loss_ppm.store(1_000_000, Ordering::Relaxed),
@@ -130,9 +105,9 @@ async fn scenario(
                 f.down_loss_ppm.store(0, Ordering::Relaxed);
             }
             "outage" => {
-                capture.set_fail_next(u32::MAX, 503);
+                rig.capture.set_fail_next(u32::MAX, 503);
                 tokio::time::sleep(args.fault.0).await;
-                capture.set_fail_next(0, 503);
+                rig.capture.set_fail_next(0, 503);
             }
             other => anyhow::bail!("unknown scenario {other}"),
         }
@@ -140,21 +115,16 @@ async fn scenario(
     // Heal, let the backlog drain, stop in order: everything queued must arrive.
     tokio::time::sleep(args.heal.0).await;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        let m = block(|| harness::metrics(agent.web)).unwrap_or_default();
-        if harness::metric_sum(&m, "uplink_agent_queue_records") == 0.0 {
-            break;
-        }
+    while Instant::now() < deadline && rig.agent_metric("uplink_agent_queue_records") != 0.0 {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    block(|| agent.proc.terminate(Duration::from_secs(30)));
-    let received = capture.snapshot();
-    let extra = [Label::new("job", "probe"), Label::new("site", site.clone())];
-    let report = oracle::check(&spec, &probe.addrs, &extra, &received);
+    block(|| rig.agent.proc.terminate(Duration::from_secs(30)));
+    let received = rig.capture.snapshot();
+    let report = oracle::check(&spec, &rig.probe.addrs, &rig.oracle_labels(), &received);
     let mut missing = 0u64;
     let mut served_total = 0u64;
     for t in 0..spec.targets {
-        let served = probe.served(t);
+        let served = rig.probe.served(t);
         served_total += served;
         missing += report.missing_scrapes(t, served).len() as u64;
     }
@@ -168,7 +138,7 @@ async fn scenario(
         allowed_missing_scrapes: allowed,
         missing_in_scrape: report.missing_in_scrape,
         wrong: report.wrong,
-        duplicates_dropped_by_receiver: capture.duplicates(),
+        duplicates_dropped_by_receiver: rig.capture.duplicates(),
         passed,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -180,7 +150,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<Vec<Verdict>> {
         "reproduce with: {}",
         std::env::args().collect::<Vec<_>>().join(" ")
     );
-    let bins = Bins::locate()?;
+    Bins::locate()?;
     let names: Vec<&str> = match args.scenario.as_str() {
         "all" => vec!["kill-loop", "partition", "lost-acks", "loss30", "outage"],
         one => vec![one],
@@ -188,7 +158,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<Vec<Verdict>> {
     let mut rng = args.seed.max(1);
     let mut out = Vec::new();
     for name in names {
-        let v = scenario(&args, &bins, name, &mut rng).await?;
+        let v = scenario(&args, name, &mut rng).await?;
         println!(
             "{:<10} {}  served scrapes {:>5}  missing {}/{} allowed  missing-in-scrape {}  wrong {}  duplicates {}  ({:.0}s)",
             v.scenario,

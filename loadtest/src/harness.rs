@@ -559,3 +559,87 @@ pub async fn prometheus_value(web: SocketAddr, query: &str) -> anyhow::Result<Op
         .as_str()
         .and_then(|s| s.parse().ok()))
 }
+
+/// One site's whole path on loopback, for fault tests: a probe exporter, an agent scraping it,
+/// a UDP chaos link, a gateway, and the capture receiver as the destination.
+pub struct Rig {
+    pub bins: Bins,
+    pub dir: tempfile::TempDir,
+    pub site: String,
+    pub spec: crate::probe::ProbeSpec,
+    pub probe: crate::probe::Probe,
+    pub capture: crate::capture::Capture,
+    pub gateway: Gateway,
+    pub link: crate::proxy::UdpProxy,
+    pub agent: Agent,
+}
+
+impl Rig {
+    /// Starts everything; `queue_extra` adds keys to the agent's `uplink.queue`. Must run on a
+    /// multi-threaded Tokio runtime.
+    pub async fn start(
+        site: &str,
+        spec: crate::probe::ProbeSpec,
+        interval: &str,
+        queue_extra: &str,
+    ) -> anyhow::Result<Rig> {
+        let bins = Bins::locate()?;
+        let dir = tempfile::tempdir()?;
+        write_certs(dir.path(), &[site.to_owned()])?;
+        let probe = crate::probe::Probe::start(
+            spec,
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            0,
+        )
+        .await?;
+        let capture = crate::capture::Capture::start(free_addr()?).await?;
+        let gateway =
+            tokio::task::block_in_place(|| start_gateway(&bins, dir.path(), &[capture.url()]))?;
+        let link = crate::proxy::UdpProxy::start(free_addr()?, gateway.quic).await?;
+        let targets = probe.instances();
+        let agent = tokio::task::block_in_place(|| {
+            start_agent_with(
+                &bins,
+                dir.path(),
+                &AgentSpec {
+                    site,
+                    gateway: link.addr,
+                    targets: &targets,
+                    interval,
+                    job: "probe",
+                },
+                queue_extra,
+            )
+        })?;
+        Ok(Rig {
+            bins,
+            dir,
+            site: site.to_owned(),
+            spec,
+            probe,
+            capture,
+            gateway,
+            link,
+            agent,
+        })
+    }
+
+    /// Labels every probe series must carry besides `instance` (for the oracle).
+    pub fn oracle_labels(&self) -> [uplink_shared::model::Label; 2] {
+        [
+            uplink_shared::model::Label::new("job", "probe"),
+            uplink_shared::model::Label::new("site", self.site.clone()),
+        ]
+    }
+
+    /// Starts the agent again on the same configuration and queue.
+    pub fn restart_agent(&mut self) -> anyhow::Result<()> {
+        tokio::task::block_in_place(|| self.agent.restart(&self.bins, self.dir.path()))
+    }
+
+    /// A metric of the agent (sum over labels); -1 when unreachable.
+    pub fn agent_metric(&self, name: &str) -> f64 {
+        tokio::task::block_in_place(|| metrics(self.agent.web))
+            .map_or(-1.0, |m| metric_sum(&m, name))
+    }
+}

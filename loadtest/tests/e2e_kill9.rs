@@ -9,14 +9,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use uplink_agent::queue::Queue;
-use uplink_loadtest::capture::Capture;
-use uplink_loadtest::harness::{self, AgentSpec, Bins};
+use uplink_loadtest::harness::Rig;
 use uplink_loadtest::oracle;
-use uplink_loadtest::probe::{Probe, ProbeSpec};
+use uplink_loadtest::probe::ProbeSpec;
 use uplink_shared::model::Label;
 
 type Key = (Vec<Label>, i64);
@@ -33,37 +31,17 @@ async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
-fn agent_metric(a: &harness::Agent, name: &str) -> f64 {
-    harness::metrics(a.web)
-        .map(|m| harness::metric_sum(&m, name))
-        .unwrap_or(-1.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_outage_loses_nothing_queued() {
-    let bins = Bins::locate().expect("binaries built by cargo test --workspace");
-    let dir = tempfile::tempdir().unwrap();
-    let site = "edge-1".to_string();
-    harness::write_certs(dir.path(), std::slice::from_ref(&site)).unwrap();
     let spec = ProbeSpec {
         targets: 4,
         families: 9,
         churn_every: 0,
     };
-    let probe = Probe::start(spec, IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
+    let mut rig = Rig::start("edge-1", spec, "500ms", "")
         .await
-        .unwrap();
-    let capture = Capture::start(harness::free_addr().unwrap()).await.unwrap();
-    let gateway = block(|| harness::start_gateway(&bins, dir.path(), &[capture.url()])).unwrap();
-    let targets = probe.instances();
-    let spec_agent = AgentSpec {
-        site: &site,
-        gateway: gateway.quic,
-        targets: &targets,
-        interval: "500ms",
-        job: "probe",
-    };
-    let mut agent = block(|| harness::start_agent(&bins, dir.path(), &spec_agent)).unwrap();
+        .expect("rig starts");
+    let capture = &rig.capture;
 
     // Healthy delivery first.
     wait_for(
@@ -78,22 +56,22 @@ async fn kill9_during_outage_loses_nothing_queued() {
     wait_for(
         "queue to grow during the outage",
         Duration::from_secs(30),
-        || block(|| agent_metric(&agent, "uplink_agent_queue_records")) >= 8.0,
+        || rig.agent_metric("uplink_agent_queue_records") >= 8.0,
     )
     .await;
 
     // Crash.
-    block(|| agent.proc.kill9());
+    block(|| rig.agent.proc.kill9());
     let before_kill: HashSet<Key> = capture
         .snapshot()
         .into_iter()
         .map(|r| (r.labels, r.timestamp))
         .collect();
-    let served_at_kill: Vec<u64> = (0..spec.targets).map(|t| probe.served(t)).collect();
+    let served_at_kill: Vec<u64> = (0..spec.targets).map(|t| rig.probe.served(t)).collect();
 
     // What the dead agent had queued, read straight from its RocksDB.
     let queued: HashSet<Key> = {
-        let q = Queue::open(&agent.queue_dir, false).expect("queue reopens after kill -9");
+        let q = Queue::open(&rig.agent.queue_dir, false).expect("queue reopens after kill -9");
         let records = q.read(0, usize::MAX, usize::MAX).await.unwrap();
         assert!(records.len() >= 8, "queue held {} records", records.len());
         let series = uplink_agent::stored_series(&q).await.unwrap();
@@ -108,28 +86,29 @@ async fn kill9_during_outage_loses_nothing_queued() {
     assert!(!queued.is_empty());
 
     // Outage over; restart the agent on the same queue.
-    capture.set_fail_next(0, 503);
+    rig.capture.set_fail_next(0, 503);
     let restarted = Instant::now();
-    block(|| agent.restart(&bins, dir.path())).unwrap();
+    rig.restart_agent().unwrap();
+    let capture = &rig.capture;
     wait_for(
         "shipping to resume after restart",
         Duration::from_secs(30),
-        || block(|| agent_metric(&agent, "uplink_agent_samples_acked_total")) > 0.0,
+        || rig.agent_metric("uplink_agent_samples_acked_total") > 0.0,
     )
     .await;
     println!("shipping resumed {:?} after restart", restarted.elapsed());
     wait_for("queue to drain", Duration::from_secs(60), || {
-        block(|| agent_metric(&agent, "uplink_agent_queue_records")) == 0.0
+        rig.agent_metric("uplink_agent_queue_records") == 0.0
     })
     .await;
     wait_for(
         "every target scraped again",
         Duration::from_secs(30),
-        || (0..spec.targets).all(|t| probe.served(t) > served_at_kill[t] + 1),
+        || (0..spec.targets).all(|t| rig.probe.served(t) > served_at_kill[t] + 1),
     )
     .await;
     assert!(
-        block(|| agent.proc.terminate(Duration::from_secs(20))),
+        block(|| rig.agent.proc.terminate(Duration::from_secs(20))),
         "orderly exit"
     );
 
@@ -150,8 +129,7 @@ async fn kill9_during_outage_loses_nothing_queued() {
         "exactly one forward per sample while the gateway lives"
     );
 
-    let extra = [Label::new("job", "probe"), Label::new("site", site.clone())];
-    let report = oracle::check(&spec, &probe.addrs, &extra, &received);
+    let report = oracle::check(&spec, &rig.probe.addrs, &rig.oracle_labels(), &received);
     assert_eq!(report.wrong, 0, "{:?}", report.errors);
     assert_eq!(report.missing_in_scrape, 0, "{:?}", report.errors);
     for (t, served) in served_at_kill.iter().enumerate() {

@@ -4,56 +4,29 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use uplink_loadtest::capture::Capture;
-use uplink_loadtest::harness::{self, AgentSpec, Bins};
+use uplink_loadtest::harness::Rig;
 use uplink_loadtest::oracle;
-use uplink_loadtest::probe::{Probe, ProbeSpec, spec_series_count};
-use uplink_loadtest::proxy::UdpProxy;
-use uplink_shared::model::Label;
+use uplink_loadtest::probe::{ProbeSpec, spec_series_count};
 
 fn block<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-fn metric(a: &harness::Agent, name: &str) -> f64 {
-    harness::metrics(a.web).map_or(-1.0, |m| harness::metric_sum(&m, name))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budget_drops_oldest_counts_exactly_keeps_newest() {
-    let bins = Bins::locate().expect("binaries built by cargo test --workspace");
-    let dir = tempfile::tempdir().unwrap();
-    let site = "capped".to_string();
-    harness::write_certs(dir.path(), std::slice::from_ref(&site)).unwrap();
     let spec = ProbeSpec {
         targets: 2,
         families: 6,
         churn_every: 0,
     };
-    let probe = Probe::start(spec, IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
-        .await
-        .unwrap();
-    let capture = Capture::start(harness::free_addr().unwrap()).await.unwrap();
-    let gateway = block(|| harness::start_gateway(&bins, dir.path(), &[capture.url()])).unwrap();
-    let link = UdpProxy::start(harness::free_addr().unwrap(), gateway.quic)
-        .await
-        .unwrap();
-    let targets = probe.instances();
-    let agent_spec = AgentSpec {
-        site: &site,
-        gateway: link.addr,
-        targets: &targets,
-        interval: "500ms",
-        job: "probe",
-    };
     // A record here is about 200 bytes: the budget holds roughly a dozen scrapes.
-    let mut agent =
-        block(|| harness::start_agent_with(&bins, dir.path(), &agent_spec, "max_bytes: 2500"))
-            .unwrap();
+    let mut rig = Rig::start("capped", spec, "500ms", "max_bytes: 2500")
+        .await
+        .expect("rig starts");
+    let (capture, link, probe) = (&rig.capture, &rig.link, &rig.probe);
     let deadline = Instant::now() + Duration::from_secs(30);
     while capture.len() < 100 {
         assert!(
@@ -72,8 +45,8 @@ async fn budget_drops_oldest_counts_exactly_keeps_newest() {
     // Drain, then stop in order.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let dropped = block(|| metric(&agent, "uplink_agent_retention_dropped_samples_total"));
-        let queued = block(|| metric(&agent, "uplink_agent_queue_records"));
+        let dropped = rig.agent_metric("uplink_agent_retention_dropped_samples_total");
+        let queued = rig.agent_metric("uplink_agent_queue_records");
         if dropped > 0.0 && queued == 0.0 {
             break;
         }
@@ -83,12 +56,12 @@ async fn budget_drops_oldest_counts_exactly_keeps_newest() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let dropped = block(|| metric(&agent, "uplink_agent_retention_dropped_samples_total")) as u64;
-    assert!(block(|| agent.proc.terminate(Duration::from_secs(20))));
+    let dropped = rig.agent_metric("uplink_agent_retention_dropped_samples_total") as u64;
+    assert!(block(|| rig.agent.proc.terminate(Duration::from_secs(20))));
+    let (capture, probe) = (&rig.capture, &rig.probe);
 
     let received = capture.snapshot();
-    let extra = [Label::new("job", "probe"), Label::new("site", site.clone())];
-    let report = oracle::check(&spec, &probe.addrs, &extra, &received);
+    let report = oracle::check(&spec, &probe.addrs, &rig.oracle_labels(), &received);
     assert_eq!(report.wrong, 0, "{:?}", report.errors);
     assert_eq!(report.missing_in_scrape, 0, "{:?}", report.errors);
     // Each scrape record holds the probe's series plus up, scrape_duration_seconds,

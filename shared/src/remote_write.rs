@@ -175,13 +175,8 @@ pub mod v2 {
         pub created_timestamp: i64,
     }
 
-    #[derive(Clone, Copy, PartialEq, Message)]
-    pub struct Sample {
-        #[prost(double, tag = "1")]
-        pub value: f64,
-        #[prost(int64, tag = "2")]
-        pub timestamp: i64,
-    }
+    /// 2.0 samples have the same fields and numbers as 1.0's.
+    pub use super::Sample;
 
     #[derive(Clone, Copy, PartialEq, Message)]
     pub struct Metadata {
@@ -215,14 +210,7 @@ pub mod v2 {
                     .iter()
                     .flat_map(|l| [intern(&l.name), intern(&l.value)])
                     .collect(),
-                samples: ts
-                    .samples
-                    .iter()
-                    .map(|s| Sample {
-                        value: s.value,
-                        timestamp: s.timestamp,
-                    })
-                    .collect(),
+                samples: ts.samples.clone(),
                 metadata: None,
                 created_timestamp: 0,
             })
