@@ -59,8 +59,9 @@ pub struct DemoArgs {
     /// long after the start. Pressing Enter also toggles it.
     #[arg(long)]
     pub offline_after: Option<uplink_shared::duration::PromDuration>,
-    /// How long the site stays cut off.
-    #[arg(long, default_value = "45s")]
+    /// How long the site stays cut off (the gateway notices after its idle timeout, 20 s, and
+    /// the demo's alert fires 10 s later).
+    #[arg(long, default_value = "60s")]
     pub offline_for: uplink_shared::duration::PromDuration,
 }
 

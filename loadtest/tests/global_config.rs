@@ -1,5 +1,5 @@
-//! deploy/global cannot rot: `promtool check config`, `promtool check rules`,
-//! `promtool test rules` (every alert has a unit test) and `amtool check-config` pass.
+//! deploy/global and deploy/monitoring cannot rot: `promtool check config`, `promtool check
+//! rules`, `promtool test rules` (every rule has a unit test) and `amtool check-config` pass.
 
 use std::path::Path;
 use std::process::Command;
@@ -31,6 +31,15 @@ fn promtool_and_amtool_accept_deploy_global() {
     );
     run("promtool", &["test", "rules", "rules/alerts_test.yml"]);
     run("amtool", &["check-config", "alertmanager.yml"]);
+    // Uplink's own alerts, in deploy/monitoring.
+    run(
+        "promtool",
+        &["check", "rules", "../monitoring/uplink-rules.yml"],
+    );
+    run(
+        "promtool",
+        &["test", "rules", "../monitoring/uplink-rules_test.yml"],
+    );
 }
 
 #[test]
@@ -42,6 +51,18 @@ fn every_rule_has_a_unit_test() {
             assert!(
                 tests.contains(&format!("alertname: {name}")),
                 "alert {name} has no test in rules/alerts_test.yml"
+            );
+        }
+    }
+    let own =
+        std::fs::read_to_string(global().join("../monitoring/uplink-rules.yml")).expect("rules");
+    let own_tests = std::fs::read_to_string(global().join("../monitoring/uplink-rules_test.yml"))
+        .expect("tests");
+    for line in own.lines() {
+        if let Some(name) = line.trim().strip_prefix("- alert: ") {
+            assert!(
+                own_tests.contains(&format!("alertname: {name}")),
+                "alert {name} has no test in deploy/monitoring/uplink-rules_test.yml"
             );
         }
     }
