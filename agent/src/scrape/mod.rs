@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
-use uplink_shared::codec;
+use uplink_shared::codec::{self, ScrapeRecord, SeriesSet};
 use uplink_shared::model::{self, Label, METRIC_NAME, Sample, TimeSeries};
 
 use crate::config::{Config, ScrapeConfig};
@@ -187,6 +187,7 @@ async fn run_target(
     let job = Metrics::job(&t.job);
     // The series set this target used last; its definition is already in the queue.
     let mut last_set: Option<u64> = None;
+    let mut shaper = Shaper::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -197,22 +198,20 @@ async fn run_target(
         let started = std::time::Instant::now();
         let result = scrape_once(&t, client).await;
         let duration = started.elapsed().as_secs_f64();
-        let built = result.and_then(|text| build(&t, ext, &text, ts));
-        let (series, up) = match built {
-            Ok(s) => (s, true),
-            Err(error) => {
-                metrics.scrape_failures.get_or_create(&job).inc();
-                debug!(%error, "Scrape failed.");
-                (Vec::new(), false)
-            }
-        };
-        let (series, scraped) = with_synthetic(&t, ext, series, up, ts, duration);
-        metrics.samples_scraped.inc_by(scraped as u64);
-        let samples = series.len() as u64;
-        let (set, record) = codec::split(series, ts);
+        let shaped = shaper.shape(&t, ext, result, ts, duration);
+        if let Some(error) = &shaped.error {
+            metrics.scrape_failures.get_or_create(&job).inc();
+            debug!(%error, "Scrape failed.");
+        }
+        metrics.samples_scraped.inc_by(shaped.scraped as u64);
+        let record = shaped.record;
+        let samples = record.values.len() as u64;
         let set_use = SetUse {
             id: record.set_id,
-            def: (last_set != Some(record.set_id)).then(|| set.encode()),
+            def: shaped
+                .set
+                .filter(|_| last_set != Some(record.set_id))
+                .map(|set| set.encode()),
         };
         match queue.append(record.encode(), Some(set_use)).await {
             Ok(_) => {
@@ -223,6 +222,9 @@ async fn run_target(
                 metrics.queue_bytes.set(bytes as i64);
             }
             Err(error) => {
+                // The set's definition may not be stored: rebuild the shape next time.
+                shaper.forget();
+                last_set = None;
                 metrics.queue_append_errors.inc();
                 metrics.samples_dropped.inc_by(samples);
                 warn!(%error, "Could not queue scrape result; it is lost.");
@@ -271,8 +273,18 @@ pub fn build(
         ..Default::default()
     };
     let exp = parse::parse(text, &limits)?;
-    let mut out = Vec::with_capacity(exp.samples.len());
-    for s in exp.samples {
+    Ok(build_from(t, ext, exp.samples, ts))
+}
+
+/// Series with target and external labels from parsed samples.
+fn build_from(
+    t: &Target,
+    ext: &[Label],
+    parsed: Vec<parse::ParsedSample>,
+    ts: i64,
+) -> Vec<TimeSeries> {
+    let mut out = Vec::with_capacity(parsed.len());
+    for s in parsed {
         let mut labels = s.labels;
         labels.push(Label::new(METRIC_NAME, s.name));
         merge_target_labels(&mut labels, &t.labels, t.honor_labels);
@@ -289,7 +301,114 @@ pub fn build(
             }],
         });
     }
-    Ok(out)
+    out
+}
+
+/// The outcome of one scrape, ready for the queue.
+pub struct Shaped {
+    pub record: ScrapeRecord,
+    /// The series set, when the record's shape was (re)built; `None` on the fast path, whose
+    /// set is already stored.
+    pub set: Option<SeriesSet>,
+    /// Samples parsed from the target (synthetic series excluded).
+    pub scraped: usize,
+    /// Why the scrape failed (`up` is 0), if it did.
+    pub error: Option<ScrapeError>,
+}
+
+/// Turns scrape results into queue records, remembering the last successful scrape's shape.
+/// When a scrape has exactly the same series in the same order as the last one (the usual
+/// case), its record is built from the values alone: no labels are built, merged, sorted or
+/// hashed. The result is identical to the slow path's.
+#[derive(Default)]
+pub struct Shaper {
+    /// Parsed name and labels of each sample of the remembered shape.
+    keys: Vec<(String, Vec<Label>)>,
+    set_id: u64,
+}
+
+impl Shaper {
+    /// Shapes a scrape result taken at `ts` that lasted `duration` seconds.
+    pub fn shape(
+        &mut self,
+        t: &Target,
+        ext: &[Label],
+        body: Result<String, ScrapeError>,
+        ts: i64,
+        duration: f64,
+    ) -> Shaped {
+        let limits = parse::Limits {
+            max_samples: t.sample_limit,
+            ..Default::default()
+        };
+        let parsed = body.and_then(|text| Ok(parse::parse(&text, &limits)?));
+        let exp = match parsed {
+            Ok(exp) => exp,
+            Err(error) => {
+                let (series, _) = with_synthetic(t, ext, Vec::new(), false, ts, duration);
+                let (set, record) = codec::split(series, ts);
+                return Shaped {
+                    record,
+                    set: Some(set),
+                    scraped: 0,
+                    error: Some(error),
+                };
+            }
+        };
+        let scraped = exp.samples.len();
+        let same = !self.keys.is_empty()
+            && self.keys.len() == scraped
+            && self
+                .keys
+                .iter()
+                .zip(&exp.samples)
+                .all(|((name, labels), s)| *name == s.name && *labels == s.labels);
+        if same {
+            let mut values = Vec::with_capacity(scraped + 4);
+            let mut exceptions = Vec::new();
+            for (i, s) in exp.samples.iter().enumerate() {
+                values.push(s.value);
+                if let Some(ms) = s.timestamp_ms.filter(|_| t.honor_timestamps)
+                    && ms != ts
+                {
+                    exceptions.push((i as u32, ms));
+                }
+            }
+            // The synthetic series, in `with_synthetic`'s order.
+            values.extend([1.0, duration, scraped as f64, scraped as f64]);
+            return Shaped {
+                record: ScrapeRecord {
+                    set_id: self.set_id,
+                    timestamp: ts,
+                    values,
+                    exceptions,
+                },
+                set: None,
+                scraped,
+                error: None,
+            };
+        }
+        self.keys = exp
+            .samples
+            .iter()
+            .map(|s| (s.name.clone(), s.labels.clone()))
+            .collect();
+        let series = build_from(t, ext, exp.samples, ts);
+        let (series, _) = with_synthetic(t, ext, series, true, ts, duration);
+        let (set, record) = codec::split(series, ts);
+        self.set_id = record.set_id;
+        Shaped {
+            record,
+            set: Some(set),
+            scraped,
+            error: None,
+        }
+    }
+
+    /// Forgets the remembered shape (its set may not have been stored).
+    pub fn forget(&mut self) {
+        self.keys.clear();
+    }
 }
 
 /// Applies target labels to a scraped sample's labels, Prometheus's way.
@@ -404,5 +523,27 @@ mod tests {
         assert_eq!(names(up), r#"up{instance="h:1",job="node",site="a"}"#);
         assert_eq!(up.samples[0].value, 1.0);
         assert_eq!(all.len(), 6);
+    }
+
+    #[test]
+    fn fast_path_records_equal_slow_path_records() {
+        let ext = vec![Label::new("site", "a")];
+        let text = "# TYPE x counter\nx{job=\"inner\"} 1\ny 2 1700000000000\nz{a=\"1\"} 3\n";
+        let text2 = text.replace(" 1\n", " 5\n").replace(" 3\n", " 4.5\n");
+        let mut warm = Shaper::default();
+        let first = warm.shape(&t(false), &ext, Ok(text.into()), 10, 0.5);
+        assert!(first.set.is_some());
+        let fast = warm.shape(&t(false), &ext, Ok(text2.clone()), 20, 0.25);
+        assert!(fast.set.is_none(), "same shape takes the fast path");
+        let slow = Shaper::default().shape(&t(false), &ext, Ok(text2), 20, 0.25);
+        assert_eq!(fast.record, slow.record);
+        assert_eq!(slow.record.set_id, first.record.set_id);
+        // A new series changes the shape; a failure is recorded with up = 0.
+        let changed = warm.shape(&t(false), &ext, Ok(format!("{text}w 1\n")), 30, 0.1);
+        assert!(changed.set.is_some());
+        assert_ne!(changed.record.set_id, first.record.set_id);
+        let failed = warm.shape(&t(false), &ext, Err(ScrapeError::Utf8), 40, 0.1);
+        assert!(failed.error.is_some());
+        assert_eq!(failed.record.values[0], 0.0);
     }
 }
