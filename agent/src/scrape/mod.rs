@@ -322,9 +322,32 @@ pub struct Shaped {
 /// hashed. The result is identical to the slow path's.
 #[derive(Default)]
 pub struct Shaper {
-    /// Parsed name and labels of each sample of the remembered shape.
-    keys: Vec<(String, Vec<Label>)>,
+    /// 128-bit fingerprint of the remembered shape (every parsed name and label, in order):
+    /// 16 bytes per target instead of a copy of its labels.
+    shape: Option<u128>,
     set_id: u64,
+}
+
+/// Fingerprint of a scrape's shape: two independent 64-bit SipHashes over every sample's
+/// name and labels, in order. An accidental collision (about 2^-128) is the only way a changed
+/// shape could be mistaken for the remembered one.
+fn fingerprint(samples: &[parse::ParsedSample]) -> u128 {
+    use std::hash::{Hash, Hasher};
+    let mut a = std::collections::hash_map::DefaultHasher::new();
+    let mut b = std::collections::hash_map::DefaultHasher::new();
+    0xa5u8.hash(&mut b);
+    for h in [&mut a, &mut b] {
+        samples.len().hash(h);
+        for s in samples {
+            s.name.hash(h);
+            s.labels.len().hash(h);
+            for l in &s.labels {
+                l.name.hash(h);
+                l.value.hash(h);
+            }
+        }
+    }
+    (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
 
 impl Shaper {
@@ -356,14 +379,8 @@ impl Shaper {
             }
         };
         let scraped = exp.samples.len();
-        let same = !self.keys.is_empty()
-            && self.keys.len() == scraped
-            && self
-                .keys
-                .iter()
-                .zip(&exp.samples)
-                .all(|((name, labels), s)| *name == s.name && *labels == s.labels);
-        if same {
+        let shape = fingerprint(&exp.samples);
+        if self.shape == Some(shape) {
             let mut values = Vec::with_capacity(scraped + 4);
             let mut exceptions = Vec::new();
             for (i, s) in exp.samples.iter().enumerate() {
@@ -388,11 +405,7 @@ impl Shaper {
                 error: None,
             };
         }
-        self.keys = exp
-            .samples
-            .iter()
-            .map(|s| (s.name.clone(), s.labels.clone()))
-            .collect();
+        self.shape = Some(shape);
         let series = build_from(t, ext, exp.samples, ts);
         let (series, _) = with_synthetic(t, ext, series, true, ts, duration);
         let (set, record) = codec::split(series, ts);
@@ -407,7 +420,7 @@ impl Shaper {
 
     /// Forgets the remembered shape (its set may not have been stored).
     pub fn forget(&mut self) {
-        self.keys.clear();
+        self.shape = None;
     }
 }
 
