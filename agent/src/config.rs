@@ -12,6 +12,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::discovery::dns::DnsSdConfig;
+use crate::discovery::file::FileSdConfig;
+use crate::discovery::http::HttpSdConfig;
+use crate::http_client::{Authorization, BasicAuth, HttpClientConfig, OAuth2, TlsConfig};
+use crate::relabel::RelabelConfig;
 use uplink_shared::duration::PromDuration;
 use uplink_shared::tls::TlsFiles;
 use uplink_shared::yaml::{self, ConfigError};
@@ -91,6 +97,46 @@ pub struct ScrapeConfig {
     pub body_size_limit: usize,
     #[serde(default)]
     pub static_configs: Vec<StaticConfig>,
+    #[serde(default)]
+    pub file_sd_configs: Vec<FileSdConfig>,
+    #[serde(default)]
+    pub http_sd_configs: Vec<HttpSdConfig>,
+    #[serde(default)]
+    pub dns_sd_configs: Vec<DnsSdConfig>,
+    #[serde(default)]
+    pub relabel_configs: Vec<RelabelConfig>,
+    #[serde(default)]
+    pub metric_relabel_configs: Vec<RelabelConfig>,
+    // HTTP client settings (Prometheus's common HTTP client config).
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuth>,
+    #[serde(default)]
+    pub authorization: Option<Authorization>,
+    #[serde(default)]
+    pub oauth2: Option<OAuth2>,
+    #[serde(default)]
+    pub tls_config: TlsConfig,
+    #[serde(default)]
+    pub proxy_url: Option<String>,
+    #[serde(default = "default_true")]
+    pub follow_redirects: bool,
+    #[serde(default = "default_true")]
+    pub enable_http2: bool,
+}
+
+impl ScrapeConfig {
+    /// The job's HTTP client settings.
+    pub fn http_client(&self) -> HttpClientConfig {
+        HttpClientConfig {
+            basic_auth: self.basic_auth.clone(),
+            authorization: self.authorization.clone(),
+            oauth2: self.oauth2.clone(),
+            tls_config: self.tls_config.clone(),
+            proxy_url: self.proxy_url.clone(),
+            follow_redirects: self.follow_redirects,
+            enable_http2: self.enable_http2,
+        }
+    }
 }
 
 fn default_metrics_path() -> String {

@@ -9,8 +9,12 @@
 //! WAL, stop the web endpoints.
 
 pub mod config;
+pub mod discovery;
+pub mod http_client;
+mod http_tls;
 pub mod metrics;
 pub mod queue;
+pub mod relabel;
 pub mod scrape;
 pub mod ship;
 
