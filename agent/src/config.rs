@@ -408,7 +408,7 @@ impl Config {
                         return Err(at(
                             t,
                             field(&format!("static_configs[{j}].targets[{k}]")),
-                            format!("{t:?} is not a valid host:port target"),
+                            format!("{t:?} is not a valid target address"),
                         ));
                     }
                 }
@@ -539,8 +539,9 @@ pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
     (!host.is_empty()).then_some((host, port))
 }
 
+/// Prometheus accepts any address without `/` (a missing port is added from the scheme).
 fn valid_target(t: &str) -> bool {
-    split_host_port(t).is_some() && !t.contains('/') && !t.contains(' ')
+    !t.is_empty() && !t.contains('/') && !t.contains(char::is_whitespace)
 }
 
 #[cfg(test)]

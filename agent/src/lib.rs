@@ -27,7 +27,6 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
-use uplink_shared::model::Label;
 use uplink_shared::web::{self, WebState};
 
 use crate::config::Config;
@@ -89,19 +88,29 @@ pub async fn run(
     );
     let client = uplink_shared::tls::quic_client(&cfg.uplink.tls, transport)
         .context("building the QUIC client configuration")?;
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("uplink-agent/", env!("CARGO_PKG_VERSION")))
-        .gzip(true)
-        .no_proxy()
-        .build()
-        .context("building the HTTP client")?;
 
     let web_token = CancellationToken::new();
     let mut web_task = tokio::spawn(web::serve(web_addr, web_state, web_token.clone()));
 
-    let mut scrape_token = CancellationToken::new();
-    let mut scrapers = TaskTracker::new();
-    start_scrapers(&cfg, &http, &queue, &metrics, &scrapers, &scrape_token);
+    let scrape_token = CancellationToken::new();
+    let scrapers = TaskTracker::new();
+    let base = source
+        .prometheus
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let mut manager = scrape::manager::Manager::new(
+        scrape::Context {
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+        },
+        base,
+        scrapers.clone(),
+        scrape_token.clone(),
+    );
+    let cfg = Arc::new(cfg);
+    manager.apply(cfg.clone());
+    info!(jobs = cfg.scrape_configs.len(), "Scraping started.");
 
     let ship_token = CancellationToken::new();
     let shipper = ship::Shipper {
@@ -138,13 +147,9 @@ pub async fn run(
                         if new.uplink != running.uplink {
                             warn!("The uplink section changed; restart the agent to apply it.");
                         }
-                        info!("Configuration reloaded; restarting scrapers.");
-                        scrape_token.cancel();
-                        scrapers.wait().await;
-                        scrape_token = CancellationToken::new();
-                        scrapers = TaskTracker::new();
-                        start_scrapers(&new, &http, &queue, &metrics, &scrapers, &scrape_token);
-                        running = new;
+                        info!("Configuration reloaded; applying it to the scrapers.");
+                        running = Arc::new(new);
+                        manager.apply(running.clone());
                         metrics.config_last_reload_successful.set(1);
                         metrics.config_last_reload_success_timestamp.set(unix_seconds());
                         Ok(())
@@ -162,6 +167,7 @@ pub async fn run(
     ready.store(false, Ordering::Release);
     info!("Stopping scrapers.");
     scrape_token.cancel();
+    scrapers.close();
     scrapers.wait().await;
     info!("Stopping shipper (waiting for in-flight acks).");
     ship_token.cancel();
@@ -176,34 +182,6 @@ fn unix_seconds() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Starts one scrape task per target of `cfg` on `tracker`, and closes the tracker.
-fn start_scrapers(
-    cfg: &Config,
-    http: &reqwest::Client,
-    queue: &Queue,
-    metrics: &Metrics,
-    tracker: &TaskTracker,
-    token: &CancellationToken,
-) {
-    let ext: Vec<Label> = cfg
-        .global
-        .external_labels
-        .iter()
-        .map(|(k, v)| Label::new(k.clone(), v.clone()))
-        .collect();
-    let targets = scrape::targets(cfg);
-    info!(targets = targets.len(), "Starting scrapers.");
-    scrape::ScrapeManager {
-        targets,
-        external_labels: ext,
-        client: http.clone(),
-        queue: queue.clone(),
-        metrics: metrics.clone(),
-    }
-    .spawn(tracker, token.clone());
-    tracker.close();
 }
 
 /// SIGHUP asks for a reload, as in Prometheus; the outcome is logged.

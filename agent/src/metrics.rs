@@ -23,6 +23,8 @@ pub struct Metrics {
     pub batches_retried: Counter,
     pub bytes_sent: Counter,
     pub queue_append_errors: Counter,
+    pub stale_markers: Counter,
+    pub targets: Family<Vec<(String, String)>, Gauge>,
     pub records_corrupt: Counter,
     pub samples_dropped: Counter,
     pub retention_dropped: Family<Vec<(String, String)>, Counter>,
@@ -92,6 +94,16 @@ impl Metrics {
             "sent_bytes",
             "Batch payload bytes sent.",
             self.bytes_sent.clone(),
+        );
+        r.register(
+            "stale_markers",
+            "Stale markers written (series gone from a scrape, failed scrapes, targets gone).",
+            self.stale_markers.clone(),
+        );
+        r.register(
+            "targets",
+            "Targets by job and state (active, dropped by relabeling, invalid).",
+            self.targets.clone(),
         );
         r.register(
             "queue_append_errors",

@@ -13,7 +13,13 @@ fn example_config_parses() {
     let cfg = uplink_agent::config::Config::load(&examples().join("agent.yml"));
     let cfg = cfg.unwrap_or_else(|e| panic!("deploy/examples/agent.yml: {e}"));
     assert_eq!(cfg.scrape_configs.len(), 2);
-    assert_eq!(uplink_agent::scrape::targets(&cfg).len(), 3);
+    let targets: usize = cfg
+        .scrape_configs
+        .iter()
+        .flat_map(|j| &j.static_configs)
+        .map(|s| s.targets.len())
+        .sum();
+    assert_eq!(targets, 3);
 }
 
 #[test]

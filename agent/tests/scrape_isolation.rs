@@ -10,9 +10,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use uplink_agent::http_client::{HttpClient, HttpClientConfig};
 use uplink_agent::metrics::Metrics;
 use uplink_agent::queue::Queue;
-use uplink_agent::scrape::{ScrapeManager, Target};
+use uplink_agent::scrape::{Context, Job, Stop, Target, run_target};
 use uplink_shared::model::{self, Label};
 
 /// A tiny HTTP server: `slow` never answers; otherwise a one-line exposition.
@@ -45,15 +46,21 @@ async fn server(slow: bool, hits: Arc<AtomicU64>) -> String {
 
 fn target(addr: &str, job: &str) -> Target {
     Target {
-        job: job.into(),
+        job: Arc::new(Job {
+            name: job.into(),
+            honor_labels: false,
+            honor_timestamps: true,
+            sample_limit: 0,
+            body_size_limit: 0,
+            metric_relabel: Vec::new(),
+            client: HttpClient::new(&HttpClientConfig::default(), "test").unwrap(),
+            external_labels: vec![Label::new("site", "t")],
+        }),
         url: format!("http://{addr}/metrics"),
         labels: vec![Label::new("instance", addr), Label::new("job", job)],
+        discovered: Arc::default(),
         interval: Duration::from_millis(200),
         timeout: Duration::from_millis(200),
-        honor_labels: false,
-        honor_timestamps: true,
-        sample_limit: 0,
-        body_size_limit: 0,
     }
 }
 
@@ -71,18 +78,21 @@ async fn slow_and_dead_targets_fail_alone() {
     };
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
-    ScrapeManager {
-        targets: vec![
-            target(&fast, "fast"),
-            target(&slow, "slow"),
-            target(&dead, "dead"),
-        ],
-        external_labels: vec![Label::new("site", "t")],
-        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+    let ctx = Context {
         queue: queue.clone(),
         metrics: Metrics::default(),
+    };
+    for t in [
+        target(&fast, "fast"),
+        target(&slow, "slow"),
+        target(&dead, "dead"),
+    ] {
+        let stop = Stop {
+            now: stop.clone(),
+            removed: CancellationToken::new(),
+        };
+        tracker.spawn(run_target(t, ctx.clone(), Arc::default(), stop));
     }
-    .spawn(&tracker, stop.clone());
     tokio::time::sleep(Duration::from_millis(2200)).await;
     stop.cancel();
     tracker.close();

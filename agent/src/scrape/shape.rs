@@ -1,0 +1,531 @@
+//! From a scrape's body to a queue record: labels, metric relabeling, synthetic series and
+//! staleness, as Prometheus does them.
+//!
+//! Per sample: the scraped labels and the name; target labels merged (with `honor_labels:
+//! false`, a colliding scraped label becomes `exported_<name>`; with `true` the scraped value
+//! wins); `metric_relabel_configs`; labels with empty values removed; a series without
+//! `__name__` after relabeling fails the scrape; `sample_limit` counts samples after
+//! relabeling. External labels are added last, where absent.
+//!
+//! Staleness: a series present in the last successful scrape and absent from this one gets a
+//! stale marker (the NaN with bits `0x7ff0000000000002`) at this scrape's timestamp; a failed
+//! scrape marks every series of the last one stale; [`Shaper::end_of_run`] marks everything,
+//! the synthetic series included, when the target goes away. Stale markers are appended after
+//! the scrape's own series in the same record.
+//!
+//! Fast path: when a scrape has exactly the same parsed series in the same order as the last
+//! one (a 128-bit fingerprint compares them), its record is built from the values alone,
+//! through the remembered indices that metric relabeling kept. The result equals the slow
+//! path's (a unit test checks it).
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use uplink_shared::codec::{self, ScrapeRecord, SeriesSet};
+use uplink_shared::model::{self, Label, METRIC_NAME, Sample, TimeSeries};
+
+use super::target::Job;
+use super::{ScrapeError, Target, parse};
+use crate::relabel;
+
+/// Prometheus's stale marker: a NaN that no exposition can produce.
+pub const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
+
+/// The synthetic series every scrape reports, in record order.
+const REPORT: [&str; 4] = [
+    "up",
+    "scrape_duration_seconds",
+    "scrape_samples_scraped",
+    "scrape_samples_post_metric_relabeling",
+];
+
+/// The outcome of one scrape, ready for the queue.
+pub struct Shaped {
+    pub record: ScrapeRecord,
+    /// The series set, when the record's shape was (re)built; `None` on the fast path, whose
+    /// set is already stored.
+    pub set: Option<SeriesSet>,
+    /// Samples parsed from the target (synthetic series excluded).
+    pub scraped: usize,
+    /// Stale markers written into this record.
+    pub stale: usize,
+    /// Why the scrape failed (`up` is 0), if it did.
+    pub error: Option<ScrapeError>,
+}
+
+/// Turns one target's scrape results into queue records; remembers what staleness and the
+/// fast path need (a fingerprint, the kept indices, and the last series compressed).
+#[derive(Default)]
+pub struct Shaper {
+    shape: Option<u128>,
+    set_id: u64,
+    /// Parsed-sample indices that metric relabeling kept; `None` when all were kept.
+    kept: Option<Vec<u32>>,
+    /// The last successful scrape's series (encoded set, zstd), for stale markers.
+    last: Option<Bytes>,
+    /// Whether any scrape was recorded (end-of-run staleness needs one).
+    scraped_once: bool,
+}
+
+/// Fingerprint of a scrape's shape: two independent 64-bit SipHashes over every sample's
+/// name and labels, in order. An accidental collision (about 2^-128) is the only way a changed
+/// shape could be mistaken for the remembered one.
+fn fingerprint(samples: &[parse::ParsedSample]) -> u128 {
+    use std::hash::{Hash, Hasher};
+    let mut a = std::collections::hash_map::DefaultHasher::new();
+    let mut b = std::collections::hash_map::DefaultHasher::new();
+    0xa5u8.hash(&mut b);
+    for h in [&mut a, &mut b] {
+        samples.len().hash(h);
+        for s in samples {
+            s.name.hash(h);
+            s.labels.len().hash(h);
+            for l in &s.labels {
+                l.name.hash(h);
+                l.value.hash(h);
+            }
+        }
+    }
+    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+}
+
+fn stale_sample(ts: i64) -> Sample {
+    Sample {
+        value: f64::from_bits(STALE_NAN),
+        timestamp: ts,
+    }
+}
+
+impl Shaper {
+    /// Shapes a scrape result taken at `ts` that lasted `duration` seconds.
+    pub fn shape(
+        &mut self,
+        t: &Target,
+        ext: &[Label],
+        body: Result<String, ScrapeError>,
+        ts: i64,
+        duration: f64,
+    ) -> Shaped {
+        self.scraped_once = true;
+        let job = &*t.job;
+        let limits = parse::Limits {
+            // With metric relabeling the limit applies to what is left, as in Prometheus.
+            max_samples: if job.metric_relabel.is_empty() {
+                job.sample_limit
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        let parsed = body.and_then(|text| Ok(parse::parse(&text, &limits)?));
+        let exp = match parsed {
+            Ok(exp) => exp,
+            Err(error) => return self.failed(t, ext, error, ts, duration),
+        };
+        let scraped = exp.samples.len();
+        let shape = fingerprint(&exp.samples);
+        if self.shape == Some(shape) {
+            return self.fast(t, exp.samples, ts, duration);
+        }
+        let (series, kept) = match build(t, ext, exp.samples, ts) {
+            Ok(b) => b,
+            Err(error) => return self.failed(t, ext, error, ts, duration),
+        };
+        let post = series.len();
+        let mut series = series;
+        series.extend(report(
+            t,
+            ext,
+            [1.0, duration, scraped as f64, post as f64],
+            ts,
+        ));
+        let stale = self.stale_since_last(&mut series, post, ts);
+        self.last = compress(series[..post].iter().map(|s| s.labels.clone()).collect());
+        let (set, record) = codec::split(series, ts);
+        if stale == 0 {
+            self.shape = Some(shape);
+            self.set_id = record.set_id;
+            self.kept = (kept.len() != scraped).then_some(kept);
+        } else {
+            // The set holds the stale series too: the next scrape builds its own.
+            self.forget();
+        }
+        Shaped {
+            record,
+            set: Some(set),
+            scraped,
+            stale,
+            error: None,
+        }
+    }
+
+    fn fast(
+        &mut self,
+        t: &Target,
+        samples: Vec<parse::ParsedSample>,
+        ts: i64,
+        duration: f64,
+    ) -> Shaped {
+        let scraped = samples.len();
+        let honor = t.job.honor_timestamps;
+        let mut values = Vec::with_capacity(scraped + REPORT.len());
+        let mut exceptions = Vec::new();
+        let mut push = |s: &parse::ParsedSample| {
+            if let Some(ms) = s.timestamp_ms.filter(|_| honor)
+                && ms != ts
+            {
+                exceptions.push((values.len() as u32, ms));
+            }
+            values.push(s.value);
+        };
+        match &self.kept {
+            None => samples.iter().for_each(&mut push),
+            Some(kept) => kept.iter().for_each(|&i| push(&samples[i as usize])),
+        }
+        let post = values.len();
+        values.extend([1.0, duration, scraped as f64, post as f64]);
+        Shaped {
+            record: ScrapeRecord {
+                set_id: self.set_id,
+                timestamp: ts,
+                values,
+                exceptions,
+            },
+            set: None,
+            scraped,
+            stale: 0,
+            error: None,
+        }
+    }
+
+    fn failed(
+        &mut self,
+        t: &Target,
+        ext: &[Label],
+        error: ScrapeError,
+        ts: i64,
+        duration: f64,
+    ) -> Shaped {
+        let mut series = report(t, ext, [0.0, duration, 0.0, 0.0], ts);
+        let stale = self.stale_since_last(&mut series, 0, ts);
+        self.last = None;
+        self.forget();
+        let (set, record) = codec::split(series, ts);
+        Shaped {
+            record,
+            set: Some(set),
+            scraped: 0,
+            stale,
+            error: Some(error),
+        }
+    }
+
+    /// Appends a stale marker for every series of the last scrape missing from
+    /// `series[..live]`.
+    fn stale_since_last(&self, series: &mut Vec<TimeSeries>, live: usize, ts: i64) -> usize {
+        let Some(last) = self.last.as_ref().and_then(decompress) else {
+            return 0;
+        };
+        let now: HashSet<&Vec<Label>> = series[..live].iter().map(|s| &s.labels).collect();
+        let gone: Vec<Vec<Label>> = last
+            .series
+            .into_iter()
+            .filter(|l| !now.contains(l))
+            .collect();
+        let n = gone.len();
+        series.extend(gone.into_iter().map(|labels| TimeSeries {
+            labels,
+            samples: vec![stale_sample(ts)],
+        }));
+        n
+    }
+
+    /// Stale markers for every series of the last scrape and the synthetic series, for a
+    /// target that went away; `None` if it was never scraped.
+    pub fn end_of_run(&mut self, t: &Target, ext: &[Label], ts: i64) -> Option<Shaped> {
+        if !self.scraped_once {
+            return None;
+        }
+        let mut series = report(t, ext, [0.0; 4], ts);
+        for s in &mut series {
+            s.samples = vec![stale_sample(ts)];
+        }
+        let stale = REPORT.len() + self.stale_since_last(&mut series, 0, ts);
+        self.last = None;
+        self.forget();
+        let (set, record) = codec::split(series, ts);
+        Some(Shaped {
+            record,
+            set: Some(set),
+            scraped: 0,
+            stale,
+            error: None,
+        })
+    }
+
+    /// Forgets the remembered shape (its set may not have been stored).
+    pub fn forget(&mut self) {
+        self.shape = None;
+        self.kept = None;
+    }
+}
+
+fn compress(series: Vec<Vec<Label>>) -> Option<Bytes> {
+    if series.is_empty() {
+        return None;
+    }
+    let raw = SeriesSet { series }.encode();
+    zstd::bulk::compress(&raw, 1).ok().map(Bytes::from)
+}
+
+fn decompress(b: &Bytes) -> Option<SeriesSet> {
+    let raw = zstd::stream::decode_all(&b[..]).ok()?;
+    SeriesSet::decode(&raw, usize::MAX).ok()
+}
+
+/// Turns a parsed body into series with target and external labels (not yet synthetic ones).
+pub fn build_text(
+    t: &Target,
+    ext: &[Label],
+    text: &str,
+    ts: i64,
+) -> Result<Vec<TimeSeries>, ScrapeError> {
+    let exp = parse::parse(text, &parse::Limits::default())?;
+    Ok(build(t, ext, exp.samples, ts)?.0)
+}
+
+/// Series from parsed samples, and the indices of the samples kept by metric relabeling.
+fn build(
+    t: &Target,
+    ext: &[Label],
+    parsed: Vec<parse::ParsedSample>,
+    ts: i64,
+) -> Result<(Vec<TimeSeries>, Vec<u32>), ScrapeError> {
+    let job: &Job = &t.job;
+    let mut out = Vec::with_capacity(parsed.len());
+    let mut kept = Vec::with_capacity(parsed.len());
+    for (i, s) in parsed.into_iter().enumerate() {
+        let mut labels = s.labels;
+        labels.push(Label::new(METRIC_NAME, s.name));
+        merge_target_labels(&mut labels, &t.labels, job.honor_labels);
+        if !job.metric_relabel.is_empty() {
+            let mut set: relabel::LabelSet =
+                labels.into_iter().map(|l| (l.name, l.value)).collect();
+            if !relabel::process(&mut set, &job.metric_relabel) {
+                continue;
+            }
+            if set.is_empty() {
+                continue;
+            }
+            if !set.contains_key(METRIC_NAME) {
+                return Err(ScrapeError::NameMissing);
+            }
+            labels = set
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(name, value)| Label { name, value })
+                .collect();
+        }
+        add_external(&mut labels, ext);
+        let timestamp = match s.timestamp_ms {
+            Some(ms) if job.honor_timestamps => ms,
+            _ => ts,
+        };
+        out.push(TimeSeries {
+            labels,
+            samples: vec![Sample {
+                value: s.value,
+                timestamp,
+            }],
+        });
+        kept.push(i as u32);
+    }
+    if job.sample_limit > 0 && out.len() > job.sample_limit {
+        return Err(ScrapeError::SampleLimit(job.sample_limit));
+    }
+    Ok((out, kept))
+}
+
+/// Applies target labels to a scraped sample's labels, Prometheus's way.
+fn merge_target_labels(labels: &mut Vec<Label>, target: &[Label], honor: bool) {
+    for tl in target {
+        match labels.iter().position(|l| l.name == tl.name) {
+            Some(_) if honor => {}
+            Some(i) => {
+                // Rename the scraped label to exported_<name>, repeating the prefix until free.
+                let mut name = format!("exported_{}", tl.name);
+                while labels.iter().any(|l| l.name == name) {
+                    name = format!("exported_{name}");
+                }
+                labels[i].name = name;
+                labels.push(tl.clone());
+            }
+            None => labels.push(tl.clone()),
+        }
+    }
+    labels.retain(|l| !l.value.is_empty());
+    model::normalize(labels);
+}
+
+/// Adds external labels where absent (keeps `labels` sorted).
+pub fn add_external(labels: &mut Vec<Label>, ext: &[Label]) {
+    let before = labels.len();
+    for e in ext {
+        if !labels[..before].iter().any(|l| l.name == e.name) {
+            labels.push(e.clone());
+        }
+    }
+    if labels.len() != before {
+        model::normalize(labels);
+    }
+}
+
+/// The synthetic series with `values` in [`REPORT`] order.
+fn report(t: &Target, ext: &[Label], values: [f64; 4], ts: i64) -> Vec<TimeSeries> {
+    REPORT
+        .iter()
+        .zip(values)
+        .map(|(name, value)| {
+            let mut labels = t.labels.clone();
+            labels.push(Label::new(METRIC_NAME, *name));
+            add_external(&mut labels, ext);
+            model::normalize(&mut labels);
+            TimeSeries {
+                labels,
+                samples: vec![Sample {
+                    value,
+                    timestamp: ts,
+                }],
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::http_client::{HttpClient, HttpClientConfig};
+    use crate::relabel::RelabelConfig;
+
+    fn t(honor: bool, relabel: &str) -> Target {
+        let metric_relabel: Vec<RelabelConfig> =
+            serde_yaml::from_str(relabel).expect("relabel yaml");
+        Target {
+            job: Arc::new(Job {
+                name: "node".into(),
+                honor_labels: honor,
+                honor_timestamps: true,
+                sample_limit: 0,
+                body_size_limit: 0,
+                metric_relabel,
+                client: HttpClient::new(&HttpClientConfig::default(), "t").expect("client"),
+                external_labels: Vec::new(),
+            }),
+            url: "http://h:1/metrics".into(),
+            labels: vec![Label::new("instance", "h:1"), Label::new("job", "node")],
+            discovered: Arc::default(),
+            interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn names(ts: &TimeSeries) -> String {
+        model::display(&ts.labels)
+    }
+
+    #[test]
+    fn target_and_external_labels_follow_prometheus() {
+        let ext = vec![Label::new("site", "a"), Label::new("job", "ignored")];
+        let text = "# TYPE x counter\nx{job=\"inner\",site=\"b\"} 1\ny 2 1700000000000\n";
+        let s = build_text(&t(false, "[]"), &ext, text, 5).expect("parses");
+        assert_eq!(
+            names(&s[0]),
+            r#"x{exported_job="inner",instance="h:1",job="node",site="b"}"#
+        );
+        assert_eq!(names(&s[1]), r#"y{instance="h:1",job="node",site="a"}"#);
+        assert_eq!(s[0].samples[0].timestamp, 5);
+        assert_eq!(s[1].samples[0].timestamp, 1_700_000_000_000);
+
+        let s = build_text(&t(true, "[]"), &ext, text, 5).expect("parses");
+        assert_eq!(names(&s[0]), r#"x{instance="h:1",job="inner",site="b"}"#);
+
+        let mut sh = Shaper::default();
+        let out = sh.shape(&t(false, "[]"), &ext, Ok(text.into()), 5, 0.25);
+        let all = codec::join(&out.set.expect("set"), &out.record).expect("join");
+        assert_eq!(all.len(), 6);
+        assert_eq!(names(&all[2]), r#"up{instance="h:1",job="node",site="a"}"#);
+        assert_eq!(all[2].samples[0].value, 1.0);
+    }
+
+    #[test]
+    fn fast_path_records_equal_slow_path_records() {
+        let ext = vec![Label::new("site", "a")];
+        let text = "# TYPE x counter\nx{job=\"inner\"} 1\ny 2 1700000000000\nz{a=\"1\"} 3\n";
+        let text2 = text.replace(" 1\n", " 5\n").replace(" 3\n", " 4.5\n");
+        for relabel in [
+            "[]",
+            "[{source_labels: [__name__], regex: y, action: drop}]",
+        ] {
+            let tg = t(false, relabel);
+            let mut warm = Shaper::default();
+            let first = warm.shape(&tg, &ext, Ok(text.into()), 10, 0.5);
+            assert!(first.set.is_some());
+            let fast = warm.shape(&tg, &ext, Ok(text2.clone()), 20, 0.25);
+            assert!(fast.set.is_none(), "same shape takes the fast path");
+            let slow = Shaper::default().shape(&tg, &ext, Ok(text2.clone()), 20, 0.25);
+            assert_eq!(fast.record, slow.record, "{relabel}");
+            assert_eq!(slow.record.set_id, first.record.set_id);
+        }
+    }
+
+    #[test]
+    fn metric_relabeling_drops_renames_and_counts() {
+        let tg = t(
+            false,
+            "[{source_labels: [__name__], regex: 'go_.*', action: drop}, {source_labels: [a], target_label: b}, {regex: a, action: labeldrop}]",
+        );
+        let text = "go_x 1\nkeep{a=\"v\"} 2\n";
+        let out = Shaper::default().shape(&tg, &[], Ok(text.into()), 7, 0.1);
+        let all = codec::join(&out.set.expect("set"), &out.record).expect("join");
+        assert_eq!(names(&all[0]), r#"keep{b="v",instance="h:1",job="node"}"#);
+        assert_eq!(all.len(), 5);
+        // scrape_samples_scraped counts 2, post_metric_relabeling 1.
+        assert_eq!(all[3].samples[0].value, 2.0);
+        assert_eq!(all[4].samples[0].value, 1.0);
+        let bad = t(false, "[{regex: __name__, action: labeldrop}]");
+        let out = Shaper::default().shape(&bad, &[], Ok(text.into()), 7, 0.1);
+        assert!(matches!(out.error, Some(ScrapeError::NameMissing)));
+    }
+
+    #[test]
+    fn stale_markers_for_gone_series_failures_and_end_of_run() {
+        let tg = t(false, "[]");
+        let mut sh = Shaper::default();
+        sh.shape(&tg, &[], Ok("a 1\nb 2\n".into()), 10, 0.1);
+        // b is gone: one stale marker after the scrape's series, at its timestamp.
+        let out = sh.shape(&tg, &[], Ok("a 1\n".into()), 20, 0.1);
+        assert_eq!(out.stale, 1);
+        let all = codec::join(&out.set.expect("set"), &out.record).expect("join");
+        let last = all.last().expect("stale");
+        assert_eq!(names(last), r#"b{instance="h:1",job="node"}"#);
+        assert_eq!(last.samples[0].value.to_bits(), STALE_NAN);
+        assert_eq!(last.samples[0].timestamp, 20);
+        // Same shape again: no marker, slow path once (the stale set is not remembered).
+        let out = sh.shape(&tg, &[], Ok("a 3\n".into()), 30, 0.1);
+        assert_eq!(out.stale, 0);
+        let out = sh.shape(&tg, &[], Ok("a 4\n".into()), 40, 0.1);
+        assert!(out.set.is_none());
+        // A failed scrape marks a stale.
+        let out = sh.shape(&tg, &[], Err(ScrapeError::Utf8), 50, 0.1);
+        assert_eq!(out.stale, 1);
+        assert_eq!(out.record.values[0], 0.0);
+        // End of run: the report series (and nothing else: the last scrape failed).
+        let out = sh.end_of_run(&tg, &[], 60).expect("was scraped");
+        assert_eq!(out.stale, 4);
+        assert!(out.record.values.iter().all(|v| v.to_bits() == STALE_NAN));
+        assert!(Shaper::default().end_of_run(&tg, &[], 60).is_none());
+    }
+}
