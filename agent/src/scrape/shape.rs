@@ -31,12 +31,13 @@ use crate::relabel;
 /// Prometheus's stale marker: a NaN that no exposition can produce.
 pub const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
 
-/// The synthetic series every scrape reports, in record order.
-const REPORT: [&str; 4] = [
+/// The synthetic series every scrape reports, in record order (Prometheus's report series).
+const REPORT: [&str; 5] = [
     "up",
     "scrape_duration_seconds",
     "scrape_samples_scraped",
     "scrape_samples_post_metric_relabeling",
+    "scrape_series_added",
 ];
 
 /// The outcome of one scrape, ready for the queue.
@@ -61,8 +62,12 @@ pub struct Shaper {
     set_id: u64,
     /// Parsed-sample indices that metric relabeling kept; `None` when all were kept.
     kept: Option<Vec<u32>>,
-    /// The last successful scrape's series (encoded set, zstd), for stale markers.
+    /// The last successful scrape's series (encoded set, zstd), for stale markers. Series with
+    /// an explicit (honored) timestamp are left out: they never go stale, as in Prometheus.
     last: Option<Bytes>,
+    /// Every series of the last successful scrape, for `scrape_series_added`; kept across a
+    /// failed scrape, as Prometheus keeps its series cache.
+    seen: Option<Bytes>,
     /// Whether any scrape was recorded (end-of-run staleness needs one).
     scraped_once: bool,
 }
@@ -132,15 +137,19 @@ impl Shaper {
             Err(error) => return self.failed(t, ext, error, ts, duration),
         };
         let post = series.len();
+        let added = self.added(&series);
         let mut series = series;
-        series.extend(report(
-            t,
-            ext,
-            [1.0, duration, scraped as f64, post as f64],
-            ts,
-        ));
+        let values = [1.0, duration, scraped as f64, post as f64, added as f64];
+        series.extend(report(t, ext, values, ts));
         let stale = self.stale_since_last(&mut series, post, ts);
-        self.last = compress(series[..post].iter().map(|s| s.labels.clone()).collect());
+        self.last = compress(
+            series[..post]
+                .iter()
+                .filter(|s| s.samples.first().is_some_and(|x| x.timestamp == ts))
+                .map(|s| s.labels.clone())
+                .collect(),
+        );
+        self.seen = compress(series[..post].iter().map(|s| s.labels.clone()).collect());
         let (set, record) = codec::split(series, ts);
         if stale == 0 {
             self.shape = Some(shape);
@@ -183,7 +192,7 @@ impl Shaper {
             Some(kept) => kept.iter().for_each(|&i| push(&samples[i as usize])),
         }
         let post = values.len();
-        values.extend([1.0, duration, scraped as f64, post as f64]);
+        values.extend([1.0, duration, scraped as f64, post as f64, 0.0]);
         Shaped {
             record: ScrapeRecord {
                 set_id: self.set_id,
@@ -206,7 +215,7 @@ impl Shaper {
         ts: i64,
         duration: f64,
     ) -> Shaped {
-        let mut series = report(t, ext, [0.0, duration, 0.0, 0.0], ts);
+        let mut series = report(t, ext, [0.0, duration, 0.0, 0.0, 0.0], ts);
         let stale = self.stale_since_last(&mut series, 0, ts);
         self.last = None;
         self.forget();
@@ -218,6 +227,18 @@ impl Shaper {
             stale,
             error: Some(error),
         }
+    }
+
+    /// How many of `series` were not in the last successful scrape (`scrape_series_added`).
+    fn added(&self, series: &[TimeSeries]) -> usize {
+        let Some(before) = self.seen.as_ref().and_then(decompress) else {
+            return series.len();
+        };
+        let before: HashSet<Vec<Label>> = before.series.into_iter().collect();
+        series
+            .iter()
+            .filter(|s| !before.contains(&s.labels))
+            .count()
     }
 
     /// Appends a stale marker for every series of the last scrape missing from
@@ -246,7 +267,7 @@ impl Shaper {
         if !self.scraped_once {
             return None;
         }
-        let mut series = report(t, ext, [0.0; 4], ts);
+        let mut series = report(t, ext, [0.0; REPORT.len()], ts);
         for s in &mut series {
             s.samples = vec![stale_sample(ts)];
         }
@@ -381,7 +402,7 @@ pub fn add_external(labels: &mut Vec<Label>, ext: &[Label]) {
 }
 
 /// The synthetic series with `values` in [`REPORT`] order.
-fn report(t: &Target, ext: &[Label], values: [f64; 4], ts: i64) -> Vec<TimeSeries> {
+fn report(t: &Target, ext: &[Label], values: [f64; REPORT.len()], ts: i64) -> Vec<TimeSeries> {
     REPORT
         .iter()
         .zip(values)
@@ -455,7 +476,7 @@ mod tests {
         let mut sh = Shaper::default();
         let out = sh.shape(&t(false, "[]"), &ext, Ok(text.into()), 5, 0.25);
         let all = codec::join(&out.set.expect("set"), &out.record).expect("join");
-        assert_eq!(all.len(), 6);
+        assert_eq!(all.len(), 7);
         assert_eq!(names(&all[2]), r#"up{instance="h:1",job="node",site="a"}"#);
         assert_eq!(all[2].samples[0].value, 1.0);
     }
@@ -475,7 +496,12 @@ mod tests {
             assert!(first.set.is_some());
             let fast = warm.shape(&tg, &ext, Ok(text2.clone()), 20, 0.25);
             assert!(fast.set.is_none(), "same shape takes the fast path");
-            let slow = Shaper::default().shape(&tg, &ext, Ok(text2.clone()), 20, 0.25);
+            // The slow path, from a shaper that saw the same first scrape.
+            let mut cold = Shaper::default();
+            cold.shape(&tg, &ext, Ok(text.into()), 10, 0.5);
+            cold.forget();
+            let slow = cold.shape(&tg, &ext, Ok(text2.clone()), 20, 0.25);
+            assert!(slow.set.is_some());
             assert_eq!(fast.record, slow.record, "{relabel}");
             assert_eq!(slow.record.set_id, first.record.set_id);
         }
@@ -491,7 +517,7 @@ mod tests {
         let out = Shaper::default().shape(&tg, &[], Ok(text.into()), 7, 0.1);
         let all = codec::join(&out.set.expect("set"), &out.record).expect("join");
         assert_eq!(names(&all[0]), r#"keep{b="v",instance="h:1",job="node"}"#);
-        assert_eq!(all.len(), 5);
+        assert_eq!(all.len(), 6);
         // scrape_samples_scraped counts 2, post_metric_relabeling 1.
         assert_eq!(all[3].samples[0].value, 2.0);
         assert_eq!(all[4].samples[0].value, 1.0);
@@ -504,10 +530,13 @@ mod tests {
     fn stale_markers_for_gone_series_failures_and_end_of_run() {
         let tg = t(false, "[]");
         let mut sh = Shaper::default();
-        sh.shape(&tg, &[], Ok("a 1\nb 2\n".into()), 10, 0.1);
-        // b is gone: one stale marker after the scrape's series, at its timestamp.
+        let first = sh.shape(&tg, &[], Ok("a 1\nb 2\nc 3 1000\n".into()), 10, 0.1);
+        assert_eq!(first.record.values[7], 3.0, "scrape_series_added");
+        // b is gone: one stale marker after the scrape's series, at its timestamp. c has an
+        // explicit timestamp, so it never goes stale (Prometheus's rule).
         let out = sh.shape(&tg, &[], Ok("a 1\n".into()), 20, 0.1);
         assert_eq!(out.stale, 1);
+        assert_eq!(out.record.values[5], 0.0, "scrape_series_added");
         let all = codec::join(&out.set.expect("set"), &out.record).expect("join");
         let last = all.last().expect("stale");
         assert_eq!(names(last), r#"b{instance="h:1",job="node"}"#);
@@ -524,7 +553,7 @@ mod tests {
         assert_eq!(out.record.values[0], 0.0);
         // End of run: the report series (and nothing else: the last scrape failed).
         let out = sh.end_of_run(&tg, &[], 60).expect("was scraped");
-        assert_eq!(out.stale, 4);
+        assert_eq!(out.stale, 5);
         assert!(out.record.values.iter().all(|v| v.to_bits() == STALE_NAN));
         assert!(Shaper::default().end_of_run(&tg, &[], 60).is_none());
     }
