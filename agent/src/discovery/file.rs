@@ -4,8 +4,8 @@
 //! `cfg.files`, in pattern order, each pattern's matches sorted by name (a file matched by two
 //! patterns counts once). As in Prometheus:
 //!
-//! - Relative paths are relative to `base`, the configuration file's directory, and cleaned
-//!   lexically (`a/../b` is `b`) as Go's `filepath.Join` does.
+//! - Relative paths are relative to `base`, the configuration file's directory; paths are
+//!   cleaned lexically (`a/../b` is `b`) as Go's `filepath.Join` and `filepath.Glob` do.
 //! - Globs (`*`, `?`, `[...]`, `[^...]`, `\` escapes; Go's `filepath.Match` syntax) are allowed
 //!   in the last path element only ([`FileSdConfig::validate`] rejects them elsewhere, where
 //!   Prometheus would expand them: a deliberate restriction). A pattern without glob
@@ -242,11 +242,8 @@ impl PathPattern {
 }
 
 /// `path` made absolute against `base` (itself made absolute against the working directory)
-/// and cleaned lexically, as Go's `filepath.Join` does; absolute paths are kept as written.
+/// and cleaned lexically, as Go's `filepath.Join` and `filepath.Glob` do.
 fn resolve(path: &Path, base: &Path) -> PathBuf {
-    if path.is_absolute() {
-        return path.to_owned();
-    }
     let joined = base.join(path);
     let joined = std::path::absolute(&joined).unwrap_or(joined);
     let mut out = PathBuf::new();
@@ -776,6 +773,10 @@ mod tests {
         assert_eq!(
             resolve(Path::new("/abs/x.json"), Path::new("/etc")),
             PathBuf::from("/abs/x.json")
+        );
+        assert_eq!(
+            resolve(Path::new("/abs/../t//x.json"), Path::new("/etc")),
+            PathBuf::from("/t/x.json")
         );
         assert_eq!(
             resolve(Path::new("../../../x.json"), Path::new("/a")),

@@ -18,11 +18,19 @@
 //! dns::run(cfg: DnsSdConfig,   resolver: DnsResolver, out, failures, shutdown)
 //! ```
 //!
-//! `failures` is the provider's child of `uplink_agent_sd_refresh_failures_total`
-//! ([`crate::metrics::Metrics::sd_failures`]). Each `run` publishes once after its first
-//! refresh (even an empty or failed one, so a consumer can tell the provider has started), then
-//! only when its list changes, and returns once `shutdown` is cancelled. Call the config's
-//! `validate` first: `run` does not check its configuration again.
+//! - `failures` is the provider's child of `uplink_agent_sd_refresh_failures_total`
+//!   ([`crate::metrics::Metrics::sd_failures`]`("file" | "http" | "dns")`).
+//! - `file`: `base` is the configuration file's directory (relative paths resolve against it).
+//! - `http`: build the client with `HttpClient::new(&cfg.http_client() /* then .resolve(base) */,
+//!   user_agent)`.
+//! - `dns`: [`dns::DnsResolver::system`] (`/etc/resolv.conf`, re-read every refresh) or
+//!   [`dns::DnsResolver::with_nameserver`] (one server, for tests or pinning).
+//!
+//! Each `run` publishes once after its first refresh (even an empty or failed one, so a
+//! consumer can tell the provider has started), then only when its list changes, and returns
+//! once `shutdown` is cancelled (dropping every receiver does not stop it). Call the config's
+//! `validate() -> Result<(), String>` first: `run` does not check its configuration again, and
+//! skips or works around what `validate` would have rejected rather than panicking.
 
 pub mod dns;
 pub mod file;
