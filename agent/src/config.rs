@@ -402,6 +402,35 @@ impl Config {
                     "must start with '/'".into(),
                 ));
             }
+            let sd_checks = job
+                .file_sd_configs
+                .iter()
+                .map(|c| ("file_sd_configs", c.validate()))
+                .chain(
+                    job.http_sd_configs
+                        .iter()
+                        .map(|c| ("http_sd_configs", c.validate())),
+                )
+                .chain(
+                    job.dns_sd_configs
+                        .iter()
+                        .map(|c| ("dns_sd_configs", c.validate())),
+                );
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for (kind, r) in sd_checks {
+                let k = counts.entry(kind).or_default();
+                if let Err(message) = r {
+                    return Err(at(kind, field(&format!("{kind}[{k}]")), message));
+                }
+                *k += 1;
+            }
+            if let Err(e) = job.http_client().validate() {
+                let what = match &e {
+                    crate::http_client::HttpClientError::Invalid { what, .. } => *what,
+                    _ => "tls_config",
+                };
+                return Err(at(&format!("{what}:"), field(what), e.to_string()));
+            }
             for (j, sc) in job.static_configs.iter().enumerate() {
                 for (k, t) in sc.targets.iter().enumerate() {
                     if !valid_target(t) {

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub connected: Gauge,
     pub connection_attempts: Counter,
     pub connection_failures: Counter,
+    pub sd_refresh_failures: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Metrics {
@@ -150,6 +151,18 @@ impl Metrics {
             "Connection attempts that failed or sessions that ended abnormally.",
             self.connection_failures.clone(),
         );
+        r.register(
+            "sd_refresh_failures",
+            "Service discovery refreshes that failed (unreadable file, HTTP error, DNS lookup), by mechanism.",
+            self.sd_refresh_failures.clone(),
+        );
+    }
+
+    /// The failure counter a discovery provider of `mechanism` (`file`, `http`, `dns`) is given.
+    pub fn sd_failures(&self, mechanism: &str) -> Counter {
+        self.sd_refresh_failures
+            .get_or_create(&vec![("mechanism".to_owned(), mechanism.to_owned())])
+            .clone()
     }
 
     pub fn job(job: &str) -> JobLabels {
