@@ -237,52 +237,6 @@ fn strip_yaml_path(message: String) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn group(specs: Vec<GroupSpec>) -> Vec<TargetGroup> {
-        into_groups(specs, "src", ("__meta_x", "v"))
-    }
-
-    #[test]
-    fn nulls_mean_none_but_a_null_group_is_an_error() {
-        assert!(parse_yaml("~\n").expect("null").is_empty());
-        assert!(parse_yaml("").expect("empty").is_empty());
-        assert!(parse_json(b" null ").expect("null").is_empty());
-        let g = group(parse_yaml("- targets:\n  labels:\n    a:\n").expect("nulls"));
-        assert_eq!(g[0].targets, Vec::<LabelSet>::new());
-        assert_eq!(g[0].labels["a"], "");
-        assert!(parse_yaml("- null\n").is_err());
-        assert!(parse_json(b"[null]").is_err());
-        assert!(parse_json(b"[{\"targets\": [1]}]").is_err());
-        assert!(parse_json(b"{}").is_err());
-    }
-
-    #[test]
-    fn groups_get_sources_addresses_and_meta_label() {
-        let g = group(
-            parse_json(br#"[{"targets": ["a:1"], "labels": {"__meta_x": "mine", "k": "v"}}, {}]"#)
-                .expect("valid"),
-        );
-        assert_eq!(g.len(), 2);
-        assert_eq!(g[0].source, "src:0");
-        assert_eq!(g[1].source, "src:1");
-        assert_eq!(
-            g[0].targets,
-            vec![LabelSet::from([("__address__".into(), "a:1".into())])]
-        );
-        assert_eq!(
-            g[0].labels,
-            LabelSet::from([("__meta_x".into(), "v".into()), ("k".into(), "v".into())])
-        );
-        assert_eq!(
-            g[1].labels,
-            LabelSet::from([("__meta_x".into(), "v".into())])
-        );
-    }
-}
-
 /// Starts the providers of a job's `*_sd_configs` on `tracker`, each stopping with `token`,
 /// and returns their channels (static configs are not providers). A provider whose
 /// configuration is invalid is skipped with an error log (the configuration check refuses
@@ -343,4 +297,50 @@ pub fn spawn(
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(specs: Vec<GroupSpec>) -> Vec<TargetGroup> {
+        into_groups(specs, "src", ("__meta_x", "v"))
+    }
+
+    #[test]
+    fn nulls_mean_none_but_a_null_group_is_an_error() {
+        assert!(parse_yaml("~\n").expect("null").is_empty());
+        assert!(parse_yaml("").expect("empty").is_empty());
+        assert!(parse_json(b" null ").expect("null").is_empty());
+        let g = group(parse_yaml("- targets:\n  labels:\n    a:\n").expect("nulls"));
+        assert_eq!(g[0].targets, Vec::<LabelSet>::new());
+        assert_eq!(g[0].labels["a"], "");
+        assert!(parse_yaml("- null\n").is_err());
+        assert!(parse_json(b"[null]").is_err());
+        assert!(parse_json(b"[{\"targets\": [1]}]").is_err());
+        assert!(parse_json(b"{}").is_err());
+    }
+
+    #[test]
+    fn groups_get_sources_addresses_and_meta_label() {
+        let g = group(
+            parse_json(br#"[{"targets": ["a:1"], "labels": {"__meta_x": "mine", "k": "v"}}, {}]"#)
+                .expect("valid"),
+        );
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].source, "src:0");
+        assert_eq!(g[1].source, "src:1");
+        assert_eq!(
+            g[0].targets,
+            vec![LabelSet::from([("__address__".into(), "a:1".into())])]
+        );
+        assert_eq!(
+            g[0].labels,
+            LabelSet::from([("__meta_x".into(), "v".into()), ("k".into(), "v".into())])
+        );
+        assert_eq!(
+            g[1].labels,
+            LabelSet::from([("__meta_x".into(), "v".into())])
+        );
+    }
 }
