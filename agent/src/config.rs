@@ -56,6 +56,23 @@ pub struct GlobalConfig {
     pub evaluation_interval: PromDuration,
     /// Added to every series that lacks the label, as Prometheus does for remote write.
     pub external_labels: BTreeMap<String, String>,
+    /// Defaults for every job (a job's own value wins).
+    pub sample_limit: u64,
+    pub body_size_limit: ByteSize,
+    pub label_limit: u64,
+    pub label_name_length_limit: u64,
+    pub label_value_length_limit: u64,
+    pub target_limit: u64,
+    pub keep_dropped_targets: u64,
+    pub scrape_protocols: Option<Vec<ScrapeProtocol>>,
+    /// Accepted so that Prometheus files load; not used by the agent.
+    pub rule_query_offset: Option<PromDuration>,
+    pub query_log_file: Option<String>,
+    pub scrape_failure_log_file: Option<String>,
+    pub metric_name_validation_scheme: Option<String>,
+    pub metric_name_escaping_scheme: Option<String>,
+    pub always_scrape_classic_histograms: Option<bool>,
+    pub convert_classic_histograms_to_nhcb: Option<bool>,
 }
 
 impl Default for GlobalConfig {
@@ -65,6 +82,21 @@ impl Default for GlobalConfig {
             scrape_timeout: PromDuration(Duration::from_secs(10)),
             evaluation_interval: PromDuration(Duration::from_secs(60)),
             external_labels: BTreeMap::new(),
+            sample_limit: 0,
+            body_size_limit: ByteSize(0),
+            label_limit: 0,
+            label_name_length_limit: 0,
+            label_value_length_limit: 0,
+            target_limit: 0,
+            keep_dropped_targets: 0,
+            scrape_protocols: None,
+            rule_query_offset: None,
+            query_log_file: None,
+            scrape_failure_log_file: None,
+            metric_name_validation_scheme: None,
+            metric_name_escaping_scheme: None,
+            always_scrape_classic_histograms: None,
+            convert_classic_histograms_to_nhcb: None,
         }
     }
 }
@@ -89,12 +121,68 @@ pub struct ScrapeConfig {
     /// URL query parameters sent with every scrape.
     #[serde(default)]
     pub params: BTreeMap<String, Vec<String>>,
-    /// Per-scrape sample limit; 0 means none. A scrape over the limit fails as a whole.
+    /// Per-scrape sample limit after metric relabeling; 0 means none (global default).
     #[serde(default)]
-    pub sample_limit: usize,
-    /// Largest uncompressed body accepted; 0 means none (Prometheus syntax: bytes only here).
+    pub sample_limit: Option<u64>,
+    /// Largest uncompressed body accepted (`10MB`, Prometheus's base-2 units); 0 means the
+    /// agent's own cap (see `docs/configuration.md`).
     #[serde(default)]
-    pub body_size_limit: usize,
+    pub body_size_limit: Option<ByteSize>,
+    /// Most labels per series after relabeling (target labels included); 0 means none.
+    #[serde(default)]
+    pub label_limit: Option<u64>,
+    #[serde(default)]
+    pub label_name_length_limit: Option<u64>,
+    #[serde(default)]
+    pub label_value_length_limit: Option<u64>,
+    /// Most targets after relabeling; over it, every target of the job fails (`up` = 0).
+    #[serde(default)]
+    pub target_limit: Option<u64>,
+    /// How many dropped targets `/api/v1/targets` keeps; 0 means all.
+    #[serde(default)]
+    pub keep_dropped_targets: Option<u64>,
+    /// Stale markers also for series with explicit timestamps.
+    #[serde(default)]
+    pub track_timestamps_staleness: bool,
+    /// Ask for gzip (`Accept-Encoding`).
+    #[serde(default = "default_true")]
+    pub enable_compression: bool,
+    /// Exposition formats to negotiate, most preferred first (see the module docs).
+    #[serde(default)]
+    pub scrape_protocols: Option<Vec<ScrapeProtocol>>,
+    /// Deprecated Prometheus 2 forms of `authorization`.
+    #[serde(default)]
+    pub bearer_token: Option<crate::http_client::Secret>,
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Accepted so that Prometheus files load; not implemented by the agent (a warning says
+    /// so when set).
+    #[serde(default)]
+    pub no_proxy: Option<String>,
+    #[serde(default)]
+    pub proxy_from_environment: Option<bool>,
+    #[serde(default)]
+    pub proxy_connect_header: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub http_headers: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub scrape_failure_log_file: Option<String>,
+    #[serde(default)]
+    pub fallback_scrape_protocol: Option<ScrapeProtocol>,
+    #[serde(default)]
+    pub scrape_classic_histograms: Option<bool>,
+    #[serde(default)]
+    pub always_scrape_classic_histograms: Option<bool>,
+    #[serde(default)]
+    pub convert_classic_histograms_to_nhcb: Option<bool>,
+    #[serde(default)]
+    pub native_histogram_bucket_limit: Option<u64>,
+    #[serde(default)]
+    pub native_histogram_min_bucket_factor: Option<f64>,
+    #[serde(default)]
+    pub metric_name_validation_scheme: Option<String>,
+    #[serde(default)]
+    pub metric_name_escaping_scheme: Option<String>,
     #[serde(default)]
     pub static_configs: Vec<StaticConfig>,
     #[serde(default)]
@@ -125,16 +213,132 @@ pub struct ScrapeConfig {
 }
 
 impl ScrapeConfig {
-    /// The job's HTTP client settings.
+    /// The job's HTTP client settings (`bearer_token*` become `authorization`).
     pub fn http_client(&self) -> HttpClientConfig {
+        let bearer = (self.bearer_token.is_some() || self.bearer_token_file.is_some()).then(|| {
+            Authorization {
+                kind: "Bearer".into(),
+                credentials: self.bearer_token.clone(),
+                credentials_file: self.bearer_token_file.clone(),
+            }
+        });
         HttpClientConfig {
             basic_auth: self.basic_auth.clone(),
-            authorization: self.authorization.clone(),
+            authorization: self.authorization.clone().or(bearer),
             oauth2: self.oauth2.clone(),
             tls_config: self.tls_config.clone(),
             proxy_url: self.proxy_url.clone(),
             follow_redirects: self.follow_redirects,
             enable_http2: self.enable_http2,
+            compression: self.enable_compression,
+        }
+    }
+
+    /// Keys this agent accepts but does not act on, when set (each gets a warning).
+    pub fn unsupported_keys(&self) -> Vec<&'static str> {
+        [
+            ("no_proxy", self.no_proxy.is_some()),
+            (
+                "proxy_from_environment",
+                self.proxy_from_environment == Some(true),
+            ),
+            ("proxy_connect_header", self.proxy_connect_header.is_some()),
+            ("http_headers", self.http_headers.is_some()),
+            (
+                "scrape_failure_log_file",
+                self.scrape_failure_log_file.is_some(),
+            ),
+            (
+                "scrape_classic_histograms",
+                self.scrape_classic_histograms.is_some(),
+            ),
+            (
+                "always_scrape_classic_histograms",
+                self.always_scrape_classic_histograms.is_some(),
+            ),
+            (
+                "convert_classic_histograms_to_nhcb",
+                self.convert_classic_histograms_to_nhcb.is_some(),
+            ),
+            (
+                "native_histogram_bucket_limit",
+                self.native_histogram_bucket_limit.is_some(),
+            ),
+            (
+                "native_histogram_min_bucket_factor",
+                self.native_histogram_min_bucket_factor.is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect()
+    }
+}
+
+/// Exposition formats, as named in `scrape_protocols`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum ScrapeProtocol {
+    PrometheusProto,
+    #[serde(rename = "OpenMetricsText0.0.1")]
+    OpenMetricsText0_0_1,
+    #[serde(rename = "OpenMetricsText1.0.0")]
+    OpenMetricsText1_0_0,
+    #[serde(rename = "PrometheusText0.0.4")]
+    PrometheusText0_0_4,
+    #[serde(rename = "PrometheusText1.0.0")]
+    PrometheusText1_0_0,
+}
+
+/// A byte count in Prometheus's base-2 units (`512KB`, `10MB`, `1GB`, `1GiB`; `0`). A plain
+/// number is also taken as bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<ByteSize, String> {
+        let err = || format!("{s:?} is not a size (expected e.g. 0, 512KB, 10MB, 1GB)");
+        if let Ok(n) = s.parse::<u64>() {
+            return Ok(ByteSize(n));
+        }
+        let mut rest = s.trim();
+        let mut total: u64 = 0;
+        while !rest.is_empty() {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+            rest = &rest[digits..];
+            let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+            let shift = match &rest[..unit_len] {
+                "B" => 0,
+                "KB" | "KiB" => 10,
+                "MB" | "MiB" => 20,
+                "GB" | "GiB" => 30,
+                "TB" | "TiB" => 40,
+                "PB" | "PiB" => 50,
+                "EB" | "EiB" => 60,
+                _ => return Err(err()),
+            };
+            rest = &rest[unit_len..];
+            total = n
+                .checked_shl(shift)
+                .filter(|v| v >> shift == n)
+                .and_then(|v| total.checked_add(v))
+                .ok_or_else(err)?;
+        }
+        Ok(ByteSize(total))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -255,6 +459,18 @@ impl Default for ShipperConfig {
             max_backoff: PromDuration(Duration::from_secs(30)),
         }
     }
+}
+
+/// A job's limits after inheritance from `global:`; 0 means none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JobLimits {
+    pub sample_limit: u64,
+    pub body_size_limit: u64,
+    pub label_limit: u64,
+    pub label_name_length_limit: u64,
+    pub label_value_length_limit: u64,
+    pub target_limit: u64,
+    pub keep_dropped_targets: u64,
 }
 
 /// Where the configuration comes from: a Prometheus file, and optionally the `uplink:` section
@@ -515,6 +731,24 @@ impl Config {
         }
     }
 
+    /// A job's effective limits: its own value, else the global one (0 means none).
+    pub fn limits(&self, job: &ScrapeConfig) -> JobLimits {
+        let g = &self.global;
+        JobLimits {
+            sample_limit: job.sample_limit.unwrap_or(g.sample_limit),
+            body_size_limit: job.body_size_limit.unwrap_or(g.body_size_limit).0,
+            label_limit: job.label_limit.unwrap_or(g.label_limit),
+            label_name_length_limit: job
+                .label_name_length_limit
+                .unwrap_or(g.label_name_length_limit),
+            label_value_length_limit: job
+                .label_value_length_limit
+                .unwrap_or(g.label_value_length_limit),
+            target_limit: job.target_limit.unwrap_or(g.target_limit),
+            keep_dropped_targets: job.keep_dropped_targets.unwrap_or(g.keep_dropped_targets),
+        }
+    }
+
     /// The server name the gateway certificate is checked against.
     pub fn server_name(&self) -> String {
         self.uplink.server_name.clone().unwrap_or_else(|| {
@@ -665,5 +899,35 @@ uplink:
         let bad = GOOD.replace("  queue: {directory: q}\n", "");
         let e = load(&bad).expect_err("missing queue").to_string();
         assert!(e.contains("missing field `queue`"), "{e}");
+    }
+
+    #[test]
+    fn byte_sizes_in_prometheus_units() {
+        let p = |s: &str| ByteSize::parse(s).map(|b| b.0);
+        assert_eq!(p("0"), Ok(0));
+        assert_eq!(p("1024"), Ok(1024));
+        assert_eq!(p("512KB"), Ok(512 << 10));
+        assert_eq!(p("10MB"), Ok(10 << 20));
+        assert_eq!(p("1GiB"), Ok(1 << 30));
+        assert_eq!(p("1GB512MB"), Ok((1 << 30) + (512 << 20)));
+        assert!(p("10 MB").is_err() && p("10mb").is_err() && p("MB").is_err());
+        assert!(p("99999999999EB").is_err());
+    }
+
+    #[test]
+    fn limits_inherit_from_global() {
+        let text = GOOD.replace(
+            "  scrape_interval: 15s\n",
+            "  scrape_interval: 15s\n  sample_limit: 10\n  body_size_limit: 1MB\n",
+        );
+        let c = load(&text).expect("valid");
+        let l = c.limits(&c.scrape_configs[0]);
+        assert_eq!((l.sample_limit, l.body_size_limit), (10, 1 << 20));
+        let text = text.replace(
+            "  - job_name: node\n",
+            "  - job_name: node\n    sample_limit: 0\n    scrape_protocols: [OpenMetricsText1.0.0, PrometheusText0.0.4]\n",
+        );
+        let c = load(&text).expect("valid");
+        assert_eq!(c.limits(&c.scrape_configs[0]).sample_limit, 0);
     }
 }

@@ -119,7 +119,7 @@ pub struct TlsConfig {
 }
 
 /// The HTTP settings of one scrape config or `http_sd` entry, gathered.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HttpClientConfig {
     pub basic_auth: Option<BasicAuth>,
     pub authorization: Option<Authorization>,
@@ -128,6 +128,23 @@ pub struct HttpClientConfig {
     pub proxy_url: Option<String>,
     pub follow_redirects: bool,
     pub enable_http2: bool,
+    /// Ask for gzip; `false` sends `Accept-Encoding: identity`.
+    pub compression: bool,
+}
+
+impl Default for HttpClientConfig {
+    fn default() -> Self {
+        HttpClientConfig {
+            basic_auth: None,
+            authorization: None,
+            oauth2: None,
+            tls_config: TlsConfig::default(),
+            proxy_url: None,
+            follow_redirects: true,
+            enable_http2: true,
+            compression: true,
+        }
+    }
 }
 
 impl HttpClientConfig {
@@ -294,11 +311,12 @@ fn builder(
     proxy_url: Option<&str>,
     follow_redirects: bool,
     enable_http2: bool,
+    compression: bool,
     user_agent: &str,
 ) -> Result<reqwest::ClientBuilder, HttpClientError> {
     let mut b = reqwest::Client::builder()
         .user_agent(user_agent)
-        .gzip(true)
+        .gzip(compression)
         .no_proxy()
         .redirect(if follow_redirects {
             reqwest::redirect::Policy::limited(10)
@@ -324,6 +342,7 @@ impl HttpClient {
             cfg.proxy_url.as_deref(),
             cfg.follow_redirects,
             cfg.enable_http2,
+            cfg.compression,
             user_agent,
         )?
         .build()?;
@@ -332,6 +351,7 @@ impl HttpClient {
                 builder(
                     &o.tls_config,
                     o.proxy_url.as_deref(),
+                    true,
                     true,
                     true,
                     user_agent,

@@ -104,6 +104,7 @@ impl HttpSdConfig {
             proxy_url: self.proxy_url.clone(),
             follow_redirects: self.follow_redirects,
             enable_http2: self.enable_http2,
+            compression: true,
         }
     }
 

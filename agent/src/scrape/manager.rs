@@ -208,6 +208,12 @@ impl JobRunner {
     /// The job's shared settings, or `None` (logged) when its HTTP client cannot be built.
     fn job(&self, spec: &JobSpec) -> Option<Arc<Job>> {
         let sc = spec.sc();
+        for key in sc.unsupported_keys() {
+            warn!(
+                key,
+                "Scrape config key is accepted but not implemented by the agent; it has no effect."
+            );
+        }
         let mut http = sc.http_client();
         http.resolve(&self.base);
         let client = match HttpClient::new(
@@ -224,8 +230,9 @@ impl JobRunner {
             name: sc.job_name.as_str().into(),
             honor_labels: sc.honor_labels,
             honor_timestamps: sc.honor_timestamps,
-            sample_limit: sc.sample_limit,
-            body_size_limit: sc.body_size_limit,
+            track_timestamps_staleness: sc.track_timestamps_staleness,
+            limits: spec.cfg.limits(sc),
+            over_target_limit: Default::default(),
             metric_relabel: sc.metric_relabel_configs.clone(),
             client,
             external_labels: spec
@@ -283,6 +290,7 @@ impl JobRunner {
         let mut next: HashMap<(String, Vec<Label>), Target> = HashMap::new();
         let mut dropped = Vec::new();
         let mut invalid = 0;
+        let mut dropped_total = 0;
         if let Some(job) = job {
             for p in target::from_groups(&spec.cfg, sc, job, &groups) {
                 match p {
@@ -295,6 +303,30 @@ impl JobRunner {
                         warn!(error = %e, target = ?labels.get("__address__"), "Skipping invalid target.");
                     }
                 }
+            }
+        }
+        if let Some(job) = job {
+            let limit = job.limits.target_limit;
+            let over = limit > 0 && next.len() as u64 > limit;
+            if over
+                != job
+                    .over_target_limit
+                    .swap(over, std::sync::atomic::Ordering::Relaxed)
+            {
+                if over {
+                    error!(
+                        targets = next.len(),
+                        limit,
+                        "target_limit exceeded: every target of the job fails until fewer are discovered."
+                    );
+                } else {
+                    info!(targets = next.len(), limit, "Back under target_limit.");
+                }
+            }
+            dropped_total = dropped.len();
+            let keep = job.limits.keep_dropped_targets;
+            if keep > 0 {
+                dropped.truncate(usize::try_from(keep).unwrap_or(usize::MAX));
             }
         }
         self.loops.retain(|key, run| match next.get(key) {
@@ -331,7 +363,7 @@ impl JobRunner {
                 },
             );
         }
-        self.set_target_gauges(self.loops.len(), dropped.len(), invalid);
+        self.set_target_gauges(self.loops.len(), dropped_total, invalid);
         if let Ok(mut v) = self.view.lock() {
             let mut active: Vec<(Target, Arc<Mutex<Health>>)> = self
                 .loops

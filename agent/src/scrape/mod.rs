@@ -40,6 +40,11 @@ pub use target::Job;
 /// `Accept` header: the text format only, as this scraper parses (OpenMetrics slots in later).
 const ACCEPT: &str = "text/plain;version=0.0.4;q=1,*/*;q=0.1";
 
+/// The body cap when `body_size_limit` is 0: a gzip bomb or a runaway target fails alone
+/// instead of exhausting a small device's memory. Prometheus has no cap; 64 MiB is far above
+/// any healthy exporter (kube-state-metrics on a large cluster serves tens of MiB).
+pub const DEFAULT_BODY_CAP: usize = 64 << 20;
+
 /// One target to scrape.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -86,7 +91,13 @@ pub enum ScrapeError {
     NameMissing,
     /// More samples than `sample_limit` after metric relabeling.
     #[error("sample limit exceeded ({0})")]
-    SampleLimit(usize),
+    SampleLimit(u64),
+    /// A series over `label_limit`, `label_name_length_limit` or `label_value_length_limit`.
+    #[error("label limit exceeded: {0}")]
+    LabelLimit(String),
+    /// The job has more targets than `target_limit`.
+    #[error("target_limit exceeded (limit: {0})")]
+    TargetLimit(u64),
     /// The request could not be authenticated (unreadable credentials file, OAuth2 failure).
     #[error("{0}")]
     Client(#[from] crate::http_client::HttpClientError),
@@ -166,7 +177,15 @@ pub async fn run_target(
         ctx.metrics.scrapes.get_or_create(&job).inc();
         let ts = now_ms();
         let started = std::time::Instant::now();
-        let result = scrape_once(&t).await;
+        let result = if t
+            .job
+            .over_target_limit
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            Err(ScrapeError::TargetLimit(t.job.limits.target_limit))
+        } else {
+            scrape_once(&t).await
+        };
         let duration = started.elapsed().as_secs_f64();
         let shaped = shaper.shape(&t, &ext, result, ts, duration);
         if let Ok(mut h) = health.lock() {
@@ -266,7 +285,10 @@ async fn scrape_once(t: &Target) -> Result<String, ScrapeError> {
         if !resp.status().is_success() {
             return Err(ScrapeError::Status(resp.status()));
         }
-        let limit = t.job.body_size_limit;
+        let limit = match t.job.limits.body_size_limit {
+            0 => DEFAULT_BODY_CAP,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await? {
             body.extend_from_slice(&chunk);

@@ -116,7 +116,7 @@ impl Shaper {
         let limits = parse::Limits {
             // With metric relabeling the limit applies to what is left, as in Prometheus.
             max_samples: if job.metric_relabel.is_empty() {
-                job.sample_limit
+                usize::try_from(job.limits.sample_limit).unwrap_or(usize::MAX)
             } else {
                 0
             },
@@ -145,7 +145,10 @@ impl Shaper {
         self.last = compress(
             series[..post]
                 .iter()
-                .filter(|s| s.samples.first().is_some_and(|x| x.timestamp == ts))
+                .filter(|s| {
+                    t.job.track_timestamps_staleness
+                        || s.samples.first().is_some_and(|x| x.timestamp == ts)
+                })
                 .map(|s| s.labels.clone())
                 .collect(),
         );
@@ -347,6 +350,7 @@ fn build(
                 .map(|(name, value)| Label { name, value })
                 .collect();
         }
+        check_label_limits(&labels, &job.limits)?;
         add_external(&mut labels, ext);
         let timestamp = match s.timestamp_ms {
             Some(ms) if job.honor_timestamps => ms,
@@ -361,10 +365,51 @@ fn build(
         });
         kept.push(i as u32);
     }
-    if job.sample_limit > 0 && out.len() > job.sample_limit {
-        return Err(ScrapeError::SampleLimit(job.sample_limit));
+    let limit = job.limits.sample_limit;
+    if limit > 0 && out.len() as u64 > limit {
+        return Err(ScrapeError::SampleLimit(limit));
     }
     Ok((out, kept))
+}
+
+/// Prometheus's `verifyLabelLimits`, on a series' labels after relabeling (target labels
+/// included, external labels not).
+fn check_label_limits(labels: &[Label], l: &crate::config::JobLimits) -> Result<(), ScrapeError> {
+    let name = || {
+        labels
+            .iter()
+            .find(|x| x.name == METRIC_NAME)
+            .map_or("", |x| x.value.as_str())
+            .to_owned()
+    };
+    if l.label_limit > 0 && labels.len() as u64 > l.label_limit {
+        return Err(ScrapeError::LabelLimit(format!(
+            "label_limit exceeded (metric: {}, number of labels: {}, limit: {})",
+            name(),
+            labels.len(),
+            l.label_limit
+        )));
+    }
+    for x in labels {
+        if l.label_name_length_limit > 0 && x.name.len() as u64 > l.label_name_length_limit {
+            return Err(ScrapeError::LabelLimit(format!(
+                "label_name_length_limit exceeded (metric: {}, label name: {}, limit: {})",
+                name(),
+                x.name,
+                l.label_name_length_limit
+            )));
+        }
+        if l.label_value_length_limit > 0 && x.value.len() as u64 > l.label_value_length_limit {
+            return Err(ScrapeError::LabelLimit(format!(
+                "label_value_length_limit exceeded (metric: {}, label name: {}, value: {:?}, limit: {})",
+                name(),
+                x.name,
+                x.value,
+                l.label_value_length_limit
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Applies target labels to a scraped sample's labels, Prometheus's way.
@@ -439,8 +484,9 @@ mod tests {
                 name: "node".into(),
                 honor_labels: honor,
                 honor_timestamps: true,
-                sample_limit: 0,
-                body_size_limit: 0,
+                track_timestamps_staleness: false,
+                limits: Default::default(),
+                over_target_limit: Default::default(),
                 metric_relabel,
                 client: HttpClient::new(&HttpClientConfig::default(), "t").expect("client"),
                 external_labels: Vec::new(),
@@ -556,5 +602,24 @@ mod tests {
         assert_eq!(out.stale, 5);
         assert!(out.record.values.iter().all(|v| v.to_bits() == STALE_NAN));
         assert!(Shaper::default().end_of_run(&tg, &[], 60).is_none());
+    }
+
+    #[test]
+    fn label_limits_fail_the_scrape_alone() {
+        let mut tg = t(false, "[]");
+        Arc::get_mut(&mut tg.job)
+            .expect("unique")
+            .limits
+            .label_limit = 3;
+        // name, instance, job: 3 labels pass; one more fails.
+        let ok = Shaper::default().shape(&tg, &[], Ok("a 1\n".into()), 1, 0.1);
+        assert!(ok.error.is_none());
+        let bad = Shaper::default().shape(&tg, &[], Ok("a{x=\"1\"} 1\n".into()), 1, 0.1);
+        assert!(
+            matches!(bad.error, Some(ScrapeError::LabelLimit(_))),
+            "{:?}",
+            bad.error
+        );
+        assert_eq!(bad.record.values[0], 0.0, "up is 0");
     }
 }

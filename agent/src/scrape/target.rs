@@ -18,7 +18,9 @@ use std::sync::Arc;
 use uplink_shared::duration::PromDuration;
 use uplink_shared::model::Label;
 
-use crate::config::{Config, ScrapeConfig};
+use std::sync::atomic::AtomicBool;
+
+use crate::config::{Config, JobLimits, ScrapeConfig};
 use crate::discovery::{LabelSet, TargetGroup};
 use crate::http_client::HttpClient;
 use crate::relabel::{self, RelabelConfig};
@@ -31,8 +33,11 @@ pub struct Job {
     pub name: Arc<str>,
     pub honor_labels: bool,
     pub honor_timestamps: bool,
-    pub sample_limit: usize,
-    pub body_size_limit: usize,
+    pub track_timestamps_staleness: bool,
+    pub limits: JobLimits,
+    /// Set by the target manager while the job has more targets than `target_limit`: every
+    /// scrape then fails (`up` = 0), as in Prometheus.
+    pub over_target_limit: AtomicBool,
     pub metric_relabel: Vec<RelabelConfig>,
     pub client: HttpClient,
     /// `global.external_labels`, added to every series that lacks them.
@@ -293,8 +298,9 @@ mod tests {
             name: sc.job_name.as_str().into(),
             honor_labels: sc.honor_labels,
             honor_timestamps: sc.honor_timestamps,
-            sample_limit: 0,
-            body_size_limit: 0,
+            track_timestamps_staleness: false,
+            limits: Default::default(),
+            over_target_limit: Default::default(),
             metric_relabel: Vec::new(),
             client: HttpClient::new(&sc.http_client(), "test").expect("client"),
             external_labels: Vec::new(),
