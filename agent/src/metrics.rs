@@ -31,6 +31,9 @@ pub struct Metrics {
     pub connected: Gauge,
     pub connection_attempts: Counter,
     pub connection_failures: Counter,
+    pub remote_write_requests: Family<Vec<(String, String)>, Counter>,
+    pub remote_write_samples: Counter,
+    pub remote_write_dropped: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Metrics {
@@ -64,7 +67,7 @@ impl Metrics {
         );
         r.register(
             "samples_queued",
-            "Samples durably appended to the queue (scraped plus synthetic series).",
+            "Samples durably appended to the queue (scraped, synthetic and remote-written).",
             self.samples_queued.clone(),
         );
         r.register(
@@ -95,7 +98,7 @@ impl Metrics {
         );
         r.register(
             "queue_append_errors",
-            "Scrape results that could not be appended to the queue.",
+            "Scrape results and remote-write requests that could not be appended to the queue.",
             self.queue_append_errors.clone(),
         );
         r.register(
@@ -137,6 +140,22 @@ impl Metrics {
             "gateway_connection_failures",
             "Connection attempts that failed or sessions that ended abnormally.",
             self.connection_failures.clone(),
+        );
+        r.register(
+            "remote_write_requests",
+            "Remote-write requests received, by HTTP status answered.",
+            self.remote_write_requests.clone(),
+        );
+        r.register(
+            "remote_write_samples",
+            "Float samples of remote-write requests durably appended to the queue.",
+            self.remote_write_samples.clone(),
+        );
+        r.register(
+            "remote_write_dropped",
+            "Remote-written items not queued, by kind (sample, histogram, exemplar) and reason \
+             (unsupported: the queue stores float samples only; invalid: the series was invalid).",
+            self.remote_write_dropped.clone(),
         );
     }
 
