@@ -477,7 +477,7 @@ fn fits_queue(labels: &[Label]) -> Result<(), String> {
     {
         Some(l) => Err(format!(
             "label {:?}: name or value longer than {} bytes",
-            l.name.get(..64).unwrap_or("(long)"),
+            l.name.chars().take(64).collect::<String>(),
             codec::MAX_LABEL_BYTES
         )),
         None => Ok(()),
