@@ -390,6 +390,9 @@ pub struct UplinkConfig {
     pub queue: QueueConfig,
     #[serde(default)]
     pub shipper: ShipperConfig,
+    /// Limits of the remote-write receiver (`--web.enable-remote-write-receiver`).
+    #[serde(default)]
+    pub remote_write_receiver: crate::receive::ReceiverConfig,
 }
 
 /// The on-disk queue.

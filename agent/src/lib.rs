@@ -3,6 +3,8 @@
 //!
 //! Data flow: [`scrape`] (one task per target) → [`queue`] (RocksDB; a scrape is collected once
 //! appended) → [`ship`] (batches on QUIC streams; records are deleted only when acknowledged).
+//! With `--web.enable-remote-write-receiver`, [`receive`] is a second source: remote-write
+//! requests are appended to the same queue before they are answered.
 //!
 //! Shutdown order: stop scraping (each target finishes the append it is doing), then stop the
 //! shipper (no new batches; wait for the acks in flight; close with code 0), flush the queue's
@@ -14,6 +16,7 @@ pub mod http_client;
 mod http_tls;
 pub mod metrics;
 pub mod queue;
+pub mod receive;
 pub mod relabel;
 pub mod scrape;
 pub mod ship;
@@ -33,6 +36,15 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 
+/// The web listener's command-line options.
+#[derive(Clone, Copy, Debug)]
+pub struct WebOptions {
+    /// `--web.listen-address`.
+    pub listen_address: SocketAddr,
+    /// `--web.enable-remote-write-receiver`: serve `POST /api/v1/write` ([`receive`]).
+    pub enable_remote_write_receiver: bool,
+}
+
 /// Runs the agent until `shutdown` is cancelled, then shuts down in order.
 ///
 /// `source` is where `cfg` came from: SIGHUP and `POST /-/reload` read it again. A valid new
@@ -42,7 +54,7 @@ use crate::queue::Queue;
 pub async fn run(
     cfg: Config,
     source: config::Source,
-    web_addr: SocketAddr,
+    web: WebOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     for section in cfg.ignored_sections() {
@@ -72,10 +84,14 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(false));
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<web::ReloadRequest>(4);
     spawn_sighup(reload_tx.clone());
+    let receiver = web
+        .enable_remote_write_receiver
+        .then(|| receive::Receiver::new(&cfg, queue.clone(), metrics.clone(), shutdown.clone()));
     let web_state = WebState {
         registry: Arc::new(registry),
         ready: ready.clone(),
         reload: Some(reload_tx),
+        routes: receiver.as_ref().map(receive::Receiver::router),
     };
     metrics.config_last_reload_successful.set(1);
     metrics
@@ -90,7 +106,7 @@ pub async fn run(
         .context("building the QUIC client configuration")?;
 
     let web_token = CancellationToken::new();
-    let mut web_task = tokio::spawn(web::serve(web_addr, web_state, web_token.clone()));
+    let mut web_task = tokio::spawn(web::serve(web.listen_address, web_state, web_token.clone()));
 
     let scrape_token = CancellationToken::new();
     let scrapers = TaskTracker::new();
@@ -148,6 +164,9 @@ pub async fn run(
                             warn!("The uplink section changed; restart the agent to apply it.");
                         }
                         info!("Configuration reloaded; applying it to the scrapers.");
+                        if let Some(r) = &receiver {
+                            r.reload(&new);
+                        }
                         running = Arc::new(new);
                         manager.apply(running.clone());
                         metrics.config_last_reload_successful.set(1);

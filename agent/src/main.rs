@@ -16,9 +16,13 @@ struct Flags {
     /// The `uplink:` section in a file of its own, so prometheus.yml stays unchanged.
     #[arg(long = "uplink.config.file")]
     uplink_config_file: Option<PathBuf>,
-    /// Address for /metrics, /-/healthy and /-/ready.
+    /// Address for /metrics, /-/healthy, /-/ready, /-/reload (and /api/v1/write when enabled).
     #[arg(long = "web.listen-address", default_value = "0.0.0.0:9701")]
     web_listen_address: SocketAddr,
+    /// Accept Prometheus remote write (1.0 and 2.0) on POST /api/v1/write: every sample is
+    /// queued before the request is answered, and shipped like a scrape (sidecar mode).
+    #[arg(long = "web.enable-remote-write-receiver")]
+    enable_remote_write_receiver: bool,
     /// Validate the configuration and exit (0 valid, 64 invalid).
     #[arg(long = "check-config")]
     check_config: bool,
@@ -29,7 +33,10 @@ struct Flags {
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    let web = flags.web_listen_address;
+    let web = uplink_agent::WebOptions {
+        listen_address: flags.web_listen_address,
+        enable_remote_write_receiver: flags.enable_remote_write_receiver,
+    };
     let source = uplink_agent::config::Source {
         prometheus: flags.config_file.clone(),
         uplink: flags.uplink_config_file.clone(),

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub connection_attempts: Counter,
     pub connection_failures: Counter,
     pub sd_refresh_failures: Family<Vec<(String, String)>, Counter>,
+    pub remote_write_requests: Family<Vec<(String, String)>, Counter>,
+    pub remote_write_samples: Counter,
+    pub remote_write_dropped: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Metrics {
@@ -67,7 +70,7 @@ impl Metrics {
         );
         r.register(
             "samples_queued",
-            "Samples durably appended to the queue (scraped plus synthetic series).",
+            "Samples durably appended to the queue (scraped, synthetic and remote-written).",
             self.samples_queued.clone(),
         );
         r.register(
@@ -108,7 +111,7 @@ impl Metrics {
         );
         r.register(
             "queue_append_errors",
-            "Scrape results that could not be appended to the queue.",
+            "Scrape results and remote-write requests that could not be appended to the queue.",
             self.queue_append_errors.clone(),
         );
         r.register(
@@ -155,6 +158,22 @@ impl Metrics {
             "sd_refresh_failures",
             "Service discovery refreshes that failed (unreadable file, HTTP error, DNS lookup), by mechanism.",
             self.sd_refresh_failures.clone(),
+        );
+        r.register(
+            "remote_write_requests",
+            "Remote-write requests received, by HTTP status answered.",
+            self.remote_write_requests.clone(),
+        );
+        r.register(
+            "remote_write_samples",
+            "Float samples of remote-write requests durably appended to the queue.",
+            self.remote_write_samples.clone(),
+        );
+        r.register(
+            "remote_write_dropped",
+            "Remote-written items not queued, by kind (sample, histogram, exemplar) and reason \
+             (unsupported: the queue stores float samples only; invalid: the series was invalid).",
+            self.remote_write_dropped.clone(),
         );
     }
 

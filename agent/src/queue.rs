@@ -1,11 +1,11 @@
 //! The durable on-disk queue, in RocksDB. The only module that touches `rocksdb`.
 //!
 //! # Layout
-//! - `d` + seq (u64, big-endian): one record, the protobuf encoding of a remote-write
-//!   `WriteRequest` holding one scrape's samples. Big-endian keys make iteration order equal
-//!   to append order.
+//! - `d` + seq (u64, big-endian): one record (`uplink_shared::codec::ScrapeRecord`: one
+//!   scrape's values, or one timestamp's worth of a remote-write request). Big-endian keys make
+//!   iteration order equal to append order.
 //! - `m:next_seq`: the next sequence number to assign (u64 BE). Written in the same atomic
-//!   write batch as each record, so sequence numbers never repeat, even after the queue drains
+//!   write batch as each append, so sequence numbers never repeat, even after the queue drains
 //!   and the process restarts.
 //! - `s` + set id (u64 BE): the encoded series set (labels) that records refer to
 //!   (`uplink_shared::codec`), written in the same write batch as the first record using it.
@@ -16,17 +16,30 @@
 //!   ones.
 //!
 //! # Invariants
-//! - A record is *collected* once [`Queue::append`] returned: it is in RocksDB's write-ahead
-//!   log (synced to disk when `fsync` is on, else in the OS page cache, which survives a process
-//!   crash but not a power loss).
+//! - A record is *collected* once [`Queue::append`] or [`Queue::append_many`] returned: it is
+//!   in RocksDB's write-ahead log (synced to disk when `fsync` is on, else in the OS page
+//!   cache, which survives a process crash but not a power loss).
+//! - One append is one RocksDB write batch: [`Queue::append_many`] stores all of its records,
+//!   set definitions and set uses, or (on error or crash) none of them.
 //! - Appends are serialized, so records become visible in sequence order with no gaps below
 //!   [`Queue::head`]; a reader that saw `head` never misses a record below it.
+//! - An append's bookkeeping (head, usage counters) happens on the blocking thread right after
+//!   its write, so it is complete even if the caller's future is dropped meanwhile (a remote
+//!   write sender hanging up).
 //! - A record is deleted only by [`Queue::delete`], which the shipper calls only for batches the
-//!   gateway acknowledged. A restart therefore resumes at the first unacknowledged record.
+//!   gateway acknowledged, or by [`Queue::enforce_retention`] (counted by the caller). A restart
+//!   therefore resumes at the first unacknowledged record.
+//! - Set definitions: the queue remembers (in memory, for this process) which definitions it
+//!   has stored, and skips writing a given definition again while it is stored. A set is
+//!   deleted only by [`Queue::gc_sets`], under the append lock, and only when no record at or
+//!   after the first stored one uses it; it is then forgotten, so the next append that supplies
+//!   its definition stores it again. A writer that omits a definition (`def: None`) must know
+//!   the set is still stored.
 //! - Every RocksDB call runs on the blocking pool (`spawn_blocking`), never on the async
 //!   runtime's worker threads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,22 +92,129 @@ pub struct Record {
     pub data: Bytes,
 }
 
+/// What appends share, behind the append lock.
+struct Writer {
+    /// The next sequence number; only advanced after a successful write.
+    next: u64,
+    /// Sets whose definition this process stored and [`Queue::gc_sets`] has not deleted since.
+    stored_sets: HashSet<u64>,
+}
+
 struct Inner {
     db: DB,
     path: PathBuf,
     fsync: bool,
-    /// Serializes appends; holds the next sequence number.
-    writer: Mutex<u64>,
+    /// Serializes appends (and set deletions).
+    writer: Mutex<Writer>,
+    /// One past the last appended sequence number, for readers.
+    head: watch::Sender<u64>,
     /// Approximate bytes and count of stored records (exact for this process's lifetime).
     bytes: AtomicU64,
     records: AtomicU64,
+}
+
+impl Inner {
+    fn db_err(&self, source: rocksdb::Error) -> QueueError {
+        QueueError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
+        // A poisoned lock means an append panicked mid-way; the state it guards is still
+        // correct because it is only updated after a successful write.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `batch` as one RocksDB write batch; returns the sequence numbers it took.
+    fn append_many(&self, batch: &[(Bytes, Option<SetUse>)]) -> Result<Range<u64>, QueueError> {
+        let mut w = self.lock();
+        let first = w.next;
+        if batch.is_empty() {
+            return Ok(first..first);
+        }
+        let mut wb = WriteBatch::default();
+        let mut new_sets = HashSet::new();
+        let mut bytes = 0u64;
+        for (seq, (data, set)) in (first..).zip(batch) {
+            wb.put(key(seq), data);
+            bytes += data.len() as u64;
+            if let Some(set) = set {
+                if let Some(def) = &set.def
+                    && !w.stored_sets.contains(&set.id)
+                    && new_sets.insert(set.id)
+                {
+                    wb.put(set_key(SET, set.id), def);
+                }
+                // Later puts of the same key in one batch win: the newest user is stored.
+                wb.put(set_key(SET_USE, set.id), seq.to_be_bytes());
+            }
+        }
+        let end = first + batch.len() as u64;
+        wb.put(NEXT_SEQ, end.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.fsync);
+        self.db.write_opt(wb, &wo).map_err(|e| self.db_err(e))?;
+        w.next = end;
+        w.stored_sets.extend(new_sets);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.records
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.head.send_replace(end);
+        Ok(first..end)
+    }
+
+    /// Sets whose newest user is below `first`, read without blocking appends.
+    fn unused_sets(&self, first: u64) -> Result<Vec<u64>, QueueError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&[SET_USE], Direction::Forward))
+        {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            if k.first() != Some(&SET_USE) {
+                break;
+            }
+            let last: Option<u64> = v.as_ref().try_into().ok().map(u64::from_be_bytes);
+            if last.is_none_or(|l| l < first)
+                && let Ok(id) = <[u8; 8]>::try_from(&k[1..])
+            {
+                out.push(u64::from_be_bytes(id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the `candidates` still unused by records at or after `first`, under the append
+    /// lock (an append since [`Inner::unused_sets`] may have used one again).
+    fn delete_sets(&self, candidates: &[u64], first: u64) -> Result<usize, QueueError> {
+        let mut w = self.lock();
+        let keys: Vec<[u8; 9]> = candidates.iter().map(|id| set_key(SET_USE, *id)).collect();
+        let mut wb = WriteBatch::default();
+        let mut gone = Vec::new();
+        for (id, got) in candidates.iter().zip(self.db.multi_get(keys)) {
+            let last = got
+                .map_err(|e| self.db_err(e))?
+                .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes));
+            if last.is_none_or(|l| l < first) {
+                wb.delete(set_key(SET, *id));
+                wb.delete(set_key(SET_USE, *id));
+                gone.push(*id);
+            }
+        }
+        self.db.write(wb).map_err(|e| self.db_err(e))?;
+        for id in &gone {
+            w.stored_sets.remove(id);
+        }
+        Ok(gone.len())
+    }
 }
 
 /// Handle to the queue; cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
     inner: Arc<Inner>,
-    head: watch::Sender<u64>,
     queue_id: u64,
 }
 
@@ -169,11 +289,14 @@ impl Queue {
                 db,
                 path: dir.into(),
                 fsync,
-                writer: Mutex::new(next),
+                writer: Mutex::new(Writer {
+                    next,
+                    stored_sets: HashSet::new(),
+                }),
+                head,
                 bytes: AtomicU64::new(bytes),
                 records: AtomicU64::new(records),
             }),
-            head,
             queue_id,
         })
     }
@@ -185,51 +308,30 @@ impl Queue {
 
     /// Appends one record; returns its sequence number once it is durable (see module docs).
     /// `set` names the series set the record uses; its definition, when given, is stored in the
-    /// same atomic write.
+    /// same atomic write (unless the queue already stores it).
     pub async fn append(&self, data: Bytes, set: Option<SetUse>) -> Result<u64, QueueError> {
+        Ok(self.append_many(vec![(data, set)]).await?.start)
+    }
+
+    /// Appends several records, with their set definitions and uses, in one atomic write:
+    /// after a crash either all of them are stored or none. Returns their sequence numbers
+    /// (consecutive, in `batch` order) once they are durable. An empty batch writes nothing.
+    pub async fn append_many(
+        &self,
+        batch: Vec<(Bytes, Option<SetUse>)>,
+    ) -> Result<Range<u64>, QueueError> {
         let inner = self.inner.clone();
-        let len = data.len() as u64;
-        let seq = tokio::task::spawn_blocking(move || -> Result<u64, QueueError> {
-            // A poisoned lock means an append panicked mid-way; the sequence number it held is
-            // still correct because it is only advanced after a successful write.
-            let mut next = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-            let seq = *next;
-            let mut wb = WriteBatch::default();
-            wb.put(key(seq), &data);
-            wb.put(NEXT_SEQ, (seq + 1).to_be_bytes());
-            if let Some(set) = &set {
-                if let Some(def) = &set.def {
-                    wb.put(set_key(SET, set.id), def);
-                }
-                wb.put(set_key(SET_USE, set.id), seq.to_be_bytes());
-            }
-            let mut wo = WriteOptions::default();
-            wo.set_sync(inner.fsync);
-            inner
-                .db
-                .write_opt(wb, &wo)
-                .map_err(|source| QueueError::Db {
-                    path: inner.path.clone(),
-                    source,
-                })?;
-            *next = seq + 1;
-            Ok(seq)
-        })
-        .await??;
-        self.inner.bytes.fetch_add(len, Ordering::Relaxed);
-        self.inner.records.fetch_add(1, Ordering::Relaxed);
-        self.head.send_replace(seq + 1);
-        Ok(seq)
+        tokio::task::spawn_blocking(move || inner.append_many(&batch)).await?
     }
 
     /// One past the last appended sequence number.
     pub fn head(&self) -> u64 {
-        *self.head.borrow()
+        *self.inner.head.borrow()
     }
 
     /// A receiver that changes whenever a record is appended.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.head.subscribe()
+        self.inner.head.subscribe()
     }
 
     /// Reads records with `seq >= from`, in order, until `max_records` or `max_bytes` (at least
@@ -331,36 +433,17 @@ impl Queue {
         .await?
     }
 
-    /// Deletes series sets no stored record uses any more; returns how many.
+    /// Deletes series sets no stored record uses any more; returns how many. Appends wait only
+    /// for the final check and delete, not for the scan.
     pub async fn gc_sets(&self) -> Result<usize, QueueError> {
         let first = self.first().await?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let db_err = |source| QueueError::Db {
-                path: inner.path.clone(),
-                source,
-            };
-            let mut wb = WriteBatch::default();
-            let mut n = 0;
-            for item in inner
-                .db
-                .iterator(IteratorMode::From(&[SET_USE], Direction::Forward))
-            {
-                let (k, v) = item.map_err(db_err)?;
-                if k.first() != Some(&SET_USE) {
-                    break;
-                }
-                let last: Option<u64> = v.as_ref().try_into().ok().map(u64::from_be_bytes);
-                if last.is_none_or(|l| l < first) {
-                    if let Ok(id) = <[u8; 8]>::try_from(&k[1..]) {
-                        wb.delete(set_key(SET, u64::from_be_bytes(id)));
-                    }
-                    wb.delete(&k);
-                    n += 1;
-                }
+            let candidates = inner.unused_sets(first)?;
+            if candidates.is_empty() {
+                return Ok(0);
             }
-            inner.db.write(wb).map_err(db_err)?;
-            Ok(n)
+            inner.delete_sets(&candidates, first)
         })
         .await?
     }
@@ -562,6 +645,70 @@ mod tests {
         q.delete(2, 1).await.expect("ack c");
         assert_eq!(q.gc_sets().await.expect("gc"), 1);
         assert!(q.sets(vec![1]).await.expect("sets").is_empty());
+    }
+
+    #[tokio::test]
+    async fn append_many_is_one_write_with_consecutive_seqs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = Queue::open(dir.path(), false).expect("open");
+        q.append(b("first"), None).await.expect("append");
+        let set = |id, def: &str| {
+            Some(SetUse {
+                id,
+                def: Some(b(def)),
+            })
+        };
+        let seqs = q
+            .append_many(vec![
+                (b("a"), set(7, "def7")),
+                (b("b"), set(8, "def8")),
+                (b("c"), set(7, "def7")),
+            ])
+            .await
+            .expect("append_many");
+        assert_eq!(seqs, 1..4);
+        assert_eq!(q.head(), 4);
+        assert_eq!(q.usage(), (4, 8));
+        assert_eq!(q.append_many(Vec::new()).await.expect("empty"), 4..4);
+        let got = q.read(1, 10, usize::MAX).await.expect("read");
+        assert_eq!(
+            got.iter().map(|r| r.data.clone()).collect::<Vec<_>>(),
+            vec![b("a"), b("b"), b("c")]
+        );
+        // Set 7's newest user is record 3: acking 0..3 keeps it, drops set 8.
+        q.delete(0, 3).await.expect("ack");
+        assert_eq!(q.gc_sets().await.expect("gc"), 1);
+        let sets = q.sets(vec![7, 8]).await.expect("sets");
+        assert_eq!(sets.get(&7), Some(&b("def7")));
+        assert!(!sets.contains_key(&8));
+        drop(q);
+        let q = Queue::open(dir.path(), false).expect("reopen");
+        assert_eq!(q.head(), 4);
+        assert_eq!(q.first().await.expect("first"), 3);
+    }
+
+    #[tokio::test]
+    async fn stored_definitions_are_written_once_and_again_after_gc() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = Queue::open(dir.path(), false).expect("open");
+        let with_def = |def: &str| {
+            Some(SetUse {
+                id: 1,
+                def: Some(b(def)),
+            })
+        };
+        q.append(b("a"), with_def("v1")).await.expect("append");
+        // Known to be stored: a second definition for the same id is not written again.
+        q.append(b("b"), with_def("v2")).await.expect("append");
+        assert_eq!(q.sets(vec![1]).await.expect("sets").get(&1), Some(&b("v1")));
+        // Every user acknowledged: gc deletes the set and forgets it ...
+        q.delete(0, 2).await.expect("ack");
+        assert_eq!(q.gc_sets().await.expect("gc"), 1);
+        assert!(q.sets(vec![1]).await.expect("sets").is_empty());
+        // ... so the next append that supplies the definition stores it again.
+        q.append(b("c"), with_def("v3")).await.expect("append");
+        assert_eq!(q.sets(vec![1]).await.expect("sets").get(&1), Some(&b("v3")));
+        assert_eq!(q.gc_sets().await.expect("gc"), 0, "record c still uses it");
     }
 
     fn inspect(data: &[u8]) -> Option<(i64, u64)> {

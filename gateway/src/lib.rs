@@ -67,6 +67,7 @@ pub async fn run(
             registry: Arc::new(registry),
             ready: ready.clone(),
             reload: None,
+            routes: None,
         },
         web_token.clone(),
     ));

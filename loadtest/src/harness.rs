@@ -213,6 +213,8 @@ pub struct Agent {
     pub web: SocketAddr,
     pub config: PathBuf,
     pub queue_dir: PathBuf,
+    /// Extra command-line flags, kept for restarts.
+    pub args: Vec<String>,
 }
 
 /// Options for [`start_agent`].
@@ -236,6 +238,18 @@ pub fn start_agent_with(
     dir: &Path,
     spec: &AgentSpec<'_>,
     queue_extra: &str,
+) -> anyhow::Result<Agent> {
+    start_agent_with_args(bins, dir, spec, queue_extra, &[])
+}
+
+/// As [`start_agent_with`], with extra command-line flags (e.g.
+/// `--web.enable-remote-write-receiver`).
+pub fn start_agent_with_args(
+    bins: &Bins,
+    dir: &Path,
+    spec: &AgentSpec<'_>,
+    queue_extra: &str,
+    args: &[&str],
 ) -> anyhow::Result<Agent> {
     let queue_extra = if queue_extra.is_empty() {
         String::new()
@@ -262,11 +276,13 @@ pub fn start_agent_with(
         ),
     )?;
     let web = free_addr()?;
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let proc = Proc::spawn(
         &format!("uplink-agent[{}]", spec.site),
         Command::new(&bins.agent)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--web.listen-address={web}")),
+            .arg(format!("--web.listen-address={web}"))
+            .args(&args),
         &dir.join(format!("{}.log", spec.site)),
     )?;
     wait_ready(web, Duration::from_secs(20))?;
@@ -276,6 +292,7 @@ pub fn start_agent_with(
         web,
         config,
         queue_dir,
+        args,
     })
 }
 
@@ -286,7 +303,8 @@ impl Agent {
             &format!("uplink-agent[{}]", self.site),
             Command::new(&bins.agent)
                 .arg(format!("--config.file={}", self.config.display()))
-                .arg(format!("--web.listen-address={}", self.web)),
+                .arg(format!("--web.listen-address={}", self.web))
+                .args(&self.args),
             &dir.join(format!("{}.restart.log", self.site)),
         )?;
         wait_ready(self.web, Duration::from_secs(20))
@@ -395,6 +413,46 @@ impl Prometheus {
     pub fn remote_write_url(&self) -> String {
         format!("http://{}/api/v1/write", self.web)
     }
+}
+
+/// Starts `prometheus --enable-feature=agent` (WAL under `dir/prometheus-agent`) scraping
+/// `targets` as `job` every `interval`, and remote-writing to `remote_write_url` with short
+/// batch deadlines and backoffs, so tests see samples within about a second.
+pub fn start_prometheus_agent(
+    dir: &Path,
+    job: &str,
+    targets: &[String],
+    interval: &str,
+    remote_write_url: &str,
+) -> anyhow::Result<Prometheus> {
+    let web = free_addr()?;
+    let cfg = dir.join("prometheus-agent.yml");
+    let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: {interval}\n  scrape_timeout: {interval}\n\
+             scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{targets}]\n\
+             remote_write:\n  - url: {remote_write_url}\n    queue_config:\n\
+             \x20     batch_send_deadline: 500ms\n      max_samples_per_send: 50\n\
+             \x20     min_backoff: 50ms\n      max_backoff: 500ms\n",
+            targets = targets.join(", "),
+        ),
+    )?;
+    let proc = Proc::spawn(
+        "prometheus-agent",
+        Command::new("prometheus")
+            .arg("--enable-feature=agent")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.agent.path={}",
+                dir.join("prometheus-agent").display()
+            ))
+            .arg(format!("--web.listen-address={web}")),
+        &dir.join("prometheus-agent.log"),
+    )?;
+    wait_ready(web, Duration::from_secs(60))?;
+    Ok(Prometheus { proc, web })
 }
 
 /// Every raw sample of the range-vector selector `selector` (e.g. `{site="a"}[1h]`) from a

@@ -42,6 +42,10 @@ use crate::remote_write::{Label, Sample, TimeSeries};
 
 /// Version byte of [`ScrapeRecord`].
 pub const RECORD_VERSION: u8 = 2;
+/// Most labels one series of a [`SeriesSet`] may have (larger sets do not decode).
+pub const MAX_LABELS_PER_SERIES: usize = 1024;
+/// Longest label name or value in a [`SeriesSet`], in bytes (longer ones do not decode).
+pub const MAX_LABEL_BYTES: usize = u16::MAX as usize;
 
 /// Why bytes could not be encoded or decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -155,7 +159,7 @@ impl<'a> Reader<'a> {
         Ok(n as usize)
     }
     fn string(&mut self, what: &'static str) -> Result<String, CodecError> {
-        let n = self.count(what, 1, u16::MAX as u64)?;
+        let n = self.count(what, 1, MAX_LABEL_BYTES as u64)?;
         let b = self.bytes(n, what)?;
         String::from_utf8(b.to_vec()).map_err(|_| CodecError::Invalid { what })
     }
@@ -214,7 +218,7 @@ impl SeriesSet {
         let n = r.count("series count", 1, max_series as u64)?;
         let mut series = Vec::with_capacity(n);
         for _ in 0..n {
-            let nl = r.count("label count", 2, 1024)?;
+            let nl = r.count("label count", 2, MAX_LABELS_PER_SERIES as u64)?;
             let mut labels = Vec::with_capacity(nl);
             for _ in 0..nl {
                 let name = r.string("label name")?;
@@ -955,7 +959,7 @@ impl TunnelDecoder {
             let n = r.count("series count", 1, self.max_series as u64)?;
             let mut series = Vec::with_capacity(n);
             for _ in 0..n {
-                let nl = r.count("label count", 2, 1024)?;
+                let nl = r.count("label count", 2, MAX_LABELS_PER_SERIES as u64)?;
                 self.pairs += nl + 1;
                 if self.pairs * 8 > self.max_string_bytes {
                     return Err(CodecError::TooLarge {

@@ -1,7 +1,8 @@
 //! `uplink-shared`: everything the agent and the gateway must agree on.
 //!
 //! - [`model`]: labels, samples and series as both sides see them.
-//! - [`remote_write`]: Prometheus remote-write 1.0 protobuf types and their snappy framing.
+//! - [`remote_write`]: Prometheus remote-write 1.0 and 2.0 protobuf types, their snappy framing,
+//!   and the receiving side (content negotiation, bounded decoding, label validation).
 //! - [`codec`]: the compact tunnel encoding (queue records, series sets, stateful batch codec).
 //! - [`wire`]: the agent-gateway protocol as code without I/O (frames, handshake, batches,
 //!   acks, close codes).

@@ -3,10 +3,13 @@
 //!
 //! Field numbers follow `prompb/remote.proto` and `prompb/types.proto` exactly. Decoding is
 //! bounded: [`decode_snappy`] refuses a body whose declared uncompressed size exceeds the
-//! caller's limit before allocating it.
+//! caller's limit before allocating it. [`v2`] holds the 2.0 messages; [`receive`] is the
+//! receiving side of both versions (content negotiation, decoding, label validation).
 
 use bytes::Bytes;
 use prost::Message;
+
+pub mod receive;
 
 /// `Content-Type` of a remote-write 1.0 request.
 pub const CONTENT_TYPE: &str = "application/x-protobuf";

@@ -1,7 +1,8 @@
 //! The HTTP endpoints every Uplink binary serves, following Prometheus conventions:
 //! `GET /metrics` (the process's own metrics, OpenMetrics text), `GET /-/healthy` (200 while
 //! the process runs), `GET /-/ready` (200 once the component can do its job, 503 before) and
-//! `POST /-/reload` (re-read the configuration, as SIGHUP does).
+//! `POST /-/reload` (re-read the configuration, as SIGHUP does). A binary may add endpoints of
+//! its own ([`WebState::routes`], e.g. the agent's remote-write receiver) on the same listener.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,16 +28,24 @@ pub struct WebState {
     pub ready: Arc<AtomicBool>,
     /// Asked on `POST /-/reload`, answered with the outcome; `None` answers 501.
     pub reload: Option<ReloadSender>,
+    /// Extra endpoints served beside the common ones, with their own state and layers. Their
+    /// paths must not overlap the common ones (`/metrics`, `/-/*`).
+    pub routes: Option<Router>,
 }
 
 /// The router, for embedding or tests.
-pub fn router(state: WebState) -> Router {
-    Router::new()
+pub fn router(mut state: WebState) -> Router {
+    let extra = state.routes.take();
+    let common = Router::new()
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(|| async { "Healthy.\n" }))
         .route("/-/ready", get(ready))
         .route("/-/reload", post(reload).put(reload))
-        .with_state(state)
+        .with_state(state);
+    match extra {
+        Some(extra) => common.merge(extra),
+        None => common,
+    }
 }
 
 /// Binds `addr` and serves until `shutdown` is cancelled. Returns the bound address through

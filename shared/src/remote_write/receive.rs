@@ -1,0 +1,537 @@
+//! The receiving side of remote write, without I/O: content negotiation, bounded decoding of
+//! 1.0 (`prometheus.WriteRequest`) and 2.0 (`io.prometheus.write.v2.Request`) bodies, and label
+//! validation, per the receiver rules of both specifications.
+//!
+//! # Negotiation ([`negotiate`])
+//! `Content-Type: application/x-protobuf` without a `proto` parameter, or with
+//! `proto=prometheus.WriteRequest`, is 1.0; `proto=io.prometheus.write.v2.Request` is 2.0;
+//! anything else is unsupported (the caller answers 415). `Content-Encoding` must be `snappy`
+//! (block format). As Prometheus's own receiver does, a request without `Content-Type` is taken
+//! as 1.0 and one without `Content-Encoding` as snappy, so old 1.0 clients keep working.
+//!
+//! # Decoding ([`decode`])
+//! Bounded before anything is allocated: the snappy header's declared size is checked against
+//! the decoded-bytes limit, and the top-level series are counted on the raw protobuf before
+//! prost builds them. Never panics on any input.
+//!
+//! What is decoded is what a float-sample store needs: every series' labels and float samples,
+//! plus the *number* of native histograms and exemplars it carried (their contents are skipped
+//! without copying), so the caller can say exactly what it did not write. Metadata is ignored.
+//!
+//! # Validation (per series, [`Series::labels`])
+//! Labels with an empty value are dropped (Prometheus treats them as absent). An empty label
+//! name, a repeated name, a missing `__name__`, and in 2.0 a label or metadata reference outside
+//! the symbol table make the series invalid; the rest of the request stays usable, so a
+//! receiver can write the valid series and answer 400 for the others (a partial write, which
+//! both specifications allow). Names need not be sorted: the result is sorted by name.
+//! Only a malformed request as a whole (bad snappy, bad protobuf, 2.0 symbol table not
+//! starting with `""`) is an error of [`decode`].
+
+use prost::Message;
+
+use super::{DecodeError, Label, Sample};
+use crate::model::METRIC_NAME;
+
+/// `X-Prometheus-Remote-Write-Samples-Written` (2.0).
+pub const SAMPLES_WRITTEN: &str = "x-prometheus-remote-write-samples-written";
+/// `X-Prometheus-Remote-Write-Histograms-Written` (2.0).
+pub const HISTOGRAMS_WRITTEN: &str = "x-prometheus-remote-write-histograms-written";
+/// `X-Prometheus-Remote-Write-Exemplars-Written` (2.0).
+pub const EXEMPLARS_WRITTEN: &str = "x-prometheus-remote-write-exemplars-written";
+
+const MEDIA_TYPE: &str = "application/x-protobuf";
+const PROTO_V1: &str = "prometheus.WriteRequest";
+const PROTO_V2: &str = "io.prometheus.write.v2.Request";
+
+/// Which message a request carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// `prometheus.WriteRequest` (remote write 1.0).
+    V1,
+    /// `io.prometheus.write.v2.Request` (remote write 2.0).
+    V2,
+}
+
+impl Proto {
+    /// The protobuf message name.
+    pub fn message(self) -> &'static str {
+        match self {
+            Proto::V1 => PROTO_V1,
+            Proto::V2 => PROTO_V2,
+        }
+    }
+}
+
+/// Why a request's headers are not acceptable (answered with 415).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    #[error(
+        "unsupported Content-Type {0:?}: expected application/x-protobuf, optionally with \
+         proto=prometheus.WriteRequest or proto=io.prometheus.write.v2.Request"
+    )]
+    ContentType(String),
+    #[error("unsupported Content-Encoding {0:?}: only snappy is accepted")]
+    ContentEncoding(String),
+}
+
+/// Picks the message from `Content-Type` and checks `Content-Encoding` (header values as
+/// received; `None` when absent).
+pub fn negotiate(
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+) -> Result<Proto, Unsupported> {
+    let proto = match content_type {
+        None => Proto::V1,
+        Some(ct) => parse_content_type(ct).ok_or_else(|| Unsupported::ContentType(ct.into()))?,
+    };
+    match content_encoding.map(str::trim) {
+        None => Ok(proto),
+        Some(enc) if enc.eq_ignore_ascii_case(super::CONTENT_ENCODING) => Ok(proto),
+        Some(enc) => Err(Unsupported::ContentEncoding(enc.into())),
+    }
+}
+
+/// `application/x-protobuf[;proto=<message>]` (RFC 9110 media type: case-insensitive type and
+/// parameter names, optional whitespace, optionally quoted values; other parameters ignored).
+fn parse_content_type(ct: &str) -> Option<Proto> {
+    let mut parts = ct.split(';');
+    let media = parts.next().unwrap_or_default().trim();
+    if !media.eq_ignore_ascii_case(MEDIA_TYPE) {
+        return None;
+    }
+    let mut proto = Proto::V1;
+    for param in parts {
+        let (name, value) = param.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("proto") {
+            continue;
+        }
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        proto = match value {
+            PROTO_V1 => Proto::V1,
+            PROTO_V2 => Proto::V2,
+            _ => return None,
+        };
+    }
+    Some(proto)
+}
+
+/// Limits applied while decoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest decoded (uncompressed) protobuf, in bytes.
+    pub max_decoded_bytes: usize,
+    /// Most series in one request.
+    pub max_series: usize,
+}
+
+/// Why a body could not be decoded as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Bad snappy, bad protobuf, or decoded size over the limit.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// More series than [`Limits::max_series`].
+    #[error("{count} series exceed the limit of {limit} per request")]
+    TooManySeries { count: usize, limit: usize },
+    /// The message is well-formed protobuf but breaks the specification as a whole.
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// One received series.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    /// Validated labels sorted by name, or why they are invalid (see the module docs).
+    pub labels: Result<Vec<Label>, String>,
+    /// Float samples, as sent (stale-marker NaN bits included).
+    pub samples: Vec<Sample>,
+    /// Native histogram samples the series carried (not decoded).
+    pub histograms: u64,
+    /// Exemplars the series carried (not decoded).
+    pub exemplars: u64,
+}
+
+/// Decodes a snappy-compressed body carrying `proto`.
+pub fn decode(proto: Proto, body: &[u8], limits: Limits) -> Result<Vec<Series>, RequestError> {
+    let size = snap::raw::decompress_len(body).map_err(DecodeError::from)?;
+    if size > limits.max_decoded_bytes {
+        return Err(DecodeError::TooLarge {
+            size,
+            limit: limits.max_decoded_bytes,
+        }
+        .into());
+    }
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(DecodeError::from)?;
+    let field = match proto {
+        Proto::V1 => 1,
+        Proto::V2 => 5,
+    };
+    let count = count_field(&raw, field);
+    if count > limits.max_series {
+        return Err(RequestError::TooManySeries {
+            count,
+            limit: limits.max_series,
+        });
+    }
+    match proto {
+        Proto::V1 => Ok(from_v1(
+            V1Request::decode(raw.as_slice()).map_err(DecodeError::from)?,
+        )),
+        Proto::V2 => from_v2(V2Request::decode(raw.as_slice()).map_err(DecodeError::from)?),
+    }
+}
+
+/// Occurrences of length-delimited top-level field `field` in a protobuf message, counted
+/// without decoding them. Stops at the first malformed byte (prost then reports the error).
+fn count_field(mut buf: &[u8], field: u64) -> usize {
+    use prost::encoding::decode_varint;
+    let mut n = 0;
+    while !buf.is_empty() {
+        let Ok(key) = decode_varint(&mut buf) else {
+            break;
+        };
+        let skip = match key & 7 {
+            0 => match decode_varint(&mut buf) {
+                Ok(_) => 0,
+                Err(_) => break,
+            },
+            1 => 8,
+            2 => match decode_varint(&mut buf) {
+                Ok(len) => usize::try_from(len).unwrap_or(usize::MAX),
+                Err(_) => break,
+            },
+            5 => 4,
+            _ => break,
+        };
+        if skip > buf.len() {
+            break;
+        }
+        if key >> 3 == field && key & 7 == 2 {
+            n += 1;
+        }
+        buf = &buf[skip..];
+    }
+    n
+}
+
+/// A message whose content is skipped: only its presence is counted.
+#[derive(Clone, Copy, PartialEq, Message)]
+struct Skipped {}
+
+#[derive(Clone, PartialEq, Message)]
+struct V1Request {
+    #[prost(message, repeated, tag = "1")]
+    timeseries: Vec<V1Series>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct V1Series {
+    #[prost(message, repeated, tag = "1")]
+    labels: Vec<Label>,
+    #[prost(message, repeated, tag = "2")]
+    samples: Vec<Sample>,
+    #[prost(message, repeated, tag = "3")]
+    exemplars: Vec<Skipped>,
+    #[prost(message, repeated, tag = "4")]
+    histograms: Vec<Skipped>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct V2Request {
+    #[prost(string, repeated, tag = "4")]
+    symbols: Vec<String>,
+    #[prost(message, repeated, tag = "5")]
+    timeseries: Vec<V2Series>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct V2Series {
+    #[prost(uint32, repeated, tag = "1")]
+    labels_refs: Vec<u32>,
+    #[prost(message, repeated, tag = "2")]
+    samples: Vec<Sample>,
+    #[prost(message, repeated, tag = "3")]
+    histograms: Vec<Skipped>,
+    #[prost(message, repeated, tag = "4")]
+    exemplars: Vec<Skipped>,
+    #[prost(message, optional, tag = "5")]
+    metadata: Option<super::v2::Metadata>,
+}
+
+fn from_v1(req: V1Request) -> Vec<Series> {
+    req.timeseries
+        .into_iter()
+        .map(|ts| Series {
+            labels: validate(ts.labels),
+            samples: ts.samples,
+            histograms: ts.histograms.len() as u64,
+            exemplars: ts.exemplars.len() as u64,
+        })
+        .collect()
+}
+
+fn from_v2(req: V2Request) -> Result<Vec<Series>, RequestError> {
+    if req.symbols.first().is_some_and(|s| !s.is_empty()) {
+        return Err(RequestError::Invalid(
+            "the symbol table must start with the empty string",
+        ));
+    }
+    let symbols = &req.symbols;
+    Ok(req
+        .timeseries
+        .into_iter()
+        .map(|ts| Series {
+            labels: resolve(symbols, &ts).and_then(validate),
+            samples: ts.samples,
+            histograms: ts.histograms.len() as u64,
+            exemplars: ts.exemplars.len() as u64,
+        })
+        .collect())
+}
+
+/// A 2.0 series' labels from the symbol table.
+fn resolve(symbols: &[String], ts: &V2Series) -> Result<Vec<Label>, String> {
+    let symbol = |r: u32| {
+        symbols.get(r as usize).ok_or_else(|| {
+            format!(
+                "symbol reference {r} outside the table of {}",
+                symbols.len()
+            )
+        })
+    };
+    if ts.labels_refs.len() % 2 != 0 {
+        return Err("odd number of label references".into());
+    }
+    if let Some(m) = &ts.metadata {
+        symbol(m.help_ref)?;
+        symbol(m.unit_ref)?;
+    }
+    ts.labels_refs
+        .chunks_exact(2)
+        .map(|pair| Ok(Label::new(symbol(pair[0])?, symbol(pair[1])?)))
+        .collect()
+}
+
+/// Validates and sorts one series' labels (see the module docs).
+pub fn validate(mut labels: Vec<Label>) -> Result<Vec<Label>, String> {
+    labels.retain(|l| !l.value.is_empty());
+    if labels.iter().any(|l| l.name.is_empty()) {
+        return Err("empty label name".into());
+    }
+    if !labels.windows(2).all(|w| w[0].name < w[1].name) {
+        labels.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(w) = labels.windows(2).find(|w| w[0].name == w[1].name) {
+            return Err(format!("duplicate label name {:?}", w[0].name));
+        }
+    }
+    if !labels.iter().any(|l| l.name == METRIC_NAME) {
+        return Err("no __name__ label".into());
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snappy(raw: &[u8]) -> Vec<u8> {
+        snap::raw::Encoder::new()
+            .compress_vec(raw)
+            .expect("compresses")
+    }
+
+    const LIMITS: Limits = Limits {
+        max_decoded_bytes: 1 << 20,
+        max_series: 100,
+    };
+
+    #[test]
+    fn negotiation_follows_both_specs() {
+        let ok = |ct, enc| negotiate(ct, enc);
+        assert_eq!(ok(None, None), Ok(Proto::V1));
+        assert_eq!(
+            ok(Some("application/x-protobuf"), Some("snappy")),
+            Ok(Proto::V1)
+        );
+        assert_eq!(
+            ok(
+                Some("application/x-protobuf;proto=prometheus.WriteRequest"),
+                Some("SNAPPY")
+            ),
+            Ok(Proto::V1)
+        );
+        assert_eq!(
+            ok(
+                Some("Application/X-Protobuf; charset=x; PROTO=\"io.prometheus.write.v2.Request\""),
+                None
+            ),
+            Ok(Proto::V2)
+        );
+        for bad in [
+            "text/plain",
+            "application/x-protobuf;proto=io.prometheus.write.v3.Request",
+            "application/x-protobuf;proto",
+            "application/json",
+        ] {
+            assert!(
+                matches!(ok(Some(bad), None), Err(Unsupported::ContentType(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            ok(None, Some("gzip")),
+            Err(Unsupported::ContentEncoding(_))
+        ));
+    }
+
+    #[test]
+    fn v1_counts_histograms_and_exemplars_and_keeps_nan_bits() {
+        let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+        // A 1.0 series with labels out of order, a stale marker, one exemplar, two histograms.
+        let mut raw = Vec::new();
+        let series = V1Series {
+            labels: vec![Label::new("job", "a"), Label::new("__name__", "x")],
+            samples: vec![Sample {
+                value: stale,
+                timestamp: 5,
+            }],
+            exemplars: vec![Skipped {}],
+            histograms: vec![Skipped {}, Skipped {}],
+        };
+        V1Request {
+            timeseries: vec![series],
+        }
+        .encode(&mut raw)
+        .expect("encodes");
+        let got = decode(Proto::V1, &snappy(&raw), LIMITS).expect("decodes");
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].labels,
+            Ok(vec![Label::new("__name__", "x"), Label::new("job", "a")])
+        );
+        assert_eq!(got[0].samples[0].value.to_bits(), stale.to_bits());
+        assert_eq!((got[0].histograms, got[0].exemplars), (2, 1));
+    }
+
+    #[test]
+    fn v2_resolves_symbols_and_rejects_bad_references() {
+        let req = V2Request {
+            symbols: vec!["".into(), "__name__".into(), "up".into(), "job".into()],
+            timeseries: vec![
+                V2Series {
+                    labels_refs: vec![1, 2, 3, 2],
+                    samples: vec![Sample {
+                        value: 1.0,
+                        timestamp: 1,
+                    }],
+                    ..Default::default()
+                },
+                V2Series {
+                    labels_refs: vec![1, 9],
+                    ..Default::default()
+                },
+                V2Series {
+                    labels_refs: vec![1],
+                    ..Default::default()
+                },
+            ],
+        };
+        let got = decode(Proto::V2, &snappy(&req.encode_to_vec()), LIMITS).expect("decodes");
+        assert_eq!(
+            got[0].labels,
+            Ok(vec![Label::new("__name__", "up"), Label::new("job", "up")])
+        );
+        assert!(got[1].labels.as_ref().is_err_and(|e| e.contains("9")));
+        assert!(got[2].labels.is_err());
+
+        let bad = V2Request {
+            symbols: vec!["x".into()],
+            timeseries: vec![],
+        };
+        assert!(matches!(
+            decode(Proto::V2, &snappy(&bad.encode_to_vec()), LIMITS),
+            Err(RequestError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn labels_are_validated() {
+        let l = |pairs: &[(&str, &str)]| pairs.iter().map(|(n, v)| Label::new(*n, *v)).collect();
+        assert!(validate(l(&[("__name__", "x"), ("", "v")])).is_err());
+        assert!(
+            validate(l(&[("__name__", "x"), ("a", "1"), ("a", "2")]))
+                .is_err_and(|e| e.contains("\"a\""))
+        );
+        assert!(validate(l(&[("job", "x")])).is_err());
+        assert_eq!(
+            validate(l(&[("z", ""), ("b", "1"), ("__name__", "x")])),
+            Ok(l(&[("__name__", "x"), ("b", "1")]))
+        );
+    }
+
+    #[test]
+    fn limits_are_checked_before_building() {
+        let req = V1Request {
+            timeseries: vec![V1Series::default(); 101],
+        };
+        let body = snappy(&req.encode_to_vec());
+        assert!(matches!(
+            decode(Proto::V1, &body, LIMITS),
+            Err(RequestError::TooManySeries {
+                count: 101,
+                limit: 100
+            })
+        ));
+        let small = Limits {
+            max_decoded_bytes: 10,
+            ..LIMITS
+        };
+        assert!(matches!(
+            decode(Proto::V1, &body, small),
+            Err(RequestError::Decode(DecodeError::TooLarge { .. }))
+        ));
+    }
+
+    #[test]
+    fn never_panics_on_arbitrary_bytes() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let valid = V1Request {
+            timeseries: vec![V1Series {
+                labels: vec![Label::new("__name__", "x")],
+                samples: vec![Sample {
+                    value: 1.0,
+                    timestamp: 2,
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec();
+        for i in 0..5000 {
+            let len = (next() % 64) as usize;
+            let mut raw: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if i % 2 == 0 {
+                // Mutate a valid message instead of pure noise.
+                raw = valid.clone();
+                let at = (next() as usize) % raw.len();
+                raw[at] = next() as u8;
+                raw.truncate((next() as usize) % (raw.len() + 1));
+            }
+            for proto in [Proto::V1, Proto::V2] {
+                let _ = decode(proto, &snappy(&raw), LIMITS);
+                let _ = decode(proto, &raw, LIMITS);
+            }
+        }
+    }
+}
