@@ -98,6 +98,9 @@ struct Writer {
     next: u64,
     /// Sets whose definition this process stored and [`Queue::gc_sets`] has not deleted since.
     stored_sets: HashSet<u64>,
+    /// Sets a producer will keep referring to without repeating the definition (a scrape
+    /// target's current set), with their pin counts: never garbage-collected.
+    pinned: HashMap<u64, usize>,
 }
 
 struct Inner {
@@ -197,7 +200,7 @@ impl Inner {
             let last = got
                 .map_err(|e| self.db_err(e))?
                 .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes));
-            if last.is_none_or(|l| l < first) {
+            if last.is_none_or(|l| l < first) && !w.pinned.contains_key(id) {
                 wb.delete(set_key(SET, *id));
                 wb.delete(set_key(SET_USE, *id));
                 gone.push(*id);
@@ -292,6 +295,7 @@ impl Queue {
                 writer: Mutex::new(Writer {
                     next,
                     stored_sets: HashSet::new(),
+                    pinned: HashMap::new(),
                 }),
                 head,
                 bytes: AtomicU64::new(bytes),
@@ -309,6 +313,24 @@ impl Queue {
     /// Appends one record; returns its sequence number once it is durable (see module docs).
     /// `set` names the series set the record uses; its definition, when given, is stored in the
     /// same atomic write (unless the queue already stores it).
+    /// Keeps set `id` from garbage collection until as many [`Queue::unpin_set`] calls: a
+    /// producer that appends records referring to a set without its definition (a scrape
+    /// target on its fast path) pins the set before the first such append.
+    pub fn pin_set(&self, id: u64) {
+        *self.inner.lock().pinned.entry(id).or_default() += 1;
+    }
+
+    /// Releases one [`Queue::pin_set`] of `id`.
+    pub fn unpin_set(&self, id: u64) {
+        let mut w = self.inner.lock();
+        if let Some(n) = w.pinned.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                w.pinned.remove(&id);
+            }
+        }
+    }
+
     pub async fn append(&self, data: Bytes, set: Option<SetUse>) -> Result<u64, QueueError> {
         Ok(self.append_many(vec![(data, set)]).await?.start)
     }
@@ -645,6 +667,33 @@ mod tests {
         q.delete(2, 1).await.expect("ack c");
         assert_eq!(q.gc_sets().await.expect("gc"), 1);
         assert!(q.sets(vec![1]).await.expect("sets").is_empty());
+    }
+
+    /// A scrape target's current set outlives the acks of every record using it: its later
+    /// records (fast path) refer to it without a definition, and a new connection needs it.
+    #[tokio::test]
+    async fn pinned_sets_survive_gc() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = Queue::open(dir.path(), false).expect("open");
+        q.pin_set(5);
+        q.append(
+            b("a"),
+            Some(SetUse {
+                id: 5,
+                def: Some(b("def5")),
+            }),
+        )
+        .await
+        .expect("append");
+        q.delete(0, 1).await.expect("ack");
+        assert_eq!(q.gc_sets().await.expect("gc"), 0, "pinned");
+        q.append(b("b"), Some(SetUse { id: 5, def: None }))
+            .await
+            .expect("append");
+        assert_eq!(q.sets(vec![5]).await.expect("sets").len(), 1);
+        q.unpin_set(5);
+        q.delete(1, 1).await.expect("ack");
+        assert_eq!(q.gc_sets().await.expect("gc"), 1, "released");
     }
 
     #[tokio::test]

@@ -152,6 +152,18 @@ pub async fn run_target(
     health: Arc<std::sync::Mutex<Health>>,
     stop: Stop,
 ) {
+    let mut writer = Writer::default();
+    scrape_loop(t, &ctx, health, stop, &mut writer).await;
+    writer.release(&ctx);
+}
+
+async fn scrape_loop(
+    t: Target,
+    ctx: &Context,
+    health: Arc<std::sync::Mutex<Health>>,
+    stop: Stop,
+    writer: &mut Writer,
+) {
     // First scrape at the next point in wall-clock time congruent to the offset.
     let interval_ms = t.interval.as_millis().max(1) as i64;
     let off = offset(&t).as_millis() as i64;
@@ -165,7 +177,6 @@ pub async fn run_target(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let job = Metrics::job(&t.job.name);
     let ext = t.job.external_labels.clone();
-    let mut writer = Writer::default();
     let mut shaper = Shaper::default();
     loop {
         tokio::select! {
@@ -203,7 +214,7 @@ pub async fn run_target(
             debug!(%error, "Scrape failed.");
         }
         ctx.metrics.samples_scraped.inc_by(shaped.scraped as u64);
-        if !writer.append(&ctx, shaped).await {
+        if !writer.append(ctx, shaped).await {
             shaper.forget();
         }
     }
@@ -222,15 +233,27 @@ pub async fn run_target(
         _ = tokio::time::sleep(t.interval / 10) => {}
     }
     if let Some(shaped) = shaper.end_of_run(&t, &ext, stale_at) {
-        writer.append(&ctx, shaped).await;
+        writer.append(ctx, shaped).await;
     }
 }
 
 /// Appends shaped scrapes, storing a set's definition the first time in a row it is used.
+///
+/// Invariant: the set of `last_set` is pinned in the queue (never garbage-collected), because
+/// later records refer to it without its definition; the pin moves with `last_set` and is
+/// released when the loop ends.
 #[derive(Default)]
 struct Writer {
     /// The series set this target used last; its definition is already in the queue.
     last_set: Option<u64>,
+}
+
+impl Writer {
+    fn release(&mut self, ctx: &Context) {
+        if let Some(id) = self.last_set.take() {
+            ctx.queue.unpin_set(id);
+        }
+    }
 }
 
 impl Writer {
@@ -246,8 +269,15 @@ impl Writer {
                 .map(|set| set.encode()),
         };
         let m = &ctx.metrics;
+        let new_set = self.last_set != Some(record.set_id);
+        if new_set {
+            ctx.queue.pin_set(record.set_id);
+        }
         match ctx.queue.append(record.encode(), Some(set_use)).await {
             Ok(_) => {
+                if new_set {
+                    self.release(ctx);
+                }
                 self.last_set = Some(record.set_id);
                 m.samples_queued.inc_by(samples);
                 m.stale_markers.inc_by(shaped.stale as u64);
@@ -258,7 +288,10 @@ impl Writer {
             }
             Err(error) => {
                 // The set's definition may not be stored: rebuild it next time.
-                self.last_set = None;
+                if new_set {
+                    ctx.queue.unpin_set(record.set_id);
+                }
+                self.release(ctx);
                 m.queue_append_errors.inc();
                 m.samples_dropped.inc_by(samples);
                 warn!(%error, "Could not queue scrape result; it is lost.");
