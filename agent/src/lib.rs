@@ -10,6 +10,7 @@
 //! shipper (no new batches; wait for the acks in flight; close with code 0), flush the queue's
 //! WAL, stop the web endpoints.
 
+pub mod api;
 pub mod config;
 pub mod discovery;
 pub mod http_client;
@@ -87,27 +88,6 @@ pub async fn run(
     let receiver = web
         .enable_remote_write_receiver
         .then(|| receive::Receiver::new(&cfg, queue.clone(), metrics.clone(), shutdown.clone()));
-    let web_state = WebState {
-        registry: Arc::new(registry),
-        ready: ready.clone(),
-        reload: Some(reload_tx),
-        routes: receiver.as_ref().map(receive::Receiver::router),
-    };
-    metrics.config_last_reload_successful.set(1);
-    metrics
-        .config_last_reload_success_timestamp
-        .set(unix_seconds());
-
-    let transport = uplink_shared::tls::transport(
-        cfg.uplink.shipper.keep_alive.0,
-        cfg.uplink.shipper.idle_timeout.0,
-    );
-    let client = uplink_shared::tls::quic_client(&cfg.uplink.tls, transport)
-        .context("building the QUIC client configuration")?;
-
-    let web_token = CancellationToken::new();
-    let mut web_task = tokio::spawn(web::serve(web.listen_address, web_state, web_token.clone()));
-
     let scrape_token = CancellationToken::new();
     let scrapers = TaskTracker::new();
     let base = source
@@ -124,6 +104,35 @@ pub async fn run(
         scrapers.clone(),
         scrape_token.clone(),
     );
+    let api = api::Api {
+        targets: manager.view.clone(),
+        config: Arc::new(std::sync::RwLock::new(config_text(&source))),
+    };
+    let mut routes = api.clone().router();
+    if let Some(r) = &receiver {
+        routes = routes.merge(r.router());
+    }
+    let web_state = WebState {
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+        reload: Some(reload_tx),
+        routes: Some(routes),
+    };
+    metrics.config_last_reload_successful.set(1);
+    metrics
+        .config_last_reload_success_timestamp
+        .set(unix_seconds());
+
+    let transport = uplink_shared::tls::transport(
+        cfg.uplink.shipper.keep_alive.0,
+        cfg.uplink.shipper.idle_timeout.0,
+    );
+    let client = uplink_shared::tls::quic_client(&cfg.uplink.tls, transport)
+        .context("building the QUIC client configuration")?;
+
+    let web_token = CancellationToken::new();
+    let mut web_task = tokio::spawn(web::serve(web.listen_address, web_state, web_token.clone()));
+
     let cfg = Arc::new(cfg);
     manager.apply(cfg.clone());
     info!(jobs = cfg.scrape_configs.len(), "Scraping started.");
@@ -169,6 +178,9 @@ pub async fn run(
                         }
                         running = Arc::new(new);
                         manager.apply(running.clone());
+                        if let Ok(mut c) = api.config.write() {
+                            *c = config_text(&source);
+                        }
                         metrics.config_last_reload_successful.set(1);
                         metrics.config_last_reload_success_timestamp.set(unix_seconds());
                         Ok(())
@@ -195,6 +207,22 @@ pub async fn run(
     web_token.cancel();
     info!("Shutdown complete.");
     Ok(())
+}
+
+/// The configuration files' text, secrets redacted, for `/api/v1/status/config`.
+fn config_text(source: &config::Source) -> String {
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let prom = read(&source.prometheus);
+    match &source.uplink {
+        None => api::redacted_yaml(&[&prom]),
+        Some(u) => {
+            let up = read(u);
+            let mut text = api::redacted_yaml(&[&prom]);
+            text.push_str("# --uplink.config.file\n");
+            text.push_str(&api::redacted_yaml(&[&up]));
+            text
+        }
+    }
 }
 
 fn unix_seconds() -> i64 {
