@@ -12,7 +12,7 @@ fn examples() -> &'static Path {
 fn example_config_parses() {
     let cfg = uplink_agent::config::Config::load(&examples().join("agent.yml"));
     let cfg = cfg.unwrap_or_else(|e| panic!("deploy/examples/agent.yml: {e}"));
-    assert_eq!(cfg.scrape_configs.len(), 2);
+    assert_eq!(cfg.scrape_configs.len(), 3);
     let targets: usize = cfg
         .scrape_configs
         .iter()

@@ -177,17 +177,13 @@ impl JobRunner {
         loop {
             self.sync(&spec, job.as_ref(), &providers);
             tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => return,
-                _ = removed.cancelled() => {
-                    for r in self.loops.values() {
-                        r.stop.removed.cancel();
-                    }
-                    self.set_target_gauges(0, 0, 0);
-                    return;
-                }
+                _ = removed.cancelled() => return self.remove_all(),
                 r = spec_rx.changed() => {
                     if r.is_err() {
-                        return;
+                        // The manager dropped the job (removed with its handle).
+                        return self.remove_all();
                     }
                     let new = spec_rx.borrow_and_update().clone();
                     let (old_sc, new_sc) = (spec.sc(), new.sc());
@@ -203,6 +199,15 @@ impl JobRunner {
                 _ = providers.changed.notified() => {}
             }
         }
+    }
+
+    /// The job is gone: every loop writes its stale markers and ends.
+    fn remove_all(&mut self) {
+        for r in self.loops.values() {
+            r.stop.removed.cancel();
+        }
+        self.loops.clear();
+        self.set_target_gauges(0, 0, 0);
     }
 
     /// The job's shared settings, or `None` (logged) when its HTTP client cannot be built.
