@@ -331,7 +331,10 @@ async fn scrape_once(t: &Target) -> Result<String, ScrapeError> {
         }
         String::from_utf8(body).map_err(|_| ScrapeError::Utf8)
     };
-    tokio::time::timeout(t.timeout, fut)
-        .await
-        .map_err(|_| ScrapeError::Timeout(t.timeout))?
+    match tokio::time::timeout(t.timeout, fut).await {
+        Err(_) => Err(ScrapeError::Timeout(t.timeout)),
+        // The client's own deadline (the same timeout) can fire first, mid-body.
+        Ok(Err(ScrapeError::Request(e))) if e.is_timeout() => Err(ScrapeError::Timeout(t.timeout)),
+        Ok(r) => r,
+    }
 }
