@@ -17,6 +17,7 @@
 //! shutdown no markers are written.
 
 pub mod manager;
+pub mod openmetrics;
 pub mod parse;
 pub mod shape;
 pub mod target;
