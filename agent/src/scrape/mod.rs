@@ -17,6 +17,7 @@
 //! shutdown no markers are written.
 
 pub mod manager;
+pub mod negotiate;
 pub mod openmetrics;
 pub mod parse;
 pub mod shape;
@@ -35,11 +36,9 @@ use crate::discovery::LabelSet;
 use crate::metrics::Metrics;
 use crate::queue::{Queue, SetUse};
 
+pub use negotiate::Format;
 pub use shape::{STALE_NAN, Shaped, Shaper, build_text};
 pub use target::Job;
-
-/// `Accept` header: the text format only, as this scraper parses (OpenMetrics slots in later).
-const ACCEPT: &str = "text/plain;version=0.0.4;q=1,*/*;q=0.1";
 
 /// The body cap when `body_size_limit` is 0: a gzip bomb or a runaway target fails alone
 /// instead of exhausting a small device's memory. Prometheus has no cap; 64 MiB is far above
@@ -87,6 +86,9 @@ pub enum ScrapeError {
     /// The body does not parse as the text format.
     #[error("parse error: {0}")]
     Parse(#[from] parse::ParseError),
+    /// The body does not parse as OpenMetrics.
+    #[error("OpenMetrics parse error: {0}")]
+    OpenMetrics(#[from] openmetrics::ParseError),
     /// Metric relabeling removed `__name__` from a series.
     #[error("__name__ label is mandatory (removed by metric_relabel_configs)")]
     NameMissing,
@@ -102,6 +104,37 @@ pub enum ScrapeError {
     /// The request could not be authenticated (unreadable credentials file, OAuth2 failure).
     #[error("{0}")]
     Client(#[from] crate::http_client::HttpClientError),
+}
+
+/// A scraped body and the parser its `Content-Type` selected.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Body {
+    pub text: String,
+    pub format: Format,
+}
+
+impl Body {
+    /// Parses the body in its format.
+    pub fn parse(&self, limits: &parse::Limits) -> Result<parse::Exposition, ScrapeError> {
+        self.format.parse(&self.text, limits)
+    }
+}
+
+/// A text-format body.
+impl From<String> for Body {
+    fn from(text: String) -> Self {
+        Body {
+            text,
+            format: Format::Text,
+        }
+    }
+}
+
+/// A text-format body.
+impl From<&str> for Body {
+    fn from(text: &str) -> Self {
+        Body::from(text.to_owned())
+    }
 }
 
 /// What every target loop shares.
@@ -302,14 +335,14 @@ impl Writer {
     }
 }
 
-async fn scrape_once(t: &Target) -> Result<String, ScrapeError> {
+async fn scrape_once(t: &Target) -> Result<Body, ScrapeError> {
     let fut = async {
         let req = t
             .job
             .client
             .get(&t.url)
             .await?
-            .header(reqwest::header::ACCEPT, ACCEPT)
+            .header(reqwest::header::ACCEPT, t.job.accept.as_str())
             .header(
                 "X-Prometheus-Scrape-Timeout-Seconds",
                 format!("{}", t.timeout.as_secs_f64()),
@@ -319,6 +352,11 @@ async fn scrape_once(t: &Target) -> Result<String, ScrapeError> {
         if !resp.status().is_success() {
             return Err(ScrapeError::Status(resp.status()));
         }
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let format = Format::from_content_type(content_type.as_deref());
         let limit = match t.job.limits.body_size_limit {
             0 => DEFAULT_BODY_CAP,
             n => usize::try_from(n).unwrap_or(usize::MAX),
@@ -330,7 +368,8 @@ async fn scrape_once(t: &Target) -> Result<String, ScrapeError> {
                 return Err(ScrapeError::BodyTooLarge(limit));
             }
         }
-        String::from_utf8(body).map_err(|_| ScrapeError::Utf8)
+        let text = String::from_utf8(body).map_err(|_| ScrapeError::Utf8)?;
+        Ok(Body { text, format })
     };
     tokio::time::timeout(t.timeout, fut)
         .await
