@@ -64,6 +64,7 @@ pub struct GlobalConfig {
     pub label_value_length_limit: u64,
     pub target_limit: u64,
     pub keep_dropped_targets: u64,
+    /// Default `scrape_protocols` of every job (see `scrape::negotiate`).
     pub scrape_protocols: Option<Vec<ScrapeProtocol>>,
     /// Accepted so that Prometheus files load; not used by the agent.
     pub rule_query_offset: Option<PromDuration>,
@@ -147,7 +148,8 @@ pub struct ScrapeConfig {
     /// Ask for gzip (`Accept-Encoding`).
     #[serde(default = "default_true")]
     pub enable_compression: bool,
-    /// Exposition formats to negotiate, most preferred first (see the module docs).
+    /// Exposition formats to negotiate, most preferred first; the global list when unset,
+    /// Prometheus 2.42's `Accept` header when neither is set (see `scrape::negotiate`).
     #[serde(default)]
     pub scrape_protocols: Option<Vec<ScrapeProtocol>>,
     /// Deprecated Prometheus 2 forms of `authorization`.

@@ -2,8 +2,11 @@
 //!
 //! [`manager`] keeps one loop per target of every job, following discovery and reloads;
 //! [`target`] turns discovered groups into targets (`relabel_configs`, Prometheus's
-//! `PopulateLabels`); [`shape`] turns a scrape into a queue record (target labels,
-//! `metric_relabel_configs`, synthetic series, stale markers). This module holds the loop.
+//! `PopulateLabels`); [`negotiate`] gives each job its `Accept` header and picks the parser
+//! from each response's `Content-Type`: [`parse`] (text format 0.0.4) or [`openmetrics`]
+//! (OpenMetrics 1.0), which produce the same samples; [`shape`] turns a scrape into a queue
+//! record (target labels, `metric_relabel_configs`, synthetic series, stale markers). This
+//! module holds the loop and the HTTP request.
 //!
 //! Each target scrapes on its own timer with a stable offset inside the interval (a hash of
 //! job and URL), so load is spread and a failing or slow target never delays another. A

@@ -70,9 +70,10 @@
 //! * NUL bytes: here a NUL is an ordinary character inside quoted label values (exemplars'
 //!   included) and `# HELP`/`# TYPE`/`# UNIT` text, and an error anywhere else. Prometheus's
 //!   lexer rejects NULs in exemplar label values, and silently skips NULs directly after a
-//!   sample label value's closing quote, after a backslash inside such a value, inside and
-//!   after the `HELP`/`TYPE`/`UNIT`/`EOF` keywords, and at the start of the line after a
-//!   metadata line, accepting bodies that fail here.
+//!   sample label value's closing quote (storing a corrupted value: `{a="x"\0}` gives `a` the
+//!   value `x"`), after a backslash inside such a value, inside and after the
+//!   `HELP`/`TYPE`/`UNIT`/`EOF` keywords, and at the start of the line after a metadata line,
+//!   accepting bodies that fail here.
 //! * The body must be UTF-8 (the scraper checks this first). Prometheus rejects invalid UTF-8
 //!   in every position where it could occur in an otherwise valid body too.
 //! * Prometheus agent mode drops samples whose timestamp is older than the series' last one
@@ -80,7 +81,7 @@
 //!
 //! # No-panic invariant
 //!
-//! [`parse`] never panics: byte access goes through `get`, slices are taken at ASCII
+//! [`parse()`] never panics: byte access goes through `get`, slices are taken at ASCII
 //! delimiters through `str::get`, nothing is unwrapped, and error snippets are bounded by
 //! [`super::parse::ERROR_SNIPPET_CHARS`]. The unit tests run it on many mutations of every seed
 //! body under `agent/tests/fixtures/openmetrics/`.
@@ -114,7 +115,7 @@ pub struct ParseError {
     pub kind: ParseErrorKind,
 }
 
-/// The kinds of problem [`parse`] reports. `found` fields describe the offending input: a
+/// The kinds of problem [`parse()`] reports. `found` fields describe the offending input: a
 /// quoted character, a quoted token or `end of line`.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ParseErrorKind {

@@ -1,5 +1,7 @@
 //! Parser for the Prometheus text exposition format 0.0.4
-//! (`Content-Type: text/plain; version=0.0.4`).
+//! (`Content-Type: text/plain; version=0.0.4`, and every response that is not OpenMetrics: see
+//! [`super::negotiate`]; OpenMetrics bodies go to [`super::openmetrics`], which produces the
+//! same [`Exposition`] and shares the value, label and limit checks below).
 //!
 //! The grammar follows Prometheus 2.x's `model/textparse` (`promlex.l` + `promparse.go`), so a
 //! scrape body is accepted here exactly when Prometheus 2.x would accept it, with the few

@@ -13,6 +13,11 @@
 //! the synthetic series included, when the target goes away. Stale markers are appended after
 //! the scrape's own series in the same record.
 //!
+//! Known gap: when a body fails to parse (or a sample fails a label check), Prometheus still
+//! reports in `scrape_samples_scraped`, `scrape_samples_post_metric_relabeling` and
+//! `scrape_series_added` the samples it handled before the failure; here a failed scrape
+//! reports 0 for all three.
+//!
 //! Fast path: when a scrape has exactly the same parsed series in the same order as the last
 //! one (a 128-bit fingerprint compares them), its record is built from the values alone,
 //! through the remembered indices that metric relabeling kept. The result equals the slow
