@@ -401,25 +401,7 @@ fn sample(text: &str) -> Result<(ParsedSample, Option<bool>), Kind> {
         return Err(Kind::MissingValue { found });
     };
     let value = value(raw)?;
-    let mut timestamp_ms = None;
-    let mut exemplar = None;
-    if c.starts_exemplar() {
-        exemplar = Some(c.exemplar(name)?);
-    } else if !c.at_end() {
-        let Some(raw) = c.token() else {
-            let found = c.found();
-            return Err(Kind::ExpectedTimestampOrExemplar { found });
-        };
-        timestamp_ms = Some(seconds_to_ms(raw).ok_or_else(|| Kind::InvalidTimestamp {
-            value: snippet(raw),
-        })?);
-        if c.starts_exemplar() {
-            exemplar = Some(c.exemplar(name)?);
-        } else if !c.at_end() {
-            let found = c.found_token();
-            return Err(Kind::ExpectedEndOfLine { found });
-        }
-    }
+    let (timestamp_ms, exemplar) = c.after_value(name)?;
     let sample = ParsedSample {
         name: name.to_owned(),
         labels,
@@ -600,6 +582,33 @@ impl<'a> Cursor<'a> {
         let raw = self.text.get(start..self.pos)?;
         self.pos += 1;
         Some(raw)
+    }
+
+    /// What may follow a sample's value: nothing, a timestamp, an exemplar, or both (in that
+    /// order). Returns the timestamp in milliseconds and, when there was an exemplar, whether
+    /// it is storable.
+    fn after_value(&mut self, metric: &str) -> Result<(Option<i64>, Option<bool>), Kind> {
+        if self.starts_exemplar() {
+            return Ok((None, Some(self.exemplar(metric)?)));
+        }
+        if self.at_end() {
+            return Ok((None, None));
+        }
+        let Some(raw) = self.token() else {
+            let found = self.found();
+            return Err(Kind::ExpectedTimestampOrExemplar { found });
+        };
+        let ms = seconds_to_ms(raw).ok_or_else(|| Kind::InvalidTimestamp {
+            value: snippet(raw),
+        })?;
+        if self.starts_exemplar() {
+            return Ok((Some(ms), Some(self.exemplar(metric)?)));
+        }
+        if !self.at_end() {
+            let found = self.found_token();
+            return Err(Kind::ExpectedEndOfLine { found });
+        }
+        Ok((Some(ms), None))
     }
 
     /// An exemplar (at ` # {`) through the end of the line; whether it is storable.
