@@ -64,6 +64,7 @@ pub struct GlobalConfig {
     pub label_value_length_limit: u64,
     pub target_limit: u64,
     pub keep_dropped_targets: u64,
+    /// Default `scrape_protocols` of every job (see `scrape::negotiate`).
     pub scrape_protocols: Option<Vec<ScrapeProtocol>>,
     /// Accepted so that Prometheus files load; not used by the agent.
     pub rule_query_offset: Option<PromDuration>,
@@ -147,7 +148,8 @@ pub struct ScrapeConfig {
     /// Ask for gzip (`Accept-Encoding`).
     #[serde(default = "default_true")]
     pub enable_compression: bool,
-    /// Exposition formats to negotiate, most preferred first (see the module docs).
+    /// Exposition formats to negotiate, most preferred first; the global list when unset,
+    /// Prometheus 2.42's `Accept` header when neither is set (see `scrape::negotiate`).
     #[serde(default)]
     pub scrape_protocols: Option<Vec<ScrapeProtocol>>,
     /// Deprecated Prometheus 2 forms of `authorization`.
@@ -573,10 +575,20 @@ impl Config {
                 ));
             }
         }
+        if let Err(message) = check_protocols(g.scrape_protocols.as_deref()) {
+            return Err(at(
+                "scrape_protocols:",
+                "global.scrape_protocols".into(),
+                message,
+            ));
+        }
         let mut seen = HashSet::new();
         for (i, job) in self.scrape_configs.iter().enumerate() {
             let needle = format!("job_name: {}", job.job_name);
             let field = |f: &str| format!("scrape_configs[{i}].{f}");
+            if let Err(message) = check_protocols(job.scrape_protocols.as_deref()) {
+                return Err(at(&needle, field("scrape_protocols"), message));
+            }
             if job.job_name.is_empty() {
                 return Err(at(
                     "job_name:",
@@ -780,6 +792,26 @@ impl Config {
     }
 }
 
+/// Prometheus's rules for a `scrape_protocols` list: not empty, no protocol twice.
+fn check_protocols(list: Option<&[ScrapeProtocol]>) -> Result<(), String> {
+    let Some(list) = list else {
+        return Ok(());
+    };
+    if list.is_empty() {
+        return Err("scrape_protocols cannot be empty".into());
+    }
+    if list
+        .iter()
+        .enumerate()
+        .any(|(i, p)| list.get(..i).unwrap_or_default().contains(p))
+    {
+        return Err(format!(
+            "duplicated protocol in scrape_protocols, got {list:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// Finds the 1-based line and column of the first occurrence of `needle`.
 fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
     text.lines()
@@ -932,5 +964,47 @@ uplink:
         );
         let c = load(&text).expect("valid");
         assert_eq!(c.limits(&c.scrape_configs[0]).sample_limit, 0);
+    }
+
+    #[test]
+    fn scrape_protocols_follow_prometheus_rules() {
+        let with = |global: &str, job: &str| {
+            GOOD.replace(
+                "  scrape_interval: 15s\n",
+                &format!("  scrape_interval: 15s\n{global}"),
+            )
+            .replace(
+                "  - job_name: node\n",
+                &format!("  - job_name: node\n{job}"),
+            )
+        };
+        let c = load(&with(
+            "  scrape_protocols: [PrometheusProto, OpenMetricsText0.0.1]\n",
+            "    scrape_protocols: [PrometheusText1.0.0]\n",
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.global.scrape_protocols,
+            Some(vec![
+                ScrapeProtocol::PrometheusProto,
+                ScrapeProtocol::OpenMetricsText0_0_1
+            ])
+        );
+        assert_eq!(
+            c.scrape_configs[0].scrape_protocols,
+            Some(vec![ScrapeProtocol::PrometheusText1_0_0])
+        );
+        let e = load(&with("", "    scrape_protocols: []\n"))
+            .expect_err("empty")
+            .to_string();
+        assert!(e.contains("scrape_protocols cannot be empty"), "{e}");
+        let e = load(&with(
+            "  scrape_protocols: [PrometheusText0.0.4, PrometheusText0.0.4]\n",
+            "",
+        ))
+        .expect_err("duplicate")
+        .to_string();
+        assert!(e.contains("duplicated protocol"), "{e}");
+        assert!(load(&with("", "    scrape_protocols: [OpenMetrics]\n")).is_err());
     }
 }

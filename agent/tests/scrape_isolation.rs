@@ -55,6 +55,7 @@ fn target(addr: &str, job: &str) -> Target {
             over_target_limit: Default::default(),
             metric_relabel: Vec::new(),
             client: HttpClient::new(&HttpClientConfig::default(), "test").unwrap(),
+            accept: uplink_agent::scrape::negotiate::DEFAULT_ACCEPT.into(),
             external_labels: vec![Label::new("site", "t")],
         }),
         url: format!("http://{addr}/metrics"),

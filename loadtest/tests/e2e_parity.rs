@@ -5,7 +5,10 @@
 //! one), and both write into one real
 //! Prometheus, told apart only by an external label. PromQL must then show identical series
 //! sets and identical values (scrape durations aside), and the same stale markers: for a
-//! series that leaves a scrape, and for a target that leaves the file_sd file.
+//! series that leaves a scrape, and for a target that leaves the file_sd file. A third job
+//! scrapes a target answering OpenMetrics 1.0 (`# UNIT`, `_created`, info, stateset, gauge
+//! histogram, counters with `_total`, exemplars, float-second timestamps), which both sides
+//! negotiate with their default `Accept` header.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -25,9 +28,10 @@ fn block<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-/// Serves `/metrics` (and `/honor`) on a fresh port; `gone` removes one series.
-/// `ts_ms` is the explicit timestamp of `with_ts` (0: not exposed yet).
+/// Serves `/metrics`, `/honor` and `/om` (OpenMetrics) on a fresh port; `gone` removes one
+/// series. `ts_ms` is the explicit timestamp of `with_ts` and `om_ts_*` (0: not exposed yet).
 async fn exporter(name: &'static str, gone: Arc<AtomicBool>, ts_ms: Arc<AtomicI64>) -> SocketAddr {
+    let om_ts_ms = ts_ms.clone();
     let body = move |honor: bool| {
         let mut s = String::new();
         if honor {
@@ -55,13 +59,61 @@ async fn exporter(name: &'static str, gone: Arc<AtomicBool>, ts_ms: Arc<AtomicI6
     };
     let body = Arc::new(body);
     let b2 = body.clone();
+    let om = move || {
+        let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+        let body = openmetrics_body(om_ts_ms.load(Ordering::SeqCst));
+        ([(axum::http::header::CONTENT_TYPE, ct)], body)
+    };
     let app = Router::new()
         .route("/metrics", get(move || async move { body(false) }))
-        .route("/honor", get(move || async move { b2(true) }));
+        .route("/honor", get(move || async move { b2(true) }))
+        .route("/om", get(move || async move { om() }));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(l, app).await });
     addr
+}
+
+/// An OpenMetrics 1.0 body; samples with float-second timestamps (sub-millisecond digits
+/// included, so the conversion to milliseconds is exercised) only once `ts_ms` is set.
+fn openmetrics_body(ts_ms: i64) -> String {
+    let mut s = String::from(concat!(
+        "# HELP om_latency_seconds Latency.\n",
+        "# TYPE om_latency_seconds histogram\n",
+        "# UNIT om_latency_seconds seconds\n",
+        "om_latency_seconds_bucket{le=\"0.1\"} 3 # {trace_id=\"t1\"} 0.05\n",
+        "om_latency_seconds_bucket{le=\"+Inf\"} 5\n",
+        "om_latency_seconds_sum 1.25\n",
+        "om_latency_seconds_count 5\n",
+        "om_latency_seconds_created 1.7e+09\n",
+        "# HELP om_requests Requests.\n",
+        "# TYPE om_requests counter\n",
+        "om_requests_total{code=\"200\"} 10\n",
+        "om_requests_created{code=\"200\"} 1699999999.5\n",
+        "# TYPE om_build info\n",
+        "om_build_info{version=\"1.0\",path=\"C:\\\\x \\\"q\\\"\"} 1\n",
+        "# TYPE om_feature stateset\n",
+        "om_feature{om_feature=\"a\"} 1\n",
+        "om_feature{om_feature=\"b\"} 0\n",
+        "# TYPE om_queue gaugehistogram\n",
+        "om_queue_bucket{le=\"1\"} 2\n",
+        "om_queue_bucket{le=\"+Inf\"} 3\n",
+        "om_queue_gcount 3\n",
+        "om_queue_gsum 1.5\n",
+        "# TYPE om_mystery unknown\n",
+        "om_mystery{e=\"\"} NaN\n",
+    ));
+    if ts_ms != 0 {
+        let (secs, ms) = (ts_ms / 1000, ts_ms % 1000);
+        s.push_str("# TYPE om_ts_events counter\n");
+        s.push_str(&format!(
+            "om_ts_events_total 7 {secs}.{ms:03}7 # {{trace_id=\"abc\"}} 1 {secs}.{ms:03}\n"
+        ));
+        s.push_str("# TYPE om_ts_temp_celsius gauge\n# UNIT om_ts_temp_celsius celsius\n");
+        s.push_str(&format!("om_ts_temp_celsius -3.5 {secs}.{ms:03}0016\n"));
+    }
+    s.push_str("# EOF\n");
+    s
 }
 
 /// The scrape configuration both scrapers run, with `external_labels: {via: <via>}`: target
@@ -104,6 +156,10 @@ scrape_configs:
     metrics_path: /honor
     static_configs:
       - targets: ['{a}']
+  - job_name: openmetrics
+    metrics_path: /om
+    static_configs:
+      - targets: ['{a}']
 "#,
         sd = sd.display(),
     )
@@ -136,7 +192,9 @@ async fn view(prom: SocketAddr, via: &str) -> BTreeMap<String, BTreeSet<String>>
         }
         let value = if name.as_deref() == Some("scrape_duration_seconds") {
             "duration".to_owned()
-        } else if name.as_deref() == Some("with_ts") {
+        } else if name.as_deref() == Some("with_ts")
+            || name.as_deref().is_some_and(|n| n.starts_with("om_ts_"))
+        {
             format!("{}@{}", r.value, r.timestamp)
         } else {
             format!("{}", r.value)
@@ -337,7 +395,7 @@ async fn uplink_agent_and_prometheus_agent_write_the_same_series() {
     let p_targets = api_targets(pweb).await;
     let u_targets = api_targets(uweb).await;
     assert_eq!(p_targets, u_targets, "/api/v1/targets");
-    assert_eq!(p_targets.0.len(), 3, "{p_targets:#?}");
+    assert_eq!(p_targets.0.len(), 4, "{p_targets:#?}");
     assert_eq!(p_targets.1.len(), 1, "{p_targets:#?}");
     let raw = reqwest::Client::new()
         .get(format!("http://{uweb}/api/v1/targets?state=active"))
@@ -396,9 +454,12 @@ async fn uplink_agent_and_prometheus_agent_write_the_same_series() {
         only_p.is_empty() && only_u.is_empty(),
         "series only from Prometheus: {only_p:#?}\nseries only from uplink: {only_u:#?}"
     );
-    for (k, pv) in &p {
-        assert_eq!(pv, &u[k], "values of {k}");
-    }
+    let differ: Vec<String> = p
+        .iter()
+        .filter(|(k, pv)| u.get(*k) != Some(*pv))
+        .map(|(k, pv)| format!("{k}: prometheus {pv:?}, uplink {:?}", u.get(k)))
+        .collect();
+    assert!(differ.is_empty(), "values differ:\n{}", differ.join("\n"));
     // The configuration exercised what it claims.
     let keys: Vec<&String> = p.keys().collect();
     let has = |needle: &str| keys.iter().any(|k| k.contains(needle));
@@ -411,4 +472,33 @@ async fn uplink_agent_and_prometheus_agent_write_the_same_series() {
     assert!(has("team_lower=\"alpha\"") && has("team_upper=\"BETA\"") && has("region=\"eu_1\""));
     assert!(has("copy_ne=\"us-2\"") && has("shard=") && !has("zone="));
     assert!(p.len() > 20, "{keys:#?}");
+    // The OpenMetrics target was parsed as OpenMetrics: every series ingested under its own
+    // name, `_created` included, and the float-second timestamps honoured.
+    for name in [
+        "om_latency_seconds_bucket{",
+        "om_latency_seconds_created{",
+        "om_requests_total{",
+        "om_requests_created{",
+        "om_build_info{",
+        "om_feature{",
+        "om_queue_gcount{",
+        "om_queue_gsum{",
+        "om_mystery{",
+        "om_ts_events_total{",
+        "om_ts_temp_celsius{",
+    ] {
+        assert!(has(name), "{name} in {keys:#?}");
+    }
+    assert!(has(r#"path="C:\\x \"q\"""#), "{keys:#?}");
+    let om_up = p
+        .iter()
+        .find(|(k, _)| k.starts_with("up{") && k.contains("job=\"openmetrics\""))
+        .map(|(_, v)| v.iter().cloned().collect::<Vec<_>>());
+    assert_eq!(om_up, Some(vec!["1".to_owned()]));
+    let temp = p
+        .iter()
+        .find(|(k, _)| k.starts_with("om_ts_temp_celsius{"))
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert!(temp.iter().all(|v| v.starts_with("-3.5@")), "{temp:?}");
 }

@@ -26,7 +26,7 @@ use uplink_shared::model::Label;
 
 use super::target::{self, Job, Populated};
 use super::{Context, Health, Stop, Target, run_target};
-use crate::config::{Config, ScrapeConfig};
+use crate::config::{Config, ScrapeConfig, ScrapeProtocol};
 use crate::discovery::{LabelSet, TargetGroup};
 use crate::http_client::HttpClient;
 
@@ -232,6 +232,7 @@ impl JobRunner {
             }
         };
         Some(Arc::new(Job {
+            accept: accept_header(&spec.cfg, sc),
             name: sc.job_name.as_str().into(),
             honor_labels: sc.honor_labels,
             honor_timestamps: sc.honor_timestamps,
@@ -401,4 +402,20 @@ impl JobRunner {
 /// Whether a running loop can keep scraping `new` (same key assumed).
 fn same_settings(new: &Target, old: &Target) -> bool {
     Arc::ptr_eq(&new.job, &old.job) && new.interval == old.interval && new.timeout == old.timeout
+}
+
+/// The job's `Accept` header from its effective `scrape_protocols` (its own, else the global
+/// list); warns when `PrometheusProto`, which the agent cannot parse, is the preferred one.
+fn accept_header(cfg: &Config, sc: &ScrapeConfig) -> String {
+    let protocols = sc
+        .scrape_protocols
+        .as_deref()
+        .or(cfg.global.scrape_protocols.as_deref());
+    if protocols.and_then(<[ScrapeProtocol]>::first) == Some(&ScrapeProtocol::PrometheusProto) {
+        warn!(
+            job = %sc.job_name,
+            "scrape_protocols prefers PrometheusProto, which the agent does not parse yet; it is left out of the Accept header."
+        );
+    }
+    super::negotiate::accept_header(protocols)
 }

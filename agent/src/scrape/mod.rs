@@ -2,8 +2,11 @@
 //!
 //! [`manager`] keeps one loop per target of every job, following discovery and reloads;
 //! [`target`] turns discovered groups into targets (`relabel_configs`, Prometheus's
-//! `PopulateLabels`); [`shape`] turns a scrape into a queue record (target labels,
-//! `metric_relabel_configs`, synthetic series, stale markers). This module holds the loop.
+//! `PopulateLabels`); [`negotiate`] gives each job its `Accept` header and picks the parser
+//! from each response's `Content-Type`: [`parse`] (text format 0.0.4) or [`openmetrics`]
+//! (OpenMetrics 1.0), which produce the same samples; [`shape`] turns a scrape into a queue
+//! record (target labels, `metric_relabel_configs`, synthetic series, stale markers). This
+//! module holds the loop and the HTTP request.
 //!
 //! Each target scrapes on its own timer with a stable offset inside the interval (a hash of
 //! job and URL), so load is spread and a failing or slow target never delays another. A
@@ -17,6 +20,8 @@
 //! shutdown no markers are written.
 
 pub mod manager;
+pub mod negotiate;
+pub mod openmetrics;
 pub mod parse;
 pub mod shape;
 pub mod target;
@@ -34,11 +39,9 @@ use crate::discovery::LabelSet;
 use crate::metrics::Metrics;
 use crate::queue::{Queue, SetUse};
 
+pub use negotiate::Format;
 pub use shape::{STALE_NAN, Shaped, Shaper, build_text};
 pub use target::Job;
-
-/// `Accept` header: the text format only, as this scraper parses (OpenMetrics slots in later).
-const ACCEPT: &str = "text/plain;version=0.0.4;q=1,*/*;q=0.1";
 
 /// The body cap when `body_size_limit` is 0: a gzip bomb or a runaway target fails alone
 /// instead of exhausting a small device's memory. Prometheus has no cap; 64 MiB is far above
@@ -86,6 +89,9 @@ pub enum ScrapeError {
     /// The body does not parse as the text format.
     #[error("parse error: {0}")]
     Parse(#[from] parse::ParseError),
+    /// The body does not parse as OpenMetrics.
+    #[error("OpenMetrics parse error: {0}")]
+    OpenMetrics(#[from] openmetrics::ParseError),
     /// Metric relabeling removed `__name__` from a series.
     #[error("__name__ label is mandatory (removed by metric_relabel_configs)")]
     NameMissing,
@@ -101,6 +107,37 @@ pub enum ScrapeError {
     /// The request could not be authenticated (unreadable credentials file, OAuth2 failure).
     #[error("{0}")]
     Client(#[from] crate::http_client::HttpClientError),
+}
+
+/// A scraped body and the parser its `Content-Type` selected.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Body {
+    pub text: String,
+    pub format: Format,
+}
+
+impl Body {
+    /// Parses the body in its format.
+    pub fn parse(&self, limits: &parse::Limits) -> Result<parse::Exposition, ScrapeError> {
+        self.format.parse(&self.text, limits)
+    }
+}
+
+/// A text-format body.
+impl From<String> for Body {
+    fn from(text: String) -> Self {
+        Body {
+            text,
+            format: Format::Text,
+        }
+    }
+}
+
+/// A text-format body.
+impl From<&str> for Body {
+    fn from(text: &str) -> Self {
+        Body::from(text.to_owned())
+    }
 }
 
 /// What every target loop shares.
@@ -301,14 +338,14 @@ impl Writer {
     }
 }
 
-async fn scrape_once(t: &Target) -> Result<String, ScrapeError> {
+async fn scrape_once(t: &Target) -> Result<Body, ScrapeError> {
     let fut = async {
         let req = t
             .job
             .client
             .get(&t.url)
             .await?
-            .header(reqwest::header::ACCEPT, ACCEPT)
+            .header(reqwest::header::ACCEPT, t.job.accept.as_str())
             .header(
                 "X-Prometheus-Scrape-Timeout-Seconds",
                 format!("{}", t.timeout.as_secs_f64()),
@@ -318,6 +355,11 @@ async fn scrape_once(t: &Target) -> Result<String, ScrapeError> {
         if !resp.status().is_success() {
             return Err(ScrapeError::Status(resp.status()));
         }
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let format = Format::from_content_type(content_type.as_deref());
         let limit = match t.job.limits.body_size_limit {
             0 => DEFAULT_BODY_CAP,
             n => usize::try_from(n).unwrap_or(usize::MAX),
@@ -329,7 +371,8 @@ async fn scrape_once(t: &Target) -> Result<String, ScrapeError> {
                 return Err(ScrapeError::BodyTooLarge(limit));
             }
         }
-        String::from_utf8(body).map_err(|_| ScrapeError::Utf8)
+        let text = String::from_utf8(body).map_err(|_| ScrapeError::Utf8)?;
+        Ok(Body { text, format })
     };
     match tokio::time::timeout(t.timeout, fut).await {
         Err(_) => Err(ScrapeError::Timeout(t.timeout)),

@@ -1,5 +1,7 @@
 //! Parser for the Prometheus text exposition format 0.0.4
-//! (`Content-Type: text/plain; version=0.0.4`).
+//! (`Content-Type: text/plain; version=0.0.4`, and every response that is not OpenMetrics: see
+//! [`super::negotiate`]; OpenMetrics bodies go to [`super::openmetrics`], which produces the
+//! same [`Exposition`] and shares the value, label and limit checks below).
 //!
 //! The grammar follows Prometheus 2.x's `model/textparse` (`promlex.l` + `promparse.go`), so a
 //! scrape body is accepted here exactly when Prometheus 2.x would accept it, with the few
@@ -74,7 +76,7 @@ use std::collections::{HashMap, HashSet};
 use uplink_shared::remote_write::{Label, MetricType};
 
 /// Bit pattern of Prometheus' canonical NaN (`value.NormalNaN`) given to every NaN sample.
-const NORMAL_NAN_BITS: u64 = 0x7ff8_0000_0000_0001;
+pub(super) const NORMAL_NAN_BITS: u64 = 0x7ff8_0000_0000_0001;
 
 /// Longest (in characters) a piece of input copied into a [`ParseErrorKind`] can be; longer
 /// text is cut and ends in `…`.
@@ -101,6 +103,9 @@ pub struct Exposition {
     pub samples: Vec<ParsedSample>,
     /// Metric family name → type from `# TYPE` lines (`untyped` is [`MetricType::Unknown`]).
     pub types: HashMap<String, MetricType>,
+    /// Exemplars seen that Prometheus would store (OpenMetrics only; see
+    /// [`super::openmetrics`]). They are validated and counted, not kept.
+    pub exemplars: usize,
 }
 
 /// Per-scrape limits; `0` means unlimited for each of them.
@@ -313,24 +318,24 @@ pub fn parse(input: &str, limits: &Limits) -> Result<Exposition, ParseError> {
     }
 }
 
-fn is_name_start(c: u8) -> bool {
+pub(super) fn is_name_start(c: u8) -> bool {
     c.is_ascii_alphabetic() || c == b'_' || c == b':'
 }
 
-fn is_name_char(c: u8) -> bool {
+pub(super) fn is_name_char(c: u8) -> bool {
     is_name_start(c) || c.is_ascii_digit()
 }
 
-fn is_label_start(c: u8) -> bool {
+pub(super) fn is_label_start(c: u8) -> bool {
     c.is_ascii_alphabetic() || c == b'_'
 }
 
-fn is_label_char(c: u8) -> bool {
+pub(super) fn is_label_char(c: u8) -> bool {
     is_label_start(c) || c.is_ascii_digit()
 }
 
 /// Cuts `s` to [`ERROR_SNIPPET_CHARS`] characters for inclusion in an error.
-fn snippet(s: &str) -> String {
+pub(super) fn snippet(s: &str) -> String {
     match s.char_indices().nth(ERROR_SNIPPET_CHARS) {
         Some((i, _)) => format!("{}…", s.get(..i).unwrap_or_default()),
         None => s.to_owned(),
@@ -643,7 +648,7 @@ impl<'a> Parser<'a> {
 }
 
 /// Replaces `\\`, `\"` and `\n`; keeps any other backslash sequence as it is.
-fn unescape(raw: &str) -> String {
+pub(super) fn unescape(raw: &str) -> String {
     if !raw.contains('\\') {
         return raw.to_owned();
     }
@@ -669,7 +674,7 @@ fn unescape(raw: &str) -> String {
 }
 
 /// Rejects `__name__` and repeated names among the labels of one sample.
-fn check_label_names(labels: &[Label]) -> Result<(), ParseErrorKind> {
+pub(super) fn check_label_names(labels: &[Label]) -> Result<(), ParseErrorKind> {
     if labels.iter().any(|l| l.name == "__name__") {
         return Err(ParseErrorKind::NameLabelInBraces);
     }
@@ -698,7 +703,7 @@ fn check_label_names(labels: &[Label]) -> Result<(), ParseErrorKind> {
 
 /// Prometheus' `verifyLabelLimits` followed by `sample_limit`, for the sample that would be
 /// number `already + 1`.
-fn check_limits(
+pub(super) fn check_limits(
     sample: &ParsedSample,
     limits: &Limits,
     already: usize,
@@ -743,13 +748,13 @@ fn check_limits(
     Ok(())
 }
 
-enum FloatError {
+pub(super) enum FloatError {
     Syntax,
     Range,
 }
 
 /// Go's `strconv.ParseFloat(s, 64)` restricted to pre-Go-1.13 syntax, as Prometheus uses it.
-fn parse_go_float(s: &str) -> Result<f64, FloatError> {
+pub(super) fn parse_go_float(s: &str) -> Result<f64, FloatError> {
     let (negative, body) = match s.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, s.strip_prefix('+').unwrap_or(s)),

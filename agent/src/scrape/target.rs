@@ -40,6 +40,8 @@ pub struct Job {
     pub over_target_limit: AtomicBool,
     pub metric_relabel: Vec<RelabelConfig>,
     pub client: HttpClient,
+    /// The `Accept` header of every scrape, from `scrape_protocols` (see [`super::negotiate`]).
+    pub accept: String,
     /// `global.external_labels`, added to every series that lacks them.
     pub external_labels: Vec<Label>,
 }
@@ -303,6 +305,7 @@ mod tests {
             over_target_limit: Default::default(),
             metric_relabel: Vec::new(),
             client: HttpClient::new(&sc.http_client(), "test").expect("client"),
+            accept: crate::scrape::negotiate::DEFAULT_ACCEPT.into(),
             external_labels: Vec::new(),
         })
     }

@@ -1,0 +1,652 @@
+//! Parser for the OpenMetrics 1.0 text format (`Content-Type: application/openmetrics-text;
+//! version=1.0.0`, and `version=0.0.1`, which Prometheus parses the same way).
+//!
+//! It produces the same [`Exposition`] and [`ParsedSample`]s as the text-format parser
+//! ([`super::parse`]), under the same [`Limits`], so everything after parsing is shared. The
+//! grammar is that of Prometheus 2.42's `model/textparse` (`openmetricslex.l` +
+//! `openmetricsparse.go`): a body is accepted here exactly when Prometheus 2.42 accepts it,
+//! except for the deviations listed below, and yields the samples Prometheus 2.42 ingests.
+//!
+//! # Accepted grammar
+//!
+//! The body is a sequence of lines, each ending in `\n`, and its last line is `# EOF`, optionally
+//! followed by one `\n` and nothing else. A body without `# EOF`, or with anything after it
+//! (even a blank line), is an error. There is no whitespace freedom: separators are exactly one
+//! space, and spaces or tabs anywhere else are errors. Blank lines are errors. `\r` is an
+//! ordinary character, so a `\r\n` body fails on its first value or type.
+//!
+//! * `# HELP <name> <text>`, `# TYPE <name> <type>`, `# UNIT <name> <unit>`: `<name>` is
+//!   `[a-zA-Z_:][a-zA-Z0-9_:]*`, followed by exactly one space and the rest of the line (which may
+//!   be empty). `<type>` is exactly one of `counter`, `gauge`, `histogram`, `gaugehistogram`,
+//!   `stateset`, `info`, `summary`, `unknown` (kept in [`Exposition::types`]). A non-empty
+//!   `<unit>` must be a suffix of `<name>` preceded by `_` (`# UNIT foo_seconds seconds`);
+//!   units and HELP text are validated but not kept. A later `# TYPE` for a name replaces an
+//!   earlier one. Every other line starting with `#` is an error (OpenMetrics has no comments).
+//! * Samples: `name[{labels}] value[ timestamp][ # {exemplar labels} value[ timestamp]]`.
+//!   - Labels are `name="value"` pairs separated by a single `,`, with no spaces, no leading
+//!     and no trailing comma; `{}` is allowed. Label names are `[a-zA-Z_][a-zA-Z0-9_]*`.
+//!     Label values are double-quoted on one line; escapes are those of the text format
+//!     (`\\`, `\"`, `\n` are replaced, any other backslash pair is kept as it is), and a
+//!     backslash at the end of the line is an error.
+//!   - The value is the run of characters after one space up to the next space or line end,
+//!     parsed exactly as the text format's values (Go's `ParseFloat` before Go 1.13: decimal
+//!     floats, `NaN`, `Inf`/`Infinity` with optional sign, any case; overflow is an error).
+//!   - The timestamp is in seconds, a float of the same syntax (so `-1.5` and `1e9` are valid),
+//!     `NaN` and infinities rejected. It becomes milliseconds as Prometheus's Go code does it:
+//!     `int64(seconds * 1000)`, a float multiplication then truncation toward zero (so
+//!     `1.001` → `1000`, not `1001`). A product outside `i64` becomes `i64::MIN`, which is
+//!     what Go's conversion gives on amd64.
+//!   - The exemplar is allowed only on a sample whose metric name ends in `_total` or
+//!     `_bucket` (anything else fails the body, as in Prometheus 2.42, whatever the `# TYPE`).
+//!     Its labels follow the sample-label grammar, its value the value grammar, its optional
+//!     timestamp the timestamp grammar; then the line must end. A well-formed exemplar is
+//!     dropped (the agent does not ship exemplars) and counted in [`Exposition::exemplars`]
+//!     when Prometheus would store it: after removing labels with empty values, no label name
+//!     repeated and at most [`EXEMPLAR_MAX_LABEL_SET_CHARS`] characters of names and (still
+//!     escaped, as Prometheus measures them) values. Exemplars failing those two checks are
+//!     dropped without failing the scrape, as Prometheus drops them.
+//!
+//! # What is ingested
+//!
+//! Every sample line becomes one sample with its own name, exactly as written: Prometheus 2.42
+//! has no special treatment of OpenMetrics families. So `foo_created`, `foo_total`,
+//! `foo_info`, a stateset's per-state samples and a gauge histogram's `_bucket`, `_gcount`
+//! and `_gsum` are all ordinary series, and `_created` lines are stored as samples (the
+//! created-timestamp handling of later Prometheus releases does not exist in 2.42). Nothing
+//! checks that samples match their `# TYPE` (a counter without `_total`, a histogram without
+//! `+Inf`, interleaved families are all accepted), as in Prometheus 2.42.
+//!
+//! # Semantic checks and limits
+//!
+//! As in [`super::parse`]: `__name__` inside braces and a repeated label name fail the body,
+//! and [`Limits`] are checked the same way. Errors carry the 1-based line of the problem;
+//! problems shared with the text format (values, label names, limits) are
+//! [`ParseErrorKind::Sample`].
+//!
+//! # Deviations from Prometheus 2.42
+//!
+//! * Error messages differ; which bodies fail does not (except as below). A body whose last
+//!   line lacks its `\n` is reported as missing `# EOF` whatever else is wrong with that line.
+//! * NUL bytes: here a NUL is an ordinary character inside quoted label values (exemplars'
+//!   included) and `# HELP`/`# TYPE`/`# UNIT` text, and an error anywhere else. Prometheus's
+//!   lexer rejects NULs in exemplar label values, and silently skips NULs directly after a
+//!   sample label value's closing quote (storing a corrupted value: `{a="x"\0}` gives `a` the
+//!   value `x"`), after a backslash inside such a value, inside and after the
+//!   `HELP`/`TYPE`/`UNIT`/`EOF` keywords, and at the start of the line after a metadata line,
+//!   accepting bodies that fail here.
+//! * The body must be UTF-8 (the scraper checks this first). Prometheus rejects invalid UTF-8
+//!   in every position where it could occur in an otherwise valid body too.
+//! * Prometheus agent mode drops samples whose timestamp is older than the series' last one
+//!   (for example negative timestamps after a positive one); here they are passed on.
+//!
+//! # No-panic invariant
+//!
+//! [`parse()`] never panics: byte access goes through `get`, slices are taken at ASCII
+//! delimiters through `str::get`, nothing is unwrapped, and error snippets are bounded by
+//! [`super::parse::ERROR_SNIPPET_CHARS`]. The unit tests run it on many mutations of every seed
+//! body under `agent/tests/fixtures/openmetrics/`.
+
+use std::collections::{HashMap, HashSet};
+
+use uplink_shared::remote_write::{Label, MetricType};
+
+use super::parse::{
+    self, Exposition, FloatError, Limits, ParsedSample, check_label_names, check_limits,
+    is_label_char, is_label_start, is_name_char, is_name_start, parse_go_float, snippet, unescape,
+};
+
+/// Most characters (names plus values) an exemplar's labels may have: the OpenMetrics limit,
+/// Prometheus's `ExemplarMaxLabelSetLength`.
+pub const EXEMPLAR_MAX_LABEL_SET_CHARS: usize = 128;
+
+/// The line that ends a body.
+const EOF_LINE: &str = "# EOF";
+
+/// What separates a sample (or its timestamp) from its exemplar.
+const EXEMPLAR_START: &str = " # {";
+
+/// Why a body was rejected, and on which line.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("line {line}: {kind}")]
+pub struct ParseError {
+    /// 1-based line number of the problem.
+    pub line: usize,
+    /// What is wrong.
+    pub kind: ParseErrorKind,
+}
+
+/// The kinds of problem [`parse()`] reports. `found` fields describe the offending input: a
+/// quoted character, a quoted token or `end of line`.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ParseErrorKind {
+    /// The body ends without a `# EOF` line.
+    #[error("data does not end with `# EOF`")]
+    MissingEof,
+    /// Something follows the `# EOF` line.
+    #[error("unexpected data after `# EOF`")]
+    DataAfterEof,
+    /// A line starts with something other than a metric name or `#` (blank lines included).
+    #[error("expected a metric name or `#`, found {found}")]
+    UnexpectedLineStart {
+        /// What the line starts with.
+        found: String,
+    },
+    /// A `#` line that is not `# HELP`, `# TYPE`, `# UNIT` or `# EOF`.
+    #[error("expected `# HELP`, `# TYPE`, `# UNIT` or `# EOF`, found {found}")]
+    InvalidComment {
+        /// The line.
+        found: String,
+    },
+    /// `# HELP`, `# TYPE` or `# UNIT` not followed by a metric name.
+    #[error("expected a metric name after `# {keyword}`, found {found}")]
+    MissingMetadataName {
+        /// `HELP`, `TYPE` or `UNIT`.
+        keyword: &'static str,
+        /// What came instead of the name.
+        found: String,
+    },
+    /// The metric name in `# HELP`/`# TYPE`/`# UNIT` not followed by one space.
+    #[error("expected a space and text after the metric name in `# {keyword}`, found {found}")]
+    MissingMetadataText {
+        /// `HELP`, `TYPE` or `UNIT`.
+        keyword: &'static str,
+        /// What came instead of the space.
+        found: String,
+    },
+    /// `# TYPE` names no OpenMetrics type.
+    #[error("invalid metric type {found:?}")]
+    InvalidMetricType {
+        /// The type text, exactly as given.
+        found: String,
+    },
+    /// `# UNIT` gives a unit that is not a `_`-separated suffix of the metric name.
+    #[error("unit {unit:?} is not a suffix of metric {metric:?}")]
+    UnitNotSuffix {
+        /// The metric name.
+        metric: String,
+        /// The unit.
+        unit: String,
+    },
+    /// Inside braces, something other than a label name where one must be.
+    #[error("expected a label name, found {found}")]
+    ExpectedLabelName {
+        /// What came instead.
+        found: String,
+    },
+    /// A label name not followed by `=`.
+    #[error("expected `=` after label name {label:?}, found {found}")]
+    ExpectedEquals {
+        /// The label name.
+        label: String,
+        /// What came instead of `=`.
+        found: String,
+    },
+    /// `=` not followed by `"`.
+    #[error("expected a double-quoted value for label {label:?}, found {found}")]
+    ExpectedLabelValue {
+        /// The label name.
+        label: String,
+        /// What came instead of `"`.
+        found: String,
+    },
+    /// A label value without its closing quote on the same line.
+    #[error("unterminated value for label {label:?}")]
+    UnterminatedLabelValue {
+        /// The label name.
+        label: String,
+    },
+    /// A label value not followed by `,` or `}`.
+    #[error("expected `,` or `}}` after a label value, found {found}")]
+    ExpectedCommaOrBrace {
+        /// What came instead.
+        found: String,
+    },
+    /// The metric name and labels not followed by one space and a value.
+    #[error("expected a space and a sample value, found {found}")]
+    MissingValue {
+        /// What came instead.
+        found: String,
+    },
+    /// The timestamp is not a float, or is NaN or infinite.
+    #[error("invalid timestamp {value:?}")]
+    InvalidTimestamp {
+        /// The timestamp token.
+        value: String,
+    },
+    /// The value is followed by something other than a timestamp, an exemplar or the line end.
+    #[error("expected a timestamp, an exemplar or end of line, found {found}")]
+    ExpectedTimestampOrExemplar {
+        /// What came instead.
+        found: String,
+    },
+    /// The timestamp is followed by something other than an exemplar or the line end.
+    #[error("expected an exemplar or end of line after the timestamp, found {found}")]
+    ExpectedEndOfLine {
+        /// What came instead.
+        found: String,
+    },
+    /// An exemplar on a metric whose name ends in neither `_total` nor `_bucket`.
+    #[error("metric {metric:?} does not support exemplars")]
+    ExemplarNotAllowed {
+        /// The metric name.
+        metric: String,
+    },
+    /// The exemplar's labels not followed by one space and a value.
+    #[error("expected a space and the exemplar value, found {found}")]
+    MissingExemplarValue {
+        /// What came instead.
+        found: String,
+    },
+    /// The exemplar value is not a float in Prometheus's syntax.
+    #[error("invalid exemplar value {value:?}")]
+    InvalidExemplarValue {
+        /// The value token.
+        value: String,
+    },
+    /// The exemplar timestamp is not a float, or is NaN or infinite.
+    #[error("invalid exemplar timestamp {value:?}")]
+    InvalidExemplarTimestamp {
+        /// The timestamp token.
+        value: String,
+    },
+    /// Something after the exemplar's value or timestamp.
+    #[error("expected end of line after the exemplar, found {found}")]
+    ExpectedEndOfExemplar {
+        /// What came instead.
+        found: String,
+    },
+    /// A problem the text format shares: an invalid or out-of-range value, `__name__` in
+    /// braces, a repeated label name, or a [`Limits`] violation.
+    #[error(transparent)]
+    Sample(#[from] parse::ParseErrorKind),
+}
+
+type Kind = ParseErrorKind;
+
+/// Parses a whole OpenMetrics body.
+///
+/// Returns every sample and `# TYPE`, and the count of storable exemplars, or the first
+/// problem found (see the module documentation). Never panics.
+pub fn parse(input: &str, limits: &Limits) -> Result<Exposition, ParseError> {
+    let mut out = Exposition::default();
+    let mut rest = input;
+    let mut line = 1usize;
+    loop {
+        let (text, after) = match rest.split_once('\n') {
+            Some((text, after)) => (text, Some(after)),
+            None => (rest, None),
+        };
+        if text == EOF_LINE {
+            return match after {
+                Some(after) if !after.is_empty() => Err(ParseError {
+                    line: line + 1,
+                    kind: Kind::DataAfterEof,
+                }),
+                _ => Ok(out),
+            };
+        }
+        let Some(after) = after else {
+            return Err(ParseError {
+                line,
+                kind: Kind::MissingEof,
+            });
+        };
+        parse_line(text, limits, &mut out).map_err(|kind| ParseError { line, kind })?;
+        rest = after;
+        line += 1;
+    }
+}
+
+/// One line other than `# EOF`, without its `\n`.
+fn parse_line(text: &str, limits: &Limits, out: &mut Exposition) -> Result<(), Kind> {
+    match text.as_bytes().first() {
+        Some(b'#') => metadata(text, &mut out.types),
+        Some(&c) if is_name_start(c) => {
+            let (sample, exemplar) = sample(text)?;
+            check_label_names(&sample.labels)?;
+            check_limits(&sample, limits, out.samples.len())?;
+            if exemplar == Some(true) {
+                out.exemplars += 1;
+            }
+            out.samples.push(sample);
+            Ok(())
+        }
+        _ => Err(Kind::UnexpectedLineStart {
+            found: Cursor::new(text).found(),
+        }),
+    }
+}
+
+/// A `# HELP`, `# TYPE` or `# UNIT` line.
+fn metadata(text: &str, types: &mut HashMap<String, MetricType>) -> Result<(), Kind> {
+    let invalid = || Kind::InvalidComment {
+        found: format!("{:?}", snippet(text)),
+    };
+    let rest = text.strip_prefix("# ").ok_or_else(invalid)?;
+    let (keyword, rest) = ["HELP", "TYPE", "UNIT"]
+        .into_iter()
+        .find_map(|k| {
+            rest.strip_prefix(k)
+                .and_then(|r| r.strip_prefix(' '))
+                .map(|r| (k, r))
+        })
+        .ok_or_else(invalid)?;
+    let mut c = Cursor::new(rest);
+    if !c.peek().is_some_and(is_name_start) {
+        let found = c.found();
+        return Err(Kind::MissingMetadataName { keyword, found });
+    }
+    let name = c.take_while(is_name_char);
+    if !c.eat(b' ') {
+        let found = c.found();
+        return Err(Kind::MissingMetadataText { keyword, found });
+    }
+    let text = c.rest();
+    match keyword {
+        "TYPE" => {
+            types.insert(name.to_owned(), metric_type(text)?);
+        }
+        "UNIT" => check_unit(name, text)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+fn metric_type(text: &str) -> Result<MetricType, Kind> {
+    Ok(match text {
+        "counter" => MetricType::Counter,
+        "gauge" => MetricType::Gauge,
+        "histogram" => MetricType::Histogram,
+        "gaugehistogram" => MetricType::Gaugehistogram,
+        "summary" => MetricType::Summary,
+        "info" => MetricType::Info,
+        "stateset" => MetricType::Stateset,
+        "unknown" => MetricType::Unknown,
+        other => {
+            return Err(Kind::InvalidMetricType {
+                found: snippet(other),
+            });
+        }
+    })
+}
+
+/// An empty unit is fine; otherwise `name` must end in `_<unit>`.
+fn check_unit(name: &str, unit: &str) -> Result<(), Kind> {
+    let ok = unit.is_empty()
+        || name
+            .strip_suffix(unit)
+            .is_some_and(|stem| stem.ends_with('_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Kind::UnitNotSuffix {
+            metric: snippet(name),
+            unit: snippet(unit),
+        })
+    }
+}
+
+/// A sample line; the flag says whether it had an exemplar and whether that one is storable.
+fn sample(text: &str) -> Result<(ParsedSample, Option<bool>), Kind> {
+    let mut c = Cursor::new(text);
+    let name = c.take_while(is_name_char);
+    let mut labels = Vec::new();
+    if c.eat(b'{') {
+        for (label, raw) in c.labels()? {
+            labels.push(Label::new(label, unescape(raw)));
+        }
+    }
+    let Some(raw) = c.token() else {
+        let found = c.found();
+        return Err(Kind::MissingValue { found });
+    };
+    let value = value(raw)?;
+    let (timestamp_ms, exemplar) = c.after_value(name)?;
+    let sample = ParsedSample {
+        name: name.to_owned(),
+        labels,
+        value,
+        timestamp_ms,
+    };
+    Ok((sample, exemplar))
+}
+
+/// A sample value, with the text format's syntax and errors.
+fn value(raw: &str) -> Result<f64, Kind> {
+    parse_go_float(raw).map_err(|e| {
+        let value = snippet(raw);
+        Kind::Sample(match e {
+            FloatError::Syntax => parse::ParseErrorKind::InvalidValue { value },
+            FloatError::Range => parse::ParseErrorKind::ValueOutOfRange { value },
+        })
+    })
+}
+
+/// A timestamp in float seconds as Prometheus turns it into milliseconds: `int64(s * 1000)`.
+/// `None` for a syntax error, an overflowing literal, NaN or an infinity.
+fn seconds_to_ms(raw: &str) -> Option<i64> {
+    let seconds = parse_go_float(raw).ok().filter(|s| s.is_finite())?;
+    Some(go_f64_to_i64(seconds * 1000.0))
+}
+
+/// Go's `int64(f)` for a finite `f` on amd64: truncation toward zero, and `i64::MIN` for
+/// anything outside the `i64` range (the CPU's "integer indefinite" value).
+fn go_f64_to_i64(f: f64) -> i64 {
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    if (-TWO_63..TWO_63).contains(&f) {
+        f as i64
+    } else {
+        i64::MIN
+    }
+}
+
+/// Whether Prometheus would store an exemplar with these (name, still-escaped value) labels:
+/// labels with empty values removed, no repeated name, and at most
+/// [`EXEMPLAR_MAX_LABEL_SET_CHARS`] characters in all.
+fn exemplar_storable(labels: &[(&str, &str)]) -> bool {
+    let kept: Vec<&(&str, &str)> = labels.iter().filter(|(_, v)| !v.is_empty()).collect();
+    let mut names = HashSet::with_capacity(kept.len());
+    if !kept.iter().all(|(n, _)| names.insert(*n)) {
+        return false;
+    }
+    let chars: usize = kept
+        .iter()
+        .map(|(n, v)| n.chars().count() + v.chars().count())
+        .sum();
+    chars <= EXEMPLAR_MAX_LABEL_SET_CHARS
+}
+
+/// A position in one line (which has no `\n`).
+struct Cursor<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(text: &'a str) -> Self {
+        Cursor { text, pos: 0 }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.pos).copied()
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos >= self.text.len()
+    }
+
+    fn rest(&self) -> &'a str {
+        self.text.get(self.pos..).unwrap_or_default()
+    }
+
+    /// Consumes `b` if it is next.
+    fn eat(&mut self, b: u8) -> bool {
+        let hit = self.peek() == Some(b);
+        if hit {
+            self.pos += 1;
+        }
+        hit
+    }
+
+    fn take_while(&mut self, pred: impl Fn(u8) -> bool) -> &'a str {
+        let start = self.pos;
+        while self.peek().is_some_and(&pred) {
+            self.pos += 1;
+        }
+        self.text.get(start..self.pos).unwrap_or_default()
+    }
+
+    /// One space and a non-empty run of characters other than space and NUL (the lexer's
+    /// `{S}[^ \n]+`), or `None` without moving.
+    fn token(&mut self) -> Option<&'a str> {
+        let first = self.text.as_bytes().get(self.pos + 1).copied();
+        if self.peek() != Some(b' ') || matches!(first, None | Some(b' ' | 0)) {
+            return None;
+        }
+        self.pos += 1;
+        Some(self.take_while(|c| c != b' ' && c != 0))
+    }
+
+    fn starts_exemplar(&self) -> bool {
+        self.rest().starts_with(EXEMPLAR_START)
+    }
+
+    /// Describes the character at `pos` for an error message.
+    fn found(&self) -> String {
+        match self.rest().chars().next() {
+            None => "end of line".to_owned(),
+            Some(c) => format!("{c:?}"),
+        }
+    }
+
+    /// Describes the next token (after one space, up to the next space) for an error message.
+    fn found_token(&self) -> String {
+        let rest = self.rest();
+        let rest = rest.strip_prefix(' ').unwrap_or(rest);
+        match rest.split(' ').next() {
+            Some(token) if !token.is_empty() => format!("{:?}", snippet(token)),
+            _ => self.found(),
+        }
+    }
+
+    /// The inside of `{…}` (at the first character after `{`) through the closing `}`, as
+    /// (name, still-escaped value) pairs.
+    fn labels(&mut self) -> Result<Vec<(&'a str, &'a str)>, Kind> {
+        let mut out = Vec::new();
+        if self.eat(b'}') {
+            return Ok(out);
+        }
+        loop {
+            if !self.peek().is_some_and(is_label_start) {
+                let found = self.found();
+                return Err(Kind::ExpectedLabelName { found });
+            }
+            let name = self.take_while(is_label_char);
+            if !self.eat(b'=') {
+                let (label, found) = (snippet(name), self.found());
+                return Err(Kind::ExpectedEquals { label, found });
+            }
+            if self.peek() != Some(b'"') {
+                let (label, found) = (snippet(name), self.found());
+                return Err(Kind::ExpectedLabelValue { label, found });
+            }
+            let raw = self.quoted().ok_or_else(|| Kind::UnterminatedLabelValue {
+                label: snippet(name),
+            })?;
+            out.push((name, raw));
+            if self.eat(b'}') {
+                return Ok(out);
+            }
+            if !self.eat(b',') {
+                let found = self.found();
+                return Err(Kind::ExpectedCommaOrBrace { found });
+            }
+        }
+    }
+
+    /// A double-quoted value (at the opening quote), still escaped; `None` if the line ends
+    /// first. A backslash always takes the next byte with it.
+    fn quoted(&mut self) -> Option<&'a str> {
+        self.pos += 1;
+        let start = self.pos;
+        loop {
+            match self.peek()? {
+                b'"' => break,
+                b'\\' => {
+                    self.text.as_bytes().get(self.pos + 1)?;
+                    self.pos += 2;
+                }
+                _ => self.pos += 1,
+            }
+        }
+        let raw = self.text.get(start..self.pos)?;
+        self.pos += 1;
+        Some(raw)
+    }
+
+    /// What may follow a sample's value: nothing, a timestamp, an exemplar, or both (in that
+    /// order). Returns the timestamp in milliseconds and, when there was an exemplar, whether
+    /// it is storable.
+    fn after_value(&mut self, metric: &str) -> Result<(Option<i64>, Option<bool>), Kind> {
+        if self.starts_exemplar() {
+            return Ok((None, Some(self.exemplar(metric)?)));
+        }
+        if self.at_end() {
+            return Ok((None, None));
+        }
+        let Some(raw) = self.token() else {
+            let found = self.found();
+            return Err(Kind::ExpectedTimestampOrExemplar { found });
+        };
+        let ms = seconds_to_ms(raw).ok_or_else(|| Kind::InvalidTimestamp {
+            value: snippet(raw),
+        })?;
+        if self.starts_exemplar() {
+            return Ok((Some(ms), Some(self.exemplar(metric)?)));
+        }
+        if !self.at_end() {
+            let found = self.found_token();
+            return Err(Kind::ExpectedEndOfLine { found });
+        }
+        Ok((Some(ms), None))
+    }
+
+    /// An exemplar (at ` # {`) through the end of the line; whether it is storable.
+    fn exemplar(&mut self, metric: &str) -> Result<bool, Kind> {
+        if !(metric.ends_with("_total") || metric.ends_with("_bucket")) {
+            return Err(Kind::ExemplarNotAllowed {
+                metric: snippet(metric),
+            });
+        }
+        self.pos += EXEMPLAR_START.len();
+        let labels = self.labels()?;
+        let Some(raw) = self.token() else {
+            let found = self.found();
+            return Err(Kind::MissingExemplarValue { found });
+        };
+        if parse_go_float(raw).is_err() {
+            return Err(Kind::InvalidExemplarValue {
+                value: snippet(raw),
+            });
+        }
+        if !self.at_end() {
+            let Some(raw) = self.token() else {
+                let found = self.found();
+                return Err(Kind::ExpectedEndOfExemplar { found });
+            };
+            if seconds_to_ms(raw).is_none() {
+                return Err(Kind::InvalidExemplarTimestamp {
+                    value: snippet(raw),
+                });
+            }
+            if !self.at_end() {
+                let found = self.found_token();
+                return Err(Kind::ExpectedEndOfExemplar { found });
+            }
+        }
+        Ok(exemplar_storable(&labels))
+    }
+}
+
+#[cfg(test)]
+mod tests;
