@@ -139,6 +139,7 @@ fn target(addr: &str, path: &str, limits: JobLimits) -> Target {
             metric_relabel: Vec::new(),
             client: HttpClient::new(&HttpClientConfig::default(), "test").unwrap(),
             external_labels: Vec::new(),
+            accept: uplink_agent::scrape::negotiate::DEFAULT_ACCEPT.into(),
         }),
         url: format!("http://{addr}/{path}"),
         labels: vec![Label::new("instance", addr), Label::new("job", path)],
