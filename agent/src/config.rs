@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::discovery::dns::DnsSdConfig;
 use crate::discovery::file::FileSdConfig;
 use crate::discovery::http::HttpSdConfig;
+use crate::discovery::kubernetes::KubernetesSdConfig;
 use crate::http_client::{Authorization, BasicAuth, HttpClientConfig, OAuth2, TlsConfig};
 use crate::relabel::RelabelConfig;
 use uplink_shared::duration::PromDuration;
@@ -191,6 +192,8 @@ pub struct ScrapeConfig {
     pub http_sd_configs: Vec<HttpSdConfig>,
     #[serde(default)]
     pub dns_sd_configs: Vec<DnsSdConfig>,
+    #[serde(default)]
+    pub kubernetes_sd_configs: Vec<KubernetesSdConfig>,
     #[serde(default)]
     pub relabel_configs: Vec<RelabelConfig>,
     #[serde(default)]
@@ -634,6 +637,11 @@ impl Config {
                     job.dns_sd_configs
                         .iter()
                         .map(|c| ("dns_sd_configs", c.validate())),
+                )
+                .chain(
+                    job.kubernetes_sd_configs
+                        .iter()
+                        .map(|c| ("kubernetes_sd_configs", c.validate())),
                 );
             let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
             for (kind, r) in sd_checks {
