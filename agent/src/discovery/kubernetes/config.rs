@@ -32,8 +32,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use reqwest::Url;
+use serde::Deserialize;
 
 use crate::http_client::{
     Authorization, BasicAuth, HttpClient, HttpClientConfig, HttpClientError, OAuth2, Secret,
@@ -98,9 +98,8 @@ impl std::fmt::Display for Role {
 impl<'de> Deserialize<'de> for Role {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Role::parse(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!("unknown Kubernetes SD role {s:?}"))
-        })
+        Role::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown Kubernetes SD role {s:?}")))
     }
 }
 
@@ -939,7 +938,13 @@ mod tests {
         ] {
             assert!(check_label_selector(bad).is_err(), "{bad}");
         }
-        for ok in ["", "spec.nodeName=n1", "a==b,c!=d", "metadata.name=a\\,b", "a="] {
+        for ok in [
+            "",
+            "spec.nodeName=n1",
+            "a==b,c!=d",
+            "metadata.name=a\\,b",
+            "a=",
+        ] {
             assert_eq!(check_field_selector(ok), Ok(()), "{ok}");
         }
         for bad in ["spec.nodeName", "=x", "a=b,", "a=b\\"] {
@@ -997,8 +1002,11 @@ preferences: {{}}
         let e = kubeconfig(&path).expect_err("exec").to_string();
         assert!(e.contains("exec is not supported"), "{e}");
 
-        std::fs::write(&path, text.replace("current-context: edge", "current-context: x"))
-            .expect("write");
+        std::fs::write(
+            &path,
+            text.replace("current-context: edge", "current-context: x"),
+        )
+        .expect("write");
         let e = kubeconfig(&path).expect_err("no context").to_string();
         assert!(e.contains("context \"x\" not found"), "{e}");
     }

@@ -44,8 +44,8 @@ use tracing::{info, warn};
 
 pub use api::Tuning;
 use api::{Event, Kind, Resource, Sink, WatchSpec};
-pub use config::{InCluster, KubernetesSdConfig, Role};
 use config::{Connection, connect};
+pub use config::{InCluster, KubernetesSdConfig, Role};
 use targets::Stores;
 
 use super::{Publisher, TargetGroup, publish};

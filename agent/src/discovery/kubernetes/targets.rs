@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 
 use super::api::{
-    Endpoints, EndpointSlice, Event, Ingress, Node, ObjectMeta, Pod, Resource, Service, SlicePort,
+    EndpointSlice, Endpoints, Event, Ingress, Node, ObjectMeta, Pod, Resource, Service, SlicePort,
 };
 use super::config::Role;
 use crate::discovery::{ADDRESS_LABEL, LabelSet, TargetGroup};
@@ -93,7 +93,13 @@ pub struct Stores {
 /// `_` (one per character, not per byte).
 pub fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -291,7 +297,11 @@ fn pod_group<'a>(p: &Pod, node: &impl Fn(&str) -> Option<&'a Node>) -> TargetGro
             t.insert(ADDRESS_LABEL.to_owned(), join_host_port(ip, &n));
             set(&mut t, "pod_container_port_number", n);
             set(&mut t, "pod_container_port_name", port.name.as_str());
-            set(&mut t, "pod_container_port_protocol", port.protocol.as_str());
+            set(
+                &mut t,
+                "pod_container_port_protocol",
+                port.protocol.as_str(),
+            );
             g.targets.push(t);
         }
     }
@@ -315,16 +325,18 @@ fn service_group(s: &Service) -> TargetGroup {
         .iter()
         .map(|port| {
             let host = format!("{}.{}.svc", m.name, m.namespace);
-            let mut t = LabelSet::from([(
-                ADDRESS_LABEL.to_owned(),
-                join_host_port(&host, port.port),
-            )]);
+            let mut t =
+                LabelSet::from([(ADDRESS_LABEL.to_owned(), join_host_port(&host, port.port))]);
             set(&mut t, "service_port_name", port.name.as_str());
             set(&mut t, "service_port_number", port.port.to_string());
             set(&mut t, "service_port_protocol", port.protocol.as_str());
             set(&mut t, "service_type", s.spec.kind.as_str());
             if s.spec.kind == "ExternalName" {
-                set(&mut t, "service_external_name", s.spec.external_name.as_str());
+                set(
+                    &mut t,
+                    "service_external_name",
+                    s.spec.external_name.as_str(),
+                );
             } else {
                 set(&mut t, "service_cluster_ip", s.spec.cluster_ip.as_str());
             }
@@ -389,7 +401,11 @@ impl<'a> SeenPods<'a> {
                     set(&mut t, "pod_container_image", c.image.as_str());
                     set(&mut t, "pod_container_port_name", cport.name.as_str());
                     set(&mut t, "pod_container_port_number", n);
-                    set(&mut t, "pod_container_port_protocol", cport.protocol.as_str());
+                    set(
+                        &mut t,
+                        "pod_container_port_protocol",
+                        cport.protocol.as_str(),
+                    );
                     targets.push(t);
                 }
             }
@@ -416,10 +432,7 @@ fn container_port_labels(t: &mut LabelSet, pod: &Pod, port: i64, endpoint_protoc
     }
 }
 
-fn resolve_pod<'a>(
-    stores: &'a Stores,
-    r: Option<&super::api::ObjectReference>,
-) -> Option<&'a Pod> {
+fn resolve_pod<'a>(stores: &'a Stores, r: Option<&super::api::ObjectReference>) -> Option<&'a Pod> {
     let r = r.filter(|r| r.kind == "Pod")?;
     stores.pods.get(&r.namespace, &r.name)
 }
@@ -567,7 +580,11 @@ fn slice_target<'a>(
     opt("endpointslice_endpoint_zone", ep.zone.clone());
     for (k, v) in &ep.deprecated_topology {
         let n = sanitize(k);
-        set(&mut t, &format!("endpointslice_endpoint_topology_{n}"), v.as_str());
+        set(
+            &mut t,
+            &format!("endpointslice_endpoint_topology_{n}"),
+            v.as_str(),
+        );
         set(
             &mut t,
             &format!("endpointslice_endpoint_topology_present_{n}"),
@@ -617,7 +634,13 @@ fn ingress_group(i: &Ingress) -> TargetGroup {
             Some(h) => h
                 .paths
                 .iter()
-                .map(|p| if p.path.is_empty() { "/" } else { p.path.as_str() })
+                .map(|p| {
+                    if p.path.is_empty() {
+                        "/"
+                    } else {
+                        p.path.as_str()
+                    }
+                })
                 .collect(),
         };
         for path in paths {
