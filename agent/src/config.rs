@@ -913,6 +913,31 @@ uplink:
     }
 
     #[test]
+    fn kubernetes_sd_entries_are_checked_with_their_location() {
+        let text = GOOD.replace(
+            "    static_configs:\n",
+            "    kubernetes_sd_configs:\n      - role: pod\n        namespaces: {names: [kube-system]}\n    static_configs:\n",
+        );
+        let c = load(&text).expect("valid");
+        assert_eq!(c.scrape_configs[0].kubernetes_sd_configs.len(), 1);
+        let bad = GOOD.replace(
+            "    static_configs:\n",
+            "    kubernetes_sd_configs:\n      - role: pod\n        api_server: https://k8s:6443\n        kubeconfig_file: kc.yml\n    static_configs:\n",
+        );
+        let e = load(&bad).expect_err("both").to_string();
+        assert!(
+            e.contains("agent.yml:8:5: scrape_configs[0].kubernetes_sd_configs[0]: cannot use 'kubeconfig_file' and 'api_server' simultaneously"),
+            "{e}"
+        );
+        let bad = GOOD.replace(
+            "    static_configs:\n",
+            "    kubernetes_sd_configs:\n      - role: nodes\n    static_configs:\n",
+        );
+        let e = load(&bad).expect_err("role").to_string();
+        assert!(e.contains("unknown Kubernetes SD role \"nodes\""), "{e}");
+    }
+
+    #[test]
     fn byte_sizes_in_prometheus_units() {
         let p = |s: &str| ByteSize::parse(s).map(|b| b.0);
         assert_eq!(p("0"), Ok(0));

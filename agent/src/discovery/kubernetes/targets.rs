@@ -72,10 +72,6 @@ impl<T: Resource> Store<T> {
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.by_watch.values().flat_map(|m| m.values())
     }
-
-    pub fn len(&self) -> usize {
-        self.by_watch.values().map(BTreeMap::len).sum()
-    }
 }
 
 /// Everything the reflectors keep.

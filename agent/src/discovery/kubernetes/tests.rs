@@ -1251,15 +1251,14 @@ async fn lists_are_paginated() {
     };
     let mut r = Running::start(config("pod", &url, &token), tuning, no_in_cluster()).await;
     assert_eq!(r.first().await.len(), 5);
-    let c = server.lock();
-    let conts: Vec<Option<&String>> = c
+    let conts: Vec<Option<String>> = server
+        .lock()
         .seen
         .iter()
         .filter(|s| !s.is_watch())
-        .map(|s| s.query.get("continue"))
+        .map(|s| s.query.get("continue").cloned())
         .collect();
-    assert_eq!(conts, [None, Some(&"2".to_owned()), Some(&"4".to_owned())]);
-    drop(c);
+    assert_eq!(conts, [None, Some("2".to_owned()), Some("4".to_owned())]);
     r.stop().await;
 }
 
