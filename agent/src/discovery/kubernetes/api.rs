@@ -875,7 +875,13 @@ pub async fn reflect<T: Resource, M: Send>(
         }
         loop {
             let started = Instant::now();
-            match watch(&conn, &spec, &tuning, &mut rv, &tx).await {
+            let before = rv.clone();
+            let end = watch(&conn, &spec, &tuning, &mut rv, &tx).await;
+            if rv != before {
+                // The watch worked for a while: a later failure starts the backoff afresh.
+                backoff.reset();
+            }
+            match end {
                 WatchEnd::Stopped => return,
                 WatchEnd::Closed => {
                     debug!(watch = %what(&spec), "Kubernetes watch closed by the server; resuming.");

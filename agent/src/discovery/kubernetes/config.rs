@@ -23,7 +23,7 @@
 //! - neither: in-cluster, as client-go's `InClusterConfig`: `https://$KUBERNETES_SERVICE_HOST:
 //!   $KUBERNETES_SERVICE_PORT`, the service account token file (re-read on every request, so
 //!   rotated tokens are picked up), its `ca.crt`, and, for `own_namespace`, its `namespace`
-//!   file (read once at start).
+//!   file (read once at start, surrounding whitespace trimmed).
 //!
 //! Deviations: selector syntax is checked by a small parser of Kubernetes' label and field
 //! selector grammars, so error messages differ from client-go's; the API server still parses
@@ -394,10 +394,12 @@ pub fn connect(
                 path: p.clone(),
                 source,
             })?;
+            // Trimmed (Prometheus takes the bytes as they are; the kubelet writes no newline).
+            let ns = ns.trim();
             if ns.is_empty() {
                 return Err(ConnectError::EmptyNamespace(p.clone()));
             }
-            Some(ns)
+            Some(ns.to_owned())
         } else {
             None
         };

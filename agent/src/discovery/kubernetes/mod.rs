@@ -20,6 +20,9 @@
 //! - If the connection cannot be set up (no in-cluster environment, unreadable kubeconfig or
 //!   CA), the provider publishes an empty list once, logs, counts and retries with backoff.
 //!
+//! Not provided: Prometheus's `prometheus_sd_kubernetes_events_total` and client-go's
+//! request metrics (only the failure counter exists).
+//!
 //! Not implemented, deliberately: the `v1beta1` EndpointSlice and Ingress APIs of Kubernetes
 //! older than 1.21 and 1.19; kubeconfig `exec`/`auth-provider` plugins; protobuf encoding.
 //! Duplicate namespaces in `namespaces.names` are watched once (Prometheus watches them twice,
