@@ -1472,3 +1472,30 @@ fn hostile_objects_do_not_panic() {
         let _ = targets::build(role, &stores, true, &[]);
     }
 }
+
+#[tokio::test]
+async fn discovery_spawn_starts_kubernetes_providers() {
+    let (url, _server) = start(&cluster_objects()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), "t0k3n").expect("token");
+    // A relative credentials file resolves against the configuration's directory.
+    let sc: crate::config::ScrapeConfig = serde_yaml::from_str(&format!(
+        "job_name: k8s\nkubernetes_sd_configs:\n  - role: ingress\n    api_server: {url}\n    bearer_token_file: token\n"
+    ))
+    .expect("scrape config");
+    let metrics = crate::metrics::Metrics::default();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let token = CancellationToken::new();
+    let mut rxs = crate::discovery::spawn(&sc, dir.path(), &metrics, &tracker, &token);
+    assert_eq!(rxs.len(), 1);
+    tokio::time::timeout(Duration::from_secs(5), rxs[0].changed())
+        .await
+        .expect("published")
+        .expect("alive");
+    assert_eq!(*rxs[0].borrow(), expected(Role::Ingress));
+    token.cancel();
+    tracker.close();
+    tokio::time::timeout(Duration::from_secs(2), tracker.wait())
+        .await
+        .expect("providers stop");
+}
