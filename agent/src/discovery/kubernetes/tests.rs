@@ -1499,3 +1499,32 @@ async fn discovery_spawn_starts_kubernetes_providers() {
         .await
         .expect("providers stop");
 }
+
+#[tokio::test]
+async fn a_watch_past_its_deadline_is_dropped_and_resumed() {
+    let (url, server) = start(&[("pods", coredns_pod())]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(&dir, "t0k3n");
+    // timeoutSeconds is 1; the scripted server ignores it and keeps the watch for 3s, so the
+    // agent's own deadline (no grace) ends it.
+    let tuning = Tuning {
+        watch_grace: Duration::ZERO,
+        ..fast()
+    };
+    let mut r = Running::start(config("pod", &url, &token), tuning, no_in_cluster()).await;
+    assert_eq!(r.first().await.len(), 1);
+    let listed_rv = server.lock().rv.to_string();
+    wait_for("a second watch", || {
+        server.lock().watches("pods").len() >= 2
+    })
+    .await;
+    wait_for("the timeout counted", || r.failures.get() >= 1).await;
+    let (lists, w) = {
+        let c = server.lock();
+        (c.lists("pods"), c.watches("pods"))
+    };
+    assert_eq!(lists, 1, "resumed without listing");
+    assert_eq!(w[0].query["timeoutSeconds"], "1");
+    assert_eq!(w[1].query["resourceVersion"], listed_rv);
+    r.stop().await;
+}
