@@ -1296,13 +1296,13 @@ async fn endpoints_follow_pod_and_service_changes() {
 async fn unreachable_api_server_publishes_empty_and_counts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = token_file(&dir, "t");
-    // Nothing listens on port 9 of loopback (discard) in the test environment.
-    let mut r = Running::start(
-        config("node", "http://127.0.0.1:9", &token),
-        fast(),
-        no_in_cluster(),
-    )
-    .await;
+    // A port nothing listens on any more.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let cfg = config("node", &format!("http://127.0.0.1:{closed}"), &token);
+    let mut r = Running::start(cfg, fast(), no_in_cluster()).await;
     assert!(r.first().await.is_empty());
     wait_for("failures", || r.failures.get() >= 2).await;
     r.stop().await;
