@@ -18,7 +18,8 @@
 //!   failed list, dropped watch, 410 and failed connection set-up is counted in `failures`
 //!   (Prometheus's `prometheus_sd_kubernetes_failures_total`).
 //! - If the connection cannot be set up (no in-cluster environment, unreadable kubeconfig or
-//!   CA), the provider publishes an empty list once, logs, counts and retries with backoff.
+//!   CA), the provider publishes an empty list once, logs, counts and retries with backoff
+//!   (a deviation: Prometheus drops such an entry until the next reload).
 //!
 //! Not provided: Prometheus's `prometheus_sd_kubernetes_events_total` and client-go's
 //! request metrics (only the failure counter exists).

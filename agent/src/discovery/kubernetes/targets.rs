@@ -7,7 +7,7 @@
 //! character outside `[a-zA-Z0-9_]` replaced by `_` (Prometheus's `SanitizeLabelName`), each
 //! with a `..._labelpresent_...`/`..._annotationpresent_...` companion set to `true`.
 //!
-//! Deviations, all invisible in the resulting targets' identities:
+//! Deviations (labels and addresses are unaffected except where the last item says):
 //!
 //! - A deleted object's group disappears from the list; Prometheus sends an empty group with
 //!   its source (the consumer's effect is the same).
