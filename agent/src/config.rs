@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::discovery::dns::DnsSdConfig;
 use crate::discovery::file::FileSdConfig;
 use crate::discovery::http::HttpSdConfig;
+use crate::discovery::kubernetes::KubernetesSdConfig;
 use crate::http_client::{Authorization, BasicAuth, HttpClientConfig, OAuth2, TlsConfig};
 use crate::relabel::RelabelConfig;
 use uplink_shared::duration::PromDuration;
@@ -193,6 +194,8 @@ pub struct ScrapeConfig {
     pub http_sd_configs: Vec<HttpSdConfig>,
     #[serde(default)]
     pub dns_sd_configs: Vec<DnsSdConfig>,
+    #[serde(default)]
+    pub kubernetes_sd_configs: Vec<KubernetesSdConfig>,
     #[serde(default)]
     pub relabel_configs: Vec<RelabelConfig>,
     #[serde(default)]
@@ -646,6 +649,11 @@ impl Config {
                     job.dns_sd_configs
                         .iter()
                         .map(|c| ("dns_sd_configs", c.validate())),
+                )
+                .chain(
+                    job.kubernetes_sd_configs
+                        .iter()
+                        .map(|c| ("kubernetes_sd_configs", c.validate())),
                 );
             let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
             for (kind, r) in sd_checks {
@@ -934,6 +942,31 @@ uplink:
         let bad = GOOD.replace("  queue: {directory: q}\n", "");
         let e = load(&bad).expect_err("missing queue").to_string();
         assert!(e.contains("missing field `queue`"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes_sd_entries_are_checked_with_their_location() {
+        let text = GOOD.replace(
+            "    static_configs:\n",
+            "    kubernetes_sd_configs:\n      - role: pod\n        namespaces: {names: [kube-system]}\n    static_configs:\n",
+        );
+        let c = load(&text).expect("valid");
+        assert_eq!(c.scrape_configs[0].kubernetes_sd_configs.len(), 1);
+        let bad = GOOD.replace(
+            "    static_configs:\n",
+            "    kubernetes_sd_configs:\n      - role: pod\n        api_server: https://k8s:6443\n        kubeconfig_file: kc.yml\n    static_configs:\n",
+        );
+        let e = load(&bad).expect_err("both").to_string();
+        assert!(
+            e.contains("agent.yml:8:5: scrape_configs[0].kubernetes_sd_configs[0]: cannot use 'kubeconfig_file' and 'api_server' simultaneously"),
+            "{e}"
+        );
+        let bad = GOOD.replace(
+            "    static_configs:\n",
+            "    kubernetes_sd_configs:\n      - role: nodes\n    static_configs:\n",
+        );
+        let e = load(&bad).expect_err("role").to_string();
+        assert!(e.contains("unknown Kubernetes SD role \"nodes\""), "{e}");
     }
 
     #[test]

@@ -16,13 +16,16 @@
 //! file::run(cfg: FileSdConfig, base: PathBuf,  out: Publisher, failures: Counter, shutdown)
 //! http::run(cfg: HttpSdConfig, client: HttpClient, out, failures, shutdown)
 //! dns::run(cfg: DnsSdConfig,   resolver: DnsResolver, out, failures, shutdown)
+//! kubernetes::run(cfg: KubernetesSdConfig, base: PathBuf, out, failures, shutdown)
 //! ```
 //!
 //! - `failures` is the provider's child of `uplink_agent_sd_refresh_failures_total`
-//!   ([`crate::metrics::Metrics::sd_failures`]`("file" | "http" | "dns")`).
+//!   ([`crate::metrics::Metrics::sd_failures`]`("file" | "http" | "dns" | "kubernetes")`).
 //! - `file`: `base` is the configuration file's directory (relative paths resolve against it).
 //! - `http`: build the client with `HttpClient::new(&cfg.http_client() /* then .resolve(base) */,
 //!   user_agent)`.
+//! - `kubernetes`: `base` resolves `kubeconfig_file` and the HTTP client files; the connection
+//!   (in-cluster, kubeconfig or `api_server`) is set up inside `run`, retried on failure.
 //! - `dns`: [`dns::DnsResolver::system`] (`/etc/resolv.conf`, re-read every refresh) or
 //!   [`dns::DnsResolver::with_nameserver`] (one server, for tests or pinning).
 //!
@@ -35,6 +38,7 @@
 pub mod dns;
 pub mod file;
 pub mod http;
+pub mod kubernetes;
 
 use std::collections::BTreeMap;
 
@@ -293,6 +297,16 @@ pub fn spawn(
             dns::DnsResolver::system(),
             tx,
             metrics.sd_failures("dns"),
+            token.clone(),
+        ));
+    }
+    for c in &sc.kubernetes_sd_configs {
+        let tx = channel();
+        tracker.spawn(kubernetes::run(
+            c.clone(),
+            base.to_path_buf(),
+            tx,
+            metrics.sd_failures("kubernetes"),
             token.clone(),
         ));
     }

@@ -190,6 +190,7 @@ impl JobRunner {
                     if old_sc.file_sd_configs != new_sc.file_sd_configs
                         || old_sc.http_sd_configs != new_sc.http_sd_configs
                         || old_sc.dns_sd_configs != new_sc.dns_sd_configs
+                        || old_sc.kubernetes_sd_configs != new_sc.kubernetes_sd_configs
                     {
                         providers = self.providers(&new);
                     }
