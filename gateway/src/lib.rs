@@ -16,6 +16,7 @@ pub mod config;
 pub mod forward;
 pub mod ledger;
 pub mod metrics;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
