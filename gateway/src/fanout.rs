@@ -79,6 +79,10 @@ impl Forwarder {
         let (cursor, inflight) = self.store.cursor(self.index);
         // After a crash: first resend exactly the request that was in flight.
         let mut replay = (inflight > cursor).then_some(inflight);
+        if replay.is_some() {
+            info!(destination = %self.destination.name, entries = inflight - cursor,
+                "Resending the request that was in flight when the gateway stopped.");
+        }
         loop {
             let visible = *head.borrow_and_update();
             let (cursor, _) = self.store.cursor(self.index);

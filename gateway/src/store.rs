@@ -16,6 +16,9 @@
 //! - `a` + identity length (u16) + identity + queue id (u64): the agent queue's dedupe
 //!   cursor, one past the last record stored.
 //! - `m:next`: the next entry seq; entries are numbered without gaps and numbers never repeat.
+//! - `m:reset_key`: 64 random bytes chosen when the store is created: the key of the QUIC
+//!   endpoint's stateless resets, so a restarted gateway can tell agents still holding a
+//!   connection to the old process to reconnect at once (instead of after their idle timeout).
 //!
 //! # Invariants
 //! - Storing a batch is one atomic write: body, header, `m:next` and the dedupe cursor
@@ -44,6 +47,7 @@ use rocksdb::{DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 
 const NEXT: &[u8] = b"m:next";
+const RESET_KEY: &[u8] = b"m:reset_key";
 const BODY: u8 = b'e';
 const HEADER: u8 = b'h';
 const CURSOR: u8 = b'c';
@@ -200,6 +204,7 @@ struct Inner {
     db: DB,
     path: PathBuf,
     fsync: bool,
+    reset_key: [u8; 64],
     state: Mutex<State>,
     head: watch::Sender<u64>,
 }
@@ -362,6 +367,15 @@ impl Store {
             stored.insert(name, (c.min(head), f.min(head)));
         }
         let mut wb = WriteBatch::default();
+        let reset_key = match db.get(RESET_KEY).map_err(db_err)? {
+            Some(v) => <[u8; 64]>::try_from(v.as_slice()).map_err(|_| corrupt("m:reset_key"))?,
+            None => {
+                let mut k = [0u8; 64];
+                rand::fill(&mut k[..]);
+                wb.put(RESET_KEY, k);
+                k
+            }
+        };
         let mut dests = Vec::new();
         for name in destinations {
             let (cursor, inflight) = stored.remove(name).unwrap_or_else(|| {
@@ -420,6 +434,7 @@ impl Store {
             db,
             path: dir.into(),
             fsync,
+            reset_key,
             state: Mutex::new(state),
             head: head_tx,
         });
@@ -430,6 +445,11 @@ impl Store {
             .spawn(move || commit_loop(weak, rx))
             .map_err(|e| StoreError::Task(format!("starting the commit thread: {e}")))?;
         Ok((Store { inner, commits: tx }, removed))
+    }
+
+    /// The key for the QUIC endpoint's stateless resets; the same across restarts.
+    pub fn reset_key(&self) -> [u8; 64] {
+        self.inner.reset_key
     }
 
     /// The dedupe cursor of an agent queue: one past the last record stored, if any was.
@@ -774,6 +794,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (s, removed) = open(dir.path(), &["a", "b"]).await;
         assert!(removed.is_empty());
+        let reset_key = s.reset_key();
         for (i, b) in ["x", "yy", "zzz"].iter().enumerate() {
             s.commit(commit("site", 7, i as u64 + 1, Some(b)))
                 .await
@@ -813,6 +834,7 @@ mod tests {
         drop(s);
 
         let (s, _) = open(dir.path(), &["a", "b"]).await;
+        assert_eq!(s.reset_key(), reset_key, "the reset key survives restarts");
         assert_eq!(s.head(), 3);
         assert_eq!(s.cursor(0), (2, 2));
         assert_eq!(s.cursor(1), (0, 2), "the request in flight is remembered");
