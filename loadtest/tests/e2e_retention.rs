@@ -58,6 +58,7 @@ async fn budget_drops_oldest_counts_exactly_keeps_newest() {
     }
     let dropped = rig.agent_metric("uplink_agent_retention_dropped_samples_total") as u64;
     assert!(block(|| rig.agent.proc.terminate(Duration::from_secs(20))));
+    assert!(rig.wait_gateway_drained(Duration::from_secs(30)).await);
     let (capture, probe) = (&rig.capture, &rig.probe);
 
     let received = capture.snapshot();
@@ -65,8 +66,8 @@ async fn budget_drops_oldest_counts_exactly_keeps_newest() {
     assert_eq!(report.wrong, 0, "{:?}", report.errors);
     assert_eq!(report.missing_in_scrape, 0, "{:?}", report.errors);
     // Each scrape record holds the probe's series plus up, scrape_duration_seconds,
-    // scrape_samples_scraped and scrape_samples_post_metric_relabeling.
-    let per_scrape = spec_series_count(&spec) as u64 + 4;
+    // scrape_samples_scraped, scrape_samples_post_metric_relabeling and scrape_series_added.
+    let per_scrape = spec_series_count(&spec) as u64 + 5;
     let mut missing_total = 0u64;
     for (t, before_heal) in served_before_heal.iter().enumerate() {
         let served = probe.served(t);
