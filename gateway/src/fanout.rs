@@ -10,8 +10,11 @@
 //!
 //! Outcomes of a request:
 //! - 2xx: the cursor moves; the samples are counted delivered.
-//! - permanent 4xx: the cursor moves; the samples are counted dropped (`reason="refused"`) and
-//!   charged to their sites in the ledger.
+//! - permanent 4xx for merged entries: they are sent again one by one, so a poison entry (a
+//!   remote write 1.0 receiver refuses a whole request for one bad sample) costs only its own
+//!   samples, never its neighbours' from other sites.
+//! - permanent 4xx for one entry: the cursor moves; the samples are counted dropped
+//!   (`reason="refused"`) and charged to their site in the ledger.
 //! - still failing after `limits.max_retry_duration`: logged; the same request is tried again
 //!   after the destination's `max_backoff`, forever. A destination that is down grows only its
 //!   own backlog, bounded by the retention budget; agents' acks never wait for it.
@@ -68,7 +71,19 @@ struct Request {
     samples: u64,
     /// One past the last entry it carries.
     end: u64,
+    /// How many entries it carries.
+    entries: usize,
     sites: Vec<(Arc<str>, u64)>,
+}
+
+/// How a request ended.
+enum Sent {
+    /// Accepted, or refused and dropped: the cursor moved past it.
+    Done,
+    /// Refused, and it merged several entries: send them one by one.
+    Split,
+    /// Shutdown came first.
+    Stopped,
 }
 
 impl Forwarder {
@@ -114,14 +129,23 @@ impl Forwarder {
                 }
             };
             let request = merge(&entries);
-            if !self.deliver(request, &stop).await {
-                return;
+            let taken = request.entries;
+            match self.deliver(request, &stop).await {
+                Sent::Done => {}
+                Sent::Stopped => return,
+                Sent::Split => {
+                    for e in &entries[..taken] {
+                        if let Sent::Stopped = self.deliver(single(e), &stop).await {
+                            return;
+                        }
+                    }
+                }
             }
         }
     }
 
-    /// Sends one request until it is accepted or refused; false when stopped first.
-    async fn deliver(&self, r: Request, stop: &CancellationToken) -> bool {
+    /// Sends one request until it is accepted or refused.
+    async fn deliver(&self, r: Request, stop: &CancellationToken) -> Sent {
         if let Err(error) = self.store.set_inflight(self.index, r.end).await {
             // Only the exactness of a resend after a crash depends on it.
             self.store_error("inflight", &error);
@@ -130,12 +154,18 @@ impl Forwarder {
         let mut failing_since: Option<Instant> = None;
         loop {
             let outcome = tokio::select! {
-                _ = stop.cancelled() => return false,
+                _ = stop.cancelled() => return Sent::Stopped,
                 d = self.destination.deliver(r.body.clone(), r.samples) => d,
             };
             match outcome {
                 Delivery::Accepted => {}
-                Delivery::Dropped(_) => {
+                Delivery::Dropped(error) if r.entries > 1 => {
+                    warn!(destination = %name, %error, entries = r.entries,
+                        "Destination refused a merged request; sending its entries one by one.");
+                    return Sent::Split;
+                }
+                Delivery::Dropped(error) => {
+                    self.destination.dropped(r.samples, &error);
                     for (site, samples) in &r.sites {
                         self.ledger.dropped(site, *samples);
                     }
@@ -147,7 +177,7 @@ impl Forwarder {
                     }
                     failing_since.get_or_insert_with(Instant::now);
                     if pause(stop, self.pause).await {
-                        return false;
+                        return Sent::Stopped;
                     }
                     continue;
                 }
@@ -156,7 +186,7 @@ impl Forwarder {
                 info!(destination = %name, after = ?since.elapsed(), "Destination recovered.");
             }
             self.commit(r.end).await;
-            return true;
+            return Sent::Done;
         }
     }
 
@@ -197,17 +227,12 @@ async fn pause(stop: &CancellationToken, d: Duration) -> bool {
 /// does not decompress (or would make the request too large) ends the request before it; if it
 /// is the first, it goes alone and the receiver refuses it (counted).
 fn merge(entries: &[Stored]) -> Request {
-    let single = |e: &Stored| Request {
-        body: e.body.clone(),
-        samples: e.meta.samples,
-        end: e.seq + 1,
-        sites: vec![(e.meta.site.clone(), e.meta.samples)],
-    };
     let Some(first) = entries.first() else {
         return Request {
             body: Bytes::new(),
             samples: 0,
             end: 0,
+            entries: 0,
             sites: vec![],
         };
     };
@@ -246,7 +271,19 @@ fn merge(entries: &[Stored]) -> Request {
         body: Bytes::from(body),
         samples: used.iter().map(|e| e.meta.samples).sum(),
         end: used[taken - 1].seq + 1,
+        entries: taken,
         sites,
+    }
+}
+
+/// One entry as a request of its own, as stored.
+fn single(e: &Stored) -> Request {
+    Request {
+        body: e.body.clone(),
+        samples: e.meta.samples,
+        end: e.seq + 1,
+        entries: 1,
+        sites: vec![(e.meta.site.clone(), e.meta.samples)],
     }
 }
 
@@ -372,7 +409,7 @@ mod tests {
             entry(6, "a", &[4.0]),
         ];
         let r = merge(&e);
-        assert_eq!((r.samples, r.end), (4, 7));
+        assert_eq!((r.samples, r.end, r.entries), (4, 7, 3));
         let sites: Vec<(Arc<str>, u64)> = vec![("a".into(), 2), ("b".into(), 2)];
         assert_eq!(r.sites, sites);
         let req: WriteRequest = remote_write::decode_snappy(&r.body, 1 << 20).expect("valid");

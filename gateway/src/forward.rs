@@ -4,9 +4,9 @@
 //! retry with exponential backoff (only errors that say [`ForwardError::is_retryable`], until the
 //! request's retry budget `limits.max_retry_duration` is spent), then a per-attempt timeout
 //! (`remote_timeout`), then the HTTP call. A request is done when the destination accepted it
-//! (2xx) or refused it permanently (4xx other than 429, which is logged with the receiver's
-//! message and counted as dropped with reason `refused`, so one bad request cannot jam the queue
-//! behind it). Callers: the per-destination forwarders (`fanout.rs`) and the ledger writer.
+//! (2xx) or refused it permanently (4xx other than 429; the caller logs the receiver's message
+//! and counts what it drops with reason `refused`, so one bad request cannot jam the queue behind
+//! it). Callers: the per-destination forwarders (`fanout.rs`) and the ledger writer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -176,7 +176,8 @@ impl tower::retry::Policy<Bytes, (), BoxError> for Backoff {
 #[derive(Debug)]
 pub enum Delivery {
     Accepted,
-    /// Refused permanently; logged and counted.
+    /// Refused permanently (4xx other than a retried 429). The caller decides what to drop and
+    /// counts it with [`Destination::dropped`].
     Dropped(String),
     /// Still failing after the retry budget: the caller keeps the data and tries again later.
     Failed(String),
@@ -302,19 +303,21 @@ impl Destination {
                     .inc_by(samples);
                 Delivery::Accepted
             }
-            Err(e) if !retryable(&e) => {
-                self.metrics
-                    .samples_dropped
-                    .get_or_create(&labels(&[
-                        ("destination", &self.name),
-                        ("reason", "refused"),
-                    ]))
-                    .inc_by(samples);
-                warn!(error = %e, destination = %self.name, samples,
-                    "Destination refused batch permanently; dropped.");
-                Delivery::Dropped(e.to_string())
-            }
+            Err(e) if !retryable(&e) => Delivery::Dropped(e.to_string()),
             Err(e) => Delivery::Failed(e.to_string()),
         }
+    }
+
+    /// Logs and counts samples this destination refused permanently (`reason="refused"`).
+    pub fn dropped(&self, samples: u64, error: &str) {
+        self.metrics
+            .samples_dropped
+            .get_or_create(&labels(&[
+                ("destination", &self.name),
+                ("reason", "refused"),
+            ]))
+            .inc_by(samples);
+        warn!(%error, destination = %self.name, samples,
+            "Destination refused samples permanently; dropped.");
     }
 }

@@ -224,7 +224,7 @@ async fn write_loop(
             Delivery::Accepted => {
                 debug!(destination = %destination.name, samples, "Ledger written.")
             }
-            Delivery::Dropped(_) => {}
+            Delivery::Dropped(error) => destination.dropped(samples, &error),
             Delivery::Failed(error) => warn!(
                 destination = %destination.name, %error,
                 "Writing the freshness ledger failed; the next interval writes fresh values."
