@@ -1,25 +1,41 @@
-//! Accepting agents: QUIC endpoint, mTLS identity, handshake, batch streams, ordered
-//! forwarding, acks.
+//! Accepting agents: QUIC endpoint, mTLS identity, handshake, batch streams, ordered durable
+//! storage, acks.
 //!
 //! Per connection: the TLS handshake verifies the client certificate against the client CA
 //! (quinn/rustls refuse anything else); the identity is read from the certificate (no identity:
 //! close 4). The first stream must carry a valid hello within `handshake_timeout` (else close 6,
 //! or 3 for a version mismatch). Each later stream carries one batch: it is read with a hard
 //! size limit (over it: close 2), decoded (malformed: close 1), then handed to the connection's
-//! [`Sequencer`], which releases batches in sequence order to one forwarding task. That task
-//! decodes compact batches (their codec state is connection-scoped, so order matters), delivers
-//! downstream and answers acks; once a batch fails, it and every later batch are
-//! answered `Retry`, so the agent resends in order. A bad peer only ever closes its own
-//! connection.
+//! [`Sequencer`], which releases batches in sequence order to one storing task. That task
+//! decodes compact batches (their codec state is connection-scoped, so order matters), stores
+//! them ([`Store::commit`]: the remote-write body for every destination and the agent queue's
+//! dedupe cursor, one atomic write) and only then answers `Accepted`. Delivery to the
+//! destinations happens later, independently (`fanout.rs`). If storing fails, that batch and
+//! every later one are answered `Retry`, so the agent resends in order. A bad peer only ever
+//! closes its own connection.
+//!
+//! # Dedupe
+//! Per (identity, queue id) a *lane* holds the dedupe cursor (one past the last record stored),
+//! loaded from the store on first use, behind a lock that every connection of that queue holds
+//! while it stores a batch. Records below the cursor were stored before (on this connection, an
+//! earlier one, or before a restart) and are acknowledged without being stored again. A
+//! connection that ends never abandons a commit half-way: its storing task finishes the batches
+//! already released before it lets the lane go.
+//!
+//! # Shutdown
+//! New connections are refused; each session stops accepting batch streams, finishes the
+//! batches already received (storing and acking them, bounded by [`FINISH_ACKS`]), then closes
+//! with code 7 (going away).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 use uplink_shared::codec::{CodecError, TunnelDecoder};
 use uplink_shared::model;
 use uplink_shared::quic::{self, ReadFrameError};
@@ -29,37 +45,38 @@ use uplink_shared::wire::{
 };
 
 use crate::config::Limits;
-use crate::forward::{self, Destination};
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, labels};
+use crate::store::{Commit, Entry, Store};
+
+/// On shutdown, how long a session may take to store and ack the batches it already received.
+pub const FINISH_ACKS: Duration = Duration::from_secs(3);
 
 /// What every connection handler needs.
 pub struct Context {
     pub limits: Limits,
-    pub destinations: Vec<Destination>,
+    pub store: Store,
     pub metrics: Metrics,
     pub ledger: Arc<Ledger>,
-    /// Per (identity, queue id): one past the last record forwarded, behind a lock that
-    /// every connection of that queue holds while it forwards. A new connection (after a lost
-    /// ack) therefore waits for an old one still retrying, then skips what it forwarded. In
-    /// memory only: a gateway restart forgets it.
-    pub forwarded: Forwarded,
+    /// The dedupe lanes, see the module docs.
+    pub lanes: Lanes,
 }
 
-/// See [`Context::forwarded`].
-pub type Forwarded =
-    std::sync::Mutex<std::collections::HashMap<(String, u64), Arc<tokio::sync::Mutex<u64>>>>;
+/// Per (identity, queue id): the dedupe cursor, `None` until loaded from the store.
+pub type Lanes = Mutex<HashMap<(String, u64), Lane>>;
+type Lane = Arc<tokio::sync::Mutex<Option<u64>>>;
 
 impl Context {
-    fn lane(&self, identity: &str, queue_id: u64) -> Arc<tokio::sync::Mutex<u64>> {
-        let mut g = self.forwarded.lock().unwrap_or_else(|p| p.into_inner());
+    fn lane(&self, identity: &str, queue_id: u64) -> Lane {
+        let mut g = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         g.entry((identity.to_owned(), queue_id))
             .or_default()
             .clone()
     }
 }
 
-/// Accepts connections until `shutdown`, then closes each with [`CloseCode::GoingAway`].
+/// Accepts connections until `shutdown`; then refuses new ones, lets sessions finish their
+/// acks and close with [`CloseCode::GoingAway`].
 pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     loop {
@@ -78,12 +95,14 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>, shutdown: Cance
                 .instrument(info_span!("agent", %remote)),
         );
     }
+    // Refuse new connections; sessions finish their acks (bounded) and close themselves.
+    endpoint.set_server_config(None);
+    tracker.close();
+    let _ = tokio::time::timeout(FINISH_ACKS + Duration::from_secs(2), tracker.wait()).await;
     endpoint.close(
         CloseCode::GoingAway.as_u32().into(),
         CloseCode::GoingAway.reason(),
     );
-    tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     endpoint.wait_idle().await;
 }
 
@@ -129,8 +148,8 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: Cancella
     .await;
 }
 
-/// A batch's content: ready to forward, or still in the connection-scoped compact encoding
-/// (decoded by the forwarder, in sequence order).
+/// A batch's content: ready to store, or still in the connection-scoped compact encoding
+/// (decoded by the storing task, in sequence order).
 enum Payload {
     Ready {
         body: Bytes,
@@ -140,7 +159,7 @@ enum Payload {
     Compact(Bytes),
 }
 
-/// One batch on its way to the forwarder, with where to send the answer.
+/// One batch on its way to the storing task, with where to send the answer.
 struct Pending {
     payload: Payload,
     reply: oneshot::Sender<Ack>,
@@ -194,7 +213,9 @@ async fn session(
 
     let (tx, rx) = mpsc::channel::<Pending>(ctx.limits.max_streams_per_agent.get() as usize);
     let (violation_tx, mut violation_rx) = mpsc::channel::<CloseCode>(1);
-    let forwarder = tokio::spawn(forward_in_order(
+    // Not aborted when the session ends: it finishes the batches already released (a commit is
+    // never abandoned half-way) and ends when every sender is gone.
+    tokio::spawn(store_in_order(
         rx,
         resume_seq,
         ctx.clone(),
@@ -212,7 +233,12 @@ async fn session(
     let mut streams = tokio::task::JoinSet::new();
     let code = loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break Some(CloseCode::GoingAway),
+            _ = shutdown.cancelled() => {
+                // Stop taking batches; answer those received.
+                let finish = async { while streams.join_next().await.is_some() {} };
+                let _ = tokio::time::timeout(FINISH_ACKS, finish).await;
+                break Some(CloseCode::GoingAway);
+            }
             Some(code) = violation_rx.recv() => break Some(code),
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
@@ -227,7 +253,6 @@ async fn session(
         }
     };
     streams.abort_all();
-    forwarder.abort();
     control.abort();
     code
 }
@@ -262,7 +287,7 @@ async fn read_status(
     }
 }
 
-/// Reads and decodes one batch stream, hands it to the forwarder, writes the ack.
+/// Reads and decodes one batch stream, hands it to the storing task, writes the ack.
 async fn batch_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -383,8 +408,16 @@ fn decode_compact(
     Ok((Bytes::from(body), samples))
 }
 
-/// The connection's forwarding task: batches are decoded and leave in sequence order.
-async fn forward_in_order(
+/// Why a batch was not stored.
+enum Refusal {
+    /// The batch cannot be decoded: close the connection with this code.
+    Close(CloseCode),
+    /// Storing failed: answer `Retry` (the agent resends later).
+    Retry(String),
+}
+
+/// The connection's storing task: batches are decoded and stored in sequence order.
+async fn store_in_order(
     mut rx: mpsc::Receiver<Pending>,
     resume_seq: u64,
     ctx: Arc<Context>,
@@ -394,6 +427,7 @@ async fn forward_in_order(
 ) {
     let mut seq: Sequencer<Pending> = Sequencer::new(resume_seq);
     let lane = ctx.lane(&identity, queue_id);
+    let site: Arc<str> = identity.as_str().into();
     let mut decoder = TunnelDecoder::new(
         ctx.limits.max_uncompressed_bytes.get() as usize,
         ctx.limits.max_series_sets_per_agent.get() as usize,
@@ -422,50 +456,25 @@ async fn forward_in_order(
             }
         }
         while let Some((first, count, p)) = seq.pop_ready() {
-            // Records below the floor were forwarded on an earlier connection of this queue.
-            let mut floor = lane.lock().await;
-            let skip = floor.saturating_sub(first).min(u64::from(count));
-            let whole = skip == u64::from(count);
-            let (body, samples, newest) = match &p.payload {
-                Payload::Ready { .. } if whole => (Bytes::new(), 0, i64::MIN),
-                Payload::Ready {
-                    body,
-                    samples,
-                    newest,
-                } => (body.clone(), *samples, *newest),
-                Payload::Compact(data) => match decode_compact(&mut decoder, data, skip) {
-                    Ok((body, samples)) => {
-                        ctx.metrics.samples_received.inc_by(samples);
-                        (body, samples, decoder.newest_timestamp())
-                    }
-                    Err(error) => {
-                        warn!(%error, first_seq = p.first_seq, "Undecodable compact batch; closing connection.");
-                        let code = match error {
-                            CodecError::TooLarge { .. } => CloseCode::FrameTooLarge,
-                            _ => CloseCode::ProtocolViolation,
-                        };
-                        let _ = violation.try_send(code);
-                        return;
-                    }
-                },
-            };
-            if skip > 0 {
-                ctx.metrics.batches_duplicate.inc();
-            }
-            let delivered = if samples == 0 {
-                Ok(0)
-            } else {
-                forward::deliver_all(&ctx.destinations, body, samples).await
-            };
-            match delivered {
-                Ok(dropped) => {
-                    *floor = (*floor).max(first + u64::from(count));
-                    drop(floor);
-                    ctx.ledger.forwarded(&identity, samples, newest, dropped);
+            let stored = store_batch(
+                &ctx,
+                &lane,
+                &mut decoder,
+                (&site, queue_id),
+                (first, count),
+                &p.payload,
+            )
+            .await;
+            match stored {
+                Ok(()) => {
                     let a = ack(&p, AckStatus::Accepted, String::new());
                     let _ = p.reply.send(a);
                 }
-                Err(msg) => {
+                Err(Refusal::Close(code)) => {
+                    let _ = violation.try_send(code);
+                    return;
+                }
+                Err(Refusal::Retry(msg)) => {
                     let a = ack(&p, AckStatus::Retry, msg);
                     let _ = p.reply.send(a);
                     for later in seq.fail() {
@@ -476,4 +485,84 @@ async fn forward_in_order(
             }
         }
     }
+}
+
+/// Decodes one batch and stores the records not stored before, under the lane's lock.
+async fn store_batch(
+    ctx: &Context,
+    lane: &Lane,
+    decoder: &mut TunnelDecoder,
+    (site, queue_id): (&Arc<str>, u64),
+    (first, count): (u64, u32),
+    payload: &Payload,
+) -> Result<(), Refusal> {
+    let mut floor = lane.lock().await;
+    let cursor = match *floor {
+        Some(c) => c,
+        None => {
+            let loaded = ctx.store.dedupe_cursor(site, queue_id).await;
+            let c = loaded
+                .map_err(|e| store_failed(ctx, "dedupe", e))?
+                .unwrap_or(0);
+            *floor = Some(c);
+            c
+        }
+    };
+    let end = first + u64::from(count);
+    let skip = cursor.saturating_sub(first).min(u64::from(count));
+    // Compact batches are decoded even when every record is old: the codec state needs them.
+    let (body, samples, newest) = match payload {
+        Payload::Ready { .. } if skip == u64::from(count) => (Bytes::new(), 0, i64::MIN),
+        Payload::Ready {
+            body,
+            samples,
+            newest,
+        } => (body.clone(), *samples, *newest),
+        Payload::Compact(data) => match decode_compact(decoder, data, skip) {
+            Ok((body, samples)) => {
+                ctx.metrics.samples_received.inc_by(samples);
+                (body, samples, decoder.newest_timestamp())
+            }
+            Err(error) => {
+                warn!(%error, first_seq = first, "Undecodable compact batch; closing connection.");
+                return Err(Refusal::Close(match error {
+                    CodecError::TooLarge { .. } => CloseCode::FrameTooLarge,
+                    _ => CloseCode::ProtocolViolation,
+                }));
+            }
+        },
+    };
+    if skip > 0 {
+        ctx.metrics.batches_duplicate.inc();
+    }
+    if end <= cursor {
+        return Ok(());
+    }
+    let commit = Commit {
+        identity: site.clone(),
+        queue_id,
+        next_seq: end,
+        entry: (samples > 0).then_some(Entry { samples, body }),
+    };
+    let started = Instant::now();
+    ctx.store
+        .commit(commit)
+        .await
+        .map_err(|e| store_failed(ctx, "commit", e))?;
+    ctx.metrics
+        .store_commit_duration
+        .observe(started.elapsed().as_secs_f64());
+    *floor = Some(end);
+    drop(floor);
+    ctx.ledger.accepted(site, samples, newest);
+    Ok(())
+}
+
+fn store_failed(ctx: &Context, op: &str, error: crate::store::StoreError) -> Refusal {
+    error!(%error, op, "Storing a batch failed; the agent will resend it.");
+    ctx.metrics
+        .store_errors
+        .get_or_create(&labels(&[("op", op)]))
+        .inc();
+    Refusal::Retry(format!("gateway store: {error}"))
 }

@@ -27,6 +27,39 @@ pub struct Config {
     /// The freshness ledger written to the destinations.
     #[serde(default)]
     pub ledger: LedgerConfig,
+    /// The durable store: per-destination queues and the dedupe cursors.
+    pub storage: StorageConfig,
+}
+
+/// The gateway's RocksDB store (see `store.rs`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// RocksDB directory; created if missing. One gateway process per directory.
+    pub directory: PathBuf,
+    /// Sync the write-ahead log before acknowledging a batch. With `false`, a process crash
+    /// loses nothing acknowledged, but a power loss may lose the last acknowledged batches.
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+    /// Retention budget per destination: the bytes waiting for one destination at most (0:
+    /// unbounded). Over it, that destination's oldest entries are dropped and counted.
+    #[serde(default)]
+    pub max_bytes: u64,
+    /// Retention budget per destination: entries waiting longer than this for a destination
+    /// are dropped for it and counted (unset: no age limit).
+    #[serde(default)]
+    pub max_age: Option<PromDuration>,
+    /// On shutdown, how long the forwarders may keep draining backlogs after the last ack.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: PromDuration,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_drain_timeout() -> PromDuration {
+    PromDuration(Duration::from_secs(10))
 }
 
 /// The freshness and gap ledger (see `ledger.rs`).
@@ -71,7 +104,8 @@ pub struct Limits {
     pub keep_alive: PromDuration,
     /// An agent connection silent this long is dead (agents ping every `keep_alive`).
     pub idle_timeout: PromDuration,
-    /// How long one batch is retried downstream before the agent is told to send it again.
+    /// How long one remote-write request is retried (with backoff) before the failure is
+    /// logged; the data stays queued and the request is tried again after `max_backoff`.
     pub max_retry_duration: PromDuration,
 }
 
@@ -142,7 +176,7 @@ pub struct HttpTlsConfig {
     pub insecure_skip_verify: bool,
 }
 
-/// Prometheus's `queue_config`, the retry subset.
+/// Prometheus's `queue_config`, the retry and batching subset.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
@@ -150,6 +184,9 @@ pub struct QueueConfig {
     pub max_backoff: PromDuration,
     /// Retry on 429 (Prometheus defaults to true since 2.x).
     pub retry_on_http_429: bool,
+    /// Samples per request at most when queued entries are merged; an entry (one agent batch)
+    /// is never split, so a larger one goes alone.
+    pub max_samples_per_send: NonZeroU32,
 }
 
 impl Default for QueueConfig {
@@ -158,6 +195,7 @@ impl Default for QueueConfig {
             min_backoff: PromDuration(Duration::from_millis(30)),
             max_backoff: PromDuration(Duration::from_secs(5)),
             retry_on_http_429: true,
+            max_samples_per_send: NonZeroU32::new(2000).unwrap_or(NonZeroU32::MIN),
         }
     }
 }
@@ -186,6 +224,9 @@ impl Config {
         let mut cfg: Config = yaml::parse(path, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.tls.resolve(base);
+        if cfg.storage.directory.is_relative() {
+            cfg.storage.directory = base.join(&cfg.storage.directory);
+        }
         for rw in &mut cfg.remote_write {
             if let Some(t) = &mut rw.tls_config {
                 for p in [&mut t.ca_file, &mut t.cert_file, &mut t.key_file]
@@ -260,6 +301,13 @@ impl Config {
                 ));
             }
         }
+        if self.storage.max_age.is_some_and(|a| a.0.is_zero()) {
+            return Err(at(
+                "max_age",
+                "storage.max_age".into(),
+                "must be positive (leave it unset for no age limit)".into(),
+            ));
+        }
         if !self.limits.keep_alive.0.is_zero()
             && self.limits.idle_timeout.0 <= self.limits.keep_alive.0
         {
@@ -280,6 +328,7 @@ mod tests {
     const GOOD: &str = r#"
 listen_address: 127.0.0.1:4443
 tls: {cert_file: gw.crt, key_file: gw.key, ca_file: ca.crt}
+storage: {directory: data, max_age: 6h}
 remote_write:
   - url: http://127.0.0.1:9090/api/v1/write
     remote_timeout: 10s
@@ -305,15 +354,29 @@ remote_write:
         let e = load(&GOOD.replace("remote_timeout: 10s", "remote_timeout: ten"))
             .expect_err("bad duration")
             .to_string();
-        assert!(e.contains("gateway.yml:6:"), "{e}");
+        assert!(e.contains("gateway.yml:7:"), "{e}");
         assert!(e.contains("remote_write[0].remote_timeout"), "{e}");
         let e = load(&GOOD.replace("http://127", "ftp://127"))
             .expect_err("bad url")
             .to_string();
-        assert!(e.contains("gateway.yml:5:10: remote_write[0].url"), "{e}");
+        assert!(e.contains("gateway.yml:6:10: remote_write[0].url"), "{e}");
         let e = load(&GOOD.replace("listen_address:", "listen_adress:"))
             .expect_err("unknown")
             .to_string();
         assert!(e.contains("gateway.yml:2:1"), "{e}");
+        assert!(c.storage.directory.is_absolute() && c.storage.directory.ends_with("data"));
+        assert!(c.storage.fsync);
+        assert_eq!(
+            c.remote_write[0].queue_config.max_samples_per_send.get(),
+            2000
+        );
+        let e = load(&GOOD.replace("max_age: 6h", "max_age: 0s"))
+            .expect_err("zero age")
+            .to_string();
+        assert!(e.contains("storage.max_age"), "{e}");
+        let e = load(&GOOD.replace("storage: {directory: data, max_age: 6h}\n", ""))
+            .expect_err("storage is required")
+            .to_string();
+        assert!(e.contains("storage"), "{e}");
     }
 }

@@ -2,11 +2,11 @@
 //!
 //! Each destination gets one tower stack (built in [`Destination::new`], outermost first):
 //! retry with exponential backoff (only errors that say [`ForwardError::is_retryable`], until the
-//! batch's retry budget is spent), then a per-attempt timeout (`remote_timeout`), then the HTTP
-//! call. A batch goes to every destination concurrently; it counts as delivered when each
-//! destination either accepted it (2xx) or refused it permanently (4xx other than 429, which
-//! is logged with the receiver's message and counted as dropped, so one bad batch cannot jam
-//! the queue behind it).
+//! request's retry budget `limits.max_retry_duration` is spent), then a per-attempt timeout
+//! (`remote_timeout`), then the HTTP call. A request is done when the destination accepted it
+//! (2xx) or refused it permanently (4xx other than 429; the caller logs the receiver's message
+//! and counts what it drops with reason `refused`, so one bad request cannot jam the queue behind
+//! it). Callers: the per-destination forwarders (`fanout.rs`) and the ledger writer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -176,9 +176,10 @@ impl tower::retry::Policy<Bytes, (), BoxError> for Backoff {
 #[derive(Debug)]
 pub enum Delivery {
     Accepted,
-    /// Refused permanently; logged and counted.
+    /// Refused permanently (4xx other than a retried 429). The caller decides what to drop and
+    /// counts it with [`Destination::dropped`].
     Dropped(String),
-    /// Still failing after the retry budget: the agent must send it again.
+    /// Still failing after the retry budget: the caller keeps the data and tries again later.
     Failed(String),
 }
 
@@ -302,43 +303,21 @@ impl Destination {
                     .inc_by(samples);
                 Delivery::Accepted
             }
-            Err(e) if !retryable(&e) => {
-                self.metrics
-                    .samples_dropped
-                    .get_or_create(&d)
-                    .inc_by(samples);
-                warn!(error = %e, destination = %self.name, samples,
-                    "Destination refused batch permanently; dropped.");
-                Delivery::Dropped(e.to_string())
-            }
+            Err(e) if !retryable(&e) => Delivery::Dropped(e.to_string()),
             Err(e) => Delivery::Failed(e.to_string()),
         }
     }
-}
 
-/// Delivers to every destination concurrently. `Ok` carries the number of samples that
-/// destinations refused permanently (summed over destinations); `Err` the first failure.
-pub async fn deliver_all(dests: &[Destination], body: Bytes, samples: u64) -> Result<u64, String> {
-    let mut set = tokio::task::JoinSet::new();
-    for d in dests {
-        let d = d.clone();
-        let body = body.clone();
-        set.spawn(async move { (d.name.clone(), d.deliver(body, samples).await) });
+    /// Logs and counts samples this destination refused permanently (`reason="refused"`).
+    pub fn dropped(&self, samples: u64, error: &str) {
+        self.metrics
+            .samples_dropped
+            .get_or_create(&labels(&[
+                ("destination", &self.name),
+                ("reason", "refused"),
+            ]))
+            .inc_by(samples);
+        warn!(%error, destination = %self.name, samples,
+            "Destination refused samples permanently; dropped.");
     }
-    let mut failure = None;
-    let mut dropped = 0u64;
-    while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok((_, Delivery::Dropped(_))) => dropped += samples,
-            Ok((name, Delivery::Failed(msg))) => {
-                warn!(destination = %name, error = %msg, "Destination still failing; agent will resend.");
-                failure.get_or_insert(format!("{name}: {msg}"));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                failure.get_or_insert(format!("internal: {e}"));
-            }
-        }
-    }
-    failure.map_or(Ok(dropped), Err)
 }

@@ -11,8 +11,16 @@
 //! | `uplink_site_lag_seconds` | now minus the newest sample forwarded for the site |
 //! | `uplink_site_backlog_records`, `uplink_site_backlog_bytes` | the site's unacknowledged queue, as it last reported |
 //! | `uplink_site_oldest_backlog_timestamp_seconds` | oldest unacknowledged sample at the site (absent when empty) |
-//! | `uplink_site_forwarded_samples_total` | samples forwarded for the site by this gateway |
-//! | `uplink_site_dropped_samples_total` | samples dropped for the site (agent-reported plus refused downstream) |
+//! | `uplink_site_forwarded_samples_total` | samples of the site this gateway accepted (stored durably for its destinations) |
+//! | `uplink_site_dropped_samples_total` | samples dropped for the site: agent-reported, plus refused downstream or dropped by the gateway's retention budget (summed over destinations) |
+//!
+//! `uplink_site_lag_seconds` measures the newest sample accepted, not delivered: a
+//! destination's own backlog at the gateway shows in `uplink_gateway_queue_*`.
+//!
+//! The ledger is written straight to each destination, not through the store's queues: it is
+//! a snapshot of now, the next interval supersedes it, and a destination that is down simply
+//! misses those intervals (each destination has its own writer, so one that is down never
+//! delays another). Queuing it would put snapshots behind a backlog and replay stale values.
 //!
 //! Sites are known from their first connection since the gateway started, and forgotten after
 //! `forget_after` offline.
@@ -27,7 +35,7 @@ use uplink_shared::model::{self, Label, Sample, TimeSeries};
 use uplink_shared::remote_write::{self, WriteRequest};
 use uplink_shared::wire::Status;
 
-use crate::forward::{self, Destination};
+use crate::forward::{Delivery, Destination};
 
 #[derive(Debug, Default, Clone)]
 struct Site {
@@ -72,14 +80,19 @@ impl Ledger {
         });
     }
 
-    pub fn forwarded(&self, site: &str, samples: u64, newest_ts: i64, dropped: u64) {
+    /// `samples` of the site were stored durably; `newest_ts` is the newest (`i64::MIN`: none).
+    pub fn accepted(&self, site: &str, samples: u64, newest_ts: i64) {
         self.with(site, |s| {
             s.forwarded += samples;
-            s.dropped_downstream += dropped;
             if newest_ts != i64::MIN {
                 s.newest_ts = Some(s.newest_ts.map_or(newest_ts, |n| n.max(newest_ts)));
             }
         });
+    }
+
+    /// `samples` of the site were dropped for one destination (refused, or retention).
+    pub fn dropped(&self, site: &str, samples: u64) {
+        self.with(site, |s| s.dropped_downstream += samples);
     }
 
     pub fn status(&self, site: &str, status: Status) {
@@ -155,10 +168,33 @@ impl Ledger {
     }
 }
 
-/// Writes the ledger to every destination every `interval` until `shutdown`.
+/// Writes the ledger to every destination every `interval` until `shutdown`; each destination
+/// has its own loop, so one that is slow or down never delays the others.
 pub async fn run_writer(
     ledger: Arc<Ledger>,
     destinations: Vec<Destination>,
+    interval: Duration,
+    labels: BTreeMap<String, String>,
+    forget_after: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut writers = tokio::task::JoinSet::new();
+    for d in destinations {
+        writers.spawn(write_loop(
+            ledger.clone(),
+            d,
+            interval,
+            labels.clone(),
+            forget_after,
+            shutdown.clone(),
+        ));
+    }
+    while writers.join_next().await.is_some() {}
+}
+
+async fn write_loop(
+    ledger: Arc<Ledger>,
+    destination: Destination,
     interval: Duration,
     labels: BTreeMap<String, String>,
     forget_after: Duration,
@@ -180,11 +216,19 @@ pub async fn run_writer(
             timeseries: series,
             metadata: vec![],
         });
-        match forward::deliver_all(&destinations, body, samples).await {
-            Ok(_) => debug!(samples, "Ledger written."),
-            Err(error) => {
-                warn!(%error, "Writing the freshness ledger failed; next interval writes fresh values.")
+        let delivered = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            d = destination.deliver(body, samples) => d,
+        };
+        match delivered {
+            Delivery::Accepted => {
+                debug!(destination = %destination.name, samples, "Ledger written.")
             }
+            Delivery::Dropped(error) => destination.dropped(samples, &error),
+            Delivery::Failed(error) => warn!(
+                destination = %destination.name, %error,
+                "Writing the freshness ledger failed; the next interval writes fresh values."
+            ),
         }
     }
 }
@@ -197,7 +241,7 @@ mod tests {
     fn offline_with_backlog_is_distinguishable_from_loss() {
         let l = Ledger::default();
         l.connected("a");
-        l.forwarded("a", 10, 1_000, 0);
+        l.accepted("a", 10, 1_000);
         l.status(
             "a",
             Status {
@@ -208,7 +252,8 @@ mod tests {
             },
         );
         l.disconnected("a");
-        l.forwarded("b", 5, 2_000, 5);
+        l.accepted("b", 5, 2_000);
+        l.dropped("b", 5);
         let extra = BTreeMap::from([("region".to_string(), "eu".to_string())]);
         let s = l.series(3_000, &extra, Duration::from_secs(3600));
         let get = |site: &str, name: &str| {

@@ -1,21 +1,31 @@
-//! `uplink-gateway`: accept agents over mTLS QUIC, forward standard Prometheus remote write.
-//!
-//! The [`ledger`] writes the gateway's own per-site freshness series to the destinations.
+//! `uplink-gateway`: accept agents over mTLS QUIC, store their batches durably, forward
+//! standard Prometheus remote write.
 //!
 //! Data flow: [`accept`] (QUIC endpoint; identity from the client certificate; one task per
-//! connection, one per batch stream; a per-connection sequencer) → [`forward`] (one tower stack
-//! per destination; remote write 1.0). An ack is sent to the agent only after every destination
-//! accepted the batch or refused it permanently; until then the agent keeps it on disk.
+//! connection, one per batch stream; a per-connection sequencer) → [`store`] (RocksDB: one
+//! atomic write per batch holds its remote-write body, queued for every destination, and the
+//! agent queue's dedupe cursor; then the agent gets its ack) → [`fanout`] (one forwarder per
+//! destination reads the log from its own cursor) → [`forward`] (one tower stack per
+//! destination; remote write 1.0). The [`ledger`] writes the gateway's own per-site freshness
+//! series straight to each destination.
 //!
-//! Shutdown order: stop accepting, close agent connections with code 7 (going away; batches
-//! not yet acknowledged are resent by the agents elsewhere or later), stop the web endpoints.
+//! Invariants: an ack means the batch is in the store (synced when `storage.fsync`); a
+//! destination's cursor moves only after it answered; a destination that is down delays no
+//! ack and no other destination.
+//!
+//! Shutdown order: refuse new agents; sessions stop taking batches, store and ack those
+//! received, close with code 7 (going away); the ledger stops; the forwarders drain their
+//! backlogs for up to `storage.drain_timeout`, then stop (a request in flight is resent after
+//! the restart); the store is flushed; the web endpoints stop.
 
 pub mod accept;
 pub mod certs_cmd;
 pub mod config;
+pub mod fanout;
 pub mod forward;
 pub mod ledger;
 pub mod metrics;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,13 +34,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use uplink_shared::web::{self, WebState};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::store::Store;
 
-/// Runs the gateway until `shutdown`. `bound` receives the QUIC address once listening.
+/// Runs the gateway until `shutdown`.
 pub async fn run(
     cfg: Config,
     web_addr: SocketAddr,
@@ -47,6 +58,7 @@ pub async fn run(
                 .with_context(|| format!("remote_write {}", rw.url))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let store = open_store(&cfg).await?;
     let transport =
         uplink_shared::tls::transport(cfg.limits.keep_alive.0, cfg.limits.idle_timeout.0);
     let server = uplink_shared::tls::quic_server(
@@ -55,7 +67,7 @@ pub async fn run(
         cfg.limits.max_streams_per_agent.get(),
     )
     .context("building the QUIC server configuration")?;
-    let endpoint = quinn::Endpoint::server(server, cfg.listen_address)
+    let endpoint = bind(&cfg, server, &store)
         .with_context(|| format!("binding QUIC endpoint on {}", cfg.listen_address))?;
     info!(address = %endpoint.local_addr()?, "Accepting agents.");
 
@@ -72,12 +84,13 @@ pub async fn run(
         web_token.clone(),
     ));
     let ledger = Arc::new(ledger::Ledger::default());
+    let fan = Fanout::start(&cfg, &destinations, &store, &metrics, &ledger);
     let ctx = Arc::new(accept::Context {
         limits: cfg.limits.clone(),
-        destinations: destinations.clone(),
+        store: store.clone(),
         metrics,
         ledger: ledger.clone(),
-        forwarded: Default::default(),
+        lanes: Default::default(),
     });
     let ledger_token = CancellationToken::new();
     if !cfg.ledger.interval.0.is_zero() {
@@ -92,25 +105,146 @@ pub async fn run(
     }
     let accept_token = CancellationToken::new();
     let mut accept_task = tokio::spawn(accept::serve(endpoint, ctx, accept_token.clone()));
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        r = &mut web_task => {
-            accept_token.cancel();
-            r?.context("web endpoints failed")?;
-            return Ok(());
-        }
+    let web_result = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        r = &mut web_task => Some(r),
         r = &mut accept_task => {
             r?;
             anyhow::bail!("QUIC endpoint stopped unexpectedly");
         }
-    }
+    };
     ready.store(false, Ordering::Release);
-    info!("Closing agent connections.");
+    info!("Refusing new agents; acknowledging the batches received.");
     accept_token.cancel();
     accept_task.await?;
     ledger_token.cancel();
-    web_token.cancel();
-    let _ = web_task.await;
+    fan.drain(cfg.storage.drain_timeout.0).await;
+    store.flush().await.context("flushing the store")?;
+    match web_result {
+        Some(r) => r?.context("web endpoints failed")?,
+        None => {
+            web_token.cancel();
+            let _ = web_task.await;
+        }
+    }
     info!("Shutdown complete.");
     Ok(())
+}
+
+/// Binds the QUIC endpoint. Its stateless-reset key and connection-id key come from the store,
+/// so after a crash the new process recognises the old process's connection ids and answers
+/// their packets with a reset the agents accept: they reconnect at once instead of after their
+/// idle timeout.
+fn bind(
+    cfg: &Config,
+    server: quinn::ServerConfig,
+    store: &Store,
+) -> anyhow::Result<quinn::Endpoint> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &store.reset_key());
+    let tag = ring::hmac::sign(&key, b"uplink connection ids");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&tag.as_ref()[..8]);
+    let cid_key = u64::from_be_bytes(cid_key);
+    let mut endpoint = quinn::EndpointConfig::new(Arc::new(key));
+    endpoint.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let socket = std::net::UdpSocket::bind(cfg.listen_address)?;
+    let runtime = quinn::default_runtime().context("no async runtime")?;
+    Ok(quinn::Endpoint::new(
+        endpoint,
+        Some(server),
+        socket,
+        runtime,
+    )?)
+}
+
+/// Opens the store on the blocking pool and reports destinations no longer configured.
+async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    let dir = cfg.storage.directory.clone();
+    let (fsync, names) = (
+        cfg.storage.fsync,
+        cfg.remote_write
+            .iter()
+            .map(|rw| rw.display_name())
+            .collect::<Vec<_>>(),
+    );
+    let (store, removed) = tokio::task::spawn_blocking(move || Store::open(&dir, fsync, &names))
+        .await?
+        .with_context(|| format!("opening the store at {}", cfg.storage.directory.display()))?;
+    for r in removed {
+        warn!(destination = %r.name, entries = r.entries, samples = r.samples,
+            "Destination no longer configured; what it had not received is dropped.");
+    }
+    let (entries, bytes) = (0..cfg.remote_write.len())
+        .map(|i| store.usage(i))
+        .fold((0, 0), |(e, b), u| (e.max(u.entries), b.max(u.bytes)));
+    info!(directory = %cfg.storage.directory.display(), entries, bytes,
+        "Store open (largest destination backlog).");
+    Ok(store)
+}
+
+/// The forwarders and the retention task, with their shutdown tokens.
+struct Fanout {
+    forwarders: tokio::task::JoinSet<()>,
+    retention: tokio::task::JoinHandle<()>,
+    drain: CancellationToken,
+    stop: CancellationToken,
+}
+
+impl Fanout {
+    fn start(
+        cfg: &Config,
+        destinations: &[forward::Destination],
+        store: &Store,
+        metrics: &Metrics,
+        ledger: &Arc<ledger::Ledger>,
+    ) -> Fanout {
+        let (drain, stop) = (CancellationToken::new(), CancellationToken::new());
+        let mut forwarders = tokio::task::JoinSet::new();
+        let mut budgets = Vec::new();
+        for (index, (d, rw)) in destinations.iter().zip(&cfg.remote_write).enumerate() {
+            let f = fanout::Forwarder {
+                index,
+                destination: d.clone(),
+                store: store.clone(),
+                ledger: ledger.clone(),
+                metrics: metrics.clone(),
+                max_samples: u64::from(rw.queue_config.max_samples_per_send.get()),
+                pause: rw.queue_config.max_backoff.0,
+            };
+            forwarders.spawn(f.run(drain.clone(), stop.clone()));
+            budgets.push(fanout::Budget {
+                name: d.name.clone(),
+                max_bytes: cfg.storage.max_bytes,
+                max_age: cfg.storage.max_age.map(|a| a.0),
+            });
+        }
+        let retention = tokio::spawn(fanout::run_retention(
+            store.clone(),
+            budgets,
+            metrics.clone(),
+            ledger.clone(),
+            stop.clone(),
+        ));
+        Fanout {
+            forwarders,
+            retention,
+            drain,
+            stop,
+        }
+    }
+
+    /// Lets the forwarders empty their backlogs for up to `grace`, then stops everything.
+    async fn drain(mut self, grace: std::time::Duration) {
+        info!(?grace, "Draining destination backlogs.");
+        self.drain.cancel();
+        let all = async { while self.forwarders.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            warn!("Backlogs not drained in time; they are delivered after the restart.");
+        }
+        self.stop.cancel();
+        while self.forwarders.join_next().await.is_some() {}
+        let _ = self.retention.await;
+    }
 }

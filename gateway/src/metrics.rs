@@ -1,9 +1,12 @@
 //! Every instrument the gateway exports on `/metrics`. Label values are bounded: destination
-//! names come from the configuration, close codes and outcomes are fixed sets. Per-agent series
-//! are deliberately absent (fleets of thousands of sites); the logs carry the identity.
+//! names come from the configuration, close codes, outcomes and drop reasons are fixed sets.
+//! Per-agent series are deliberately absent (fleets of thousands of sites); the logs and the
+//! freshness ledger carry the identity.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -23,6 +26,17 @@ pub struct Metrics {
     pub samples_dropped: Family<Labels, Counter>,
     pub requests: Family<Labels, Counter>,
     pub request_duration: Family<Labels, Histogram>,
+    pub queue_entries: Family<Labels, Gauge>,
+    pub queue_bytes: Family<Labels, Gauge>,
+    pub queue_oldest_age: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub store_commit_duration: Histogram,
+    pub cursor_commit_duration: Family<Labels, Histogram>,
+    pub store_errors: Family<Labels, Counter>,
+}
+
+/// Buckets from 10 µs to about 20 s, for RocksDB writes.
+fn write_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_01, 4.0, 12))
 }
 
 impl Default for Metrics {
@@ -41,6 +55,12 @@ impl Default for Metrics {
             request_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.005, 2.0, 12))
             }),
+            queue_entries: Family::default(),
+            queue_bytes: Family::default(),
+            queue_oldest_age: Family::default(),
+            store_commit_duration: write_buckets(),
+            cursor_commit_duration: Family::new_with_constructor(write_buckets),
+            store_errors: Family::default(),
         }
     }
 }
@@ -90,7 +110,8 @@ impl Metrics {
         );
         r.register(
             "remote_write_samples_dropped",
-            "Samples a destination refused permanently (4xx), by destination.",
+            "Samples dropped for a destination, by destination and reason (refused: permanent \
+             4xx; bytes, age: the storage retention budget).",
             self.samples_dropped.clone(),
         );
         r.register(
@@ -102,6 +123,37 @@ impl Metrics {
             "remote_write_request_duration_seconds",
             "Remote-write request latency per attempt, by destination.",
             self.request_duration.clone(),
+        );
+        r.register(
+            "queue_entries",
+            "Stored entries (agent batches) not yet delivered, by destination.",
+            self.queue_entries.clone(),
+        );
+        r.register(
+            "queue_bytes",
+            "Bytes of stored entries not yet delivered, by destination.",
+            self.queue_bytes.clone(),
+        );
+        r.register(
+            "queue_oldest_entry_age_seconds",
+            "Age of the oldest entry not yet delivered, by destination (0 when none).",
+            self.queue_oldest_age.clone(),
+        );
+        r.register(
+            "store_commit_duration_seconds",
+            "Time to store an accepted batch durably (one atomic write, synced per storage.fsync).",
+            self.store_commit_duration.clone(),
+        );
+        r.register(
+            "cursor_commit_duration_seconds",
+            "Time from a destination's answer to its cursor being written: a crash inside it \
+             resends that request after restart.",
+            self.cursor_commit_duration.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Failed store operations, by operation (commit, read, advance, retention).",
+            self.store_errors.clone(),
         );
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{
     batch, close_code, connect, handshake, handshake_at, hello, send_batch, setup_with_dev_pki,
+    wait_for,
 };
 use uplink_shared::tls::{self, TlsFiles};
 use uplink_shared::wire::{AckStatus, Batch, CloseCode, Encoding, Frame};
@@ -112,6 +113,7 @@ async fn bad_peers_get_close_codes_and_good_agents_carry_on() {
     );
     let again = send_batch(&good, batch(1, 1, 2.0)).await;
     assert_eq!(again.status, AckStatus::Accepted);
+    wait_for("three samples", || s.capture.len() == 3).await;
     let got: Vec<(i64, f64)> = s
         .capture
         .snapshot()
@@ -131,6 +133,7 @@ async fn bad_peers_get_close_codes_and_good_agents_carry_on() {
     let _ctl2 = handshake_at(&again, 1).await;
     let resent = send_batch(&again, batch(1, 2, 2.0)).await;
     assert_eq!(resent.status, AckStatus::Accepted);
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         s.capture.len(),
         3,
@@ -138,23 +141,36 @@ async fn bad_peers_get_close_codes_and_good_agents_carry_on() {
     );
     again.close(0u32.into(), b"done");
 
-    // Downstream outage: the batch is answered retry, and so is every later one.
+    // Downstream outage: batches are still acknowledged (they are stored durably), and
+    // delivered once the destination recovers.
     s.capture.set_fail_next(u32::MAX, 503);
     let ack = send_batch(&good, batch(3, 1, 4.0)).await;
-    assert_eq!(ack.status, AckStatus::Retry);
-    assert!(ack.message.contains("503"), "{}", ack.message);
+    assert_eq!(ack.status, AckStatus::Accepted);
     let ack = send_batch(&good, batch(4, 1, 5.0)).await;
-    assert_eq!(ack.status, AckStatus::Retry);
+    assert_eq!(ack.status, AckStatus::Accepted);
+    wait_for("a refused attempt", || {
+        s.capture.report().injected_failures > 0
+    })
+    .await;
+    s.capture.set_fail_next(0, 503);
+    wait_for("the backlog", || s.capture.len() == 5).await;
 
-    // A permanent 4xx: logged, counted as dropped, and acknowledged so the queue cannot jam.
+    // A permanent 4xx: logged, counted as dropped, and the queue moves on.
+    let refused = s.capture.report().injected_failures;
     s.capture.set_fail_next(1, 400);
     let c = connect(&s.dir, "good", s.quic).await.unwrap();
     let _ctl = handshake_at(&c, 10).await;
     let ack = send_batch(&c, batch(10, 1, 9.0)).await;
     assert_eq!(ack.status, AckStatus::Accepted);
+    wait_for("the 400", || {
+        s.capture.report().injected_failures == refused + 1
+    })
+    .await;
     let ack = send_batch(&c, batch(11, 1, 10.0)).await;
     assert_eq!(ack.status, AckStatus::Accepted);
+    wait_for("batch 11", || s.capture.len() == 6).await;
     let got: Vec<i64> = s.capture.snapshot().iter().map(|r| r.timestamp).collect();
-    assert_eq!(got, vec![1000, 1001, 1002, 1011]);
+    assert_eq!(got, vec![1000, 1001, 1002, 1003, 1004, 1011]);
+    assert_eq!(s.capture.duplicates(), 0);
     s.stop.cancel();
 }

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{batch, connect, handshake, send_batch, start};
+use common::{batch, connect, handshake, send_batch, start, wait_for};
 use uplink_shared::wire::AckStatus;
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -141,6 +141,6 @@ async fn certificates_made_with_openssl_work() {
     assert_eq!(identity, "plant-7");
     let ack = send_batch(&conn, batch(0, 1, 1.0)).await;
     assert_eq!(ack.status, AckStatus::Accepted);
-    assert_eq!(s.capture.len(), 1);
+    wait_for("the sample", || s.capture.len() == 1).await;
     s.stop.cancel();
 }

@@ -6,9 +6,11 @@
 //! the faults, links are healed, the agent is stopped in order (so everything it queued is
 //! delivered), and every received sample is checked against the probe's oracle.
 //!
-//! Scenarios: `kill-loop` (kill -9 the agent repeatedly at random points), `partition` (drop
+//! Scenarios: `kill-loop` (kill -9 the agent repeatedly at random points), `gateway-kill` (kill
+//! -9 the gateway repeatedly at random points and restart it on its store), `partition` (drop
 //! every packet for a while, repeatedly), `lost-acks` (drop only gateway-to-agent packets),
-//! `loss30` (30% loss both ways), `outage` (the destination answers 503), `all`.
+//! `loss30` (30% loss both ways), `outage` (the destination answers 503; the gateway's store
+//! absorbs it), `all`.
 //!
 //! Verdict rules: nothing may be wrong or missing inside a scrape; scrapes may only be missing
 //! in `kill-loop`, at most one per target per kill (the scrape in progress when killed, never
@@ -25,7 +27,7 @@ use crate::probe::ProbeSpec;
 /// Settings of a chaos run.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ChaosArgs {
-    /// kill-loop, partition, lost-acks, loss30, outage, or all.
+    /// kill-loop, gateway-kill, partition, lost-acks, loss30, outage, or all.
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// Fault cycles per scenario.
@@ -89,6 +91,13 @@ async fn scenario(args: &ChaosArgs, name: &str, rng: &mut u64) -> anyhow::Result
                 tokio::time::sleep(args.fault.0.saturating_sub(at)).await;
                 rig.restart_agent()?;
             }
+            "gateway-kill" => {
+                let at = Duration::from_millis(next() % args.fault.0.as_millis().max(1) as u64);
+                tokio::time::sleep(at).await;
+                block(|| rig.gateway.proc.kill9());
+                tokio::time::sleep(args.fault.0.saturating_sub(at)).await;
+                rig.restart_gateway()?;
+            }
             "partition" | "lost-acks" | "loss30" => {
                 let f = &rig.link.faults;
                 match name {
@@ -119,6 +128,8 @@ async fn scenario(args: &ChaosArgs, name: &str, rng: &mut u64) -> anyhow::Result
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     block(|| rig.agent.proc.terminate(Duration::from_secs(30)));
+    // The gateway acked what it stored; let it deliver its own backlog (the outage scenario).
+    rig.wait_gateway_drained(Duration::from_secs(60)).await;
     let received = rig.capture.snapshot();
     let report = oracle::check(&spec, &rig.probe.addrs, &rig.oracle_labels(), &received);
     let mut missing = 0u64;
@@ -152,7 +163,14 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<Vec<Verdict>> {
     );
     Bins::locate()?;
     let names: Vec<&str> = match args.scenario.as_str() {
-        "all" => vec!["kill-loop", "partition", "lost-acks", "loss30", "outage"],
+        "all" => vec![
+            "kill-loop",
+            "gateway-kill",
+            "partition",
+            "lost-acks",
+            "loss30",
+            "outage",
+        ],
         one => vec![one],
     };
     let mut rng = args.seed.max(1);

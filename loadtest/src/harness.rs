@@ -139,9 +139,14 @@ pub struct Gateway {
     pub quic: SocketAddr,
     pub web: SocketAddr,
     pub config: PathBuf,
+    /// Its RocksDB store (`storage.directory`), kept across restarts.
+    pub store_dir: PathBuf,
+    /// Restarts so far (each writes `gateway.restart-<n>.log`).
+    pub restarts: u32,
 }
 
-/// Writes `gateway.yml` in `dir` (certificates must be there) and starts the gateway.
+/// Writes `gateway.yml` in `dir` (certificates must be there) and starts the gateway. Its
+/// store lives in `dir/gateway-store` (not synced: a kill -9 loses nothing, a power loss could).
 pub fn start_gateway(
     bins: &Bins,
     dir: &Path,
@@ -173,6 +178,7 @@ pub fn start_gateway_with(
              tls: {{cert_file: gateway.crt, key_file: gateway.key, ca_file: ca.crt}}\n\
              limits: {{max_retry_duration: 5s}}\n\
              ledger: {{interval: {ledger_interval}}}\n\
+             storage: {{directory: gateway-store, fsync: false, drain_timeout: 2s}}\n\
              remote_write:\n{rw}"
         ),
     )?;
@@ -189,20 +195,47 @@ pub fn start_gateway_with(
         quic,
         web,
         config,
+        store_dir: dir.join("gateway-store"),
+        restarts: 0,
     })
 }
 
 impl Gateway {
-    /// Starts the same gateway again (same config, same addresses) after it stopped.
+    /// Starts the same gateway again (same config, addresses and store) after it stopped.
     pub fn restart(&mut self, dir: &Path, bins: &Bins) -> anyhow::Result<()> {
+        self.restarts += 1;
         self.proc = Proc::spawn(
             "uplink-gateway",
             Command::new(&bins.gateway)
                 .arg(format!("--config.file={}", self.config.display()))
                 .arg(format!("--web.listen-address={}", self.web)),
-            &dir.join("gateway.restart.log"),
+            &dir.join(format!("gateway.restart-{}.log", self.restarts)),
         )?;
         wait_ready(self.web, Duration::from_secs(20))
+    }
+
+    /// Sum over labels of one of the gateway's metrics; `None` when unreachable.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        metrics(self.web).ok().map(|m| metric_sum(&m, name))
+    }
+
+    /// Blocks until the gateway has delivered everything it stored (every destination's queue
+    /// empty for longer than the gauges' 1 s refresh); false on timeout.
+    pub fn wait_drained(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut empty_since = None;
+        while Instant::now() < deadline {
+            if self.metric("uplink_gateway_queue_entries") == Some(0.0) {
+                let since = *empty_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(1500) {
+                    return true;
+                }
+            } else {
+                empty_since = None;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
     }
 }
 
@@ -229,17 +262,19 @@ pub struct AgentSpec<'a> {
 /// Writes `<site>.yml` (a Prometheus configuration plus `uplink:`) in `dir` and starts the
 /// agent. Its queue lives in `dir/<site>-queue`.
 pub fn start_agent(bins: &Bins, dir: &Path, spec: &AgentSpec<'_>) -> anyhow::Result<Agent> {
-    start_agent_with(bins, dir, spec, "")
+    start_agent_with(bins, dir, spec, "", "")
 }
 
-/// As [`start_agent`], with extra keys for the `uplink.queue` mapping (e.g. `max_bytes: 3000`).
+/// As [`start_agent`], with extra keys for the `uplink.queue` mapping (e.g. `max_bytes: 3000`)
+/// and the `uplink.shipper` mapping (e.g. `batch_delay: 50ms`).
 pub fn start_agent_with(
     bins: &Bins,
     dir: &Path,
     spec: &AgentSpec<'_>,
     queue_extra: &str,
+    shipper_extra: &str,
 ) -> anyhow::Result<Agent> {
-    start_agent_with_args(bins, dir, spec, queue_extra, &[])
+    start_agent_with_args(bins, dir, spec, queue_extra, shipper_extra, &[])
 }
 
 /// As [`start_agent_with`], with extra command-line flags (e.g.
@@ -249,13 +284,17 @@ pub fn start_agent_with_args(
     dir: &Path,
     spec: &AgentSpec<'_>,
     queue_extra: &str,
+    shipper_extra: &str,
     args: &[&str],
 ) -> anyhow::Result<Agent> {
-    let queue_extra = if queue_extra.is_empty() {
-        String::new()
-    } else {
-        format!(", {queue_extra}")
+    let more = |extra: &str| {
+        if extra.is_empty() {
+            String::new()
+        } else {
+            format!(", {extra}")
+        }
     };
+    let (queue_extra, shipper_extra) = (more(queue_extra), more(shipper_extra));
     let config = dir.join(format!("{}.yml", spec.site));
     let queue_dir = dir.join(format!("{}-queue", spec.site));
     let targets: Vec<String> = spec.targets.iter().map(|t| format!("'{t}'")).collect();
@@ -267,7 +306,7 @@ pub fn start_agent_with_args(
              uplink:\n  gateways: ['{gw}']\n  server_name: localhost\n\
              \x20 tls: {{cert_file: {site}.crt, key_file: {site}.key, ca_file: ca.crt}}\n\
              \x20 queue: {{directory: {site}-queue, fsync: false{queue_extra}}}\n\
-             \x20 shipper: {{min_backoff: 100ms, max_backoff: 1s}}\n",
+             \x20 shipper: {{min_backoff: 100ms, max_backoff: 1s{shipper_extra}}}\n",
             iv = spec.interval,
             site = spec.site,
             job = spec.job,
@@ -618,8 +657,30 @@ pub async fn prometheus_value(web: SocketAddr, query: &str) -> anyhow::Result<Op
         .and_then(|s| s.parse().ok()))
 }
 
+/// Options of [`Rig::start_with`].
+#[derive(Clone, Debug)]
+pub struct RigOptions<'a> {
+    /// Extra keys for the agent's `uplink.queue`.
+    pub queue_extra: &'a str,
+    /// Extra keys for the agent's `uplink.shipper`.
+    pub shipper_extra: &'a str,
+    /// Capture receivers behind the gateway (at least one).
+    pub destinations: usize,
+}
+
+impl Default for RigOptions<'_> {
+    fn default() -> Self {
+        RigOptions {
+            queue_extra: "",
+            shipper_extra: "",
+            destinations: 1,
+        }
+    }
+}
+
 /// One site's whole path on loopback, for fault tests: a probe exporter, an agent scraping it,
-/// a UDP chaos link, a gateway, and the capture receiver as the destination.
+/// a UDP chaos link, a gateway, and the capture receiver as the destination (plus further
+/// capture receivers as further destinations, with [`Rig::start_with`]).
 pub struct Rig {
     pub bins: Bins,
     pub dir: tempfile::TempDir,
@@ -627,6 +688,8 @@ pub struct Rig {
     pub spec: crate::probe::ProbeSpec,
     pub probe: crate::probe::Probe,
     pub capture: crate::capture::Capture,
+    /// Destinations after the first, in configuration order.
+    pub others: Vec<crate::capture::Capture>,
     pub gateway: Gateway,
     pub link: crate::proxy::UdpProxy,
     pub agent: Agent,
@@ -641,6 +704,20 @@ impl Rig {
         interval: &str,
         queue_extra: &str,
     ) -> anyhow::Result<Rig> {
+        let opts = RigOptions {
+            queue_extra,
+            ..RigOptions::default()
+        };
+        Self::start_with(site, spec, interval, &opts).await
+    }
+
+    /// As [`Rig::start`], with more options.
+    pub async fn start_with(
+        site: &str,
+        spec: crate::probe::ProbeSpec,
+        interval: &str,
+        opts: &RigOptions<'_>,
+    ) -> anyhow::Result<Rig> {
         let bins = Bins::locate()?;
         let dir = tempfile::tempdir()?;
         write_certs(dir.path(), &[site.to_owned()])?;
@@ -651,8 +728,15 @@ impl Rig {
         )
         .await?;
         let capture = crate::capture::Capture::start(free_addr()?).await?;
-        let gateway =
-            tokio::task::block_in_place(|| start_gateway(&bins, dir.path(), &[capture.url()]))?;
+        let mut others = Vec::new();
+        for _ in 1..opts.destinations {
+            others.push(crate::capture::Capture::start(free_addr()?).await?);
+        }
+        let urls: Vec<String> = std::iter::once(&capture)
+            .chain(&others)
+            .map(|c| c.url())
+            .collect();
+        let gateway = tokio::task::block_in_place(|| start_gateway(&bins, dir.path(), &urls))?;
         let link = crate::proxy::UdpProxy::start(free_addr()?, gateway.quic).await?;
         let targets = probe.instances();
         let agent = tokio::task::block_in_place(|| {
@@ -666,7 +750,8 @@ impl Rig {
                     interval,
                     job: "probe",
                 },
-                queue_extra,
+                opts.queue_extra,
+                opts.shipper_extra,
             )
         })?;
         Ok(Rig {
@@ -676,10 +761,26 @@ impl Rig {
             spec,
             probe,
             capture,
+            others,
             gateway,
             link,
             agent,
         })
+    }
+
+    /// Starts the gateway again on the same configuration and store.
+    pub fn restart_gateway(&mut self) -> anyhow::Result<()> {
+        tokio::task::block_in_place(|| self.gateway.restart(self.dir.path(), &self.bins))
+    }
+
+    /// A metric of the gateway (sum over labels); -1 when unreachable.
+    pub fn gateway_metric(&self, name: &str) -> f64 {
+        tokio::task::block_in_place(|| self.gateway.metric(name)).unwrap_or(-1.0)
+    }
+
+    /// Waits until the gateway has delivered everything it stored; false on timeout.
+    pub async fn wait_gateway_drained(&self, timeout: Duration) -> bool {
+        tokio::task::block_in_place(|| self.gateway.wait_drained(timeout))
     }
 
     /// Labels every probe series must carry besides `instance` (for the oracle).

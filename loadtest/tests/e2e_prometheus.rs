@@ -69,6 +69,8 @@ async fn every_series_of_every_site_reaches_prometheus_exactly() {
             a.site
         );
     }
+    // The gateway acked what it stored; its forwarder delivers right after.
+    assert!(block(|| gateway.wait_drained(Duration::from_secs(30))));
 
     for (site, probe) in sites.iter().zip(&probes) {
         let received = harness::prometheus_samples(prom.web, &format!("{{site=\"{site}\"}}[1h]"))

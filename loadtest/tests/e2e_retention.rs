@@ -58,6 +58,7 @@ async fn budget_drops_oldest_counts_exactly_keeps_newest() {
     }
     let dropped = rig.agent_metric("uplink_agent_retention_dropped_samples_total") as u64;
     assert!(block(|| rig.agent.proc.terminate(Duration::from_secs(20))));
+    assert!(rig.wait_gateway_drained(Duration::from_secs(30)).await);
     let (capture, probe) = (&rig.capture, &rig.probe);
 
     let received = capture.snapshot();

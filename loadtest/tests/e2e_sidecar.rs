@@ -72,6 +72,7 @@ async fn prometheus_agent_remote_writes_through_the_uplink_agent_exactly() {
                 job: "none",
             },
             "",
+            "",
             &["--web.enable-remote-write-receiver"],
         )
     })

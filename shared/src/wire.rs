@@ -17,20 +17,22 @@
 //!
 //! # Order
 //! Batches carry contiguous ranges of the agent's queue, starting at [`Hello::resume_seq`].
-//! The gateway may receive them concurrently but forwards them downstream strictly in sequence
-//! order, so per-series sample order survives pipelining (receivers reject out-of-order
-//! samples). Once a batch fails downstream, the gateway answers [`AckStatus::Retry`] to it and to
-//! every later batch on that connection; the agent then reconnects and resends from its first
-//! unacknowledged record. Acks therefore arrive in order, and the agent's queue always holds a
-//! contiguous suffix.
+//! The gateway may receive them concurrently but stores them strictly in sequence order, and
+//! delivers its store to each destination in that order, so per-series sample order survives
+//! pipelining (receivers reject out-of-order samples). Once a batch cannot be stored, the
+//! gateway answers [`AckStatus::Retry`] to it and to every later batch on that connection; the
+//! agent then reconnects and resends from its first unacknowledged record. Acks therefore
+//! arrive in order, and the agent's queue always holds a contiguous suffix.
 //!
 //! # Ack semantics
-//! [`AckStatus::Accepted`] means every downstream destination accepted the batch (2xx) or
-//! permanently refused it (the gateway logged and counted that); the agent may delete the batch.
+//! [`AckStatus::Accepted`] means the gateway stored the batch durably for every destination
+//! (one atomic write in its own store, synced when its `storage.fsync` is on) together with the
+//! queue's position, or had stored those records before; the agent may delete the batch. Delivery
+//! downstream happens afterwards, from the gateway's store, and never delays an ack.
 //! [`AckStatus::Retry`] means nothing is promised: the agent keeps the batch and sends it again.
-//! A batch without an ack (stream or connection lost) is sent again too: delivery is
-//! at-least-once, and batch identity (`agent`, `first_seq`, `count`) lets the gateway drop
-//! retransmissions.
+//! A batch without an ack (stream or connection lost) is sent again too: sending is
+//! at-least-once, and record identity (certificate identity, [`Hello::queue_id`], sequence
+//! number) lets the gateway recognise retransmissions, also across its own restarts.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -149,9 +151,9 @@ pub struct Batch {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum AckStatus {
-    /// Delivered (or permanently refused downstream and counted): delete it.
+    /// Stored durably by the gateway for every destination: delete it.
     Accepted = 0,
-    /// Not delivered: keep it and send it again later.
+    /// Not stored: keep it and send it again later.
     Retry = 1,
 }
 
@@ -561,9 +563,9 @@ pub fn expect_ack(frame: Frame, sent: &Batch) -> Result<Ack, WireError> {
 /// What the gateway does with a batch offered to a [`Sequencer`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offered<T> {
-    /// Held until every earlier batch has been forwarded.
+    /// Held until every earlier batch has been stored.
     Queued,
-    /// Already forwarded on this connection: acknowledge without forwarding again.
+    /// Already stored on this connection: acknowledge without storing again.
     Duplicate(T),
     /// An earlier batch failed: answer [`AckStatus::Retry`].
     Retry(T),
@@ -571,8 +573,8 @@ pub enum Offered<T> {
     Violation(T),
 }
 
-/// Gateway-side ordering of one connection's batches: they may arrive in any order, and leave
-/// in sequence order starting at [`Hello::resume_seq`]. No I/O; `T` is whatever the caller
+/// Gateway-side ordering of one connection's batches: they may arrive in any order, and are
+/// stored in sequence order starting at [`Hello::resume_seq`]. No I/O; `T` is whatever the caller
 /// needs to answer the batch later.
 #[derive(Debug)]
 pub struct Sequencer<T> {
@@ -606,7 +608,7 @@ impl<T> Sequencer<T> {
         Offered::Queued
     }
 
-    /// The next batch to forward, if it has arrived.
+    /// The next batch to store, if it has arrived.
     pub fn pop_ready(&mut self) -> Option<(u64, u32, T)> {
         if self.failed {
             return None;

@@ -21,6 +21,34 @@ pub struct Setup {
     pub quic: SocketAddr,
     pub capture: Capture,
     pub stop: CancellationToken,
+    /// The gateway's `run`, to wait for an orderly stop.
+    pub run: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub config: std::path::PathBuf,
+}
+
+impl Setup {
+    /// Stops the gateway in order and starts it again on the same configuration and store.
+    pub async fn restart(&mut self) {
+        self.stop.cancel();
+        (&mut self.run).await.unwrap().unwrap();
+        let (stop, run) = run_gateway(&self.config).await;
+        self.stop = stop;
+        self.run = run;
+    }
+}
+
+async fn run_gateway(
+    config: &Path,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let cfg = uplink_gateway::config::Config::load(config).unwrap();
+    let stop = CancellationToken::new();
+    let web = harness::free_addr().unwrap();
+    let run = tokio::spawn(uplink_gateway::run(cfg, web, stop.clone()));
+    tokio::task::block_in_place(|| harness::wait_ready(web, Duration::from_secs(10))).unwrap();
+    (stop, run)
 }
 
 /// Development PKI (rcgen): agents `good` and `bad`, plus a foreign CA in `other/` with agent
@@ -46,23 +74,22 @@ pub async fn start(dir: tempfile::TempDir) -> Setup {
         format!(
             "listen_address: {quic}\n\
              tls: {{cert_file: gateway.crt, key_file: gateway.key, ca_file: ca.crt}}\n\
-             limits: {{max_batch_bytes: 65536, handshake_timeout: 1s, max_retry_duration: 2s}}\n\
-             remote_write:\n  - url: {}\n",
+             limits: {{max_batch_bytes: 65536, handshake_timeout: 1s, max_retry_duration: 1s}}\n\
+             storage: {{directory: store, fsync: false, drain_timeout: 1s}}\n\
+             remote_write:\n  - url: {}\n    queue_config: {{min_backoff: 20ms, max_backoff: 200ms}}\n",
             capture.url()
         ),
     )
     .unwrap();
-    let cfg = uplink_gateway::config::Config::load(&cfg_path).unwrap();
-    let stop = CancellationToken::new();
-    let web = harness::free_addr().unwrap();
-    tokio::spawn(uplink_gateway::run(cfg, web, stop.clone()));
-    tokio::task::block_in_place(|| harness::wait_ready(web, Duration::from_secs(10))).unwrap();
+    let (stop, run) = run_gateway(&cfg_path).await;
     Setup {
         _dir: dir,
         dir: path,
         quic,
         capture,
         stop,
+        run,
+        config: cfg_path,
     }
 }
 
@@ -160,5 +187,17 @@ pub async fn send_batch(conn: &quinn::Connection, frame: Bytes) -> wire::Ack {
     {
         Frame::Ack(a) => a,
         other => panic!("expected ack, got {other:?}"),
+    }
+}
+
+/// Waits up to 10 s for `cond`.
+pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

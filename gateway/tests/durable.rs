@@ -1,0 +1,62 @@
+//! The gateway's store across restarts: a batch acknowledged before a restart and sent again
+//! after it (its ack was lost) is acknowledged without being forwarded again, and a backlog
+//! queued for a destination that was down survives the restart and arrives exactly once.
+//! Real QUIC, the gateway in process, the capture receiver as the destination.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{batch, connect, handshake_at, send_batch, setup_with_dev_pki, wait_for};
+use uplink_shared::wire::AckStatus;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedupe_and_backlog_survive_a_restart() {
+    let mut s = setup_with_dev_pki().await;
+    let c = connect(&s.dir, "good", s.quic).await.unwrap();
+    let _ctl = handshake_at(&c, 0).await;
+    for seq in 0..2 {
+        let ack = send_batch(&c, batch(seq, 1, seq as f64)).await;
+        assert_eq!(ack.status, AckStatus::Accepted);
+    }
+    wait_for("two samples", || s.capture.len() == 2).await;
+
+    s.restart().await;
+
+    // The acks "were lost": the agent resends from 0 on a new connection.
+    let c = connect(&s.dir, "good", s.quic).await.unwrap();
+    let _ctl = handshake_at(&c, 0).await;
+    let ack = send_batch(&c, batch(0, 2, 0.0)).await;
+    assert_eq!(ack.status, AckStatus::Accepted);
+    let ack = send_batch(&c, batch(2, 1, 2.0)).await;
+    assert_eq!(ack.status, AckStatus::Accepted);
+    wait_for("the new sample", || s.capture.len() == 3).await;
+
+    // The destination goes down; the batch is acknowledged anyway, then the gateway restarts
+    // with the backlog on disk (the drain on shutdown cannot deliver it).
+    s.capture.set_fail_next(u32::MAX, 503);
+    let ack = send_batch(&c, batch(3, 1, 3.0)).await;
+    assert_eq!(ack.status, AckStatus::Accepted);
+    wait_for("a refused attempt", || {
+        s.capture.report().injected_failures > 0
+    })
+    .await;
+    s.restart().await;
+    assert_eq!(s.capture.len(), 3);
+    s.capture.set_fail_next(0, 503);
+    wait_for("the backlog after the restart", || s.capture.len() == 4).await;
+
+    let got: Vec<(i64, f64)> = s
+        .capture
+        .snapshot()
+        .iter()
+        .map(|r| (r.timestamp, r.value))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(1000, 0.0), (1001, 1.0), (1002, 2.0), (1003, 3.0)]
+    );
+    assert_eq!(s.capture.duplicates(), 0);
+    s.stop.cancel();
+    s.run.await.unwrap().unwrap();
+}

@@ -1,0 +1,162 @@
+//! End to end, real processes: a gateway with two destinations, one of which goes down (answers
+//! 503) for a while. The other keeps receiving everything promptly, the agent's acks never
+//! wait for the one that is down (its backlog grows at the gateway, not at the agent), and once
+//! it recovers it receives its whole backlog exactly once: both end with the same samples,
+//! which the probe's oracle finds complete and exact.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use uplink_loadtest::capture::{Capture, Received};
+use uplink_loadtest::harness::{Rig, RigOptions, metrics};
+use uplink_loadtest::oracle;
+use uplink_loadtest::probe::ProbeSpec;
+use uplink_shared::model::Label;
+
+fn block<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// How far behind now the newest sample a receiver holds is, in ms.
+fn lag_ms(c: &Capture) -> i64 {
+    let newest = c.snapshot().iter().map(|r| r.timestamp).max().unwrap_or(0);
+    now_ms() - newest
+}
+
+/// A gauge of the gateway for one destination.
+fn gauge(rig: &Rig, name: &str, dest: &Capture) -> f64 {
+    let key = format!("{name}{{destination=\"{}\"}}", dest.addr());
+    block(|| metrics(rig.gateway.web))
+        .ok()
+        .and_then(|m| m.get(&key).copied())
+        .unwrap_or(-1.0)
+}
+
+fn keys(v: &[Received]) -> HashSet<(Vec<Label>, i64)> {
+    v.iter().map(|r| (r.labels.clone(), r.timestamp)).collect()
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_destination_delays_nobody_and_gets_its_backlog_once() {
+    let spec = ProbeSpec {
+        targets: 4,
+        families: 9,
+        churn_every: 0,
+    };
+    let opts = RigOptions {
+        destinations: 2,
+        ..RigOptions::default()
+    };
+    let mut rig = Rig::start_with("fan", spec, "250ms", &opts)
+        .await
+        .expect("rig starts");
+    wait_for(
+        "both destinations receiving",
+        Duration::from_secs(30),
+        || !rig.capture.is_empty() && !rig.others[0].is_empty(),
+    )
+    .await;
+
+    // Destination "down" fails every request; "up" stays healthy.
+    let (down, up) = (&rig.capture, &rig.others[0]);
+    down.set_fail_next(u32::MAX, 503);
+    let outage = Instant::now();
+    let mut worst_lag = 0i64;
+    let mut max_agent_queue = 0f64;
+    while outage.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if outage.elapsed() > Duration::from_secs(2) {
+            worst_lag = worst_lag.max(lag_ms(up));
+            max_agent_queue = max_agent_queue.max(rig.agent_metric("uplink_agent_queue_records"));
+        }
+    }
+    let backlog = gauge(&rig, "uplink_gateway_queue_entries", down);
+    let oldest = gauge(&rig, "uplink_gateway_queue_oldest_entry_age_seconds", down);
+    let up_backlog = gauge(&rig, "uplink_gateway_queue_entries", up);
+    println!(
+        "during the outage: healthy destination at most {worst_lag} ms behind; agent queue at \
+         most {max_agent_queue} records; gateway backlog for the down destination {backlog} \
+         entries (oldest {oldest:.1} s), for the healthy one {up_backlog}"
+    );
+    // The healthy destination stays fresh: scrape interval, the agent's batch delay and one
+    // round trip, with slack for a loaded machine.
+    assert!(
+        worst_lag < 5_000,
+        "healthy destination lagged {worst_lag} ms"
+    );
+    // Acks do not wait for the down destination: the agent's queue does not grow with it.
+    assert!(
+        max_agent_queue < 60.0,
+        "agent queue grew to {max_agent_queue}"
+    );
+    assert!(backlog >= 5.0, "the backlog is at the gateway: {backlog}");
+    assert!(
+        oldest >= 5.0,
+        "oldest entry waited since the outage: {oldest}"
+    );
+    assert!(
+        up_backlog <= 3.0,
+        "healthy destination backlog {up_backlog}"
+    );
+
+    // Recovery: the backlog drains; then an orderly stop.
+    down.set_fail_next(0, 503);
+    let recovered = Instant::now();
+    wait_for("the backlog to drain", Duration::from_secs(60), || {
+        gauge(&rig, "uplink_gateway_queue_entries", &rig.capture) == 0.0
+    })
+    .await;
+    println!("backlog drained {:?} after recovery", recovered.elapsed());
+    assert!(
+        block(|| rig.agent.proc.terminate(Duration::from_secs(30))),
+        "agent exits in order"
+    );
+    assert!(rig.wait_gateway_drained(Duration::from_secs(30)).await);
+
+    let (down, up) = (rig.capture.snapshot(), rig.others[0].snapshot());
+    assert_eq!(
+        rig.capture.duplicates(),
+        0,
+        "backlog delivered exactly once"
+    );
+    assert_eq!(rig.others[0].duplicates(), 0);
+    let (kd, ku) = (keys(&down), keys(&up));
+    assert_eq!(
+        kd.len(),
+        ku.len(),
+        "both destinations hold the same samples"
+    );
+    assert!(
+        kd == ku,
+        "{} samples differ",
+        kd.symmetric_difference(&ku).count()
+    );
+    for received in [&down, &up] {
+        let report = oracle::check(&spec, &rig.probe.addrs, &rig.oracle_labels(), received);
+        assert_eq!(report.wrong, 0, "{:?}", report.errors);
+        assert_eq!(report.missing_in_scrape, 0, "{:?}", report.errors);
+        assert_eq!(report.conflicts, 0, "{:?}", report.errors);
+        for t in 0..spec.targets {
+            let missing = report.missing_scrapes(t, rig.probe.served(t));
+            assert!(missing.is_empty(), "target {t}: {missing:?} missing");
+        }
+    }
+    println!("{} samples at each destination", down.len());
+}
