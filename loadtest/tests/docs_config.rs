@@ -5,6 +5,8 @@
 //! The fields are read from the sources: each struct deriving `Deserialize` in the files below,
 //! with `#[serde(rename = "...")]` honoured and `#[serde(skip)]` fields left out.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -85,6 +87,10 @@ fn fields(text: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Deserialized structs that are not Uplink configuration: the kubeconfig file format (read as
+/// kubectl writes it) and an OAuth2 token response.
+const NOT_CONFIG: &[&str] = &["Kubeconfig", "Named", "Cluster", "Context", "User", "Token"];
+
 #[test]
 fn every_configuration_field_is_documented() {
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
@@ -101,13 +107,19 @@ fn every_configuration_field_is_documented() {
     for src in SOURCES {
         let text = std::fs::read_to_string(root.join(src)).unwrap();
         for (strukt, field) in fields(&text) {
+            if NOT_CONFIG.contains(&strukt.as_str()) {
+                continue;
+            }
             total += 1;
             if !named.contains(&field) {
                 missing.push(format!("{src}: {strukt}.{field}"));
             }
         }
     }
-    assert!(total > 100, "only {total} fields found: the source scan is broken");
+    assert!(
+        total > 100,
+        "only {total} fields found: the source scan is broken"
+    );
     assert!(
         missing.is_empty(),
         "fields missing from docs/configuration.md:\n{}",
