@@ -229,3 +229,34 @@ impl Metrics {
         vec![("job".to_owned(), job.to_owned())]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_health_is_mirrored_and_buffer_drops_counted_by_reason() {
+        let m = Metrics::default();
+        let before = QueueStats::default();
+        let now = QueueStats {
+            degraded: true,
+            buffered_records: 4,
+            buffered_bytes: 400,
+            write_errors: 2,
+            unverified_records: 3,
+            dropped_records: 1,
+            dropped_samples: 50,
+            quarantined: 1,
+        };
+        m.observe_queue(&before, &now);
+        m.observe_queue(&now, &now);
+        assert_eq!(m.queue_degraded.get(), 1);
+        assert_eq!(m.queue_buffered_bytes.get(), 400);
+        assert_eq!(m.queue_write_errors.get(), 2);
+        assert_eq!(m.queue_unverified_records.get(), 3);
+        assert_eq!(m.queue_quarantined.get(), 1);
+        assert_eq!(m.samples_dropped.get(), 50);
+        let reason = vec![("reason".to_owned(), "buffer_full".to_owned())];
+        assert_eq!(m.retention_dropped.get_or_create(&reason).get(), 50);
+    }
+}

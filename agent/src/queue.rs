@@ -1433,6 +1433,135 @@ mod tests {
         assert!(q.sets(vec![1]).await.expect("sets").is_empty());
     }
 
+    fn manual(sync: SyncPolicy, memory_buffer_bytes: u64) -> QueueOptions {
+        QueueOptions {
+            memory_buffer_bytes,
+            background: false,
+            inspect: |_| Some((0, 3)),
+            ..QueueOptions::new(sync)
+        }
+    }
+
+    fn uses(id: u64, def: bool) -> Option<SetUse> {
+        Some(SetUse {
+            id,
+            def: def.then(|| b(&format!("def{id}"))),
+        })
+    }
+
+    async fn all(q: &Queue) -> Vec<(u64, Bytes)> {
+        let got = q.read(0, usize::MAX, usize::MAX).await.expect("read");
+        got.into_iter().map(|r| (r.seq, r.data)).collect()
+    }
+
+    #[tokio::test]
+    async fn full_buffer_drops_oldest_and_keeps_set_definitions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = Queue::open_with(dir.path(), manual(SyncPolicy::Always, 100)).expect("open");
+        let rec = |c: char| b(&c.to_string().repeat(30));
+        q.append(rec('a'), uses(1, true)).await.expect("append");
+        q.inject(Fault::Before);
+        // Each record is 30 bytes, each definition 4: the fourth append overflows 100 bytes.
+        for (c, set) in [
+            ('b', uses(2, true)),
+            ('c', uses(2, false)),
+            ('d', uses(3, true)),
+        ] {
+            assert_eq!(
+                q.append(rec(c), set).await.expect("append"),
+                Appended::Buffered
+            );
+        }
+        q.append(rec('e'), None).await.expect("append");
+        let s = q.stats();
+        assert_eq!((s.dropped_records, s.dropped_samples), (1, 3), "{s:?}");
+        // 'b' went; its definition of set 2 moved to 'c'. Now 'c' goes too: set 2 has no user
+        // left in memory, its definition is kept for whoever relies on it next.
+        q.append(rec('f'), uses(3, false)).await.expect("append");
+        let s = q.stats();
+        assert_eq!((s.dropped_records, s.buffered_records), (2, 3), "{s:?}");
+        assert!(s.degraded && s.buffered_bytes <= 100, "{s:?}");
+        assert!(
+            q.delete(0, 1).await.is_err(),
+            "nothing is written while degraded"
+        );
+        assert_eq!(q.head(), 1, "buffered records are not numbered");
+
+        q.inject(Fault::None);
+        q.flush().await.expect("recovers");
+        let want: Vec<(u64, Bytes)> =
+            vec![(0, rec('a')), (1, rec('d')), (2, rec('e')), (3, rec('f'))];
+        assert_eq!(all(&q).await, want, "gap-free, oldest dropped");
+        assert_eq!(q.usage(), (4, 120));
+        // The writer believes set 2 is stored (its append returned): it is.
+        q.append(rec('g'), uses(2, false)).await.expect("append");
+        let sets = q.sets(vec![1, 2, 3]).await.expect("sets");
+        assert_eq!(sets.len(), 3, "{sets:?}");
+        assert!(!q.stats().degraded);
+    }
+
+    #[tokio::test]
+    async fn failed_sync_counts_unverified_records_and_writes_them_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let interval = SyncPolicy::Interval(std::time::Duration::from_secs(3600));
+        let q = Queue::open_with(dir.path(), manual(interval, 1 << 20)).expect("open");
+        for i in 0..3 {
+            q.append(b(&format!("r{i}")), None).await.expect("append");
+        }
+        q.flush().await.expect("sync");
+        q.append(b("r3"), None).await.expect("append");
+        q.append(b("r4"), None).await.expect("append");
+        q.inject(Fault::Before);
+        assert!(q.flush().await.is_err());
+        let s = q.stats();
+        assert!(s.degraded, "{s:?}");
+        assert_eq!(
+            s.unverified_records, 2,
+            "written since the last good sync: {s:?}"
+        );
+        assert_eq!(s.buffered_records, 2, "kept to be written again: {s:?}");
+        // Still readable meanwhile; new appends wait in memory.
+        assert_eq!(all(&q).await.len(), 5);
+        assert_eq!(
+            q.append(b("r5"), None).await.expect("append"),
+            Appended::Buffered
+        );
+
+        q.inject(Fault::None);
+        q.flush().await.expect("recovers");
+        let got = all(&q).await;
+        let want: Vec<(u64, Bytes)> = (0..6).map(|i| (i, b(&format!("r{i}")))).collect();
+        assert_eq!(got, want);
+        assert_eq!(q.usage(), (6, 12));
+        drop(q);
+        let q = Queue::open_with(dir.path(), manual(interval, 1 << 20)).expect("reopen");
+        assert_eq!(all(&q).await, want);
+        assert_eq!(q.usage(), (6, 12));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_left_in_the_log_is_never_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = Queue::open_with(dir.path(), manual(SyncPolicy::Always, 1 << 20)).expect("open");
+        q.append(b("a"), None).await.expect("append");
+        // The write reaches the log, then reports failure (as when its sync fails).
+        q.inject(Fault::After);
+        assert_eq!(
+            q.append(b("g"), None).await.expect("append"),
+            Appended::Buffered
+        );
+        assert_eq!(
+            all(&q).await,
+            vec![(0, b("a"))],
+            "not below head, not visible"
+        );
+        q.inject(Fault::None);
+        q.flush().await.expect("recovers");
+        q.append(b("c"), None).await.expect("append");
+        assert_eq!(all(&q).await, vec![(0, b("a")), (1, b("g")), (2, b("c"))]);
+        assert_eq!(q.usage(), (3, 3));
+    }
+
     fn inspect(data: &[u8]) -> Option<(i64, u64)> {
         // Test records are "t<timestamp>".
         std::str::from_utf8(data)
