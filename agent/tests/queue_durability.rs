@@ -417,3 +417,40 @@ fn opening_a_1_gib_backlog() {
         .unwrap_or(1024);
     backlog(mib);
 }
+
+/// Appends per second by sync policy, one writer and 16 concurrent writers (as 16 targets).
+/// `cargo test -p uplink-agent --test queue_durability append_rate -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement for docs/delivery.md"]
+fn append_rate_by_sync_policy() {
+    for sync in [
+        SyncPolicy::Always,
+        SyncPolicy::Interval(Duration::from_millis(100)),
+    ] {
+        for writers in [1u64, 16] {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let q = Queue::open_with(&tmp.path().join("q"), options(sync)).expect("open");
+            let per_writer = 2000 / writers;
+            let started = Instant::now();
+            block(async {
+                let tasks: Vec<_> = (0..writers)
+                    .map(|w| {
+                        let q = q.clone();
+                        tokio::spawn(async move {
+                            for i in 0..per_writer {
+                                q.append(scrape(w * per_writer + i, 500), None)
+                                    .await
+                                    .expect("append");
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.expect("writer");
+                }
+            });
+            let rate = (per_writer * writers) as f64 / started.elapsed().as_secs_f64();
+            eprintln!("{sync:?}, {writers} writers: {rate:.0} appends/s (4 KiB records)");
+        }
+    }
+}
