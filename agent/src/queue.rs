@@ -28,10 +28,11 @@
 //!   (plus the sync in progress).
 //!
 //! A failed sync or write is never trusted: the records written since the last successful sync
-//! are counted as unverified ([`QueueStats::unverified_records`]), kept in memory, and written
-//! again (under the same sequence numbers) after the database was closed and reopened
-//! (re-verified) and whatever a failed write left beyond the last record handed out was
-//! deleted. Until that succeeds the queue is *degraded*.
+//! are counted as unverified ([`QueueStats::unverified_records`]) and kept in memory. The
+//! retry re-verifies: it closes and reopens the database, has RocksDB write what it recovered
+//! into synced table files, deletes whatever a failed write left beyond the last record handed
+//! out, and writes again (under the same sequence numbers) each unverified record that does
+//! not read back with the same bytes. Until that succeeds the queue is *degraded*.
 //!
 //! # Degraded mode (disk full, I/O errors)
 //! While degraded, appends go to a memory buffer bounded by
@@ -85,6 +86,8 @@ const DATA: u8 = b'd';
 const SET: u8 = b's';
 const SET_USE: u8 = b'u';
 
+/// How long a write waits out a RocksDB write stall before it counts as failed.
+const STALL_PATIENCE: Duration = Duration::from_secs(2);
 /// Records written back from memory per write batch, at most.
 const CHUNK_RECORDS: usize = 256;
 /// Bytes written back from memory per write batch, at most (one record may exceed it).
@@ -601,7 +604,20 @@ impl Core {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        db.write_opt(wb, &wo).map_err(db_error(&self.path))
+        // RocksDB stalls writes while a flush cannot finish (a full disk): fail instead of
+        // blocking, after waiting a bounded time for an ordinary stall to pass.
+        wo.set_no_slowdown(true);
+        let started = Instant::now();
+        loop {
+            match db.write_opt(WriteBatch::from_data(wb.data()), &wo) {
+                Err(e)
+                    if e.kind() == ErrorKind::Incomplete && started.elapsed() < STALL_PATIENCE =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                result => return result.map_err(db_error(&self.path)),
+            }
+        }
     }
 
     fn sync_wal(&self, db: &DB) -> Result<(), QueueError> {
@@ -841,12 +857,15 @@ impl Core {
         }
     }
 
-    /// Closes and reopens the database and reloads its counters. Callers hold the writer lock.
+    /// Closes and reopens the database, writes what it recovered into synced table files, and
+    /// reloads its counters. Callers hold the writer lock.
     fn reopen(&self) -> Result<(), QueueError> {
         let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
         // Close first: RocksDB locks its directory.
         *slot = None;
         let db = DB::open(&db_options(), &self.path).map_err(db_error(&self.path))?;
+        // After this, whatever reads back is on disk, not just in the page cache.
+        db.flush().map_err(db_error(&self.path))?;
         let meta = load_meta(&db, &self.path, false)?;
         if meta.queue_id != self.queue_id {
             return Err(QueueError::Corrupt {
@@ -860,9 +879,11 @@ impl Core {
     }
 
     /// After a reopen: deletes what a failed write may have left beyond the last record handed
-    /// out, then writes the unverified records again and drains the buffer.
+    /// out, writes the unverified records again unless they read back intact (then they are
+    /// on disk: see [`Core::reopen`]), and drains the buffer.
     fn write_back(&self, w: &mut Writer) -> Result<(), QueueError> {
         self.truncate(w, w.next)?;
+        self.keep_unverified_only(w)?;
         while !w.rewrite.is_empty() {
             let n = chunk_len(w.rewrite.iter().map(|(_, p)| p));
             let batch: Vec<(u64, Pending)> = w.rewrite.iter().take(n).cloned().collect();
@@ -889,6 +910,30 @@ impl Core {
             self.head.send_replace(w.next);
         }
         self.write_orphans(w)
+    }
+
+    /// Forgets the unverified records the reopened database holds with the same bytes, so a
+    /// retry does not write (and fill the disk with) them again.
+    fn keep_unverified_only(&self, w: &mut Writer) -> Result<(), QueueError> {
+        if w.rewrite.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<[u8; 9]> = w.rewrite.iter().map(|(seq, _)| key(*seq)).collect();
+        let found = self.with_db(|db| {
+            db.multi_get(keys)
+                .into_iter()
+                .map(|r| r.map_err(db_error(&self.path)))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let rewrite = std::mem::take(&mut w.rewrite);
+        for ((seq, p), got) in rewrite.into_iter().zip(found) {
+            if got.as_deref() == Some(&p.data[..]) {
+                w.memory -= p.size();
+            } else {
+                w.rewrite.push_back((seq, p));
+            }
+        }
+        Ok(())
     }
 
     fn keep_unsynced(&self, w: &mut Writer, seq: u64, p: Pending) {
