@@ -166,7 +166,7 @@ impl Metrics {
         );
         r.register(
             "queue_unverified_records",
-            "Records written since the last successful sync when a write or sync failed: possibly lost by a power loss until written again.",
+            "Records written since the last successful sync when a write or sync failed: possibly lost by a power loss until re-verified.",
             self.queue_unverified_records.clone(),
         );
         r.register(

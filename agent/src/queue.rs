@@ -239,7 +239,7 @@ pub struct QueueStats {
     /// Failed writes and syncs (retries included).
     pub write_errors: u64,
     /// Records written since the last successful sync when a write or sync failed: possibly
-    /// lost by a power loss before they are written again.
+    /// lost by a power loss before a retry re-verifies them.
     pub unverified_records: u64,
     /// Buffered records dropped because the memory buffer was full, and their samples.
     pub dropped_records: u64,
@@ -640,7 +640,7 @@ impl Core {
     }
 
     /// Enters (or stays in) degraded mode after a failed write or sync: the records written
-    /// since the last successful sync are unverified and will be written again.
+    /// since the last successful sync are unverified, kept to be re-verified.
     fn degrade(&self, w: &mut Writer, error: &QueueError) {
         let unverified = w.unsynced.len() as u64;
         w.epoch += 1;
@@ -1546,7 +1546,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn failed_sync_counts_unverified_records_and_writes_them_again() {
+    async fn failed_sync_counts_unverified_records_and_reverifies_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let interval = SyncPolicy::Interval(std::time::Duration::from_secs(3600));
         let q = Queue::open_with(dir.path(), manual(interval, 1 << 20)).expect("open");
