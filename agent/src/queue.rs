@@ -1004,7 +1004,17 @@ impl Core {
     /// Deletes stored records in `[first, end)`; returns the records and bytes freed.
     fn delete(&self, first: u64, end: u64) -> Result<(u64, u64), QueueError> {
         let mut w = lock(&self.writer);
-        self.check_writable(&w)?;
+        self.delete_locked(&mut w, first, end)
+    }
+
+    /// [`Core::delete`] for a caller holding the writer lock.
+    fn delete_locked(
+        &self,
+        w: &mut Writer,
+        first: u64,
+        end: u64,
+    ) -> Result<(u64, u64), QueueError> {
+        self.check_writable(w)?;
         let freed = self.with_db(|db| count_range(db, &self.path, first, end))?;
         if freed.0 > 0 {
             let (records, bytes) = self.counts();
@@ -1012,7 +1022,7 @@ impl Core {
             let mut wb = WriteBatch::default();
             wb.delete_range(key(first), key(end));
             put_meta(&mut wb, w.next, counts.0, counts.1);
-            self.commit(&mut w, wb, false)?;
+            self.commit(w, wb, false)?;
             self.set_counts(counts);
         }
         // Acknowledged: no need to write them again.
@@ -1035,7 +1045,7 @@ impl Core {
             keep
         });
         w.memory -= freed_memory;
-        self.publish(&w);
+        self.publish(w);
         Ok(freed)
     }
 }
@@ -1313,7 +1323,9 @@ impl Queue {
         }
         let core = self.core();
         tokio::task::spawn_blocking(move || {
-            let w = lock(&core.writer);
+            // Scan and delete under one lock, so what is counted is what this call deletes
+            // (not records an ack deletes meanwhile).
+            let mut w = lock(&core.writer);
             if w.degraded {
                 return Ok((0, 0));
             }
@@ -1339,9 +1351,8 @@ impl Queue {
                 }
                 Ok(())
             })?;
-            drop(w);
             if let Some(end) = end {
-                core.delete(0, end)?;
+                core.delete_locked(&mut w, 0, end)?;
             }
             Ok((records, samples))
         })
