@@ -18,6 +18,7 @@ use crate::discovery::file::FileSdConfig;
 use crate::discovery::http::HttpSdConfig;
 use crate::discovery::kubernetes::KubernetesSdConfig;
 use crate::http_client::{Authorization, BasicAuth, HttpClientConfig, OAuth2, TlsConfig};
+use crate::queue::{QueueOptions, SyncPolicy};
 use crate::relabel::RelabelConfig;
 use uplink_shared::duration::PromDuration;
 use uplink_shared::tls::TlsFiles;
@@ -406,10 +407,21 @@ pub struct UplinkConfig {
 pub struct QueueConfig {
     /// RocksDB directory; created if missing.
     pub directory: PathBuf,
-    /// Sync the write-ahead log on every append. With `false`, a process crash loses nothing
-    /// but a power loss may lose the last appends.
-    #[serde(default = "default_true")]
-    pub fsync: bool,
+    /// When appends reach the disk: `always` (each append is synced before it counts as
+    /// queued) or `interval` (group commit: synced every `sync_interval`; a power loss loses at
+    /// most that much, a process crash nothing). Default `always`.
+    #[serde(default)]
+    pub sync: Option<SyncMode>,
+    /// The group commit interval of `sync: interval`.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval: PromDuration,
+    /// Deprecated spelling of `sync`: `true` is `always`, `false` is `interval`.
+    #[serde(default)]
+    pub fsync: Option<bool>,
+    /// Memory for scrapes while the disk fails (full, I/O errors), in bytes; over it the
+    /// oldest are dropped and counted. 0: no buffer, such scrapes are lost and counted.
+    #[serde(default = "default_memory_buffer_bytes")]
+    pub memory_buffer_bytes: u64,
     /// Retention budget: the queue's bytes at most (0: unbounded). Over it, the oldest
     /// records are dropped, counted and logged.
     #[serde(default)]
@@ -418,6 +430,60 @@ pub struct QueueConfig {
     /// no age limit).
     #[serde(default)]
     pub max_age: Option<PromDuration>,
+}
+
+/// `queue.sync`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    Always,
+    Interval,
+}
+
+fn default_sync_interval() -> PromDuration {
+    PromDuration(crate::queue::DEFAULT_SYNC_INTERVAL)
+}
+
+fn default_memory_buffer_bytes() -> u64 {
+    crate::queue::DEFAULT_MEMORY_BUFFER_BYTES
+}
+
+impl QueueConfig {
+    /// The sync policy `sync` (or the deprecated `fsync`) and `sync_interval` describe.
+    pub fn sync_policy(&self) -> SyncPolicy {
+        let interval = match (self.sync, self.fsync) {
+            (Some(mode), _) => mode == SyncMode::Interval,
+            (None, Some(fsync)) => !fsync,
+            (None, None) => false,
+        };
+        if interval {
+            SyncPolicy::Interval(self.sync_interval.0)
+        } else {
+            SyncPolicy::Always
+        }
+    }
+
+    /// The options the queue is opened with.
+    pub fn options(&self) -> QueueOptions {
+        QueueOptions {
+            memory_buffer_bytes: self.memory_buffer_bytes,
+            ..QueueOptions::new(self.sync_policy())
+        }
+    }
+
+    /// Field name and message of the first invalid setting.
+    fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.sync.is_some() && self.fsync.is_some() {
+            return Err((
+                "fsync",
+                "give sync (always, interval) and not the deprecated fsync",
+            ));
+        }
+        if self.sync_interval.0.is_zero() {
+            return Err(("sync_interval", "must be positive"));
+        }
+        Ok(())
+    }
 }
 
 /// How batches are shipped.
@@ -558,6 +624,13 @@ impl Config {
             },
             None => ConfigError::rule(path, field, message),
         };
+        if let Err((key, message)) = self.uplink.queue.check() {
+            return Err(at(
+                &format!("{key}:"),
+                format!("uplink.queue.{key}"),
+                message.into(),
+            ));
+        }
         let g = &self.global;
         if g.scrape_timeout > g.scrape_interval {
             return Err(at(
@@ -907,7 +980,38 @@ uplink:
         assert_eq!(c.server_name(), "gw.example");
         assert_eq!(c.ignored_sections(), vec!["rule_files"]);
         assert!(c.uplink.tls.cert_file.is_absolute());
-        assert!(c.uplink.queue.fsync);
+        assert_eq!(c.uplink.queue.sync_policy(), SyncPolicy::Always);
+        assert_eq!(c.uplink.queue.memory_buffer_bytes, 16 << 20);
+    }
+
+    #[test]
+    fn queue_sync_policy_and_deprecated_fsync() {
+        let with = |q: &str| {
+            GOOD.replace(
+                "queue: {directory: q}",
+                &format!("queue: {{directory: q, {q}}}"),
+            )
+        };
+        let policy = |q: &str| load(&with(q)).expect("valid").uplink.queue.sync_policy();
+        let ms = |n| SyncPolicy::Interval(Duration::from_millis(n));
+        assert_eq!(policy("sync: interval"), ms(100));
+        assert_eq!(policy("sync: interval, sync_interval: 250ms"), ms(250));
+        assert_eq!(policy("sync: always"), SyncPolicy::Always);
+        assert_eq!(policy("fsync: false"), ms(100));
+        assert_eq!(policy("fsync: true"), SyncPolicy::Always);
+        let e = load(&with("sync: always, fsync: true"))
+            .expect_err("both")
+            .to_string();
+        assert!(e.contains("uplink.queue.fsync"), "{e}");
+        let e = load(&with("sync: interval, sync_interval: 0s"))
+            .expect_err("zero")
+            .to_string();
+        assert!(
+            e.contains("uplink.queue.sync_interval: must be positive"),
+            "{e}"
+        );
+        let e = load(&with("sync: sometimes")).expect_err("bad").to_string();
+        assert!(e.contains("unknown variant `sometimes`"), "{e}");
     }
 
     #[test]

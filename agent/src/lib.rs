@@ -64,9 +64,15 @@ pub async fn run(
             "Prometheus configuration section is ignored by the agent."
         );
     }
+    if cfg.uplink.queue.fsync.is_some() {
+        warn!("uplink.queue.fsync is deprecated: use sync: always or sync: interval.");
+    }
     let dir = cfg.uplink.queue.directory.clone();
-    let fsync = cfg.uplink.queue.fsync;
-    let queue = tokio::task::spawn_blocking(move || Queue::open(&dir, fsync))
+    let opts = queue::QueueOptions {
+        inspect: record_info,
+        ..cfg.uplink.queue.options()
+    };
+    let queue = tokio::task::spawn_blocking(move || Queue::open_with(&dir, opts))
         .await?
         .with_context(|| format!("opening queue at {}", cfg.uplink.queue.directory.display()))?;
     let (records, bytes) = queue.usage();
@@ -147,6 +153,11 @@ pub async fn run(
         metrics: metrics.clone(),
     };
     let ship_task = tokio::spawn(shipper.run(ship_token.clone()));
+    let health_task = tokio::spawn(queue_health(
+        queue.clone(),
+        metrics.clone(),
+        ship_token.clone(),
+    ));
     let retention_task = tokio::spawn(retention(
         queue.clone(),
         cfg.uplink.queue.max_bytes,
@@ -204,6 +215,7 @@ pub async fn run(
     ship_token.cancel();
     ship_task.await?;
     retention_task.await?;
+    health_task.await?;
     web_token.cancel();
     info!("Shutdown complete.");
     Ok(())
@@ -263,11 +275,6 @@ async fn retention(
     if max_bytes == 0 && max_age.is_none() {
         return;
     }
-    fn inspect(data: &[u8]) -> Option<(i64, u64)> {
-        uplink_shared::codec::ScrapeRecord::decode(data)
-            .ok()
-            .map(|r| (r.timestamp, r.values.len() as u64))
-    }
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -286,7 +293,7 @@ async fn retention(
             if bytes == 0 && min_ts.is_none() {
                 continue;
             }
-            match queue.enforce_retention(bytes, min_ts, inspect).await {
+            match queue.enforce_retention(bytes, min_ts, record_info).await {
                 Ok((0, _)) => {}
                 Ok((records, samples)) => {
                     metrics
@@ -307,6 +314,29 @@ async fn retention(
                 Err(error) => warn!(%error, "Enforcing the queue retention budget failed."),
             }
         }
+    }
+}
+
+/// A queue record's timestamp and sample count.
+fn record_info(data: &[u8]) -> Option<(i64, u64)> {
+    uplink_shared::codec::ScrapeRecord::decode(data)
+        .ok()
+        .map(|r| (r.timestamp, r.values.len() as u64))
+}
+
+/// Copies the queue's health (degraded, memory buffer, write errors, quarantine) into the
+/// metrics every second until `stop`; the queue logs each change of state itself.
+async fn queue_health(queue: Queue, metrics: Metrics, stop: CancellationToken) {
+    let mut seen = queue::QueueStats::default();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = queue.stats();
+        metrics.observe_queue(&seen, &now);
+        seen = now;
     }
 }
 

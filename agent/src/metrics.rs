@@ -6,6 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::queue::QueueStats;
+
 type JobLabels = Vec<(String, String)>;
 
 #[derive(Clone, Default)]
@@ -30,6 +32,12 @@ pub struct Metrics {
     pub retention_dropped: Family<Vec<(String, String)>, Counter>,
     pub queue_records: Gauge,
     pub queue_bytes: Gauge,
+    pub queue_degraded: Gauge,
+    pub queue_buffered_records: Gauge,
+    pub queue_buffered_bytes: Gauge,
+    pub queue_write_errors: Counter,
+    pub queue_unverified_records: Counter,
+    pub queue_quarantined: Counter,
     pub connected: Gauge,
     pub connection_attempts: Counter,
     pub connection_failures: Counter,
@@ -121,7 +129,7 @@ impl Metrics {
         );
         r.register(
             "retention_dropped_samples",
-            "Samples dropped by the queue's retention budget, by reason (bytes, age).",
+            "Samples dropped by the queue's retention budget, by reason (bytes, age, buffer_full: the memory buffer of a failing disk overflowed).",
             self.retention_dropped.clone(),
         );
         r.register(
@@ -138,6 +146,36 @@ impl Metrics {
             "queue_bytes",
             "Bytes of records in the queue awaiting acknowledgement.",
             self.queue_bytes.clone(),
+        );
+        r.register(
+            "queue_degraded",
+            "1 while writing the queue to disk fails and scrapes are held in memory.",
+            self.queue_degraded.clone(),
+        );
+        r.register(
+            "queue_buffered_records",
+            "Records held in memory because the disk failed (written back when it works).",
+            self.queue_buffered_records.clone(),
+        );
+        r.register(
+            "queue_buffered_bytes",
+            "Bytes held in memory because the disk failed.",
+            self.queue_buffered_bytes.clone(),
+        );
+        r.register(
+            "queue_write_errors",
+            "Failed queue writes and syncs, retries included (disk full, I/O errors).",
+            self.queue_write_errors.clone(),
+        );
+        r.register(
+            "queue_unverified_records",
+            "Records written since the last successful sync when a write or sync failed: possibly lost by a power loss until re-verified.",
+            self.queue_unverified_records.clone(),
+        );
+        r.register(
+            "queue_quarantined",
+            "Corrupt queues moved aside at start-up (a fresh queue was started).",
+            self.queue_quarantined.clone(),
         );
         r.register(
             "gateway_connected",
@@ -177,6 +215,28 @@ impl Metrics {
         );
     }
 
+    /// Mirrors the queue's health; `before` is the previous observation (counters grow by
+    /// the difference).
+    pub fn observe_queue(&self, before: &QueueStats, now: &QueueStats) {
+        self.queue_degraded.set(i64::from(now.degraded));
+        self.queue_buffered_records.set(now.buffered_records as i64);
+        self.queue_buffered_bytes.set(now.buffered_bytes as i64);
+        let grew = |a: u64, b: u64| b.saturating_sub(a);
+        self.queue_write_errors
+            .inc_by(grew(before.write_errors, now.write_errors));
+        self.queue_unverified_records
+            .inc_by(grew(before.unverified_records, now.unverified_records));
+        self.queue_quarantined
+            .inc_by(grew(before.quarantined, now.quarantined));
+        let dropped = grew(before.dropped_samples, now.dropped_samples);
+        if dropped > 0 || now.dropped_records > before.dropped_records {
+            self.retention_dropped
+                .get_or_create(&vec![("reason".to_owned(), "buffer_full".to_owned())])
+                .inc_by(dropped);
+            self.samples_dropped.inc_by(dropped);
+        }
+    }
+
     /// The failure counter a discovery provider of `mechanism` (`file`, `http`, `dns`) is given.
     pub fn sd_failures(&self, mechanism: &str) -> Counter {
         self.sd_refresh_failures
@@ -186,5 +246,36 @@ impl Metrics {
 
     pub fn job(job: &str) -> JobLabels {
         vec![("job".to_owned(), job.to_owned())]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_health_is_mirrored_and_buffer_drops_counted_by_reason() {
+        let m = Metrics::default();
+        let before = QueueStats::default();
+        let now = QueueStats {
+            degraded: true,
+            buffered_records: 4,
+            buffered_bytes: 400,
+            write_errors: 2,
+            unverified_records: 3,
+            dropped_records: 1,
+            dropped_samples: 50,
+            quarantined: 1,
+        };
+        m.observe_queue(&before, &now);
+        m.observe_queue(&now, &now);
+        assert_eq!(m.queue_degraded.get(), 1);
+        assert_eq!(m.queue_buffered_bytes.get(), 400);
+        assert_eq!(m.queue_write_errors.get(), 2);
+        assert_eq!(m.queue_unverified_records.get(), 3);
+        assert_eq!(m.queue_quarantined.get(), 1);
+        assert_eq!(m.samples_dropped.get(), 50);
+        let reason = vec![("reason".to_owned(), "buffer_full".to_owned())];
+        assert_eq!(m.retention_dropped.get_or_create(&reason).get(), 50);
     }
 }

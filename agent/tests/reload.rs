@@ -70,7 +70,7 @@ fn reload_applies_valid_and_refuses_invalid_configs() {
     std::fs::write(
         dir.join("uplink.yml"),
         "gateways: ['127.0.0.1:9']\nserver_name: localhost\n\
-         tls: {cert_file: a.crt, key_file: a.key, ca_file: ca.crt}\nqueue: {directory: q, fsync: false}\n",
+         tls: {cert_file: a.crt, key_file: a.key, ca_file: ca.crt}\nqueue: {directory: q, sync: interval}\n",
     )
     .expect("write");
     // Certificates only need to load: mint them with the shared helpers.

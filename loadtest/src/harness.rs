@@ -305,7 +305,7 @@ pub fn start_agent_with_args(
              scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{targets}]\n\
              uplink:\n  gateways: ['{gw}']\n  server_name: localhost\n\
              \x20 tls: {{cert_file: {site}.crt, key_file: {site}.key, ca_file: ca.crt}}\n\
-             \x20 queue: {{directory: {site}-queue, fsync: false{queue_extra}}}\n\
+             \x20 queue: {{directory: {site}-queue, sync: interval{queue_extra}}}\n\
              \x20 shipper: {{min_backoff: 100ms, max_backoff: 1s{shipper_extra}}}\n",
             iv = spec.interval,
             site = spec.site,
