@@ -14,6 +14,7 @@ pub mod chaos;
 pub mod charts;
 pub mod compare;
 pub mod demo;
+pub mod drain;
 pub mod fleet;
 pub mod harness;
 pub mod oracle;

@@ -26,6 +26,8 @@ enum Command {
     /// Delivery under faults (kill -9 loops, partitions, lost acks, loss, outages) with the
     /// exact oracle's verdict.
     Chaos(uplink_loadtest::chaos::ChaosArgs),
+    /// How fast a backlog drains after an outage, as a multiple of the live ingest rate.
+    Drain(uplink_loadtest::drain::DrainArgs),
     /// Many sites (simulated agents, real protocol) against one gateway: connect and reconnect
     /// storms, gateway memory per connection, end-to-end latency.
     Fleet(uplink_loadtest::fleet::FleetArgs),
@@ -85,6 +87,11 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 anyhow::bail!("a chaos scenario failed")
             }
+        }
+        Command::Drain(args) => {
+            let report = uplink_loadtest::drain::run(args).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
         }
         Command::Fleet(args) => {
             let report = uplink_loadtest::fleet::run(args).await?;
