@@ -493,7 +493,9 @@ struct Meta {
 fn load_meta(db: &DB, path: &Path, create: bool) -> Result<Meta, QueueError> {
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
-    let queue_id = match read_u64(db, path, QUEUE_ID, "queue_id")? {
+    let existing = read_u64(db, path, QUEUE_ID, "queue_id")?;
+    let fresh = existing.is_none();
+    let queue_id = match existing {
         Some(id) => id,
         None if create => {
             let id = rand::random::<u64>();
@@ -521,7 +523,9 @@ fn load_meta(db: &DB, path: &Path, create: bool) -> Result<Meta, QueueError> {
             let mut wb = WriteBatch::default();
             put_meta(&mut wb, next, r, b);
             db.write_opt(wb, &sync).map_err(db_error(path))?;
-            info!(records = r, bytes = b, took = ?started.elapsed(), "Counted the queue once (written by an older version).");
+            if !fresh {
+                info!(records = r, bytes = b, took = ?started.elapsed(), "Counted the queue once (written by an older version).");
+            }
             (r, b)
         }
     };

@@ -22,6 +22,9 @@ struct Flags {
     /// Log level: debug, info, warn, error.
     #[arg(long = "log.level", default_value = "info")]
     log_level: String,
+    /// Log format: logfmt or json.
+    #[arg(long = "log.format", default_value = "logfmt")]
+    log_format: uplink_shared::telemetry::LogFormat,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         &flags.config_file,
         flags.check_config,
         &flags.log_level,
+        flags.log_format,
         |cfg, shutdown| uplink_gateway::run(cfg, web, shutdown),
     )
 }

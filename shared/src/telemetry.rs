@@ -1,18 +1,163 @@
-//! Logging setup shared by the binaries: `tracing` to stderr, filtered by `--log.level` or
-//! `RUST_LOG`, in `logfmt`-like text or JSON.
+//! Logging setup shared by the binaries: `tracing` to stderr, filtered by `--log.level` (a
+//! level, or per-module directives in `RUST_LOG` syntax such as
+//! `info,uplink_agent::ship=debug`; `RUST_LOG`, when set, wins), formatted as `--log.format`
+//! says: `logfmt` (Prometheus's default: `ts=… level=… msg="…" key=value …`, with the
+//! fields of the enclosing spans such as `job` and `url` of a scrape) or `json` (one object
+//! per line). One line per state change at `info`; per-batch detail only at `debug`. Secrets
+//! are never fields: configuration secrets are a type whose `Debug` prints `<secret>`.
 
+use std::fmt::Write as _;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
 
-/// Installs the global subscriber. `level` is a Prometheus-style level
-/// (`debug`, `info`, `warn`, `error`); `RUST_LOG`, when set, wins.
-pub fn init(level: &str) {
+/// `--log.format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Logfmt,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "logfmt" => Ok(LogFormat::Logfmt),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format {other:?} (logfmt or json)")),
+        }
+    }
+}
+
+/// Installs the global subscriber. `level` is a Prometheus-style level (`debug`, `info`,
+/// `warn`, `error`) or filter directives; `RUST_LOG`, when set, wins.
+pub fn init(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Logfmt => builder.with_ansi(false).event_format(Logfmt).try_init(),
+    };
+}
+
+/// logfmt lines: `ts`, `level`, the enclosing spans' fields, `msg`, then the event's fields.
+struct Logfmt;
+
+impl<S, N> FormatEvent<S, N> for Logfmt
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        write!(
+            w,
+            "ts={} level={}",
+            rfc3339_ms(now),
+            event.metadata().level().as_str().to_ascii_lowercase()
+        )?;
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                if let Some(fields) = span.extensions().get::<FormattedFields<N>>()
+                    && !fields.is_empty()
+                {
+                    write!(w, " {fields}")?;
+                }
+            }
+        }
+        let mut v = Fields::default();
+        event.record(&mut v);
+        write!(w, " msg={}", quote(&v.message))?;
+        w.write_str(&v.rest)?;
+        writeln!(w)
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    rest: String,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_owned();
+        } else {
+            let _ = write!(self.rest, " {}={}", field.name(), quote(value));
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.message = text;
+        } else {
+            let _ = write!(self.rest, " {}={}", field.name(), quote(&text));
+        }
+    }
+}
+
+/// A logfmt value: bare when it is a single token, otherwise quoted with `"` and `\` escaped.
+fn quote(s: &str) -> String {
+    let bare = !s.is_empty()
+        && s.chars()
+            .all(|c| !c.is_whitespace() && c != '"' && c != '=' && c != '\\' && !c.is_control());
+    if bare {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC (`2026-11-24T22:13:20.123Z`).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
 }
 
 /// Cancels `token` on the first SIGTERM or SIGINT; exits the process at once on the second.
@@ -59,6 +204,7 @@ pub fn run_binary<C, E, F, Fut>(
     config_path: &std::path::Path,
     check_only: bool,
     log_level: &str,
+    log_format: LogFormat,
     run: F,
 ) -> std::process::ExitCode
 where
@@ -78,7 +224,7 @@ where
         println!("{}: valid", config_path.display());
         return ExitCode::SUCCESS;
     }
-    init(log_level);
+    init(log_level, log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -97,4 +243,20 @@ where
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logfmt_values_are_quoted_only_when_needed() {
+        assert_eq!(quote("node"), "node");
+        assert_eq!(quote("a b"), "\"a b\"");
+        assert_eq!(quote("say \"hi\"\n"), "\"say \\\"hi\\\"\\n\"");
+        assert_eq!(quote(""), "\"\"");
+        assert_eq!(rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!("json".parse(), Ok(LogFormat::Json));
+        assert!("text".parse::<LogFormat>().is_err());
+    }
 }

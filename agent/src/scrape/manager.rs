@@ -356,7 +356,8 @@ impl JobRunner {
                 removed: CancellationToken::new(),
             };
             let health = Arc::new(Mutex::new(Health::default()));
-            let span = info_span!("scrape", job = %self.name, url = %t.url);
+            // The job is on the enclosing job span already.
+            let span = info_span!("scrape", url = %t.url);
             self.tracker.spawn(
                 run_target(t.clone(), self.ctx.clone(), health.clone(), stop.clone())
                     .instrument(span),
