@@ -221,13 +221,7 @@ pub struct ScrapeConfig {
 impl ScrapeConfig {
     /// The job's HTTP client settings (`bearer_token*` become `authorization`).
     pub fn http_client(&self) -> HttpClientConfig {
-        let bearer = (self.bearer_token.is_some() || self.bearer_token_file.is_some()).then(|| {
-            Authorization {
-                kind: "Bearer".into(),
-                credentials: self.bearer_token.clone(),
-                credentials_file: self.bearer_token_file.clone(),
-            }
-        });
+        let bearer = Authorization::bearer(&self.bearer_token, &self.bearer_token_file);
         HttpClientConfig {
             basic_auth: self.basic_auth.clone(),
             authorization: self.authorization.clone().or(bearer),

@@ -67,6 +67,17 @@ pub struct Authorization {
     pub credentials_file: Option<PathBuf>,
 }
 
+impl Authorization {
+    /// Prometheus 2's deprecated `bearer_token` / `bearer_token_file`, as `authorization`.
+    pub fn bearer(token: &Option<Secret>, file: &Option<PathBuf>) -> Option<Authorization> {
+        (token.is_some() || file.is_some()).then(|| Authorization {
+            kind: "Bearer".into(),
+            credentials: token.clone(),
+            credentials_file: file.clone(),
+        })
+    }
+}
+
 fn default_auth_type() -> String {
     "Bearer".into()
 }
@@ -438,13 +449,13 @@ impl HttpClient {
         );
         let body = form
             .iter()
-            .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+            .map(|(k, v)| format!("{}={}", query_escape(k), query_escape(v)))
             .collect::<Vec<_>>()
             .join("&");
         let client = self.oauth_client.as_ref().unwrap_or(&self.client);
         let resp = client
             .post(&o.token_url)
-            .basic_auth(urlencode(&o.client_id), Some(urlencode(&secret)))
+            .basic_auth(query_escape(&o.client_id), Some(query_escape(&secret)))
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
@@ -472,14 +483,16 @@ impl HttpClient {
     }
 }
 
-/// `application/x-www-form-urlencoded` escaping.
-fn urlencode(s: &str) -> String {
+/// Go's `url.QueryEscape` (what `url.Values.Encode` and Go's oauth2 client use): unreserved
+/// characters as they are, space as `+`, everything else percent-encoded.
+pub(crate) fn query_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
                 out.push(b as char)
             }
+            b' ' => out.push('+'),
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }

@@ -421,7 +421,7 @@ fn prepare(series: Vec<rw::Series>, ext: &[Label]) -> Prepared {
     let mut valid: Vec<(Vec<Label>, Vec<Sample>)> = Vec::with_capacity(series.len());
     for s in series {
         let labels = s.labels.and_then(|mut labels| {
-            add_external(&mut labels, ext);
+            crate::scrape::shape::add_external(&mut labels, ext);
             fits_queue(&labels).map(|()| labels)
         });
         match labels {
@@ -446,19 +446,6 @@ fn prepare(series: Vec<rw::Series>, ext: &[Label]) -> Prepared {
     out.samples = valid.iter().map(|(_, s)| s.len() as u64).sum();
     out.records = group_by_timestamp(valid);
     out
-}
-
-/// Adds external labels the series lacks, as the scrape path does.
-fn add_external(labels: &mut Vec<Label>, ext: &[Label]) {
-    let before = labels.len();
-    for e in ext {
-        if !labels[..before].iter().any(|l| l.name == e.name) {
-            labels.push(e.clone());
-        }
-    }
-    if labels.len() != before {
-        model::normalize(labels);
-    }
 }
 
 /// Whether the queue's series sets can hold these labels (`uplink_shared::codec` limits).

@@ -17,7 +17,6 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uplink_agent::config::JobLimits;
-use uplink_agent::http_client::{HttpClient, HttpClientConfig};
 use uplink_agent::metrics::Metrics;
 use uplink_agent::queue::Queue;
 use uplink_agent::scrape::{Context, Health, Job, Stop, Target, run_target};
@@ -130,16 +129,8 @@ async fn trickler() -> String {
 fn target(addr: &str, path: &str, limits: JobLimits) -> Target {
     Target {
         job: Arc::new(Job {
-            name: path.into(),
-            honor_labels: false,
-            honor_timestamps: true,
-            track_timestamps_staleness: false,
             limits,
-            over_target_limit: Default::default(),
-            metric_relabel: Vec::new(),
-            client: HttpClient::new(&HttpClientConfig::default(), "test").unwrap(),
-            external_labels: Vec::new(),
-            accept: uplink_agent::scrape::negotiate::DEFAULT_ACCEPT.into(),
+            ..Job::new(path).unwrap()
         }),
         url: format!("http://{addr}/{path}"),
         labels: vec![Label::new("instance", addr), Label::new("job", path)],

@@ -10,7 +10,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uplink_agent::http_client::{HttpClient, HttpClientConfig};
 use uplink_agent::metrics::Metrics;
 use uplink_agent::queue::Queue;
 use uplink_agent::scrape::{Context, Job, Stop, Target, run_target};
@@ -47,16 +46,8 @@ async fn server(slow: bool, hits: Arc<AtomicU64>) -> String {
 fn target(addr: &str, job: &str) -> Target {
     Target {
         job: Arc::new(Job {
-            name: job.into(),
-            honor_labels: false,
-            honor_timestamps: true,
-            track_timestamps_staleness: false,
-            limits: Default::default(),
-            over_target_limit: Default::default(),
-            metric_relabel: Vec::new(),
-            client: HttpClient::new(&HttpClientConfig::default(), "test").unwrap(),
-            accept: uplink_agent::scrape::negotiate::DEFAULT_ACCEPT.into(),
             external_labels: vec![Label::new("site", "t")],
+            ..Job::new(job).unwrap()
         }),
         url: format!("http://{addr}/metrics"),
         labels: vec![Label::new("instance", addr), Label::new("job", job)],

@@ -12,7 +12,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uplink_agent::config::ScrapeProtocol;
-use uplink_agent::http_client::{HttpClient, HttpClientConfig};
 use uplink_agent::metrics::Metrics;
 use uplink_agent::queue::Queue;
 use uplink_agent::scrape::{Context, Job, Stop, Target, negotiate, run_target};
@@ -55,16 +54,8 @@ async fn server(content_type: Option<&'static str>, seen: Arc<Mutex<Vec<String>>
 fn target(addr: &str, job: &str, accept: String) -> Target {
     Target {
         job: Arc::new(Job {
-            name: job.into(),
-            honor_labels: false,
-            honor_timestamps: true,
-            track_timestamps_staleness: false,
-            limits: Default::default(),
-            over_target_limit: Default::default(),
-            metric_relabel: Vec::new(),
-            client: HttpClient::new(&HttpClientConfig::default(), "test").unwrap(),
             accept,
-            external_labels: Vec::new(),
+            ..Job::new(job).unwrap()
         }),
         url: format!("http://{addr}/metrics"),
         labels: vec![Label::new("instance", addr), Label::new("job", job)],

@@ -147,17 +147,23 @@ impl Shaper {
         let values = [1.0, duration, scraped as f64, post as f64, added as f64];
         series.extend(report(t, ext, values, ts));
         let stale = self.stale_since_last(&mut series, post, ts);
-        self.last = compress(
-            series[..post]
-                .iter()
-                .filter(|s| {
-                    t.job.track_timestamps_staleness
-                        || s.samples.first().is_some_and(|x| x.timestamp == ts)
-                })
-                .map(|s| s.labels.clone())
-                .collect(),
-        );
-        self.seen = compress(series[..post].iter().map(|s| s.labels.clone()).collect());
+        // Every series counts as seen; only those stamped with the scrape's time (or all, with
+        // track_timestamps_staleness) can go stale. Usually both are the same set: compress once.
+        let tracked = |s: &TimeSeries| {
+            t.job.track_timestamps_staleness || s.samples.first().is_some_and(|x| x.timestamp == ts)
+        };
+        let live = &series[..post];
+        self.seen = compress(live.iter().map(|s| s.labels.clone()).collect());
+        self.last = if live.iter().all(tracked) {
+            self.seen.clone()
+        } else {
+            compress(
+                live.iter()
+                    .filter(|s| tracked(s))
+                    .map(|s| s.labels.clone())
+                    .collect(),
+            )
+        };
         let (set, record) = codec::split(series, ts);
         if stale == 0 {
             self.shape = Some(shape);
@@ -478,7 +484,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::http_client::{HttpClient, HttpClientConfig};
     use crate::relabel::RelabelConfig;
 
     fn t(honor: bool, relabel: &str) -> Target {
@@ -486,16 +491,9 @@ mod tests {
             serde_yaml::from_str(relabel).expect("relabel yaml");
         Target {
             job: Arc::new(Job {
-                name: "node".into(),
                 honor_labels: honor,
-                honor_timestamps: true,
-                track_timestamps_staleness: false,
-                limits: Default::default(),
-                over_target_limit: Default::default(),
                 metric_relabel,
-                client: HttpClient::new(&HttpClientConfig::default(), "t").expect("client"),
-                accept: crate::scrape::negotiate::DEFAULT_ACCEPT.into(),
-                external_labels: Vec::new(),
+                ..Job::new("node").expect("job")
             }),
             url: "http://h:1/metrics".into(),
             labels: vec![Label::new("instance", "h:1"), Label::new("job", "node")],

@@ -22,7 +22,7 @@ use std::sync::atomic::AtomicBool;
 
 use crate::config::{Config, JobLimits, ScrapeConfig};
 use crate::discovery::{LabelSet, TargetGroup};
-use crate::http_client::HttpClient;
+use crate::http_client::{self, HttpClient};
 use crate::relabel::{self, RelabelConfig};
 
 use super::Target;
@@ -44,6 +44,29 @@ pub struct Job {
     pub accept: String,
     /// `global.external_labels`, added to every series that lacks them.
     pub external_labels: Vec<Label>,
+}
+
+impl Job {
+    /// A job named `name` with Prometheus's defaults: timestamps honoured, no limits, no
+    /// metric relabeling, the default `Accept` header and HTTP client settings, no external
+    /// labels. Override fields with struct update syntax.
+    pub fn new(name: &str) -> Result<Job, crate::http_client::HttpClientError> {
+        Ok(Job {
+            name: name.into(),
+            honor_labels: false,
+            honor_timestamps: true,
+            track_timestamps_staleness: false,
+            limits: JobLimits::default(),
+            over_target_limit: AtomicBool::new(false),
+            metric_relabel: Vec::new(),
+            client: HttpClient::new(
+                &crate::http_client::HttpClientConfig::default(),
+                concat!("uplink-agent/", env!("CARGO_PKG_VERSION")),
+            )?,
+            accept: super::negotiate::DEFAULT_ACCEPT.into(),
+            external_labels: Vec::new(),
+        })
+    }
 }
 
 /// Why a discovered target cannot be scraped (it is skipped alone, and reported).
@@ -238,8 +261,13 @@ fn url(sc: &ScrapeConfig, set: &LabelSet, scheme: &str, addr: &str) -> String {
     let query: Vec<String> = params
         .iter()
         .flat_map(|(k, vs)| {
-            vs.iter()
-                .map(move |v| format!("{}={}", query_escape(k), query_escape(v)))
+            vs.iter().map(move |v| {
+                format!(
+                    "{}={}",
+                    http_client::query_escape(k),
+                    http_client::query_escape(v)
+                )
+            })
         })
         .collect();
     if !query.is_empty() {
@@ -247,21 +275,6 @@ fn url(sc: &ScrapeConfig, set: &LabelSet, scheme: &str, addr: &str) -> String {
         url.push_str(&query.join("&"));
     }
     url
-}
-
-/// Go's `url.QueryEscape`.
-fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 /// Whether `addr` ends in a port (`host:port`, `[v6]:port`); a bare IPv6 address has none.
@@ -297,16 +310,10 @@ mod tests {
 
     fn job(sc: &ScrapeConfig) -> Arc<Job> {
         Arc::new(Job {
-            name: sc.job_name.as_str().into(),
             honor_labels: sc.honor_labels,
             honor_timestamps: sc.honor_timestamps,
-            track_timestamps_staleness: false,
-            limits: Default::default(),
-            over_target_limit: Default::default(),
-            metric_relabel: Vec::new(),
             client: HttpClient::new(&sc.http_client(), "test").expect("client"),
-            accept: crate::scrape::negotiate::DEFAULT_ACCEPT.into(),
-            external_labels: Vec::new(),
+            ..Job::new(&sc.job_name).expect("job")
         })
     }
 

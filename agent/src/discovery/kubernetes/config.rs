@@ -195,13 +195,7 @@ pub enum ConnectError {
 impl KubernetesSdConfig {
     /// The entry's own HTTP client settings (used with `api_server`).
     pub fn http_client(&self) -> HttpClientConfig {
-        let bearer = (self.bearer_token.is_some() || self.bearer_token_file.is_some()).then(|| {
-            Authorization {
-                kind: "Bearer".into(),
-                credentials: self.bearer_token.clone(),
-                credentials_file: self.bearer_token_file.clone(),
-            }
-        });
+        let bearer = Authorization::bearer(&self.bearer_token, &self.bearer_token_file);
         HttpClientConfig {
             basic_auth: self.basic_auth.clone(),
             authorization: self.authorization.clone().or(bearer),
