@@ -895,11 +895,7 @@ fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
 }
 
 /// Prometheus label name syntax.
-pub fn valid_label_name(s: &str) -> bool {
-    let mut b = s.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
-        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
-}
+pub use uplink_shared::model::valid_label_name;
 
 /// Splits `host:port` (IPv6 in brackets).
 pub fn split_host_port(s: &str) -> Option<(&str, u16)> {

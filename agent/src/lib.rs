@@ -13,12 +13,11 @@
 pub mod api;
 pub mod config;
 pub mod discovery;
-pub mod http_client;
-mod http_tls;
+pub use uplink_shared::http_client;
 pub mod metrics;
 pub mod queue;
 pub mod receive;
-pub mod relabel;
+pub use uplink_shared::relabel;
 pub mod scrape;
 pub mod ship;
 

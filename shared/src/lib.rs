@@ -10,20 +10,28 @@
 //! - [`tls`]: rustls/quinn configuration builders for mTLS, and identity from certificates.
 //! - [`certs`]: a small development PKI built with rcgen.
 //! - [`duration`]: Prometheus duration syntax (`15s`, `1m30s`).
+//! - [`relabel`]: Prometheus relabeling, every action, with its exact semantics.
+//! - `http_client` (feature `http`): Prometheus's HTTP client settings (auth, TLS, proxy),
+//!   used by the agent's scrapes and discovery and by the gateway's destinations.
 //! - [`yaml`]: YAML loading with errors that name file:line:column and the field.
 //! - [`web`]: the HTTP endpoints every binary serves (`/metrics`, `/-/healthy`, `/-/ready`,
 //!   `/-/reload`).
 //! - [`telemetry`]: tracing setup shared by the binaries.
 //!
 //! Invariants: only [`quic`] and [`web`] perform I/O; the protocol itself ([`wire`]) has none.
-//! This crate depends on neither RocksDB nor an
-//! HTTP client, so both sides, the tests and the fuzzers use one implementation.
+//! This crate depends on neither RocksDB nor (without
+//! the `http` feature) an HTTP client, so both sides, the tests and the fuzzers use one implementation.
 
 pub mod certs;
 pub mod codec;
 pub mod duration;
+#[cfg(feature = "http")]
+pub mod http_client;
+#[cfg(feature = "http")]
+mod http_tls;
 pub mod model;
 pub mod quic;
+pub mod relabel;
 pub mod remote_write;
 pub mod telemetry;
 pub mod tls;

@@ -288,7 +288,7 @@ impl TryFrom<RawConfig> for RelabelConfig {
             action,
         };
         for s in &c.source_labels {
-            if !crate::config::valid_label_name(s) {
+            if !crate::model::valid_label_name(s) {
                 return Err(format!("{s:?} is not a valid label name"));
             }
         }
@@ -323,7 +323,7 @@ impl TryFrom<RawConfig> for RelabelConfig {
                 | Action::HashMod
                 | Action::KeepEqual
                 | Action::DropEqual
-        ) && !crate::config::valid_label_name(&c.target_label)
+        ) && !crate::model::valid_label_name(&c.target_label)
         {
             return Err(format!(
                 "{:?} is invalid 'target_label' for {name} action",
@@ -442,7 +442,7 @@ fn apply(labels: &mut LabelSet, c: &RelabelConfig) -> bool {
                 return true;
             };
             let target = expand(&c.regex.re, &caps, &c.target_label);
-            if !crate::config::valid_label_name(&target) {
+            if !crate::model::valid_label_name(&target) {
                 return true;
             }
             let res = expand(&c.regex.re, &caps, &c.replacement);

@@ -159,6 +159,35 @@ impl Default for HttpClientConfig {
 }
 
 impl HttpClientConfig {
+    /// Makes every file path relative to `base` (the configuration file's directory), as
+    /// Prometheus does.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut Option<PathBuf>| {
+            if let Some(p) = p
+                && p.is_relative()
+            {
+                *p = base.join(&*p);
+            }
+        };
+        let tls = |t: &mut TlsConfig| {
+            for p in [&mut t.ca_file, &mut t.cert_file, &mut t.key_file] {
+                fix(p);
+            }
+        };
+        tls(&mut self.tls_config);
+        if let Some(b) = &mut self.basic_auth {
+            fix(&mut b.username_file);
+            fix(&mut b.password_file);
+        }
+        if let Some(a) = &mut self.authorization {
+            fix(&mut a.credentials_file);
+        }
+        if let Some(o) = &mut self.oauth2 {
+            fix(&mut o.client_secret_file);
+            tls(&mut o.tls_config);
+        }
+    }
+
     /// Checks what Prometheus checks at load time: at most one authentication mechanism,
     /// password xor password_file, parseable proxy URL, PEM given either inline or by file.
     pub fn validate(&self) -> Result<(), HttpClientError> {
@@ -286,10 +315,7 @@ fn read_file(path: &Path) -> Result<String, HttpClientError> {
         })
 }
 
-pub(crate) fn pem(
-    inline: Option<&str>,
-    file: Option<&Path>,
-) -> Result<Option<Vec<u8>>, HttpClientError> {
+pub fn pem(inline: Option<&str>, file: Option<&Path>) -> Result<Option<Vec<u8>>, HttpClientError> {
     match (inline, file) {
         (Some(s), _) => Ok(Some(s.as_bytes().to_vec())),
         (None, Some(p)) => std::fs::read(p)
@@ -382,6 +408,15 @@ impl HttpClient {
     /// A GET request with the configured authentication.
     pub async fn get(&self, url: &str) -> Result<reqwest::RequestBuilder, HttpClientError> {
         let req = self.client.get(url);
+        self.authenticate(req).await
+    }
+
+    /// A POST request with the configured authentication.
+    pub async fn post(
+        &self,
+        url: reqwest::Url,
+    ) -> Result<reqwest::RequestBuilder, HttpClientError> {
+        let req = self.client.post(url);
         self.authenticate(req).await
     }
 
@@ -485,7 +520,7 @@ impl HttpClient {
 
 /// Go's `url.QueryEscape` (what `url.Values.Encode` and Go's oauth2 client use): unreserved
 /// characters as they are, space as `+`, everything else percent-encoded.
-pub(crate) fn query_escape(s: &str) -> String {
+pub fn query_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
