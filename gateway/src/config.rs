@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use uplink_shared::duration::PromDuration;
+use uplink_shared::http_client::{
+    Authorization, BasicAuth, HttpClientConfig, HttpClientError, OAuth2, Secret, TlsConfig,
+    default_true,
+};
+use uplink_shared::relabel::RelabelConfig;
 use uplink_shared::tls::TlsFiles;
 use uplink_shared::yaml::{self, ConfigError};
 
@@ -49,13 +54,17 @@ pub struct StorageConfig {
     /// are dropped for it and counted (unset: no age limit).
     #[serde(default)]
     pub max_age: Option<PromDuration>,
+    /// Size of one destination's quarantine file (series it refused for good, kept for
+    /// inspection) before it is rotated; at most twice this is kept per destination.
+    #[serde(default = "default_quarantine_bytes")]
+    pub quarantine_max_bytes: u64,
     /// On shutdown, how long the forwarders may keep draining backlogs after the last ack.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: PromDuration,
 }
 
-fn default_true() -> bool {
-    true
+fn default_quarantine_bytes() -> u64 {
+    64 << 20
 }
 
 fn default_drain_timeout() -> PromDuration {
@@ -126,7 +135,8 @@ impl Default for Limits {
     }
 }
 
-/// One `remote_write:` entry (Prometheus schema subset).
+/// One `remote_write:` entry: Prometheus's schema, plus Uplink's `status_policy` and
+/// `paused_retry_interval`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteWriteConfig {
@@ -136,71 +146,174 @@ pub struct RemoteWriteConfig {
     pub name: Option<String>,
     #[serde(default = "default_remote_timeout")]
     pub remote_timeout: PromDuration,
+    /// Extra request headers; the remote-write protocol's own headers cannot be overridden.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub basic_auth: Option<BasicAuth>,
     #[serde(default)]
-    pub tls_config: Option<HttpTlsConfig>,
+    pub authorization: Option<Authorization>,
+    #[serde(default)]
+    pub oauth2: Option<OAuth2>,
+    /// Deprecated Prometheus 2 forms of `authorization`.
+    #[serde(default)]
+    pub bearer_token: Option<Secret>,
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_config: TlsConfig,
+    #[serde(default)]
+    pub proxy_url: Option<String>,
+    #[serde(default = "default_true")]
+    pub follow_redirects: bool,
+    #[serde(default = "default_true")]
+    pub enable_http2: bool,
+    /// Applied to each series before it is sent to this destination; a series they drop is
+    /// counted (`reason="write_relabel"`).
+    #[serde(default)]
+    pub write_relabel_configs: Vec<RelabelConfig>,
     #[serde(default)]
     pub queue_config: QueueConfig,
+    #[serde(default)]
+    pub metadata_config: MetadataConfig,
+    /// Accepted for compatibility: the tunnel carries no exemplars yet.
+    #[serde(default)]
+    pub send_exemplars: bool,
+    /// Accepted for compatibility: the tunnel carries no native histograms yet.
+    #[serde(default)]
+    pub send_native_histograms: bool,
+    /// Which message to send: `prometheus.WriteRequest` (remote write 1.0, the default) or
+    /// `io.prometheus.write.v2.Request` (2.0; a destination answering 415, or 2xx without the
+    /// `X-Prometheus-Remote-Write-*-Written` headers, is sent 1.0 from then on).
+    #[serde(default)]
+    pub protobuf_message: ProtobufMessage,
+    /// Uplink: what a response status means, overriding the defaults (see `forward.rs`); keys
+    /// are a status (`"404"`) or a class (`"4xx"`, `"5xx"`).
+    #[serde(default)]
+    pub status_policy: BTreeMap<String, Action>,
+    /// Uplink: how often a destination paused by a `pause` status (401, 403) is tried again.
+    #[serde(default = "default_paused_retry")]
+    pub paused_retry_interval: PromDuration,
 }
 
 fn default_remote_timeout() -> PromDuration {
     PromDuration(Duration::from_secs(30))
 }
 
+fn default_paused_retry() -> PromDuration {
+    PromDuration(Duration::from_secs(30))
+}
+
+/// The remote-write message a destination is sent.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum ProtobufMessage {
+    #[default]
+    #[serde(rename = "prometheus.WriteRequest")]
+    V1,
+    #[serde(rename = "io.prometheus.write.v2.Request")]
+    V2,
+}
+
+/// What a destination's response means for the request that got it.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Send the same request again after a backoff (honouring `Retry-After`).
+    Retry,
+    /// Split the request in halves and send each, down to single series.
+    Split,
+    /// As `split`, to isolate the series the destination refuses; those are quarantined.
+    Bisect,
+    /// Stop sending to this destination and alert; try again every `paused_retry_interval`.
+    Pause,
+    /// The destination has the data already (a duplicate): delivered.
+    Done,
+    /// Refused for good: drop and count (`reason="refused"`), and quarantine.
+    Drop,
+    /// Send remote write 1.0 from now on.
+    Fallback,
+}
+
+/// Prometheus's `metadata_config`. Accepted; metadata does not travel through the tunnel yet.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BasicAuth {
-    pub username: String,
-    #[serde(default)]
-    pub password: Option<String>,
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataConfig {
+    pub send: bool,
+    pub send_interval: PromDuration,
+    pub max_samples_per_send: u32,
 }
 
-/// Prometheus's `tls_config` for the HTTP client.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HttpTlsConfig {
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    #[serde(default)]
-    pub cert_file: Option<PathBuf>,
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
-    #[serde(default)]
-    pub server_name: Option<String>,
-    #[serde(default)]
-    pub insecure_skip_verify: bool,
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            send: true,
+            send_interval: PromDuration(Duration::from_secs(60)),
+            max_samples_per_send: 500,
+        }
+    }
 }
 
-/// Prometheus's `queue_config`, the retry and batching subset.
+/// Prometheus's `queue_config`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
+    /// Accepted for compatibility: the gateway's queue is on disk, bounded by `storage`.
+    pub capacity: u32,
+    /// Requests in flight at most, each carrying a disjoint set of series (by label hash), so
+    /// per-series order holds.
+    pub max_shards: NonZeroU32,
+    pub min_shards: NonZeroU32,
+    /// Samples per request at most. Stored entries (agent batches) are merged up to it; a larger
+    /// entry goes alone unless the destination needs its series decoded (relabeling, 2.0,
+    /// shards), which splits it.
+    pub max_samples_per_send: NonZeroU32,
+    /// Accepted for compatibility: the gateway sends as soon as entries are stored.
+    pub batch_send_deadline: PromDuration,
     pub min_backoff: PromDuration,
     pub max_backoff: PromDuration,
-    /// Retry on 429 (Prometheus defaults to true since 2.x).
+    /// Retry on 429 (the default here; Prometheus's default is false). With false, a 429 drops
+    /// the request, counted (`reason="rate_limited"`).
     pub retry_on_http_429: bool,
-    /// Samples per request at most when queued entries are merged; an entry (one agent batch)
-    /// is never split, so a larger one goes alone.
-    pub max_samples_per_send: NonZeroU32,
+    /// Samples older than this when sent are dropped and counted (`reason="too_old"`): the
+    /// oldest sample the destination accepts. `0s`: no limit.
+    pub sample_age_limit: PromDuration,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
+        let n = |v| NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN);
         QueueConfig {
+            capacity: 10_000,
+            max_shards: n(1),
+            min_shards: n(1),
             min_backoff: PromDuration(Duration::from_millis(30)),
             max_backoff: PromDuration(Duration::from_secs(5)),
             retry_on_http_429: true,
-            max_samples_per_send: NonZeroU32::new(2000).unwrap_or(NonZeroU32::MIN),
+            max_samples_per_send: n(2000),
+            batch_send_deadline: PromDuration(Duration::from_secs(5)),
+            sample_age_limit: PromDuration(Duration::ZERO),
         }
     }
 }
 
 impl RemoteWriteConfig {
+    /// The HTTP client settings, gathered as the agent's scrape configs gather theirs.
+    pub fn http_client(&self) -> HttpClientConfig {
+        HttpClientConfig {
+            basic_auth: self.basic_auth.clone(),
+            authorization: self
+                .authorization
+                .clone()
+                .or_else(|| Authorization::bearer(&self.bearer_token, &self.bearer_token_file)),
+            oauth2: self.oauth2.clone(),
+            tls_config: self.tls_config.clone(),
+            proxy_url: self.proxy_url.clone(),
+            follow_redirects: self.follow_redirects,
+            enable_http2: self.enable_http2,
+            compression: false,
+        }
+    }
+
     /// Label value for metrics and logs.
     pub fn display_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
@@ -228,16 +341,16 @@ impl Config {
             cfg.storage.directory = base.join(&cfg.storage.directory);
         }
         for rw in &mut cfg.remote_write {
-            if let Some(t) = &mut rw.tls_config {
-                for p in [&mut t.ca_file, &mut t.cert_file, &mut t.key_file]
-                    .into_iter()
-                    .flatten()
-                {
-                    if p.is_relative() {
-                        *p = base.join(&*p);
-                    }
-                }
-            }
+            let mut http = rw.http_client();
+            http.resolve_paths(base);
+            rw.basic_auth = http.basic_auth;
+            rw.authorization = rw.authorization.as_ref().and(http.authorization);
+            rw.bearer_token_file = rw
+                .bearer_token_file
+                .take()
+                .map(|p| if p.is_relative() { base.join(p) } else { p });
+            rw.oauth2 = http.oauth2;
+            rw.tls_config = http.tls_config;
         }
         cfg.validate(path, &text)?;
         Ok(cfg)
@@ -267,6 +380,7 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         for (i, rw) in self.remote_write.iter().enumerate() {
+            let q = &rw.queue_config;
             let url = reqwest::Url::parse(&rw.url).ok();
             if !matches!(url.as_ref().map(|u| u.scheme()), Some("http" | "https")) {
                 return Err(at(
@@ -282,17 +396,42 @@ impl Config {
                     format!("duplicate destination name {:?}", rw.display_name()),
                 ));
             }
-            if let Some(b) = &rw.basic_auth
-                && b.password.is_some()
-                && b.password_file.is_some()
-            {
+            if let Err(e) = rw.http_client().validate() {
+                let (needle, field) = match &e {
+                    HttpClientError::Invalid { what, .. } => (*what, *what),
+                    _ => ("remote_write", "http"),
+                };
                 return Err(at(
-                    "basic_auth",
-                    format!("remote_write[{i}].basic_auth"),
-                    "at most one of password and password_file must be configured".into(),
+                    needle,
+                    format!("remote_write[{i}].{field}"),
+                    e.to_string(),
                 ));
             }
-            let q = &rw.queue_config;
+            for name in rw.headers.keys() {
+                if crate::forward::RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                    return Err(at(
+                        name,
+                        format!("remote_write[{i}].headers"),
+                        format!("{name} is a reserved header and cannot be set"),
+                    ));
+                }
+            }
+            for key in rw.status_policy.keys() {
+                if crate::forward::StatusPolicy::parse_key(key).is_none() {
+                    return Err(at(
+                        key,
+                        format!("remote_write[{i}].status_policy"),
+                        format!("{key:?} is neither a status (400..599) nor a class (4xx, 5xx)"),
+                    ));
+                }
+            }
+            if q.min_shards > q.max_shards {
+                return Err(at(
+                    "min_shards",
+                    format!("remote_write[{i}].queue_config.min_shards"),
+                    "must not exceed max_shards".into(),
+                ));
+            }
             if q.min_backoff > q.max_backoff {
                 return Err(at(
                     "min_backoff",
@@ -374,6 +513,47 @@ remote_write:
             .expect_err("zero age")
             .to_string();
         assert!(e.contains("storage.max_age"), "{e}");
+        let e = load(&GOOD.replace("X-Scope-OrgID", "User-Agent"))
+            .expect_err("reserved header")
+            .to_string();
+        assert!(
+            e.contains("remote_write[0].headers") && e.contains("reserved"),
+            "{e}"
+        );
+        let e = load(&GOOD.replace("min_backoff: 50ms", "max_shards: 0"))
+            .expect_err("zero shards")
+            .to_string();
+        assert!(
+            e.contains("gateway.yml:9:") && e.contains("max_shards"),
+            "{e}"
+        );
+        let full = GOOD.replace(
+            "    queue_config: {min_backoff: 50ms}\n",
+            "    queue_config: {min_backoff: 50ms, max_shards: 8, sample_age_limit: 1h}\n    \
+             protobuf_message: io.prometheus.write.v2.Request\n    \
+             authorization: {credentials_file: token}\n    \
+             write_relabel_configs: [{action: labeldrop, regex: tmp_.*}]\n    \
+             status_policy: {\"404\": pause, 4xx: drop}\n    \
+             metadata_config: {send: false}\n",
+        );
+        let c = load(&full).expect("full schema");
+        let rw = &c.remote_write[0];
+        assert_eq!(rw.protobuf_message, ProtobufMessage::V2);
+        assert!(
+            rw.authorization
+                .as_ref()
+                .and_then(|a| a.credentials_file.as_ref())
+                .is_some_and(|p| p.is_absolute())
+        );
+        assert_eq!(rw.status_policy.get("404"), Some(&Action::Pause));
+        let e = load(&full.replace("4xx: drop", "2xx: drop"))
+            .expect_err("bad policy key")
+            .to_string();
+        assert!(e.contains("status_policy"), "{e}");
+        let e = load(&full.replace("action: labeldrop", "action: explode"))
+            .expect_err("bad relabel action")
+            .to_string();
+        assert!(e.contains("write_relabel_configs"), "{e}");
         let e = load(&GOOD.replace("storage: {directory: data, max_age: 6h}\n", ""))
             .expect_err("storage is required")
             .to_string();

@@ -1,20 +1,33 @@
 //! From the store to the destinations: one forwarder task per destination, and the retention
 //! task that enforces each destination's budget and publishes the queue gauges.
 //!
-//! A forwarder reads its destination's entries in log order from its cursor, merges consecutive
-//! entries into one remote-write request (up to `queue_config.max_samples_per_send` samples; an
-//! entry, one agent batch, is never split), delivers it through the destination's tower stack
-//! (`forward.rs`), and only then moves its cursor past the request's entries. One request is in
-//! flight per destination, so a destination receives the log in order, and the log holds each
-//! agent queue's records in sequence order: per-series order survives.
+//! A forwarder reads its destination's entries in log order from its cursor (up to
+//! `max_samples_per_send` × `max_shards` samples), turns them into requests, delivers them
+//! through the destination's tower stack (`forward.rs`), and only then moves its cursor past
+//! them. Each read is finished before the next begins, so a destination receives the log in
+//! order, and the log holds each agent queue's records in sequence order: per-series order
+//! survives.
 //!
-//! Outcomes of a request:
-//! - 2xx: the cursor moves; the samples are counted delivered.
-//! - permanent 4xx for merged entries: they are sent again one by one, so a poison entry (a
-//!   remote write 1.0 receiver refuses a whole request for one bad sample) costs only its own
-//!   samples, never its neighbours' from other sites.
-//! - permanent 4xx for one entry: the cursor moves; the samples are counted dropped
-//!   (`reason="refused"`) and charged to their site in the ledger.
+//! Requests of one read:
+//! - Fast path (1.0, no relabeling or age limit, the read fits one request): consecutive entries
+//!   are merged without decoding into one request.
+//! - Otherwise the series are decoded, filtered (`sample_age_limit`, `write_relabel_configs`,
+//!   both counted) and spread by label hash over `ceil(samples / max_samples_per_send)` shards,
+//!   bounded by `min_shards` and `max_shards`, sent concurrently. A series is in exactly one
+//!   shard, so its order holds; the shard count adapts to the backlog by construction.
+//!
+//! Outcomes of a request (the status policy in `forward.rs` maps statuses to them):
+//! - accepted: counted delivered. done (409): counted as duplicates, delivered.
+//! - split (413) and bisect (400): the request is halved, first half first, down to single
+//!   series. A single series still refused is dropped: counted by reason (`too_large`;
+//!   `invalid` or `too_old` from the receiver's message; `duplicate` counts as delivered),
+//!   charged to its site in the ledger, and written to the quarantine (`quarantine.rs`). So a
+//!   poison series costs only its own samples, never its neighbours'.
+//! - refused (other 4xx): the request is dropped, counted and quarantined the same way.
+//! - pause (401, 403): the destination's `uplink_gateway_remote_write_paused` is set, one error
+//!   is logged, and the same request is tried every `paused_retry_interval` until accepted;
+//!   the backlog grows in the store meanwhile.
+//! - fallback (415 or 2xx without `*-Written` to a 2.0 request): sent again as 1.0.
 //! - still failing after `limits.max_retry_duration`: logged; the same request is tried again
 //!   after the destination's `max_backoff`, forever. A destination that is down grows only its
 //!   own backlog, bounded by the retention budget; agents' acks never wait for it.
@@ -24,8 +37,8 @@
 //! ([`Store::set_inflight`]); after the destination's answer it moves the cursor
 //! ([`Store::advance`]). A crash between the receiver's commit and that write (the time is
 //! exported as `uplink_gateway_cursor_commit_duration_seconds`) resends the request after the
-//! restart: the first request covers exactly the entries of the one in flight, merged the same
-//! way, so the resend carries nothing the receiver has not seen. Prometheus drops an identical
+//! restart: the first read covers exactly the entries of the one in flight, so the resend
+//! carries nothing the receiver has not seen. Prometheus drops an identical
 //! resend of the newest sample silently, or refuses older ones as out of order (400, counted as
 //! refused although the data is there); a capture receiver counts them as duplicates.
 //!
@@ -39,10 +52,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use uplink_shared::relabel::{self, RelabelConfig};
+use uplink_shared::remote_write::{self, Label, TimeSeries, WriteRequest};
 
-use crate::forward::{Delivery, Destination};
+use crate::config::RemoteWriteConfig;
+use crate::forward::{Destination, Outcome};
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, labels};
+use crate::quarantine::Quarantine;
 use crate::store::{self, Skipped, Store, Stored};
 
 /// Compressed bytes read for one request at most (entries are never split).
@@ -60,33 +77,88 @@ pub struct Forwarder {
     pub store: Store,
     pub ledger: Arc<Ledger>,
     pub metrics: Metrics,
+    pub quarantine: Quarantine,
     pub max_samples: u64,
+    /// Requests in flight at most, and at least when the backlog allows (`queue_config`).
+    pub max_shards: usize,
+    pub min_shards: usize,
     /// Pause after a request exhausted its retry budget.
     pub pause: Duration,
+    /// Pause while the destination refuses our credentials.
+    pub paused_retry: Duration,
+    pub write_relabel: Vec<RelabelConfig>,
+    /// Oldest sample the destination takes, as an age (`sample_age_limit`).
+    pub age_limit: Option<Duration>,
 }
 
 /// A request built from consecutive entries.
 struct Request {
-    body: Bytes,
-    samples: u64,
+    payload: Payload,
     /// One past the last entry it carries.
     end: u64,
-    /// How many entries it carries.
-    entries: usize,
-    sites: Vec<(Arc<str>, u64)>,
 }
 
-/// How a request ended.
-enum Sent {
-    /// Accepted, or refused and dropped: the cursor moved past it.
-    Done,
-    /// Refused, and it merged several entries: send them one by one.
-    Split,
-    /// Shutdown came first.
-    Stopped,
+/// What one request carries.
+enum Payload {
+    /// Snappy-compressed 1.0 protobuf, as stored or merged from consecutive entries, with the
+    /// entries' samples per site; decoded only if the destination wants it split.
+    Raw {
+        body: Bytes,
+        samples: u64,
+        sites: Vec<(Arc<str>, u64)>,
+    },
+    /// Decoded series, each with the site it came from.
+    Series(Vec<Sited>),
 }
+
+/// A series and the site that sent it (for the ledger's per-site drop counts).
+#[derive(Clone)]
+struct Sited {
+    site: Arc<str>,
+    ts: TimeSeries,
+}
+
+impl Payload {
+    fn samples(&self) -> u64 {
+        match self {
+            Payload::Raw { samples, .. } => *samples,
+            Payload::Series(v) => v.iter().map(|s| s.ts.samples.len() as u64).sum(),
+        }
+    }
+}
+
+/// Shutdown came first.
+struct Stopped;
 
 impl Forwarder {
+    /// A forwarder for destination `index`, configured by its `remote_write` entry.
+    pub fn new(
+        index: usize,
+        rw: &RemoteWriteConfig,
+        destination: Destination,
+        store: Store,
+        ledger: Arc<Ledger>,
+        metrics: Metrics,
+        quarantine: Quarantine,
+    ) -> Forwarder {
+        let q = &rw.queue_config;
+        Forwarder {
+            index,
+            destination,
+            store,
+            ledger,
+            metrics,
+            quarantine,
+            max_samples: u64::from(q.max_samples_per_send.get()),
+            max_shards: q.max_shards.get() as usize,
+            min_shards: q.min_shards.get() as usize,
+            pause: q.max_backoff.0,
+            paused_retry: rw.paused_retry_interval.0,
+            write_relabel: rw.write_relabel_configs.clone(),
+            age_limit: Some(q.sample_age_limit.0).filter(|a| !a.is_zero()),
+        }
+    }
+
     /// Delivers the destination's backlog and everything appended later, until `drain` (and an
     /// empty backlog) or `stop`.
     pub async fn run(self, drain: CancellationToken, stop: CancellationToken) {
@@ -113,11 +185,8 @@ impl Forwarder {
                 continue;
             }
             let until = replay.take().unwrap_or(u64::MAX);
-            let entries = match self
-                .store
-                .read(cursor, until, self.max_samples, MAX_READ_BYTES)
-                .await
-            {
+            let budget = self.max_samples * self.max_shards as u64;
+            let entries = match self.store.read(cursor, until, budget, MAX_READ_BYTES).await {
                 Ok(e) if !e.is_empty() => e,
                 Ok(_) => continue,
                 Err(error) => {
@@ -128,66 +197,314 @@ impl Forwarder {
                     continue;
                 }
             };
-            let request = merge(&entries);
-            let taken = request.entries;
-            match self.deliver(request, &stop).await {
-                Sent::Done => {}
-                Sent::Stopped => return,
-                Sent::Split => {
-                    for e in &entries[..taken] {
-                        if let Sent::Stopped = self.deliver(single(e), &stop).await {
-                            return;
-                        }
-                    }
-                }
+            let requests = self.prepare(&entries);
+            if self.deliver(requests, &stop).await.is_err() {
+                return;
             }
         }
     }
 
-    /// Sends one request until it is accepted or refused.
-    async fn deliver(&self, r: Request, stop: &CancellationToken) -> Sent {
-        if let Err(error) = self.store.set_inflight(self.index, r.end).await {
+    /// Whether series must be decoded before sending: to relabel, age-filter, re-encode as
+    /// 2.0, or spread over several shards.
+    fn decodes(&self, samples: u64) -> bool {
+        self.destination.sends_v2()
+            || !self.write_relabel.is_empty()
+            || self.age_limit.is_some()
+            || (self.max_shards > 1 && samples > self.max_samples)
+    }
+
+    /// Turns entries read from the store into the requests to send together: one raw request
+    /// of merged entries (the fast path), or the decoded series spread over shards by label
+    /// hash, so that each series is in exactly one request and keeps its order.
+    fn prepare(&self, entries: &[Stored]) -> (Vec<Payload>, u64) {
+        let samples: u64 = entries.iter().map(|e| e.meta.samples).sum();
+        if !self.decodes(samples) {
+            let r = merge(&entries[..entries.len().min(self.raw_entries(entries))]);
+            return (vec![r.payload], r.end);
+        }
+        let end = entries.last().map_or(0, |e| e.seq + 1);
+        let series = self.decode(entries);
+        let total: u64 = series.iter().map(|s| s.ts.samples.len() as u64).sum();
+        let n = (total.div_ceil(self.max_samples) as usize).clamp(self.min_shards, self.max_shards);
+        let mut shards: Vec<Vec<Sited>> = (0..n).map(|_| Vec::new()).collect();
+        for s in series {
+            let i = if n == 1 {
+                0
+            } else {
+                (hash_labels(&s.ts) % n as u64) as usize
+            };
+            shards[i].push(s);
+        }
+        let payloads = shards
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(Payload::Series)
+            .collect();
+        (payloads, end)
+    }
+
+    /// How many of `entries` one raw request takes (all: the read is bounded by
+    /// `max_samples` when there is one shard).
+    fn raw_entries(&self, entries: &[Stored]) -> usize {
+        let mut samples = 0;
+        entries
+            .iter()
+            .take_while(|e| {
+                samples += e.meta.samples;
+                samples <= self.max_samples
+            })
+            .count()
+            .max(1)
+    }
+
+    /// Decodes entries into series, applying `sample_age_limit` and `write_relabel_configs`
+    /// (what they remove is counted). An entry that does not decode is dropped and counted.
+    fn decode(&self, entries: &[Stored]) -> Vec<Sited> {
+        let min_ts = self
+            .age_limit
+            .map(|a| store::now_ms() - a.as_millis() as i64);
+        let mut out = Vec::new();
+        let (mut too_old, mut relabeled) = (0u64, 0u64);
+        for e in entries {
+            let req = match remote_write::decode_snappy::<WriteRequest>(&e.body, MAX_MERGED_BYTES) {
+                Ok(r) => r,
+                Err(error) => {
+                    self.destination.dropped(
+                        e.meta.samples,
+                        "refused",
+                        &format!("stored entry: {error}"),
+                    );
+                    self.ledger.dropped(&e.meta.site, e.meta.samples);
+                    continue;
+                }
+            };
+            for mut ts in req.timeseries {
+                let before = ts.samples.len() as u64;
+                if let Some(min) = min_ts {
+                    ts.samples.retain(|s| s.timestamp >= min);
+                    let gone = before - ts.samples.len() as u64;
+                    if gone > 0 {
+                        too_old += gone;
+                        self.ledger.dropped(&e.meta.site, gone);
+                    }
+                }
+                if ts.samples.is_empty() {
+                    continue;
+                }
+                if !self.write_relabel.is_empty() && !relabel_series(&mut ts, &self.write_relabel) {
+                    relabeled += ts.samples.len() as u64;
+                    continue;
+                }
+                out.push(Sited {
+                    site: e.meta.site.clone(),
+                    ts,
+                });
+            }
+        }
+        if too_old > 0 {
+            self.destination
+                .dropped(too_old, "too_old", "older than sample_age_limit");
+        }
+        if relabeled > 0 {
+            self.metrics
+                .samples_dropped
+                .get_or_create(&labels(&[
+                    ("destination", &self.destination.name),
+                    ("reason", "write_relabel"),
+                ]))
+                .inc_by(relabeled);
+        }
+        out
+    }
+
+    /// Sends the requests of one read concurrently (each until it is delivered or refused),
+    /// then moves the cursor past them.
+    async fn deliver(
+        &self,
+        (payloads, end): (Vec<Payload>, u64),
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        if let Err(error) = self.store.set_inflight(self.index, end).await {
             // Only the exactness of a resend after a crash depends on it.
             self.store_error("inflight", &error);
         }
+        self.metrics
+            .shards
+            .get_or_create(&labels(&[("destination", &self.destination.name)]))
+            .set(payloads.len() as i64);
+        let results =
+            futures_util::future::join_all(payloads.into_iter().map(|p| self.deliver_one(p, stop)))
+                .await;
+        if results.iter().any(Result::is_err) {
+            return Err(Stopped);
+        }
+        self.commit(end).await;
+        Ok(())
+    }
+
+    /// Sends one request until all of it is delivered, refused or dropped, acting on each
+    /// outcome as the status policy says: halves of a split request are sent first half
+    /// first, so a series split across them keeps its order.
+    async fn deliver_one(&self, payload: Payload, stop: &CancellationToken) -> Result<(), Stopped> {
         let name = &self.destination.name;
+        let mut work = vec![payload];
         let mut failing_since: Option<Instant> = None;
-        loop {
+        while let Some(p) = work.pop() {
             let outcome = tokio::select! {
-                _ = stop.cancelled() => return Sent::Stopped,
-                d = self.destination.deliver(r.body.clone(), r.samples) => d,
+                _ = stop.cancelled() => return Err(Stopped),
+                o = self.send(&p) => o,
             };
-            match outcome {
-                Delivery::Accepted => {}
-                Delivery::Dropped(error) if r.entries > 1 => {
-                    warn!(destination = %name, %error, entries = r.entries,
-                        "Destination refused a merged request; sending its entries one by one.");
-                    return Sent::Split;
+            if !matches!(outcome, Outcome::Failed(_) | Outcome::Pause(..)) {
+                if let Some(since) = failing_since.take() {
+                    info!(destination = %name, after = ?since.elapsed(), "Destination recovered.");
                 }
-                Delivery::Dropped(error) => {
-                    self.destination.dropped(r.samples, &error);
-                    for (site, samples) in &r.sites {
-                        self.ledger.dropped(site, *samples);
+                self.destination.set_paused(None);
+            }
+            let bisect = matches!(outcome, Outcome::Bisect(_));
+            match outcome {
+                Outcome::Accepted => self.destination.forwarded(p.samples()),
+                Outcome::Done(_) => self.duplicate(p.samples()),
+                Outcome::FellBack => work.push(p),
+                Outcome::Split(message) | Outcome::Bisect(message) => match self.halves(p) {
+                    Ok((a, b)) => {
+                        self.metrics
+                            .splits
+                            .get_or_create(&labels(&[("destination", name)]))
+                            .inc();
+                        work.push(b);
+                        work.push(a);
+                    }
+                    Err(one) => {
+                        let status = if bisect { 400 } else { 413 };
+                        let reason = if bisect {
+                            refusal_reason(&message)
+                        } else {
+                            "too_large"
+                        };
+                        if reason == "duplicate" {
+                            self.duplicate(one.iter().map(|s| s.ts.samples.len() as u64).sum());
+                        } else {
+                            self.refuse(one, reason, status, &message).await;
+                        }
+                    }
+                },
+                Outcome::Refused(status, message) => {
+                    let reason = if status == 429 {
+                        "rate_limited"
+                    } else {
+                        "refused"
+                    };
+                    self.refuse(self.series(p), reason, status, &message).await;
+                }
+                Outcome::Pause(status, message) => {
+                    self.destination.set_paused(Some((status, &message)));
+                    work.push(p);
+                    if pause(stop, self.paused_retry).await {
+                        return Err(Stopped);
                     }
                 }
-                Delivery::Failed(error) => {
+                Outcome::Failed(error) => {
                     if failing_since.is_none() {
-                        warn!(destination = %name, %error, samples = r.samples,
+                        warn!(destination = %name, %error, samples = p.samples(),
                             "Destination still failing; the data stays queued and is retried.");
                     }
                     failing_since.get_or_insert_with(Instant::now);
+                    work.push(p);
                     if pause(stop, self.pause).await {
-                        return Sent::Stopped;
+                        return Err(Stopped);
                     }
-                    continue;
                 }
             }
-            if let Some(since) = failing_since {
-                info!(destination = %name, after = ?since.elapsed(), "Destination recovered.");
-            }
-            self.commit(r.end).await;
-            return Sent::Done;
         }
+        Ok(())
+    }
+
+    async fn send(&self, p: &Payload) -> Outcome {
+        match p {
+            Payload::Raw { body, .. } => self.destination.send_raw(body).await,
+            Payload::Series(v) => {
+                let series: Vec<TimeSeries> = v.iter().map(|s| s.ts.clone()).collect();
+                self.destination.send_series(&series).await
+            }
+        }
+    }
+
+    /// Splits a request in two halves by series, or gives back its single series.
+    fn halves(&self, p: Payload) -> Result<(Payload, Payload), Vec<Sited>> {
+        let mut series = self.series(p);
+        if series.len() < 2 {
+            return Err(series);
+        }
+        let b = series.split_off(series.len() / 2);
+        Ok((Payload::Series(series), Payload::Series(b)))
+    }
+
+    /// A payload's series; a raw body that does not decode comes back as no series, its
+    /// samples dropped and counted here.
+    fn series(&self, p: Payload) -> Vec<Sited> {
+        match p {
+            Payload::Series(v) => v,
+            Payload::Raw {
+                body,
+                samples,
+                sites,
+            } => match remote_write::decode_snappy::<WriteRequest>(&body, MAX_MERGED_BYTES) {
+                Ok(req) => {
+                    // A merged body's series are in entry order; give each its entry's site.
+                    let mut out = Vec::with_capacity(req.timeseries.len());
+                    let mut sites = sites.into_iter();
+                    let mut current = sites.next();
+                    for ts in req.timeseries {
+                        while let Some((_, left)) = &current
+                            && *left == 0
+                        {
+                            current = sites.next();
+                        }
+                        let site = match &mut current {
+                            Some((site, left)) => {
+                                *left = left.saturating_sub(ts.samples.len() as u64);
+                                site.clone()
+                            }
+                            None => Arc::from(""),
+                        };
+                        out.push(Sited { site, ts });
+                    }
+                    out
+                }
+                Err(error) => {
+                    self.destination
+                        .dropped(samples, "refused", &format!("stored entry: {error}"));
+                    for (site, n) in &sites {
+                        self.ledger.dropped(site, *n);
+                    }
+                    vec![]
+                }
+            },
+        }
+    }
+
+    fn duplicate(&self, samples: u64) {
+        self.metrics
+            .samples_duplicate
+            .get_or_create(&labels(&[("destination", &self.destination.name)]))
+            .inc_by(samples);
+    }
+
+    /// Drops series the destination refused: counted by reason, charged to their sites, and
+    /// written to the quarantine for inspection.
+    async fn refuse(&self, series: Vec<Sited>, reason: &str, status: u16, message: &str) {
+        let samples: u64 = series.iter().map(|s| s.ts.samples.len() as u64).sum();
+        if samples == 0 {
+            return;
+        }
+        self.destination.dropped(samples, reason, message);
+        for s in &series {
+            self.ledger.dropped(&s.site, s.ts.samples.len() as u64);
+        }
+        let series = series.into_iter().map(|s| s.ts).collect();
+        self.quarantine
+            .record(&self.destination.name, reason, status, message, series)
+            .await;
     }
 
     /// Moves the cursor past a request the destination answered.
@@ -213,6 +530,54 @@ impl Forwarder {
     }
 }
 
+/// Why a receiver refused a single series with 400, from its message (receivers' wording
+/// differs; Prometheus, Mimir, Thanos and VictoriaMetrics are covered): `duplicate` (the
+/// receiver has a sample at that timestamp: delivered), `too_old` (out of order or out of
+/// bounds), or `invalid`.
+fn refusal_reason(message: &str) -> &'static str {
+    let m = message.to_ascii_lowercase();
+    if m.contains("duplicate sample") || m.contains("duplicate-timestamp") {
+        "duplicate"
+    } else if [
+        "out of order",
+        "out-of-order",
+        "out of bounds",
+        "too old",
+        "too far in the past",
+    ]
+    .iter()
+    .any(|k| m.contains(k))
+    {
+        "too_old"
+    } else {
+        "invalid"
+    }
+}
+
+/// Applies relabeling to a series' labels; false when it is dropped.
+fn relabel_series(ts: &mut TimeSeries, cfgs: &[RelabelConfig]) -> bool {
+    let mut set: relabel::LabelSet = std::mem::take(&mut ts.labels)
+        .into_iter()
+        .map(|l| (l.name, l.value))
+        .collect();
+    if !relabel::process(&mut set, cfgs) || set.is_empty() {
+        return false;
+    }
+    ts.labels = set.into_iter().map(|(n, v)| Label::new(n, v)).collect();
+    true
+}
+
+/// A series' shard key: a hash of its labels.
+fn hash_labels(ts: &TimeSeries) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for l in &ts.labels {
+        l.name.hash(&mut h);
+        l.value.hash(&mut h);
+    }
+    h.finish()
+}
+
 /// Waits `d` unless `stop` comes first (then true).
 async fn pause(stop: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
@@ -229,11 +594,8 @@ async fn pause(stop: &CancellationToken, d: Duration) -> bool {
 fn merge(entries: &[Stored]) -> Request {
     let Some(first) = entries.first() else {
         return Request {
-            body: Bytes::new(),
-            samples: 0,
+            payload: Payload::Series(vec![]),
             end: 0,
-            entries: 0,
-            sites: vec![],
         };
     };
     if entries.len() == 1 {
@@ -262,28 +624,30 @@ fn merge(entries: &[Stored]) -> Request {
     let used = &entries[..taken];
     let mut sites: Vec<(Arc<str>, u64)> = Vec::new();
     for e in used {
-        match sites.iter_mut().find(|(s, _)| *s == e.meta.site) {
-            Some((_, n)) => *n += e.meta.samples,
-            None => sites.push((e.meta.site.clone(), e.meta.samples)),
+        match sites.last_mut() {
+            Some((s, n)) if *s == e.meta.site => *n += e.meta.samples,
+            _ => sites.push((e.meta.site.clone(), e.meta.samples)),
         }
     }
     Request {
-        body: Bytes::from(body),
-        samples: used.iter().map(|e| e.meta.samples).sum(),
+        payload: Payload::Raw {
+            body: Bytes::from(body),
+            samples: used.iter().map(|e| e.meta.samples).sum(),
+            sites,
+        },
         end: used[taken - 1].seq + 1,
-        entries: taken,
-        sites,
     }
 }
 
 /// One entry as a request of its own, as stored.
 fn single(e: &Stored) -> Request {
     Request {
-        body: e.body.clone(),
-        samples: e.meta.samples,
+        payload: Payload::Raw {
+            body: e.body.clone(),
+            samples: e.meta.samples,
+            sites: vec![(e.meta.site.clone(), e.meta.samples)],
+        },
         end: e.seq + 1,
-        entries: 1,
-        sites: vec![(e.meta.site.clone(), e.meta.samples)],
     }
 }
 
@@ -401,6 +765,17 @@ mod tests {
         }
     }
 
+    fn raw(r: &Request) -> (Bytes, u64, Vec<(Arc<str>, u64)>) {
+        match &r.payload {
+            Payload::Raw {
+                body,
+                samples,
+                sites,
+            } => (body.clone(), *samples, sites.clone()),
+            Payload::Series(_) => panic!("not raw"),
+        }
+    }
+
     #[test]
     fn merged_entries_are_one_valid_request_in_order() {
         let e = [
@@ -409,10 +784,11 @@ mod tests {
             entry(6, "a", &[4.0]),
         ];
         let r = merge(&e);
-        assert_eq!((r.samples, r.end, r.entries), (4, 7, 3));
-        let sites: Vec<(Arc<str>, u64)> = vec![("a".into(), 2), ("b".into(), 2)];
-        assert_eq!(r.sites, sites);
-        let req: WriteRequest = remote_write::decode_snappy(&r.body, 1 << 20).expect("valid");
+        let (body, samples, sites) = raw(&r);
+        assert_eq!((samples, r.end), (4, 7));
+        let want: Vec<(Arc<str>, u64)> = vec![("a".into(), 1), ("b".into(), 2), ("a".into(), 1)];
+        assert_eq!(sites, want);
+        let req: WriteRequest = remote_write::decode_snappy(&body, 1 << 20).expect("valid");
         let values: Vec<f64> = req
             .timeseries
             .iter()
@@ -421,7 +797,7 @@ mod tests {
         assert_eq!(values, vec![1.0, 2.0, 3.0, 4.0]);
         // One entry goes as stored.
         let one = merge(&e[1..2]);
-        assert_eq!((one.body.clone(), one.end), (e[1].body.clone(), 6));
+        assert_eq!((raw(&one).0, one.end), (e[1].body.clone(), 6));
     }
 
     #[test]
@@ -430,8 +806,8 @@ mod tests {
         bad.body = Bytes::from_static(b"\xff\xff\xff\xff\xff not snappy");
         let good = entry(1, "a", &[1.0]);
         let r = merge(&[good.clone(), bad.clone(), entry(3, "a", &[2.0])]);
-        assert_eq!((r.body, r.end), (good.body, 2));
+        assert_eq!((raw(&r).0, r.end), (good.body, 2));
         let r = merge(&[bad.clone(), entry(3, "a", &[2.0])]);
-        assert_eq!((r.body, r.end), (bad.body, 3));
+        assert_eq!((raw(&r).0, r.end), (bad.body, 3));
     }
 }

@@ -1,84 +1,181 @@
-//! Remote-write forwarding: the only module that builds HTTP requests.
+//! Remote-write forwarding: the only module that builds HTTP requests, and the one place that
+//! says what each response status means (the [`StatusPolicy`]).
 //!
 //! Each destination gets one tower stack (built in [`Destination::new`], outermost first):
-//! retry with exponential backoff (only errors that say [`ForwardError::is_retryable`], until the
-//! request's retry budget `limits.max_retry_duration` is spent), then a per-attempt timeout
-//! (`remote_timeout`), then the HTTP call. A request is done when the destination accepted it
-//! (2xx) or refused it permanently (4xx other than 429; the caller logs the receiver's message
-//! and counts what it drops with reason `refused`, so one bad request cannot jam the queue behind
-//! it). Callers: the per-destination forwarders (`fanout.rs`) and the ledger writer.
+//! retry with exponential backoff and jitter (only answers whose action is
+//! [`Action::Retry`], transport errors and timeouts; a `Retry-After` header lengthens the wait;
+//! until the request's budget `limits.max_retry_duration` is spent), then a per-attempt timeout
+//! (`remote_timeout`), then the HTTP call. [`Destination::send`] returns an [`Outcome`]; the
+//! caller (`fanout.rs`) acts on it: split, bisect, pause, fall back, count.
+//!
+//! # Default status policy (overridable per destination with `status_policy`)
+//! | status | action |
+//! |---|---|
+//! | 2xx (2.0: with a `*-Written` header) | accepted |
+//! | 2xx without any `*-Written` header, to a 2.0 request | fallback (a 1.0 receiver read nothing) |
+//! | 5xx, transport errors, timeouts | retry, honouring `Retry-After` |
+//! | 429 | retry, honouring `Retry-After` (drop when `retry_on_http_429: false`) |
+//! | 400 | bisect: isolate the refused series, deliver the rest |
+//! | 413 | split in halves down to single series |
+//! | 401, 403 | pause the destination, alert, keep queueing |
+//! | 409 | done (the receiver has the data) |
+//! | 415 to a 2.0 request | fallback to 1.0, remembered for the process's lifetime |
+//! | other 4xx | drop, counted and quarantined |
+//!
+//! Protocol: a destination configured for 2.0 sends `io.prometheus.write.v2.Request` until it
+//! falls back; then 1.0 until the gateway restarts (and logs it, and exports
+//! `uplink_gateway_remote_write_protocol`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{
-    CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT,
-};
+use rand::Rng;
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
-use tracing::warn;
-use uplink_shared::remote_write;
+use tracing::{info, warn};
+use uplink_shared::http_client::HttpClient;
+use uplink_shared::remote_write::{self, TimeSeries, WriteRequest};
 
-use crate::config::RemoteWriteConfig;
+use crate::config::{Action, ProtobufMessage, RemoteWriteConfig};
 use crate::metrics::{Metrics, labels};
+
+/// Longest `Retry-After` honoured; a longer one waits this long.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Headers a configuration may not set: the protocol's own, and the transport's.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "host",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "user-agent",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "www-authenticate",
+    "retry-after",
+    "x-prometheus-remote-write-version",
+];
 
 /// Why a remote-write attempt failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    /// The receiver answered with a non-2xx status.
+    /// The receiver answered something other than success.
     #[error("HTTP {status}: {message}")]
     Status {
         status: u16,
         message: String,
-        retry_429: bool,
+        action: Action,
+        retry_after: Option<Duration>,
     },
     /// The request could not be sent or the response not read.
     #[error("request: {0}")]
     Request(#[from] reqwest::Error),
+    /// Authentication could not be prepared (an OAuth2 token request failed, a credentials
+    /// file is unreadable): retried, it may be fixed on disk.
+    #[error("authentication: {0}")]
+    Auth(String),
     /// The destination's client could not be built from its configuration.
     #[error("client: {0}")]
     Setup(String),
 }
 
-impl ForwardError {
-    /// 5xx, 429 (when configured) and transport errors are worth retrying.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            ForwardError::Status {
-                status, retry_429, ..
-            } => *status >= 500 || (*status == 429 && *retry_429),
-            ForwardError::Request(_) => true,
-            ForwardError::Setup(_) => false,
+fn retryable(e: &BoxError) -> bool {
+    match e.downcast_ref::<ForwardError>() {
+        Some(ForwardError::Status { action, .. }) => *action == Action::Retry,
+        Some(ForwardError::Setup(_)) => false,
+        // Transport and authentication errors, and timeouts (tower's Elapsed).
+        _ => true,
+    }
+}
+
+/// What each response status means for a destination.
+#[derive(Clone, Debug)]
+pub struct StatusPolicy {
+    /// Exact statuses first, then classes (`4` for 4xx, `5` for 5xx).
+    exact: Vec<(u16, Action)>,
+    class: Vec<(u16, Action)>,
+    retry_429: bool,
+}
+
+impl StatusPolicy {
+    /// Parses a `status_policy` key: `(true, 404)` for a status, `(false, 4)` for `4xx`.
+    pub fn parse_key(key: &str) -> Option<(bool, u16)> {
+        let k = key.trim().to_ascii_lowercase();
+        match k.as_bytes() {
+            [c @ (b'4' | b'5'), b'x', b'x'] => Some((false, u16::from(c - b'0'))),
+            _ => k
+                .parse()
+                .ok()
+                .filter(|s| (400..600).contains(s))
+                .map(|s| (true, s)),
+        }
+    }
+
+    pub fn new(cfg: &RemoteWriteConfig) -> StatusPolicy {
+        let mut p = StatusPolicy {
+            exact: vec![],
+            class: vec![],
+            retry_429: cfg.queue_config.retry_on_http_429,
+        };
+        for (k, a) in &cfg.status_policy {
+            match Self::parse_key(k) {
+                Some((true, s)) => p.exact.push((s, *a)),
+                Some((false, c)) => p.class.push((c, *a)),
+                None => {}
+            }
+        }
+        p
+    }
+
+    /// The action for a non-2xx `status` answered to a 1.0 or (`v2`) 2.0 request.
+    pub fn action(&self, status: u16, v2: bool) -> Action {
+        if let Some((_, a)) = self.exact.iter().find(|(s, _)| *s == status) {
+            return *a;
+        }
+        if let Some((_, a)) = self.class.iter().find(|(c, _)| *c == status / 100) {
+            return *a;
+        }
+        match status {
+            429 if self.retry_429 => Action::Retry,
+            500..=599 => Action::Retry,
+            400 => Action::Bisect,
+            413 => Action::Split,
+            401 | 403 => Action::Pause,
+            409 => Action::Done,
+            415 if v2 => Action::Fallback,
+            _ => Action::Drop,
         }
     }
 }
 
-fn retryable(e: &BoxError) -> bool {
-    if let Some(f) = e.downcast_ref::<ForwardError>() {
-        f.is_retryable()
-    } else {
-        // Timeouts (tower's Elapsed) and anything else transient.
-        true
-    }
+/// One encoded request body and the message it holds.
+#[derive(Clone)]
+struct Encoded {
+    body: Bytes,
+    v2: bool,
 }
 
 /// The innermost service: one HTTP POST of an encoded remote-write body.
 #[derive(Clone)]
 struct RemoteWrite {
-    client: reqwest::Client,
+    client: HttpClient,
     url: reqwest::Url,
     headers: HeaderMap,
-    auth: Option<(String, Option<String>)>,
-    retry_429: bool,
+    policy: Arc<StatusPolicy>,
     name: Arc<str>,
     metrics: Metrics,
 }
 
-impl Service<Bytes> for RemoteWrite {
+impl Service<Encoded> for RemoteWrite {
     type Response = ();
     type Error = ForwardError;
     type Future = Pin<Box<dyn Future<Output = Result<(), ForwardError>> + Send>>;
@@ -87,73 +184,131 @@ impl Service<Bytes> for RemoteWrite {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, body: Bytes) -> Self::Future {
-        let mut req = self
-            .client
-            .post(self.url.clone())
-            .headers(self.headers.clone())
-            .body(body);
-        if let Some((user, pass)) = &self.auth {
-            req = req.basic_auth(user, pass.as_ref());
-        }
-        let retry_429 = self.retry_429;
-        let name = self.name.clone();
-        let metrics = self.metrics.clone();
+    fn call(&mut self, req: Encoded) -> Self::Future {
+        let this = self.clone();
         Box::pin(async move {
+            let mut headers = this.headers.clone();
+            let (content_type, version) = if req.v2 {
+                (remote_write::v2::CONTENT_TYPE, remote_write::v2::VERSION)
+            } else {
+                (remote_write::CONTENT_TYPE, remote_write::VERSION_1)
+            };
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            headers.insert(
+                HeaderName::from_static(remote_write::receive::VERSION_HEADER),
+                HeaderValue::from_static(version),
+            );
+            let builder = this
+                .client
+                .post(this.url.clone())
+                .await
+                .map_err(|e| ForwardError::Auth(e.to_string()))?;
             let started = Instant::now();
-            let result = req.send().await;
-            metrics
+            let result = builder.headers(headers).body(req.body).send().await;
+            this.metrics
                 .request_duration
-                .get_or_create(&labels(&[("destination", &name)]))
+                .get_or_create(&labels(&[("destination", &this.name)]))
                 .observe(started.elapsed().as_secs_f64());
+            let count = |outcome: &str| {
+                this.metrics
+                    .requests
+                    .get_or_create(&labels(&[
+                        ("destination", &this.name),
+                        ("outcome", outcome),
+                    ]))
+                    .inc();
+            };
             let resp = match result {
                 Ok(r) => r,
                 Err(e) => {
-                    metrics
-                        .requests
-                        .get_or_create(&labels(&[("destination", &name), ("outcome", "error")]))
-                        .inc();
+                    count("error");
                     return Err(e.into());
                 }
             };
             let status = resp.status().as_u16();
-            let class = match status {
+            count(match status {
                 200..=299 => "2xx",
                 400..=499 => "4xx",
-                _ => "5xx",
-            };
-            metrics
-                .requests
-                .get_or_create(&labels(&[("destination", &name), ("outcome", class)]))
-                .inc();
+                500..=599 => "5xx",
+                _ => "other",
+            });
             if resp.status().is_success() {
+                if req.v2 && !wrote_headers(resp.headers()) {
+                    return Err(ForwardError::Status {
+                        status,
+                        message: "2xx without X-Prometheus-Remote-Write-*-Written headers: a \
+                                  1.0 receiver that read nothing"
+                            .into(),
+                        action: Action::Fallback,
+                        retry_after: None,
+                    });
+                }
                 return Ok(());
             }
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
             let mut message = resp.text().await.unwrap_or_default();
-            message.truncate(512);
+            if message.len() > 1024 {
+                let mut end = 1024;
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                message.truncate(end);
+            }
             Err(ForwardError::Status {
                 status,
                 message: message.trim().to_owned(),
-                retry_429,
+                action: this.policy.action(status, req.v2),
+                retry_after,
             })
         })
     }
 }
 
-/// Retry policy: exponential backoff from `min` to `max`, while within `budget` of the first
-/// failure.
+/// Whether a 2.0 response carries any of the `*-Written` headers.
+fn wrote_headers(h: &HeaderMap) -> bool {
+    use remote_write::receive::{EXEMPLARS_WRITTEN, HISTOGRAMS_WRITTEN, SAMPLES_WRITTEN};
+    [SAMPLES_WRITTEN, HISTOGRAMS_WRITTEN, EXEMPLARS_WRITTEN]
+        .iter()
+        .any(|n| h.contains_key(*n))
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let d = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(SystemTime::now())
+            .unwrap_or_default(),
+    };
+    Some(d.min(MAX_RETRY_AFTER))
+}
+
+/// Retry policy: exponential backoff from `min` to `max` with up to 25 % jitter, never shorter
+/// than a `Retry-After`, while within `budget` of the first failure.
 #[derive(Clone)]
 struct Backoff {
     max: Duration,
     budget: Duration,
     next: Duration,
     first_failure: Option<Instant>,
+    name: Arc<str>,
+    metrics: Metrics,
 }
 
-impl tower::retry::Policy<Bytes, (), BoxError> for Backoff {
+impl tower::retry::Policy<Encoded, (), BoxError> for Backoff {
     type Future = tokio::time::Sleep;
 
-    fn retry(&mut self, _: &mut Bytes, result: &mut Result<(), BoxError>) -> Option<Self::Future> {
+    fn retry(
+        &mut self,
+        _: &mut Encoded,
+        result: &mut Result<(), BoxError>,
+    ) -> Option<Self::Future> {
         let err = result.as_ref().err()?;
         if !retryable(err) {
             return None;
@@ -162,23 +317,45 @@ impl tower::retry::Policy<Bytes, (), BoxError> for Backoff {
         if first.elapsed() >= self.budget {
             return None;
         }
-        let delay = self.next;
+        let jitter = rand::rng().random_range(0.0..0.25);
+        let mut delay = self.next.mul_f64(1.0 + jitter);
+        if let Some(ForwardError::Status {
+            retry_after: Some(after),
+            ..
+        }) = err.downcast_ref::<ForwardError>()
+        {
+            delay = delay.max(*after);
+        }
         self.next = (self.next * 2).min(self.max);
+        self.metrics
+            .retries
+            .get_or_create(&labels(&[("destination", &self.name)]))
+            .inc();
         Some(tokio::time::sleep(delay))
     }
 
-    fn clone_request(&mut self, req: &Bytes) -> Option<Bytes> {
+    fn clone_request(&mut self, req: &Encoded) -> Option<Encoded> {
         Some(req.clone())
     }
 }
 
-/// What happened to a batch at one destination.
-#[derive(Debug)]
-pub enum Delivery {
+/// What one request's sending came to, for the caller to act on.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// 2xx.
     Accepted,
-    /// Refused permanently (4xx other than a retried 429). The caller decides what to drop and
-    /// counts it with [`Destination::dropped`].
-    Dropped(String),
+    /// The policy says the receiver has the data already (409 by default).
+    Done(u16),
+    /// Split the request in halves (413 by default).
+    Split(String),
+    /// Bisect to isolate refused series (400 by default).
+    Bisect(String),
+    /// Pause the destination and try again later (401, 403 by default).
+    Pause(u16, String),
+    /// The destination now gets 1.0: send the same data again.
+    FellBack,
+    /// Refused for good: drop and count.
+    Refused(u16, String),
     /// Still failing after the retry budget: the caller keeps the data and tries again later.
     Failed(String),
 }
@@ -187,7 +364,9 @@ pub enum Delivery {
 #[derive(Clone)]
 pub struct Destination {
     pub name: Arc<str>,
-    svc: BoxCloneSyncService<Bytes, (), BoxError>,
+    svc: BoxCloneSyncService<Encoded, (), BoxError>,
+    /// Configured for 2.0 and not fallen back.
+    v2: Arc<AtomicBool>,
     metrics: Metrics,
 }
 
@@ -201,72 +380,30 @@ impl Destination {
         let name: Arc<str> = cfg.display_name().into();
         let url = reqwest::Url::parse(&cfg.url).map_err(|e| ForwardError::Setup(e.to_string()))?;
         let mut headers = HeaderMap::new();
-        headers.insert(
-            CONTENT_ENCODING,
-            HeaderValue::from_static(remote_write::CONTENT_ENCODING),
-        );
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static(remote_write::CONTENT_TYPE),
-        );
-        headers.insert(
-            USER_AGENT,
-            HeaderValue::from_static(concat!("uplink-gateway/", env!("CARGO_PKG_VERSION"))),
-        );
-        headers.insert(
-            "x-prometheus-remote-write-version",
-            HeaderValue::from_static(remote_write::VERSION_1),
-        );
         for (k, v) in &cfg.headers {
             let k =
                 HeaderName::try_from(k.as_str()).map_err(|e| ForwardError::Setup(e.to_string()))?;
+            if RESERVED_HEADERS.contains(&k.as_str()) {
+                return Err(ForwardError::Setup(format!("{k} is a reserved header")));
+            }
             let v = HeaderValue::try_from(v.as_str())
                 .map_err(|e| ForwardError::Setup(e.to_string()))?;
             headers.insert(k, v);
         }
-        let auth = match &cfg.basic_auth {
-            None => None,
-            Some(b) => {
-                let pass = match (&b.password, &b.password_file) {
-                    (Some(p), _) => Some(p.clone()),
-                    (None, Some(f)) => Some(
-                        std::fs::read_to_string(f)
-                            .map_err(|e| ForwardError::Setup(format!("{}: {e}", f.display())))?
-                            .trim_end()
-                            .to_owned(),
-                    ),
-                    (None, None) => None,
-                };
-                Some((b.username.clone(), pass))
-            }
-        };
-        let mut builder = reqwest::Client::builder().no_proxy();
-        if let Some(t) = &cfg.tls_config {
-            if let Some(ca) = &t.ca_file {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| ForwardError::Setup(format!("{}: {e}", ca.display())))?;
-                for c in reqwest::Certificate::from_pem_bundle(&pem)? {
-                    builder = builder.add_root_certificate(c);
-                }
-            }
-            if let (Some(c), Some(k)) = (&t.cert_file, &t.key_file) {
-                let mut pem = std::fs::read(c)
-                    .map_err(|e| ForwardError::Setup(format!("{}: {e}", c.display())))?;
-                pem.extend(
-                    std::fs::read(k)
-                        .map_err(|e| ForwardError::Setup(format!("{}: {e}", k.display())))?,
-                );
-                builder = builder.identity(reqwest::Identity::from_pem(&pem)?);
-            }
-            builder = builder.danger_accept_invalid_certs(t.insecure_skip_verify);
-        }
-        let client = builder.build()?;
+        headers.insert(
+            CONTENT_ENCODING,
+            HeaderValue::from_static(remote_write::CONTENT_ENCODING),
+        );
+        let client = HttpClient::new(
+            &cfg.http_client(),
+            concat!("uplink-gateway/", env!("CARGO_PKG_VERSION")),
+        )
+        .map_err(|e| ForwardError::Setup(e.to_string()))?;
         let inner = RemoteWrite {
             client,
             url,
             headers,
-            auth,
-            retry_429: cfg.queue_config.retry_on_http_429,
+            policy: Arc::new(StatusPolicy::new(cfg)),
             name: name.clone(),
             metrics: metrics.clone(),
         };
@@ -275,49 +412,213 @@ impl Destination {
             budget: retry_budget,
             next: cfg.queue_config.min_backoff.0,
             first_failure: None,
+            name: name.clone(),
+            metrics: metrics.clone(),
         };
         let svc = ServiceBuilder::new()
-            // Retry outermost: each attempt gets its own timeout, and only errors that say
-            // they are retryable are retried, within the batch's budget.
+            // Retry outermost: each attempt gets its own timeout, and only answers whose
+            // action is Retry (and transport errors) are retried, within the budget.
             .retry(policy)
             // Per-attempt deadline, as Prometheus's remote_timeout.
             .timeout(cfg.remote_timeout.0)
             // Adapt the error type so retry and timeout see one error type.
             .map_err(BoxError::from)
             .service(inner);
+        let v2 = cfg.protobuf_message == ProtobufMessage::V2;
+        metrics
+            .protocol
+            .get_or_create(&labels(&[("destination", &name)]))
+            .set(if v2 { 2 } else { 1 });
         Ok(Destination {
             name,
             svc: BoxCloneSyncService::new(svc),
+            v2: Arc::new(AtomicBool::new(v2)),
             metrics,
         })
     }
 
-    /// Sends one encoded body (snappy-compressed remote-write 1.0) with retries.
-    pub async fn deliver(&self, body: Bytes, samples: u64) -> Delivery {
-        let d = labels(&[("destination", &self.name)]);
-        match self.svc.clone().oneshot(body).await {
-            Ok(()) => {
-                self.metrics
-                    .samples_forwarded
-                    .get_or_create(&d)
-                    .inc_by(samples);
-                Delivery::Accepted
+    /// Whether requests go out as remote write 2.0 (decoded and re-encoded).
+    pub fn sends_v2(&self) -> bool {
+        self.v2.load(Ordering::Relaxed)
+    }
+
+    /// Sends a stored (snappy 1.0) body, converted to 2.0 when the destination takes 2.0.
+    pub async fn send_raw(&self, body: &Bytes) -> Outcome {
+        if !self.sends_v2() {
+            return self
+                .send(Encoded {
+                    body: body.clone(),
+                    v2: false,
+                })
+                .await;
+        }
+        match remote_write::decode_snappy::<WriteRequest>(body, usize::MAX) {
+            Ok(req) => self.send_series(&req.timeseries).await,
+            // Undecodable: the receiver says what it thinks of it (and the caller counts).
+            Err(_) => {
+                self.send(Encoded {
+                    body: body.clone(),
+                    v2: false,
+                })
+                .await
             }
-            Err(e) if !retryable(&e) => Delivery::Dropped(e.to_string()),
-            Err(e) => Delivery::Failed(e.to_string()),
         }
     }
 
-    /// Logs and counts samples this destination refused permanently (`reason="refused"`).
-    pub fn dropped(&self, samples: u64, error: &str) {
+    /// Encodes series as the destination's protocol and sends them.
+    pub async fn send_series(&self, series: &[TimeSeries]) -> Outcome {
+        let v2 = self.sends_v2();
+        self.send(Encoded {
+            body: encode(series, v2),
+            v2,
+        })
+        .await
+    }
+
+    async fn send(&self, req: Encoded) -> Outcome {
+        let v2 = req.v2;
+        match self.svc.clone().oneshot(req).await {
+            Ok(()) => Outcome::Accepted,
+            Err(e) => match e.downcast::<ForwardError>() {
+                Ok(f) => match *f {
+                    ForwardError::Status {
+                        status,
+                        message,
+                        action,
+                        ..
+                    } => match action {
+                        Action::Retry => Outcome::Failed(format!("HTTP {status}: {message}")),
+                        Action::Split => Outcome::Split(message),
+                        Action::Bisect => Outcome::Bisect(message),
+                        Action::Pause => Outcome::Pause(status, message),
+                        Action::Done => Outcome::Done(status),
+                        Action::Fallback if v2 => {
+                            self.fall_back(status, &message);
+                            Outcome::FellBack
+                        }
+                        Action::Fallback | Action::Drop => Outcome::Refused(status, message),
+                    },
+                    other => Outcome::Failed(other.to_string()),
+                },
+                Err(e) => Outcome::Failed(e.to_string()),
+            },
+        }
+    }
+
+    fn fall_back(&self, status: u16, message: &str) {
+        if self.v2.swap(false, Ordering::Relaxed) {
+            warn!(destination = %self.name, status, message,
+                "Destination does not take remote write 2.0; sending 1.0 from now on.");
+            self.metrics
+                .protocol
+                .get_or_create(&labels(&[("destination", &self.name)]))
+                .set(1);
+        }
+    }
+
+    /// Counts samples this destination accepted.
+    pub fn forwarded(&self, samples: u64) {
+        self.metrics
+            .samples_forwarded
+            .get_or_create(&labels(&[("destination", &self.name)]))
+            .inc_by(samples);
+    }
+
+    /// Logs and counts samples dropped for this destination, by `reason`.
+    pub fn dropped(&self, samples: u64, reason: &str, error: &str) {
         self.metrics
             .samples_dropped
-            .get_or_create(&labels(&[
-                ("destination", &self.name),
-                ("reason", "refused"),
-            ]))
+            .get_or_create(&labels(&[("destination", &self.name), ("reason", reason)]))
             .inc_by(samples);
-        warn!(%error, destination = %self.name, samples,
-            "Destination refused samples permanently; dropped.");
+        warn!(%error, destination = %self.name, samples, reason,
+            "Samples dropped for this destination.");
+    }
+
+    /// Sets the paused gauge, logging the change.
+    pub fn set_paused(&self, paused: Option<(u16, &str)>) {
+        let g = self
+            .metrics
+            .paused
+            .get_or_create(&labels(&[("destination", &self.name)]));
+        match paused {
+            Some((status, message)) if g.set(1) == 0 => {
+                tracing::error!(destination = %self.name, status, message,
+                    "Destination refuses our credentials; paused, data stays queued.")
+            }
+            None if g.set(0) == 1 => info!(destination = %self.name, "Destination resumed."),
+            _ => {}
+        }
+    }
+}
+
+/// Encodes series as a snappy 1.0 `WriteRequest` or 2.0 `Request`.
+pub fn encode(series: &[TimeSeries], v2: bool) -> Bytes {
+    if v2 {
+        let req = remote_write::v2::from_v1(series);
+        let raw = prost::Message::encode_to_vec(&req);
+        Bytes::from(
+            snap::raw::Encoder::new()
+                .compress_vec(&raw)
+                .unwrap_or_default(),
+        )
+    } else {
+        remote_write::encode_snappy(&WriteRequest {
+            timeseries: series.to_vec(),
+            metadata: vec![],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_policy_and_overrides() {
+        let mut cfg: RemoteWriteConfig =
+            serde_yaml::from_str("url: http://x/api/v1/write").expect("valid");
+        let p = StatusPolicy::new(&cfg);
+        let table = [
+            (500, false, Action::Retry),
+            (503, true, Action::Retry),
+            (429, false, Action::Retry),
+            (400, false, Action::Bisect),
+            (413, false, Action::Split),
+            (401, false, Action::Pause),
+            (403, true, Action::Pause),
+            (409, false, Action::Done),
+            (415, true, Action::Fallback),
+            (415, false, Action::Drop),
+            (404, false, Action::Drop),
+        ];
+        for (status, v2, want) in table {
+            assert_eq!(p.action(status, v2), want, "{status} v2={v2}");
+        }
+        cfg.queue_config.retry_on_http_429 = false;
+        cfg.status_policy = [("404".into(), Action::Pause), ("5xx".into(), Action::Drop)]
+            .into_iter()
+            .collect();
+        let p = StatusPolicy::new(&cfg);
+        assert_eq!(p.action(429, false), Action::Drop);
+        assert_eq!(p.action(404, false), Action::Pause);
+        assert_eq!(p.action(502, false), Action::Drop);
+        assert_eq!(StatusPolicy::parse_key("4XX"), Some((false, 4)));
+        assert_eq!(StatusPolicy::parse_key("200"), None);
+        assert_eq!(StatusPolicy::parse_key("abc"), None);
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("99999"), Some(MAX_RETRY_AFTER));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60));
+        let d = parse_retry_after(&later).expect("date");
+        assert!(
+            d > Duration::from_secs(55) && d <= Duration::from_secs(60),
+            "{d:?}"
+        );
+        let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(60));
+        assert_eq!(parse_retry_after(&past), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
     }
 }

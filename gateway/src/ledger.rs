@@ -32,10 +32,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uplink_shared::model::{self, Label, Sample, TimeSeries};
-use uplink_shared::remote_write::{self, WriteRequest};
 use uplink_shared::wire::Status;
 
-use crate::forward::{Delivery, Destination};
+use crate::forward::{Destination, Outcome};
 
 #[derive(Debug, Default, Clone)]
 struct Site {
@@ -212,21 +211,24 @@ async fn write_loop(
             continue;
         }
         let samples = series.len() as u64;
-        let body = remote_write::encode_snappy(&WriteRequest {
-            timeseries: series,
-            metadata: vec![],
-        });
-        let delivered = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            d = destination.deliver(body, samples) => d,
-        };
-        match delivered {
-            Delivery::Accepted => {
+        let mut outcome = Outcome::FellBack;
+        // A fallback to 1.0 sends the same series again, at most once.
+        for _ in 0..2 {
+            outcome = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                o = destination.send_series(&series) => o,
+            };
+            if outcome != Outcome::FellBack {
+                break;
+            }
+        }
+        match outcome {
+            Outcome::Accepted | Outcome::Done(_) => {
+                destination.forwarded(samples);
                 debug!(destination = %destination.name, samples, "Ledger written.")
             }
-            Delivery::Dropped(error) => destination.dropped(samples, &error),
-            Delivery::Failed(error) => warn!(
-                destination = %destination.name, %error,
+            other => warn!(
+                destination = %destination.name, outcome = ?other,
                 "Writing the freshness ledger failed; the next interval writes fresh values."
             ),
         }

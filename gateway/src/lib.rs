@@ -25,6 +25,7 @@ pub mod fanout;
 pub mod forward;
 pub mod ledger;
 pub mod metrics;
+pub mod quarantine;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -201,18 +202,23 @@ impl Fanout {
         ledger: &Arc<ledger::Ledger>,
     ) -> Fanout {
         let (drain, stop) = (CancellationToken::new(), CancellationToken::new());
+        let quarantine = quarantine::Quarantine::new(
+            cfg.storage.directory.join("quarantine"),
+            cfg.storage.quarantine_max_bytes,
+            metrics.clone(),
+        );
         let mut forwarders = tokio::task::JoinSet::new();
         let mut budgets = Vec::new();
         for (index, (d, rw)) in destinations.iter().zip(&cfg.remote_write).enumerate() {
-            let f = fanout::Forwarder {
+            let f = fanout::Forwarder::new(
                 index,
-                destination: d.clone(),
-                store: store.clone(),
-                ledger: ledger.clone(),
-                metrics: metrics.clone(),
-                max_samples: u64::from(rw.queue_config.max_samples_per_send.get()),
-                pause: rw.queue_config.max_backoff.0,
-            };
+                rw,
+                d.clone(),
+                store.clone(),
+                ledger.clone(),
+                metrics.clone(),
+                quarantine.clone(),
+            );
             forwarders.spawn(f.run(drain.clone(), stop.clone()));
             budgets.push(fanout::Budget {
                 name: d.name.clone(),

@@ -25,6 +25,12 @@ pub struct Metrics {
     pub samples_forwarded: Family<Labels, Counter>,
     pub samples_dropped: Family<Labels, Counter>,
     pub requests: Family<Labels, Counter>,
+    pub retries: Family<Labels, Counter>,
+    pub splits: Family<Labels, Counter>,
+    pub samples_duplicate: Family<Labels, Counter>,
+    pub paused: Family<Labels, Gauge>,
+    pub protocol: Family<Labels, Gauge>,
+    pub shards: Family<Labels, Gauge>,
     pub request_duration: Family<Labels, Histogram>,
     pub queue_entries: Family<Labels, Gauge>,
     pub queue_bytes: Family<Labels, Gauge>,
@@ -52,6 +58,12 @@ impl Default for Metrics {
             samples_forwarded: Family::default(),
             samples_dropped: Family::default(),
             requests: Family::default(),
+            retries: Family::default(),
+            splits: Family::default(),
+            samples_duplicate: Family::default(),
+            paused: Family::default(),
+            protocol: Family::default(),
+            shards: Family::default(),
             request_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.005, 2.0, 12))
             }),
@@ -110,14 +122,51 @@ impl Metrics {
         );
         r.register(
             "remote_write_samples_dropped",
-            "Samples dropped for a destination, by destination and reason (refused: permanent \
-             4xx; bytes, age: the storage retention budget).",
+            "Samples dropped for a destination, by destination and reason (refused: a 4xx the \
+             status policy drops; invalid: a series a 400 refused after bisection; too_large: a \
+             single series refused with 413; rate_limited: 429 with retry_on_http_429 false; \
+             too_old: older than queue_config.sample_age_limit; write_relabel: dropped by \
+             write_relabel_configs; bytes, age: the storage retention budget).",
             self.samples_dropped.clone(),
         );
         r.register(
             "remote_write_requests",
             "Remote-write requests, by destination and outcome (2xx, 4xx, 5xx, error).",
             self.requests.clone(),
+        );
+        r.register(
+            "remote_write_retries",
+            "Remote-write attempts retried after a 5xx, 429, timeout or transport error, by \
+             destination.",
+            self.retries.clone(),
+        );
+        r.register(
+            "remote_write_splits",
+            "Requests split in halves after a 413 (split) or 400 (bisect), by destination.",
+            self.splits.clone(),
+        );
+        r.register(
+            "remote_write_samples_duplicate",
+            "Samples a destination reported it already had (409, or a 400 naming a duplicate \
+             sample): delivered, not sent again, by destination.",
+            self.samples_duplicate.clone(),
+        );
+        r.register(
+            "remote_write_paused",
+            "1 while a destination is paused because it refuses our credentials (401, 403), by \
+             destination.",
+            self.paused.clone(),
+        );
+        r.register(
+            "remote_write_protocol",
+            "Remote-write protocol major version a destination is sent (2, or 1 after a \
+             fallback), by destination.",
+            self.protocol.clone(),
+        );
+        r.register(
+            "remote_write_shards",
+            "Requests in flight in the last send, by destination.",
+            self.shards.clone(),
         );
         r.register(
             "remote_write_request_duration_seconds",

@@ -1,12 +1,13 @@
-//! One destination's forwarder against the capture receiver, on a real store: queued entries
-//! are merged into one request; when a merged request is refused, its entries are sent again
-//! one by one (a poison entry costs only its own samples); a refused single entry is dropped,
-//! counted and charged to its site, and the queue moves on.
+//! One destination's forwarder against the capture receiver, on a real store: the status
+//! policy (bisect on 400, split on 413, retry with `Retry-After` on 429, pause on 401, done on
+//! 409), remote write 2.0 with its fallbacks, write relabeling, the sample age limit, and
+//! sharding. Every case checks the exact samples the receiver got and the counters.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
@@ -16,115 +17,344 @@ use uplink_gateway::fanout::Forwarder;
 use uplink_gateway::forward::Destination;
 use uplink_gateway::ledger::Ledger;
 use uplink_gateway::metrics::Metrics;
+use uplink_gateway::quarantine::Quarantine;
 use uplink_gateway::store::{Commit, Entry, Store};
-use uplink_loadtest::capture::Capture;
+use uplink_loadtest::capture::{Capture, Scripted};
 use uplink_loadtest::harness::free_addr;
 use uplink_shared::model;
 use uplink_shared::remote_write::{self, Label, Sample, TimeSeries, WriteRequest};
 
-fn entry(ts: i64) -> Entry {
+/// An entry holding one sample at `ts` for each named series `m{s="<name>"}`.
+fn entry(ts: i64, series: &[&str]) -> Entry {
     let req = WriteRequest {
-        timeseries: vec![TimeSeries {
-            labels: vec![Label::new("__name__", "m")],
-            samples: vec![Sample {
-                value: ts as f64,
-                timestamp: ts,
-            }],
-        }],
+        timeseries: series
+            .iter()
+            .map(|s| TimeSeries {
+                labels: vec![Label::new("__name__", "m"), Label::new("s", *s)],
+                samples: vec![Sample {
+                    value: ts as f64,
+                    timestamp: ts,
+                }],
+            })
+            .collect(),
         metadata: vec![],
     };
     Entry {
-        samples: 1,
+        samples: series.len() as u64,
         body: remote_write::encode_snappy(&req),
     }
 }
 
-async fn commit(store: &Store, site: &str, seq: u64) {
-    let c = Commit {
-        identity: site.into(),
-        queue_id: 1,
-        next_seq: seq + 1,
-        entry: Some(entry(seq as i64)),
-    };
-    store.commit(c).await.unwrap();
+struct Rig {
+    _dir: tempfile::TempDir,
+    store: Store,
+    capture: Capture,
+    metrics: Metrics,
+    ledger: Arc<Ledger>,
+    quarantine: Quarantine,
+    next: u64,
 }
 
-/// Runs a forwarder until the backlog is empty.
-async fn drain(store: &Store, capture: &Capture, metrics: &Metrics, ledger: &Arc<Ledger>) {
-    let rw: RemoteWriteConfig = serde_yaml::from_str(&format!(
-        "url: {}\nname: capture\nqueue_config: {{min_backoff: 10ms, max_backoff: 50ms}}\n",
-        capture.url()
-    ))
-    .unwrap();
-    let f = Forwarder {
-        index: 0,
-        destination: Destination::new(&rw, Duration::from_secs(1), metrics.clone()).unwrap(),
-        store: store.clone(),
-        ledger: ledger.clone(),
-        metrics: metrics.clone(),
-        max_samples: 2000,
-        pause: Duration::from_millis(50),
-    };
-    let drain = CancellationToken::new();
-    drain.cancel();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        f.run(drain, CancellationToken::new()),
-    )
-    .await
-    .expect("the backlog drains");
+impl Rig {
+    async fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let (store, _) =
+            tokio::task::spawn_blocking(move || Store::open(&path, false, &["capture".into()]))
+                .await
+                .unwrap()
+                .unwrap();
+        let metrics = Metrics::default();
+        let quarantine = Quarantine::new(dir.path().join("quarantine"), 1 << 20, metrics.clone());
+        Rig {
+            store,
+            capture: Capture::start(free_addr().unwrap()).await.unwrap(),
+            metrics,
+            ledger: Arc::new(Ledger::default()),
+            quarantine,
+            next: 0,
+            _dir: dir,
+        }
+    }
+
+    /// Stores one entry from `site`.
+    async fn commit(&mut self, site: &str, ts: i64, series: &[&str]) {
+        let c = Commit {
+            identity: site.into(),
+            queue_id: 1,
+            next_seq: self.next + 1,
+            entry: Some(entry(ts, series)),
+        };
+        self.next += 1;
+        self.store.commit(c).await.unwrap();
+    }
+
+    /// Runs a forwarder configured by `extra` (YAML lines of the remote_write entry) until
+    /// the backlog is empty.
+    async fn drain(&self, extra: &str) {
+        let rw: RemoteWriteConfig = serde_yaml::from_str(&format!(
+            "url: {}\nname: capture\npaused_retry_interval: 200ms\n{extra}",
+            self.capture.url()
+        ))
+        .unwrap();
+        let d = Destination::new(&rw, Duration::from_secs(5), self.metrics.clone()).unwrap();
+        let f = Forwarder::new(
+            0,
+            &rw,
+            d,
+            self.store.clone(),
+            self.ledger.clone(),
+            self.metrics.clone(),
+            self.quarantine.clone(),
+        );
+        let drain = CancellationToken::new();
+        drain.cancel();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            f.run(drain, CancellationToken::new()),
+        )
+        .await
+        .expect("the backlog drains");
+        assert_eq!(self.store.usage(0).entries, 0);
+    }
+
+    /// Received samples as (series name, timestamp), in arrival order.
+    fn received(&self) -> Vec<(String, i64)> {
+        self.capture
+            .snapshot()
+            .iter()
+            .map(|r| {
+                let s = model::get(&r.labels, "s").unwrap_or_default().to_owned();
+                (s, r.timestamp)
+            })
+            .collect()
+    }
+
+    fn metric(&self, needle: &str) -> f64 {
+        let mut registry = Registry::default();
+        self.metrics.register(&mut registry);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(needle)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn ledger_dropped(&self, site: &str) -> Option<f64> {
+        let series = self
+            .ledger
+            .series(0, &BTreeMap::new(), Duration::from_secs(60));
+        series
+            .iter()
+            .find(|t| {
+                model::get(&t.labels, "__name__") == Some("uplink_site_dropped_samples_total")
+                    && model::get(&t.labels, "site") == Some(site)
+            })
+            .map(|t| t.samples[0].value)
+    }
+}
+
+fn pairs(v: &[(&str, i64)]) -> Vec<(String, i64)> {
+    v.iter().map(|(s, t)| ((*s).to_owned(), *t)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_merged_requests_are_split_and_single_refusals_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    let (store, _) =
-        tokio::task::spawn_blocking(move || Store::open(&path, false, &["capture".into()]))
-            .await
-            .unwrap()
-            .unwrap();
-    let capture = Capture::start(free_addr().unwrap()).await.unwrap();
-    let metrics = Metrics::default();
-    let ledger = Arc::new(Ledger::default());
-
-    // Three entries from two sites, one request; the receiver refuses it once.
-    commit(&store, "a", 0).await;
-    commit(&store, "b", 1).await;
-    commit(&store, "a", 2).await;
-    capture.set_fail_next(1, 400);
-    drain(&store, &capture, &metrics, &ledger).await;
-    assert_eq!(capture.report().injected_failures, 1);
-    assert_eq!(capture.requests(), 3, "sent again one by one");
-    let got: Vec<i64> = capture.snapshot().iter().map(|r| r.timestamp).collect();
-    assert_eq!(got, vec![0, 1, 2]);
-    assert_eq!(store.usage(0).entries, 0);
-
-    // A single entry refused: dropped, counted, charged to its site; the next one flows.
-    commit(&store, "b", 3).await;
-    capture.set_fail_next(1, 400);
-    drain(&store, &capture, &metrics, &ledger).await;
-    commit(&store, "b", 4).await;
-    drain(&store, &capture, &metrics, &ledger).await;
-    let got: Vec<i64> = capture.snapshot().iter().map(|r| r.timestamp).collect();
-    assert_eq!(got, vec![0, 1, 2, 4]);
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    let mut text = String::new();
-    encode(&mut text, &registry).unwrap();
-    assert!(
-        text.contains(
-            "uplink_gateway_remote_write_samples_dropped_total{destination=\"capture\",reason=\"refused\"} 1"
-        ),
-        "{text}"
+async fn bisect_isolates_the_refused_series_and_delivers_the_rest() {
+    let mut rig = Rig::new().await;
+    rig.commit("a", 1, &["x", "y"]).await;
+    rig.commit("b", 2, &["bad", "z"]).await;
+    rig.commit("a", 3, &["x", "y"]).await;
+    rig.capture
+        .rules(|r| r.reject_label = Some(("s".into(), "bad".into())));
+    rig.drain("").await;
+    let mut got = rig.received();
+    got.sort();
+    assert_eq!(
+        got,
+        pairs(&[("x", 1), ("x", 3), ("y", 1), ("y", 3), ("z", 2)])
     );
-    let series = ledger.series(0, &Default::default(), Duration::from_secs(60));
-    let dropped = series
-        .iter()
-        .find(|t| {
-            model::get(&t.labels, "__name__") == Some("uplink_site_dropped_samples_total")
-                && model::get(&t.labels, "site") == Some("b")
-        })
-        .map(|t| t.samples[0].value);
-    assert_eq!(dropped, Some(1.0));
+    let dropped = "uplink_gateway_remote_write_samples_dropped_total{destination=\"capture\",reason=\"invalid\"}";
+    assert_eq!(rig.metric(dropped), 1.0);
+    assert!(rig.metric("uplink_gateway_remote_write_splits_total{destination=\"capture\"}") >= 2.0);
+    assert_eq!(rig.ledger_dropped("b"), Some(1.0));
+    assert_eq!(rig.ledger_dropped("a").unwrap_or(0.0), 0.0);
+    let q = std::fs::read_to_string(rig.quarantine.path("capture")).expect("quarantined");
+    let line: serde_json::Value = serde_json::from_str(q.trim()).unwrap();
+    assert_eq!(line["labels"]["s"], "bad");
+    assert_eq!(line["reason"], "invalid");
+    assert_eq!(line["status"], 400);
+    assert!(line["message"].as_str().unwrap().contains("not accepted"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_on_413_down_to_what_the_receiver_takes_in_order() {
+    let mut rig = Rig::new().await;
+    for ts in 1..=3 {
+        rig.commit("a", ts, &["a", "b", "c", "d", "e"]).await;
+    }
+    rig.capture.rules(|r| r.max_series = Some(2));
+    rig.drain("").await;
+    let got = rig.received();
+    assert_eq!(got.len(), 15);
+    for s in ["a", "b", "c", "d", "e"] {
+        let ts: Vec<i64> = got.iter().filter(|(n, _)| n == s).map(|p| p.1).collect();
+        assert_eq!(ts, vec![1, 2, 3], "series {s} in order");
+    }
+    assert!(rig.capture.report().too_large >= 2);
+    assert_eq!(
+        rig.metric("uplink_gateway_remote_write_samples_total{destination=\"capture\"}"),
+        15.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_honours_retry_after_then_pause_on_401_and_done_on_409() {
+    let mut rig = Rig::new().await;
+    rig.commit("a", 1, &["x"]).await;
+    rig.capture.script([Scripted {
+        status: 429,
+        retry_after: Some("1".into()),
+        message: "slow down".into(),
+    }]);
+    let started = Instant::now();
+    rig.drain("").await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited Retry-After"
+    );
+    assert_eq!(rig.received(), pairs(&[("x", 1)]));
+    assert_eq!(
+        rig.metric("uplink_gateway_remote_write_retries_total{destination=\"capture\"}"),
+        1.0
+    );
+
+    // 401 pauses the destination; it resumes when the receiver takes the credentials again.
+    rig.commit("a", 2, &["x"]).await;
+    rig.capture.script((0..3).map(|_| Scripted::status(401)));
+    let metrics = rig.metrics.clone();
+    let watcher = tokio::spawn(async move {
+        let g = metrics
+            .paused
+            .get_or_create(&uplink_gateway::metrics::labels(&[(
+                "destination",
+                "capture",
+            )]))
+            .clone();
+        for _ in 0..200 {
+            if g.get() == 1 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    });
+    rig.drain("").await;
+    assert!(watcher.await.unwrap(), "paused while refused");
+    assert_eq!(
+        rig.metric("uplink_gateway_remote_write_paused{destination=\"capture\"}"),
+        0.0
+    );
+    assert_eq!(rig.received(), pairs(&[("x", 1), ("x", 2)]));
+
+    // 409: the receiver has it; delivered, never resent.
+    rig.commit("a", 3, &["x", "y"]).await;
+    rig.capture.script([Scripted::status(409)]);
+    rig.drain("").await;
+    assert_eq!(rig.received(), pairs(&[("x", 1), ("x", 2)]));
+    assert_eq!(
+        rig.metric("uplink_gateway_remote_write_samples_duplicate_total{destination=\"capture\"}"),
+        2.0
+    );
+
+    // 429 with retries off, and a 404: dropped, counted by reason.
+    rig.commit("a", 4, &["x"]).await;
+    rig.capture.script([Scripted::status(429)]);
+    rig.drain("queue_config: {retry_on_http_429: false}\n")
+        .await;
+    rig.commit("a", 5, &["x"]).await;
+    rig.capture.script([Scripted::status(404)]);
+    rig.drain("").await;
+    let dropped = |reason: &str| {
+        rig.metric(&format!(
+            "uplink_gateway_remote_write_samples_dropped_total{{destination=\"capture\",reason=\"{reason}\"}}"
+        ))
+    };
+    assert_eq!((dropped("rate_limited"), dropped("refused")), (1.0, 1.0));
+    assert_eq!(rig.received().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_write_2_and_both_fallbacks() {
+    let v2 = "protobuf_message: io.prometheus.write.v2.Request\n";
+    let mut rig = Rig::new().await;
+    rig.commit("a", 1, &["x", "y"]).await;
+    rig.drain(v2).await;
+    assert_eq!(rig.capture.report().v2_requests, 1);
+    let mut got = rig.received();
+    got.sort();
+    assert_eq!(got, pairs(&[("x", 1), ("y", 1)]));
+    let protocol = "uplink_gateway_remote_write_protocol{destination=\"capture\"}";
+    assert_eq!(rig.metric(protocol), 2.0);
+
+    // A receiver that answers 415 to 2.0: the same data goes again as 1.0.
+    rig.capture.rules(|r| r.v1_only = true);
+    rig.commit("a", 2, &["x"]).await;
+    rig.drain(v2).await;
+    assert_eq!(rig.capture.report().unsupported, 1);
+    assert_eq!(rig.metric(protocol), 1.0);
+    assert!(rig.received().contains(&("x".into(), 2)));
+
+    // A broken 1.0 receiver that reads a 2.0 body as an empty 1.0 one and answers 204
+    // without the Written headers: treated as 415.
+    rig.capture.rules(|r| {
+        r.v1_only = false;
+        r.broken_v1 = true;
+    });
+    rig.commit("a", 3, &["x"]).await;
+    rig.drain(v2).await;
+    assert!(rig.received().contains(&("x".into(), 3)));
+    assert_eq!(rig.capture.report().duplicates, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_relabel_age_limit_and_shards() {
+    let mut rig = Rig::new().await;
+    let now = uplink_gateway::store::now_ms();
+    rig.commit("a", now - 3_600_000, &["x"]).await;
+    rig.commit("a", now, &["x", "drop", "y"]).await;
+    rig.drain(
+        "queue_config: {sample_age_limit: 10m}\nwrite_relabel_configs:\n  \
+         - {source_labels: [s], regex: drop, action: drop}\n  \
+         - {target_label: env, replacement: prod}\n",
+    )
+    .await;
+    let snap = rig.capture.snapshot();
+    assert_eq!(snap.len(), 2);
+    assert!(
+        snap.iter()
+            .all(|r| model::get(&r.labels, "env") == Some("prod"))
+    );
+    let dropped = |reason: &str| {
+        rig.metric(&format!(
+            "uplink_gateway_remote_write_samples_dropped_total{{destination=\"capture\",reason=\"{reason}\"}}"
+        ))
+    };
+    assert_eq!((dropped("too_old"), dropped("write_relabel")), (1.0, 1.0));
+
+    // Many series over four shards of two samples: every sample once, each series in order.
+    rig.capture.clear();
+    let names: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    for ts in 1..=5 {
+        rig.commit("a", ts, &names).await;
+    }
+    rig.drain("queue_config: {max_shards: 4, max_samples_per_send: 10}\n")
+        .await;
+    let got = rig.received();
+    assert_eq!(got.len(), 100);
+    for s in &names {
+        let ts: Vec<i64> = got.iter().filter(|(n, _)| n == s).map(|p| p.1).collect();
+        assert_eq!(ts, vec![1, 2, 3, 4, 5], "series {s} in order");
+    }
+    assert!(rig.capture.requests() >= 4 * 2);
 }

@@ -1,15 +1,22 @@
-//! A Prometheus remote-write 1.0 receiver that records every sample it accepts.
+//! A Prometheus remote-write 1.0 and 2.0 receiver that records every sample it accepts.
 //!
-//! `POST /api/v1/write` takes a snappy-compressed `WriteRequest`, records each sample in
-//! arrival order (labels sorted), counts duplicates (same labels and timestamp again; the first
-//! is kept) and label-order violations, and answers 204. `GET /report` returns the counters as
-//! JSON. [`Capture::set_fail_next`] makes the next requests fail with a chosen status, recording
-//! nothing, to exercise a sender's retries.
+//! `POST /api/v1/write` takes a snappy-compressed `prometheus.WriteRequest` or
+//! `io.prometheus.write.v2.Request` (chosen by `Content-Type`, 415 for anything else, as the
+//! 2.0 receiver rules say), records each sample in arrival order (labels sorted), counts
+//! duplicates (same labels and timestamp again; the first is kept) and label-order violations,
+//! and answers 204, with the `X-Prometheus-Remote-Write-*-Written` headers for 2.0. `GET
+//! /report` returns the counters as JSON.
+//!
+//! Scripted faults, to exercise a sender's status handling ([`Capture::script`]): the next
+//! requests answer chosen statuses (with `Retry-After` and a message); more series than
+//! [`Rules::max_series`] get 413; a series carrying [`Rules::reject_label`] gets the whole
+//! request refused with 400 (as a 1.0 receiver does); [`Rules::v1_only`] answers 415 to 2.0;
+//! [`Rules::broken_v1`] reads every body as 1.0 whatever its `Content-Type` (a 2.0 body then
+//! holds nothing) and answers 204 without `Written` headers, as an old receiver would.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
@@ -20,7 +27,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use uplink_shared::remote_write::{Label, WriteRequest, decode_snappy};
+use uplink_shared::remote_write::receive::{self, Proto};
+use uplink_shared::remote_write::{Label, Sample, WriteRequest, decode_snappy};
 
 /// Largest uncompressed (and compressed) request accepted.
 pub const MAX_BODY: usize = 64 << 20;
@@ -42,8 +50,17 @@ pub struct CaptureReport {
     pub requests: u64,
     /// Requests rejected as malformed (400).
     pub rejected: u64,
-    /// Requests failed on purpose by [`Capture::set_fail_next`].
+    /// Requests failed on purpose ([`Capture::set_fail_next`], [`Capture::script`]).
     pub injected_failures: u64,
+    /// Requests refused with 413 for carrying more than [`Rules::max_series`] series.
+    pub too_large: u64,
+    /// Requests refused with 400 for carrying [`Rules::reject_label`].
+    pub invalid: u64,
+    /// Requests refused with 415 (unsupported message or encoding, or 2.0 to a `v1_only`
+    /// receiver).
+    pub unsupported: u64,
+    /// Accepted requests that carried remote write 2.0.
+    pub v2_requests: u64,
     /// Samples recorded (duplicates excluded).
     pub samples: u64,
     /// Distinct label sets recorded.
@@ -65,20 +82,56 @@ struct Store {
     latencies_ms: Vec<u32>,
 }
 
+/// One scripted answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scripted {
+    pub status: u16,
+    /// `Retry-After` value, as sent.
+    pub retry_after: Option<String>,
+    pub message: String,
+}
+
+impl Scripted {
+    pub fn status(status: u16) -> Scripted {
+        Scripted {
+            status,
+            retry_after: None,
+            message: "injected failure".into(),
+        }
+    }
+}
+
+/// How the receiver misbehaves, on purpose.
+#[derive(Clone, Debug, Default)]
+pub struct Rules {
+    /// Answers for the next requests, each given the number of times it is paired with,
+    /// consumed one per request; nothing is recorded.
+    pub script: VecDeque<(Scripted, u32)>,
+    /// Requests with more series get 413.
+    pub max_series: Option<usize>,
+    /// A request holding a series with this label (name, value) is refused whole with 400.
+    pub reject_label: Option<(String, String)>,
+    /// Answer 415 to remote write 2.0.
+    pub v1_only: bool,
+    /// Read every body as 1.0 and answer 204 without `Written` headers.
+    pub broken_v1: bool,
+}
+
 struct Inner {
     /// Counting mode: count samples and latencies, keep nothing else (fleet runs).
     counting: bool,
     store: Mutex<Store>,
-    fail_next: AtomicU32,
-    fail_status: AtomicU16,
+    rules: Mutex<Rules>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent-enough data for a test tool.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Inner {
     fn store(&self) -> MutexGuard<'_, Store> {
-        // A panic while holding the lock leaves consistent-enough data for a test tool.
-        self.store
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.store)
     }
 }
 
@@ -90,47 +143,128 @@ pub struct Capture {
     task: Option<JoinHandle<()>>,
 }
 
-fn bad_request(inner: &Inner, msg: String) -> Response {
-    inner.store().report.rejected += 1;
-    (StatusCode::BAD_REQUEST, msg).into_response()
+fn refuse(inner: &Inner, status: StatusCode, msg: String) -> Response {
+    {
+        let mut store = inner.store();
+        let r = &mut store.report;
+        match status {
+            StatusCode::PAYLOAD_TOO_LARGE => r.too_large += 1,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => r.unsupported += 1,
+            _ => r.rejected += 1,
+        }
+    }
+    (status, msg).into_response()
+}
+
+/// One decoded series: labels as sent, samples.
+type Decoded = (Vec<Label>, Vec<Sample>);
+
+fn decode_body(proto: Proto, body: &[u8]) -> Result<Vec<Decoded>, String> {
+    match proto {
+        Proto::V1 => {
+            let req: WriteRequest = decode_snappy(body, MAX_BODY).map_err(|e| e.to_string())?;
+            Ok(req
+                .timeseries
+                .into_iter()
+                .map(|t| (t.labels, t.samples))
+                .collect())
+        }
+        Proto::V2 => {
+            let limits = receive::Limits {
+                max_decoded_bytes: MAX_BODY,
+                max_series: usize::MAX,
+            };
+            let series = receive::decode(proto, body, limits).map_err(|e| e.to_string())?;
+            series
+                .into_iter()
+                .map(|s| Ok((s.labels?, s.samples)))
+                .collect()
+        }
+    }
 }
 
 async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
-    // Fault injection: consume one pending failure, if any.
-    let injected = inner
-        .fail_next
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1))
-        .is_ok();
-    if injected {
+    // Fault injection: consume one scripted answer, if any.
+    let scripted = {
+        let mut r = lock(&inner.rules);
+        let front = r.script.front_mut().map(|(f, k)| {
+            *k -= 1;
+            (f.clone(), *k == 0)
+        });
+        if front.as_ref().is_some_and(|(_, done)| *done) {
+            r.script.pop_front();
+        }
+        front.map(|(f, _)| f)
+    };
+    if let Some(f) = scripted {
         inner.store().report.injected_failures += 1;
-        let status = StatusCode::from_u16(inner.fail_status.load(Ordering::SeqCst))
-            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return (status, "injected failure").into_response();
+        let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let mut resp = (status, f.message).into_response();
+        if let Some(v) = f
+            .retry_after
+            .and_then(|v| header::HeaderValue::from_str(&v).ok())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
     }
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !encoding.eq_ignore_ascii_case("snappy") {
-        return bad_request(
+    let rules = {
+        let r = lock(&inner.rules);
+        (r.max_series, r.reject_label.clone(), r.v1_only, r.broken_v1)
+    };
+    let (max_series, reject_label, v1_only, broken_v1) = rules;
+    let text = |n| headers.get(n).and_then(|v| v.to_str().ok());
+    let proto = if broken_v1 {
+        Proto::V1
+    } else {
+        match receive::negotiate(text(header::CONTENT_TYPE), text(header::CONTENT_ENCODING)) {
+            Ok(Proto::V2) if v1_only => {
+                return refuse(
+                    &inner,
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "remote write 2.0 is not supported".into(),
+                );
+            }
+            Ok(p) => p,
+            Err(e) => return refuse(&inner, StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string()),
+        }
+    };
+    let series = match decode_body(proto, &body) {
+        Ok(s) => s,
+        Err(e) => return refuse(&inner, StatusCode::BAD_REQUEST, format!("decode: {e}")),
+    };
+    if max_series.is_some_and(|m| series.len() > m) {
+        return refuse(
             &inner,
-            format!("Content-Encoding must be snappy, got {encoding:?}"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{} series exceed the limit", series.len()),
         );
     }
-    let req: WriteRequest = match decode_snappy(&body, MAX_BODY) {
-        Ok(r) => r,
-        Err(e) => return bad_request(&inner, format!("decode: {e}")),
-    };
-    let mut store = inner.store();
+    if let Some((name, value)) = &reject_label
+        && series
+            .iter()
+            .any(|(l, _)| l.iter().any(|l| &l.name == name && &l.value == value))
+    {
+        inner.store().report.invalid += 1;
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("invalid series: label {name}={value:?} is not accepted"),
+        )
+            .into_response();
+    }
+    let (mut samples_written, mut store) = (0u64, inner.store());
     let store = &mut *store;
     store.report.requests += 1;
+    if proto == Proto::V2 {
+        store.report.v2_requests += 1;
+    }
     if inner.counting {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        for ts in req.timeseries {
-            store.report.samples += ts.samples.len() as u64;
-            if let Some(s) = ts.samples.last()
+        for (_, samples) in series {
+            store.report.samples += samples.len() as u64;
+            if let Some(s) = samples.last()
                 && store.latencies_ms.len() < 20_000_000
             {
                 store
@@ -140,9 +274,8 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
         }
         return StatusCode::NO_CONTENT.into_response();
     }
-    for ts in req.timeseries {
-        let ordered = ts.labels.windows(2).all(|w| w[0].name < w[1].name);
-        let mut labels = ts.labels;
+    for (mut labels, samples) in series {
+        let ordered = labels.windows(2).all(|w| w[0].name < w[1].name);
         if !ordered {
             store.report.label_order_violations += 1;
             labels.sort();
@@ -150,7 +283,8 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
         if store.series.insert(labels.clone()) {
             store.report.series += 1;
         }
-        for s in ts.samples {
+        for s in samples {
+            samples_written += 1;
             if store.seen.insert((labels.clone(), s.timestamp)) {
                 store.report.samples += 1;
                 store.samples.push(Received {
@@ -163,7 +297,14 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
             }
         }
     }
-    StatusCode::NO_CONTENT.into_response()
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    if proto == Proto::V2 && !broken_v1 {
+        let h = resp.headers_mut();
+        h.insert(receive::SAMPLES_WRITTEN, samples_written.into());
+        h.insert(receive::HISTOGRAMS_WRITTEN, 0u64.into());
+        h.insert(receive::EXEMPLARS_WRITTEN, 0u64.into());
+    }
+    resp
 }
 
 async fn report(State(inner): State<Arc<Inner>>) -> Response {
@@ -198,8 +339,7 @@ impl Capture {
         let inner = Arc::new(Inner {
             counting,
             store: Mutex::new(Store::default()),
-            fail_next: AtomicU32::new(0),
-            fail_status: AtomicU16::new(503),
+            rules: Mutex::new(Rules::default()),
         });
         let app = Router::new()
             .route("/api/v1/write", post(write))
@@ -236,8 +376,23 @@ impl Capture {
 
     /// Makes the next `k` write requests answer `status` (e.g. 503) and record nothing.
     pub fn set_fail_next(&self, k: u32, status: u16) {
-        self.inner.fail_status.store(status, Ordering::SeqCst);
-        self.inner.fail_next.store(k, Ordering::SeqCst);
+        let mut r = lock(&self.inner.rules);
+        r.script.clear();
+        if k > 0 {
+            r.script.push_back((Scripted::status(status), k));
+        }
+    }
+
+    /// Queues scripted answers for the next requests.
+    pub fn script(&self, answers: impl IntoIterator<Item = Scripted>) {
+        lock(&self.inner.rules)
+            .script
+            .extend(answers.into_iter().map(|a| (a, 1)));
+    }
+
+    /// Changes the standing rules (the script included).
+    pub fn rules(&self, f: impl FnOnce(&mut Rules)) {
+        f(&mut lock(&self.inner.rules));
     }
 
     /// Every recorded sample, in arrival order (duplicates excluded).

@@ -156,6 +156,8 @@ pub mod v2 {
 
     /// `Content-Type` of a remote-write 2.0 request.
     pub const CONTENT_TYPE: &str = "application/x-protobuf;proto=io.prometheus.write.v2.Request";
+    /// `X-Prometheus-Remote-Write-Version` sent with 2.0 requests.
+    pub const VERSION: &str = "2.0.0";
 
     #[derive(Clone, PartialEq, Message)]
     pub struct Request {

@@ -32,6 +32,8 @@ use prost::Message;
 use super::{DecodeError, Label, Sample};
 use crate::model::METRIC_NAME;
 
+/// `X-Prometheus-Remote-Write-Version`.
+pub const VERSION_HEADER: &str = "x-prometheus-remote-write-version";
 /// `X-Prometheus-Remote-Write-Samples-Written` (2.0).
 pub const SAMPLES_WRITTEN: &str = "x-prometheus-remote-write-samples-written";
 /// `X-Prometheus-Remote-Write-Histograms-Written` (2.0).
