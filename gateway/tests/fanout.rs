@@ -165,7 +165,7 @@ async fn bisect_isolates_the_refused_series_and_delivers_the_rest() {
     rig.commit("b", 2, &["bad", "z"]).await;
     rig.commit("a", 3, &["x", "y"]).await;
     rig.capture
-        .rules(|r| r.reject_label = Some(("s".into(), "bad".into())));
+        .rules(|r| r.reject_labels = vec![("s".into(), "bad".into())]);
     rig.drain("").await;
     let mut got = rig.received();
     got.sort();

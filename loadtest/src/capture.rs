@@ -7,14 +7,11 @@
 //! and answers 204, with the `X-Prometheus-Remote-Write-*-Written` headers for 2.0. `GET
 //! /report` returns the counters as JSON.
 //!
-//! Scripted faults, to exercise a sender's status handling ([`Capture::script`]): the next
-//! requests answer chosen statuses (with `Retry-After` and a message); more series than
-//! [`Rules::max_series`] get 413; a series carrying [`Rules::reject_label`] gets the whole
-//! request refused with 400 (as a 1.0 receiver does); [`Rules::v1_only`] answers 415 to 2.0;
-//! [`Rules::broken_v1`] reads every body as 1.0 whatever its `Content-Type` (a 2.0 body then
-//! holds nothing) and answers 204 without `Written` headers, as an old receiver would.
+//! Scripted faults ([`Capture::script`], [`Capture::rules`]) come from [`crate::faults`]: the
+//! next requests answer chosen statuses, too many series get 413, a chosen series gets its
+//! request refused with 400, 2.0 gets 415, or every body is read as 1.0 (a broken receiver).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,11 +24,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use uplink_shared::remote_write::Label;
 use uplink_shared::remote_write::receive::{self, Proto};
-use uplink_shared::remote_write::{Label, Sample, WriteRequest, decode_snappy};
 
-/// Largest uncompressed (and compressed) request accepted.
-pub const MAX_BODY: usize = 64 << 20;
+pub use crate::faults::Scripted;
+use crate::faults::{self, FaultCounts, Rules, lock};
+
+pub use crate::faults::MAX_BODY;
 
 /// One received sample. Plain data, so it can also be built from a Prometheus query result.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,7 +53,7 @@ pub struct CaptureReport {
     pub injected_failures: u64,
     /// Requests refused with 413 for carrying more than [`Rules::max_series`] series.
     pub too_large: u64,
-    /// Requests refused with 400 for carrying [`Rules::reject_label`].
+    /// Requests refused with 400 for carrying [`Rules::reject_labels`].
     pub invalid: u64,
     /// Requests refused with 415 (unsupported message or encoding, or 2.0 to a `v1_only`
     /// receiver).
@@ -82,51 +81,12 @@ struct Store {
     latencies_ms: Vec<u32>,
 }
 
-/// One scripted answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Scripted {
-    pub status: u16,
-    /// `Retry-After` value, as sent.
-    pub retry_after: Option<String>,
-    pub message: String,
-}
-
-impl Scripted {
-    pub fn status(status: u16) -> Scripted {
-        Scripted {
-            status,
-            retry_after: None,
-            message: "injected failure".into(),
-        }
-    }
-}
-
-/// How the receiver misbehaves, on purpose.
-#[derive(Clone, Debug, Default)]
-pub struct Rules {
-    /// Answers for the next requests, each given the number of times it is paired with,
-    /// consumed one per request; nothing is recorded.
-    pub script: VecDeque<(Scripted, u32)>,
-    /// Requests with more series get 413.
-    pub max_series: Option<usize>,
-    /// A request holding a series with this label (name, value) is refused whole with 400.
-    pub reject_label: Option<(String, String)>,
-    /// Answer 415 to remote write 2.0.
-    pub v1_only: bool,
-    /// Read every body as 1.0 and answer 204 without `Written` headers.
-    pub broken_v1: bool,
-}
-
 struct Inner {
     /// Counting mode: count samples and latencies, keep nothing else (fleet runs).
     counting: bool,
     store: Mutex<Store>,
     rules: Mutex<Rules>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves consistent-enough data for a test tool.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    counts: Mutex<FaultCounts>,
 }
 
 impl Inner {
@@ -143,115 +103,12 @@ pub struct Capture {
     task: Option<JoinHandle<()>>,
 }
 
-fn refuse(inner: &Inner, status: StatusCode, msg: String) -> Response {
-    {
-        let mut store = inner.store();
-        let r = &mut store.report;
-        match status {
-            StatusCode::PAYLOAD_TOO_LARGE => r.too_large += 1,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => r.unsupported += 1,
-            _ => r.rejected += 1,
-        }
-    }
-    (status, msg).into_response()
-}
-
-/// One decoded series: labels as sent, samples.
-type Decoded = (Vec<Label>, Vec<Sample>);
-
-fn decode_body(proto: Proto, body: &[u8]) -> Result<Vec<Decoded>, String> {
-    match proto {
-        Proto::V1 => {
-            let req: WriteRequest = decode_snappy(body, MAX_BODY).map_err(|e| e.to_string())?;
-            Ok(req
-                .timeseries
-                .into_iter()
-                .map(|t| (t.labels, t.samples))
-                .collect())
-        }
-        Proto::V2 => {
-            let limits = receive::Limits {
-                max_decoded_bytes: MAX_BODY,
-                max_series: usize::MAX,
-            };
-            let series = receive::decode(proto, body, limits).map_err(|e| e.to_string())?;
-            series
-                .into_iter()
-                .map(|s| Ok((s.labels?, s.samples)))
-                .collect()
-        }
-    }
-}
-
 async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
-    // Fault injection: consume one scripted answer, if any.
-    let scripted = {
-        let mut r = lock(&inner.rules);
-        let front = r.script.front_mut().map(|(f, k)| {
-            *k -= 1;
-            (f.clone(), *k == 0)
-        });
-        if front.as_ref().is_some_and(|(_, done)| *done) {
-            r.script.pop_front();
-        }
-        front.map(|(f, _)| f)
+    let (proto, series) = match faults::screen(&inner.rules, &inner.counts, &headers, &body) {
+        Ok(accepted) => accepted,
+        Err(refusal) => return refusal,
     };
-    if let Some(f) = scripted {
-        inner.store().report.injected_failures += 1;
-        let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        let mut resp = (status, f.message).into_response();
-        if let Some(v) = f
-            .retry_after
-            .and_then(|v| header::HeaderValue::from_str(&v).ok())
-        {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return resp;
-    }
-    let rules = {
-        let r = lock(&inner.rules);
-        (r.max_series, r.reject_label.clone(), r.v1_only, r.broken_v1)
-    };
-    let (max_series, reject_label, v1_only, broken_v1) = rules;
-    let text = |n| headers.get(n).and_then(|v| v.to_str().ok());
-    let proto = if broken_v1 {
-        Proto::V1
-    } else {
-        match receive::negotiate(text(header::CONTENT_TYPE), text(header::CONTENT_ENCODING)) {
-            Ok(Proto::V2) if v1_only => {
-                return refuse(
-                    &inner,
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "remote write 2.0 is not supported".into(),
-                );
-            }
-            Ok(p) => p,
-            Err(e) => return refuse(&inner, StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string()),
-        }
-    };
-    let series = match decode_body(proto, &body) {
-        Ok(s) => s,
-        Err(e) => return refuse(&inner, StatusCode::BAD_REQUEST, format!("decode: {e}")),
-    };
-    if max_series.is_some_and(|m| series.len() > m) {
-        return refuse(
-            &inner,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("{} series exceed the limit", series.len()),
-        );
-    }
-    if let Some((name, value)) = &reject_label
-        && series
-            .iter()
-            .any(|(l, _)| l.iter().any(|l| &l.name == name && &l.value == value))
-    {
-        inner.store().report.invalid += 1;
-        return (
-            StatusCode::BAD_REQUEST,
-            format!("invalid series: label {name}={value:?} is not accepted"),
-        )
-            .into_response();
-    }
+    let broken_v1 = lock(&inner.rules).broken_v1;
     let (mut samples_written, mut store) = (0u64, inner.store());
     let store = &mut *store;
     store.report.requests += 1;
@@ -308,11 +165,22 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
 }
 
 async fn report(State(inner): State<Arc<Inner>>) -> Response {
-    let report = inner.store().report.clone();
+    let report = current_report(&inner);
     match serde_json::to_string(&report) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+fn current_report(inner: &Inner) -> CaptureReport {
+    let mut r = inner.store().report.clone();
+    let c = lock(&inner.counts).clone();
+    r.injected_failures = c.injected;
+    r.too_large = c.too_large;
+    r.invalid = c.invalid;
+    r.unsupported = c.unsupported;
+    r.rejected = c.malformed;
+    r
 }
 
 impl Capture {
@@ -340,6 +208,7 @@ impl Capture {
             counting,
             store: Mutex::new(Store::default()),
             rules: Mutex::new(Rules::default()),
+            counts: Mutex::new(FaultCounts::default()),
         });
         let app = Router::new()
             .route("/api/v1/write", post(write))
@@ -376,18 +245,12 @@ impl Capture {
 
     /// Makes the next `k` write requests answer `status` (e.g. 503) and record nothing.
     pub fn set_fail_next(&self, k: u32, status: u16) {
-        let mut r = lock(&self.inner.rules);
-        r.script.clear();
-        if k > 0 {
-            r.script.push_back((Scripted::status(status), k));
-        }
+        lock(&self.inner.rules).fail_next(k, status);
     }
 
     /// Queues scripted answers for the next requests.
     pub fn script(&self, answers: impl IntoIterator<Item = Scripted>) {
-        lock(&self.inner.rules)
-            .script
-            .extend(answers.into_iter().map(|a| (a, 1)));
+        lock(&self.inner.rules).push(answers);
     }
 
     /// Changes the standing rules (the script included).
@@ -402,7 +265,7 @@ impl Capture {
 
     /// The counters `GET /report` serves.
     pub fn report(&self) -> CaptureReport {
-        self.inner.store().report.clone()
+        current_report(&self.inner)
     }
 
     /// Samples received again with the same labels and timestamp.
@@ -433,6 +296,7 @@ impl Capture {
     /// Forgets every sample and counter (pending injected failures stay).
     pub fn clear(&self) {
         *self.inner.store() = Store::default();
+        *lock(&self.inner.counts) = FaultCounts::default();
     }
 
     /// A token that stops the listener when cancelled.

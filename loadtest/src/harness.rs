@@ -162,14 +162,25 @@ pub fn start_gateway_with(
     remote_write_urls: &[String],
     ledger_interval: &str,
 ) -> anyhow::Result<Gateway> {
-    let quic = free_addr()?;
-    let web = free_addr()?;
     let mut rw = String::new();
     for u in remote_write_urls {
         rw.push_str(&format!(
             "  - url: {u}\n    remote_timeout: 5s\n    queue_config: {{min_backoff: 50ms, max_backoff: 1s}}\n"
         ));
     }
+    start_gateway_yaml(bins, dir, &rw, ledger_interval)
+}
+
+/// As [`start_gateway_with`], with the `remote_write:` list given as YAML (items indented by
+/// two spaces).
+pub fn start_gateway_yaml(
+    bins: &Bins,
+    dir: &Path,
+    rw: &str,
+    ledger_interval: &str,
+) -> anyhow::Result<Gateway> {
+    let quic = free_addr()?;
+    let web = free_addr()?;
     let config = dir.join("gateway.yml");
     std::fs::write(
         &config,
@@ -534,6 +545,90 @@ pub async fn prometheus_samples(
         }
     }
     Ok(out)
+}
+
+/// A real VictoriaMetrics single-node server.
+pub struct VictoriaMetrics {
+    pub proc: Proc,
+    pub web: SocketAddr,
+}
+
+/// Whether the `victoria-metrics` binary is installed.
+pub fn victoria_metrics_installed() -> bool {
+    Command::new("victoria-metrics")
+        .arg("-version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Starts `victoria-metrics` with its data under `dir/victoria-metrics`, keeping samples of
+/// any age (`-retentionPeriod=100y`).
+pub fn start_victoria_metrics(dir: &Path) -> anyhow::Result<VictoriaMetrics> {
+    let web = free_addr()?;
+    let proc = Proc::spawn(
+        "victoria-metrics",
+        Command::new("victoria-metrics")
+            .arg(format!(
+                "-storageDataPath={}",
+                dir.join("victoria-metrics").display()
+            ))
+            .arg(format!("-httpListenAddr={web}"))
+            .arg("-retentionPeriod=100y")
+            .arg("-search.disableCache"),
+        &dir.join("victoria-metrics.log"),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(web, "/health").is_ok_and(|(s, _)| s == 200) {
+        anyhow::ensure!(Instant::now() < deadline, "victoria-metrics did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(VictoriaMetrics { proc, web })
+}
+
+impl VictoriaMetrics {
+    pub fn remote_write_url(&self) -> String {
+        format!("http://{}/api/v1/write", self.web)
+    }
+
+    /// Every raw sample of the series matching `selector` (e.g. `{job="probe"}`), from
+    /// `/api/v1/export`. Staleness markers come back as the Prometheus stale NaN.
+    pub async fn samples(&self, selector: &str) -> anyhow::Result<Vec<crate::capture::Received>> {
+        use uplink_shared::model::{self, Label};
+        let text = reqwest::Client::new()
+            .get(format!("http://{}/api/v1/export", self.web))
+            .query(&[("match[]", selector)])
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let stale = f64::from_bits(crate::oracle::STALE_NAN_BITS);
+        let mut out = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            // JSON has no NaN; VictoriaMetrics writes it bare (staleness markers).
+            let line = line.replace("NaN", "null");
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            let mut labels: Vec<Label> = v["metric"]
+                .as_object()
+                .context("metric")?
+                .iter()
+                .map(|(k, v)| Label::new(k.clone(), v.as_str().unwrap_or_default()))
+                .collect();
+            model::normalize(&mut labels);
+            let values = v["values"].as_array().context("values")?;
+            let stamps = v["timestamps"].as_array().context("timestamps")?;
+            for (value, ts) in values.iter().zip(stamps) {
+                out.push(crate::capture::Received {
+                    labels: labels.clone(),
+                    timestamp: ts.as_i64().context("timestamp")?,
+                    value: value.as_f64().unwrap_or(stale),
+                });
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The shipped global configuration (deploy/global), embedded so the demo runs anywhere.

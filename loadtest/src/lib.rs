@@ -1,7 +1,9 @@
 //! Uplink load and end-to-end tooling.
 //!
 //! * [`probe`]: a deterministic Prometheus exporter whose every value is known in advance,
-//! * [`capture`]: a remote-write 1.0 receiver that records everything it is sent,
+//! * [`capture`]: a remote-write 1.0 and 2.0 receiver that records everything it is sent,
+//! * [`faults`]: scripted remote-write faults, and an HTTP relay that injects them in front of
+//!   a real receiver,
 //! * [`oracle`]: checks what arrived against what the probe served,
 //! * [`proxy`]: counting UDP and TCP relays, with fault injection on UDP,
 //! * [`tickets`]: an Alertmanager webhook receiver that stands in for a ticketing system,
@@ -15,6 +17,7 @@ pub mod charts;
 pub mod compare;
 pub mod demo;
 pub mod drain;
+pub mod faults;
 pub mod fleet;
 pub mod harness;
 pub mod oracle;

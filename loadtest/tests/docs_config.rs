@@ -12,8 +12,8 @@ use std::path::Path;
 
 const SOURCES: &[&str] = &[
     "agent/src/config.rs",
-    "agent/src/http_client.rs",
-    "agent/src/relabel.rs",
+    "shared/src/http_client.rs",
+    "shared/src/relabel.rs",
     "agent/src/receive.rs",
     "agent/src/discovery/file.rs",
     "agent/src/discovery/http.rs",
