@@ -76,6 +76,7 @@ fn every_manifest_parses_and_every_embedded_config_is_valid() {
     assert!(embedded >= 2, "no embedded configurations found");
     check(&bins.agent, &deploy().join("examples/agent.yml"));
     check(&bins.gateway, &deploy().join("examples/gateway.yml"));
+    check(&bins.agent, &deploy().join("examples/relay-agent.yml"));
 }
 
 #[test]
