@@ -10,7 +10,9 @@
 //! decodes compact batches (their codec state is connection-scoped, so order matters), stores
 //! them ([`Store::commit`]: the remote-write body for every destination and the agent queue's
 //! dedupe cursor, one atomic write) and only then answers `Accepted`. Delivery to the
-//! destinations happens later, independently (`fanout.rs`). If storing fails, that batch and
+//! destinations happens later, independently (`fanout.rs`); with `storage.ack: delivered` the
+//! answer also waits until every destination has answered for everything stored so far
+//! (`Store::wait_delivered`), a retransmission's answer included. If storing fails, that batch and
 //! every later one are answered `Retry`, so the agent resends in order. A bad peer only ever
 //! closes its own connection.
 //!
@@ -44,7 +46,7 @@ use uplink_shared::wire::{
     self, Ack, AckStatus, CloseCode, Encoding, Frame, MAX_CONTROL_FRAME, Offered, Sequencer,
 };
 
-use crate::config::Limits;
+use crate::config::{AckPolicy, Limits};
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, labels};
 use crate::store::{Commit, Entry, Store};
@@ -60,6 +62,8 @@ pub struct Context {
     pub ledger: Arc<Ledger>,
     /// The dedupe lanes, see the module docs.
     pub lanes: Lanes,
+    /// Acknowledge once stored, or once delivered everywhere.
+    pub ack: AckPolicy,
 }
 
 /// Per (identity, queue id): the dedupe cursor, `None` until loaded from the store.
@@ -67,6 +71,14 @@ pub type Lanes = Mutex<HashMap<(String, u64), Lane>>;
 type Lane = Arc<tokio::sync::Mutex<Option<u64>>>;
 
 impl Context {
+    /// With `ack: delivered`, waits until everything stored so far has been answered by every
+    /// destination (so the batch just stored, or stored before, is delivered or counted).
+    async fn delivered(&self) {
+        if self.ack == AckPolicy::Delivered {
+            self.store.wait_delivered(self.store.head()).await;
+        }
+    }
+
     fn lane(&self, identity: &str, queue_id: u64) -> Lane {
         let mut g = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         g.entry((identity.to_owned(), queue_id))
@@ -439,6 +451,7 @@ async fn store_in_order(
             Offered::Queued => {}
             Offered::Duplicate(p) => {
                 ctx.metrics.batches_duplicate.inc();
+                ctx.delivered().await;
                 let a = ack(&p, AckStatus::Accepted, String::new());
                 let _ = p.reply.send(a);
             }
@@ -467,6 +480,7 @@ async fn store_in_order(
             .await;
             match stored {
                 Ok(()) => {
+                    ctx.delivered().await;
                     let a = ack(&p, AckStatus::Accepted, String::new());
                     let _ = p.reply.send(a);
                 }

@@ -54,6 +54,12 @@ pub struct StorageConfig {
     /// are dropped for it and counted (unset: no age limit).
     #[serde(default)]
     pub max_age: Option<PromDuration>,
+    /// When an agent's batch is acknowledged: `stored` (default) once it is durable in the store
+    /// for every destination; `delivered` once every destination has answered for it (delivered,
+    /// or refused or dropped by retention, counted). With `delivered` a destination that is down
+    /// holds every agent's acks: their backlogs wait on their own disks instead of here.
+    #[serde(default)]
+    pub ack: AckPolicy,
     /// Size of one destination's quarantine file (series it refused for good, kept for
     /// inspection) before it is rotated; at most twice this is kept per destination.
     #[serde(default = "default_quarantine_bytes")]
@@ -69,6 +75,15 @@ fn default_quarantine_bytes() -> u64 {
 
 fn default_drain_timeout() -> PromDuration {
     PromDuration(Duration::from_secs(10))
+}
+
+/// When the gateway acknowledges an agent's batch.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AckPolicy {
+    #[default]
+    Stored,
+    Delivered,
 }
 
 /// The freshness and gap ledger (see `ledger.rs`).

@@ -92,6 +92,7 @@ pub async fn run(
         metrics,
         ledger: ledger.clone(),
         lanes: Default::default(),
+        ack: cfg.storage.ack,
     });
     let ledger_token = CancellationToken::new();
     if !cfg.ledger.interval.0.is_zero() {

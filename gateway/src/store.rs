@@ -207,6 +207,8 @@ struct Inner {
     reset_key: [u8; 64],
     state: Mutex<State>,
     head: watch::Sender<u64>,
+    /// The oldest entry some destination still needs (every cursor is at or past it).
+    front: watch::Sender<u64>,
 }
 
 impl Inner {
@@ -430,6 +432,7 @@ impl Store {
             return Err(corrupt("log (entries missing below the head)"));
         }
         let (head_tx, _) = watch::channel(head);
+        let (front_tx, _) = watch::channel(state.front);
         let inner = Arc::new(Inner {
             db,
             path: dir.into(),
@@ -437,6 +440,7 @@ impl Store {
             reset_key,
             state: Mutex::new(state),
             head: head_tx,
+            front: front_tx,
         });
         let (tx, rx) = mpsc::channel(4 * MAX_GROUP);
         let weak = Arc::downgrade(&inner);
@@ -482,6 +486,14 @@ impl Store {
     /// One past the last visible entry.
     pub fn head(&self) -> u64 {
         *self.inner.head.borrow()
+    }
+
+    /// Waits until every destination's cursor is at or past `upto`: every entry below it was
+    /// delivered, refused or dropped (counted) everywhere.
+    pub async fn wait_delivered(&self, upto: u64) {
+        let mut rx = self.inner.front.subscribe();
+        // The sender lives as long as the store; an error means the store is gone.
+        let _ = rx.wait_for(|f| *f >= upto).await;
     }
 
     /// A receiver that changes whenever entries are appended.
@@ -688,6 +700,11 @@ fn advance_locked(
     while s.front < new_min && s.metas.pop_front().is_some() {
         s.front += 1;
     }
+    inner.front.send_if_modified(|f| {
+        let moved = *f != s.front;
+        *f = s.front;
+        moved
+    });
     Ok(skipped)
 }
 

@@ -162,25 +162,43 @@ pub fn start_gateway_with(
     remote_write_urls: &[String],
     ledger_interval: &str,
 ) -> anyhow::Result<Gateway> {
-    let mut rw = String::new();
-    for u in remote_write_urls {
-        rw.push_str(&format!(
-            "  - url: {u}\n    remote_timeout: 5s\n    queue_config: {{min_backoff: 50ms, max_backoff: 1s}}\n"
-        ));
-    }
-    start_gateway_yaml(bins, dir, &rw, ledger_interval)
+    start_gateway_yaml(
+        bins,
+        dir,
+        &rw_entries(remote_write_urls),
+        ledger_interval,
+        "",
+    )
+}
+
+/// `remote_write:` items for capture-like receivers: short timeouts and backoffs.
+pub fn rw_entries(urls: &[String]) -> String {
+    urls.iter()
+        .map(|u| {
+            format!(
+                "  - url: {u}\n    remote_timeout: 5s\n    \
+                 queue_config: {{min_backoff: 50ms, max_backoff: 1s}}\n"
+            )
+        })
+        .collect()
 }
 
 /// As [`start_gateway_with`], with the `remote_write:` list given as YAML (items indented by
-/// two spaces).
+/// two spaces) and extra keys for the `storage:` mapping (e.g. `ack: delivered`).
 pub fn start_gateway_yaml(
     bins: &Bins,
     dir: &Path,
     rw: &str,
     ledger_interval: &str,
+    storage_extra: &str,
 ) -> anyhow::Result<Gateway> {
     let quic = free_addr()?;
     let web = free_addr()?;
+    let storage_extra = if storage_extra.is_empty() {
+        String::new()
+    } else {
+        format!(", {storage_extra}")
+    };
     let config = dir.join("gateway.yml");
     std::fs::write(
         &config,
@@ -189,7 +207,7 @@ pub fn start_gateway_yaml(
              tls: {{cert_file: gateway.crt, key_file: gateway.key, ca_file: ca.crt}}\n\
              limits: {{max_retry_duration: 5s}}\n\
              ledger: {{interval: {ledger_interval}}}\n\
-             storage: {{directory: gateway-store, fsync: false, drain_timeout: 2s}}\n\
+             storage: {{directory: gateway-store, fsync: false, drain_timeout: 2s{storage_extra}}}\n\
              remote_write:\n{rw}"
         ),
     )?;
@@ -761,6 +779,8 @@ pub struct RigOptions<'a> {
     pub shipper_extra: &'a str,
     /// Capture receivers behind the gateway (at least one).
     pub destinations: usize,
+    /// Extra keys for the gateway's `storage:` (e.g. `ack: delivered`).
+    pub gateway_storage_extra: &'a str,
 }
 
 impl Default for RigOptions<'_> {
@@ -769,6 +789,7 @@ impl Default for RigOptions<'_> {
             queue_extra: "",
             shipper_extra: "",
             destinations: 1,
+            gateway_storage_extra: "",
         }
     }
 }
@@ -831,7 +852,10 @@ impl Rig {
             .chain(&others)
             .map(|c| c.url())
             .collect();
-        let gateway = tokio::task::block_in_place(|| start_gateway(&bins, dir.path(), &urls))?;
+        let rw = rw_entries(&urls);
+        let gateway = tokio::task::block_in_place(|| {
+            start_gateway_yaml(&bins, dir.path(), &rw, "0s", opts.gateway_storage_extra)
+        })?;
         let link = crate::proxy::UdpProxy::start(free_addr()?, gateway.quic).await?;
         let targets = probe.instances();
         let agent = tokio::task::block_in_place(|| {

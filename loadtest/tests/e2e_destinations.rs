@@ -120,7 +120,7 @@ async fn real_prometheus_and_victoria_metrics_through_scripted_faults() {
         entry("capture", &capture.url(), false),
     ]
     .concat();
-    let gateway = block(|| start_gateway_yaml(&bins, dir.path(), &rw, "0s")).unwrap();
+    let gateway = block(|| start_gateway_yaml(&bins, dir.path(), &rw, "0s", "")).unwrap();
     let mut agent = block(|| {
         start_agent_with(
             &bins,

@@ -160,3 +160,54 @@ async fn a_down_destination_delays_nobody_and_gets_its_backlog_once() {
     }
     println!("{} samples at each destination", down.len());
 }
+
+/// `storage.ack: delivered`: while the only destination is down, the gateway acknowledges
+/// nothing new, so the backlog waits on the agent's disk, not the gateway's; once it recovers,
+/// everything arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_after_delivery_keeps_the_backlog_at_the_agent() {
+    let spec = ProbeSpec {
+        targets: 2,
+        families: 6,
+        churn_every: 0,
+    };
+    let opts = RigOptions {
+        gateway_storage_extra: "ack: delivered",
+        shipper_extra: "batch_delay: 50ms, max_in_flight: 2",
+        ..RigOptions::default()
+    };
+    let mut rig = Rig::start_with("acked", spec, "250ms", &opts)
+        .await
+        .expect("rig starts");
+    wait_for("data", Duration::from_secs(30), || !rig.capture.is_empty()).await;
+    rig.capture.set_fail_next(u32::MAX, 503);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let at_gateway = gauge(&rig, "uplink_gateway_queue_entries", &rig.capture);
+    let at_agent = rig.agent_metric("uplink_agent_queue_records");
+    println!(
+        "during the outage: {at_gateway} entries at the gateway, {at_agent} records at the agent"
+    );
+    assert!(
+        at_gateway <= 3.0,
+        "the gateway holds at most the batches in flight: {at_gateway}"
+    );
+    assert!(at_agent >= 10.0, "the agent keeps the backlog: {at_agent}");
+
+    rig.capture.set_fail_next(0, 503);
+    wait_for(
+        "the agent's backlog to drain",
+        Duration::from_secs(60),
+        || rig.agent_metric("uplink_agent_queue_records") == 0.0,
+    )
+    .await;
+    assert!(block(|| rig.agent.proc.terminate(Duration::from_secs(30))));
+    assert!(rig.wait_gateway_drained(Duration::from_secs(30)).await);
+    let received = rig.capture.snapshot();
+    let report = oracle::check(&spec, &rig.probe.addrs, &rig.oracle_labels(), &received);
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(rig.capture.duplicates(), 0);
+    for t in 0..spec.targets {
+        let missing = report.missing_scrapes(t, rig.probe.served(t));
+        assert!(missing.is_empty(), "target {t}: {missing:?} missing");
+    }
+}
