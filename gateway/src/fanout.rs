@@ -108,21 +108,44 @@ enum Payload {
         sites: Vec<(Arc<str>, u64)>,
     },
     /// Decoded series, each with the site it came from.
-    Series(Vec<Sited>),
+    Series(Sited),
 }
 
-/// A series and the site that sent it (for the ledger's per-site drop counts).
-#[derive(Clone)]
+/// Series and, in parallel, the site that sent each (for the ledger's per-site drop counts).
+/// Kept apart so that requests encode straight from `series`.
+#[derive(Default)]
 struct Sited {
-    site: Arc<str>,
-    ts: TimeSeries,
+    series: Vec<TimeSeries>,
+    sites: Vec<Arc<str>>,
+}
+
+impl Sited {
+    fn push(&mut self, site: Arc<str>, ts: TimeSeries) {
+        self.series.push(ts);
+        self.sites.push(site);
+    }
+
+    fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    fn samples(&self) -> u64 {
+        self.series.iter().map(|t| t.samples.len() as u64).sum()
+    }
+
+    fn split_off(&mut self, at: usize) -> Sited {
+        Sited {
+            series: self.series.split_off(at),
+            sites: self.sites.split_off(at),
+        }
+    }
 }
 
 impl Payload {
     fn samples(&self) -> u64 {
         match self {
             Payload::Raw { samples, .. } => *samples,
-            Payload::Series(v) => v.iter().map(|s| s.ts.samples.len() as u64).sum(),
+            Payload::Series(v) => v.samples(),
         }
     }
 }
@@ -223,21 +246,20 @@ impl Forwarder {
             return (vec![r.payload], r.end);
         }
         let end = entries.last().map_or(0, |e| e.seq + 1);
-        let series = self.decode(entries);
-        let total: u64 = series.iter().map(|s| s.ts.samples.len() as u64).sum();
+        let decoded = self.decode(entries);
+        let total = decoded.samples();
         let n = (total.div_ceil(self.max_samples) as usize).clamp(self.min_shards, self.max_shards);
-        let mut shards: Vec<Vec<Sited>> = (0..n).map(|_| Vec::new()).collect();
-        for s in series {
-            let i = if n == 1 {
-                0
-            } else {
-                (hash_labels(&s.ts) % n as u64) as usize
-            };
-            shards[i].push(s);
+        if n == 1 {
+            return (vec![Payload::Series(decoded)], end);
+        }
+        let mut shards: Vec<Sited> = (0..n).map(|_| Sited::default()).collect();
+        for (ts, site) in decoded.series.into_iter().zip(decoded.sites) {
+            let i = (hash_labels(&ts) % n as u64) as usize;
+            shards[i].push(site, ts);
         }
         let payloads = shards
             .into_iter()
-            .filter(|s| !s.is_empty())
+            .filter(|s| s.len() > 0)
             .map(Payload::Series)
             .collect();
         (payloads, end)
@@ -259,11 +281,11 @@ impl Forwarder {
 
     /// Decodes entries into series, applying `sample_age_limit` and `write_relabel_configs`
     /// (what they remove is counted). An entry that does not decode is dropped and counted.
-    fn decode(&self, entries: &[Stored]) -> Vec<Sited> {
+    fn decode(&self, entries: &[Stored]) -> Sited {
         let min_ts = self
             .age_limit
             .map(|a| store::now_ms() - a.as_millis() as i64);
-        let mut out = Vec::new();
+        let mut out = Sited::default();
         let (mut too_old, mut relabeled) = (0u64, 0u64);
         for e in entries {
             let req = match remote_write::decode_snappy::<WriteRequest>(&e.body, MAX_MERGED_BYTES) {
@@ -295,10 +317,7 @@ impl Forwarder {
                     relabeled += ts.samples.len() as u64;
                     continue;
                 }
-                out.push(Sited {
-                    site: e.meta.site.clone(),
-                    ts,
-                });
+                out.push(e.meta.site.clone(), ts);
             }
         }
         if too_old > 0 {
@@ -382,7 +401,7 @@ impl Forwarder {
                             "too_large"
                         };
                         if reason == "duplicate" {
-                            self.duplicate(one.iter().map(|s| s.ts.samples.len() as u64).sum());
+                            self.duplicate(one.samples());
                         } else {
                             self.refuse(one, reason, status, &message).await;
                         }
@@ -422,15 +441,12 @@ impl Forwarder {
     async fn send(&self, p: &Payload) -> Outcome {
         match p {
             Payload::Raw { body, .. } => self.destination.send_raw(body).await,
-            Payload::Series(v) => {
-                let series: Vec<TimeSeries> = v.iter().map(|s| s.ts.clone()).collect();
-                self.destination.send_series(&series).await
-            }
+            Payload::Series(v) => self.destination.send_series(&v.series).await,
         }
     }
 
     /// Splits a request in two halves by series, or gives back its single series.
-    fn halves(&self, p: Payload) -> Result<(Payload, Payload), Vec<Sited>> {
+    fn halves(&self, p: Payload) -> Result<(Payload, Payload), Sited> {
         let mut series = self.series(p);
         if series.len() < 2 {
             return Err(series);
@@ -441,7 +457,7 @@ impl Forwarder {
 
     /// A payload's series; a raw body that does not decode comes back as no series, its
     /// samples dropped and counted here.
-    fn series(&self, p: Payload) -> Vec<Sited> {
+    fn series(&self, p: Payload) -> Sited {
         match p {
             Payload::Series(v) => v,
             Payload::Raw {
@@ -451,7 +467,7 @@ impl Forwarder {
             } => match remote_write::decode_snappy::<WriteRequest>(&body, MAX_MERGED_BYTES) {
                 Ok(req) => {
                     // A merged body's series are in entry order; give each its entry's site.
-                    let mut out = Vec::with_capacity(req.timeseries.len());
+                    let mut out = Sited::default();
                     let mut sites = sites.into_iter();
                     let mut current = sites.next();
                     for ts in req.timeseries {
@@ -467,7 +483,7 @@ impl Forwarder {
                             }
                             None => Arc::from(""),
                         };
-                        out.push(Sited { site, ts });
+                        out.push(site, ts);
                     }
                     out
                 }
@@ -477,7 +493,7 @@ impl Forwarder {
                     for (site, n) in &sites {
                         self.ledger.dropped(site, *n);
                     }
-                    vec![]
+                    Sited::default()
                 }
             },
         }
@@ -492,18 +508,23 @@ impl Forwarder {
 
     /// Drops series the destination refused: counted by reason, charged to their sites, and
     /// written to the quarantine for inspection.
-    async fn refuse(&self, series: Vec<Sited>, reason: &str, status: u16, message: &str) {
-        let samples: u64 = series.iter().map(|s| s.ts.samples.len() as u64).sum();
+    async fn refuse(&self, refused: Sited, reason: &str, status: u16, message: &str) {
+        let samples = refused.samples();
         if samples == 0 {
             return;
         }
         self.destination.dropped(samples, reason, message);
-        for s in &series {
-            self.ledger.dropped(&s.site, s.ts.samples.len() as u64);
+        for (ts, site) in refused.series.iter().zip(&refused.sites) {
+            self.ledger.dropped(site, ts.samples.len() as u64);
         }
-        let series = series.into_iter().map(|s| s.ts).collect();
         self.quarantine
-            .record(&self.destination.name, reason, status, message, series)
+            .record(
+                &self.destination.name,
+                reason,
+                status,
+                message,
+                refused.series,
+            )
             .await;
     }
 
@@ -594,7 +615,7 @@ async fn pause(stop: &CancellationToken, d: Duration) -> bool {
 fn merge(entries: &[Stored]) -> Request {
     let Some(first) = entries.first() else {
         return Request {
-            payload: Payload::Series(vec![]),
+            payload: Payload::Series(Sited::default()),
             end: 0,
         };
     };

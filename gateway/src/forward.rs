@@ -562,10 +562,20 @@ pub fn encode(series: &[TimeSeries], v2: bool) -> Bytes {
                 .unwrap_or_default(),
         )
     } else {
-        remote_write::encode_snappy(&WriteRequest {
-            timeseries: series.to_vec(),
-            metadata: vec![],
-        })
+        // A `WriteRequest` is its series as repeated field 1: encode them in place.
+        let len: usize = series
+            .iter()
+            .map(|t| prost::encoding::message::encoded_len(1, t))
+            .sum();
+        let mut raw = Vec::with_capacity(len);
+        for t in series {
+            prost::encoding::message::encode(1, t, &mut raw);
+        }
+        Bytes::from(
+            snap::raw::Encoder::new()
+                .compress_vec(&raw)
+                .unwrap_or_default(),
+        )
     }
 }
 
@@ -605,6 +615,28 @@ mod tests {
         assert_eq!(StatusPolicy::parse_key("4XX"), Some((false, 4)));
         assert_eq!(StatusPolicy::parse_key("200"), None);
         assert_eq!(StatusPolicy::parse_key("abc"), None);
+    }
+
+    #[test]
+    fn encodes_like_the_message_types() {
+        use uplink_shared::remote_write::{Label, Sample};
+        let series: Vec<TimeSeries> = (0..3)
+            .map(|i| TimeSeries {
+                labels: vec![Label::new("__name__", "m"), Label::new("i", i.to_string())],
+                samples: vec![Sample {
+                    value: f64::from(i),
+                    timestamp: 5,
+                }],
+            })
+            .collect();
+        let v1 = WriteRequest {
+            timeseries: series.clone(),
+            metadata: vec![],
+        };
+        assert_eq!(encode(&series, false), remote_write::encode_snappy(&v1));
+        let back: remote_write::v2::Request =
+            remote_write::decode_snappy(&encode(&series, true), 1 << 20).expect("2.0 decodes");
+        assert_eq!(back, remote_write::v2::from_v1(&series));
     }
 
     #[test]

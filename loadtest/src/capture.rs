@@ -121,6 +121,7 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
             .map_or(0, |d| d.as_millis() as i64);
         for (_, samples) in series {
             store.report.samples += samples.len() as u64;
+            samples_written += samples.len() as u64;
             if let Some(s) = samples.last()
                 && store.latencies_ms.len() < 20_000_000
             {
@@ -129,7 +130,7 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
                     .push((now - s.timestamp).clamp(0, u32::MAX as i64) as u32);
             }
         }
-        return StatusCode::NO_CONTENT.into_response();
+        return written(proto, broken_v1, samples_written);
     }
     for (mut labels, samples) in series {
         let ordered = labels.windows(2).all(|w| w[0].name < w[1].name);
@@ -154,10 +155,15 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
             }
         }
     }
+    written(proto, broken_v1, samples_written)
+}
+
+/// 204, with the 2.0 `*-Written` headers for a 2.0 request (unless playing a broken receiver).
+fn written(proto: Proto, broken_v1: bool, samples: u64) -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
     if proto == Proto::V2 && !broken_v1 {
         let h = resp.headers_mut();
-        h.insert(receive::SAMPLES_WRITTEN, samples_written.into());
+        h.insert(receive::SAMPLES_WRITTEN, samples.into());
         h.insert(receive::HISTOGRAMS_WRITTEN, 0u64.into());
         h.insert(receive::EXEMPLARS_WRITTEN, 0u64.into());
     }

@@ -24,6 +24,7 @@ pub mod oracle;
 pub mod probe;
 pub mod progress;
 pub mod proxy;
+pub mod relay;
 pub mod tickets;
 
 #[cfg(test)]

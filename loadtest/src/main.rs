@@ -42,6 +42,9 @@ enum Command {
     /// Uplink against Prometheus agent and vmagent on the same targets in the same run: bytes
     /// on the wire, CPU and peak memory per relay; a markdown table and PNG charts.
     Compare(uplink_loadtest::compare::CompareArgs),
+    /// Uplink as a remote-write relay (sidecar agent and gateway, 1.0 and 2.0) against vmagent
+    /// and Prometheus agent on the same input: samples per CPU second, bytes per sample out.
+    Relay(uplink_loadtest::relay::RelayArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -102,6 +105,12 @@ async fn main() -> anyhow::Result<()> {
             let t = uplink_loadtest::tickets::Tickets::start(listen_address, true).await?;
             println!("tickets webhook at {}", t.url());
             tokio::signal::ctrl_c().await?;
+            Ok(())
+        }
+        Command::Relay(args) => {
+            let figures = uplink_loadtest::relay::run(args).await?;
+            println!("{}", uplink_loadtest::relay::markdown(&figures));
+            println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }
         Command::Compare(args) => {
