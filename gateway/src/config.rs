@@ -274,8 +274,8 @@ impl Default for MetadataConfig {
 pub struct QueueConfig {
     /// Accepted for compatibility: the gateway's queue is on disk, bounded by `storage`.
     pub capacity: u32,
-    /// Requests in flight at most, each carrying a disjoint set of series (by label hash), so
-    /// per-series order holds.
+    /// Requests in flight at most, each carrying a disjoint set of series (by sending site on
+    /// the fast path, by label hash when series are decoded), so per-series order holds.
     pub max_shards: NonZeroU32,
     pub min_shards: NonZeroU32,
     /// Samples per request at most. Stored entries (agent batches) are merged up to it; a larger
@@ -299,7 +299,7 @@ impl Default for QueueConfig {
         let n = |v| NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN);
         QueueConfig {
             capacity: 10_000,
-            max_shards: n(1),
+            max_shards: n(4),
             min_shards: n(1),
             min_backoff: PromDuration(Duration::from_millis(30)),
             max_backoff: PromDuration(Duration::from_secs(5)),

@@ -9,12 +9,14 @@
 //! survives.
 //!
 //! Requests of one read:
-//! - Fast path (1.0, no relabeling or age limit, the read fits one request): consecutive entries
-//!   are merged without decoding into one request.
-//! - Otherwise the series are decoded, filtered (`sample_age_limit`, `write_relabel_configs`,
-//!   both counted) and spread by label hash over `ceil(samples / max_samples_per_send)` shards,
-//!   bounded by `min_shards` and `max_shards`, sent concurrently. A series is in exactly one
-//!   shard, so its order holds; the shard count adapts to the backlog by construction.
+//! - Fast path (1.0, no relabeling or age limit): consecutive entries are merged without
+//!   decoding into requests of up to `max_samples_per_send` samples.
+//! - Shards: a read is spread over `ceil(samples / max_samples_per_send)` shards, bounded by
+//!   `min_shards` and `max_shards`, sent concurrently (each shard's requests in order); the
+//!   count adapts to the backlog by construction. On the fast path entries are grouped by the
+//!   site that sent them (a series has one source); when the series are decoded (2.0,
+//!   `write_relabel_configs`, `sample_age_limit`, both filters counted) by label hash. Either
+//!   way a series is in exactly one shard, so its order holds.
 //!
 //! Outcomes of a request (the status policy in `forward.rs` maps statuses to them):
 //! - accepted: counted delivered. done (409): counted as duplicates, delivered.
@@ -94,8 +96,8 @@ pub struct Forwarder {
 /// A request built from consecutive entries.
 struct Request {
     payload: Payload,
-    /// One past the last entry it carries.
-    end: u64,
+    /// How many of the entries given it carries.
+    taken: usize,
 }
 
 /// What one request carries.
@@ -227,56 +229,83 @@ impl Forwarder {
         }
     }
 
-    /// Whether series must be decoded before sending: to relabel, age-filter, re-encode as
-    /// 2.0, or spread over several shards.
-    fn decodes(&self, samples: u64) -> bool {
-        self.destination.sends_v2()
-            || !self.write_relabel.is_empty()
-            || self.age_limit.is_some()
-            || (self.max_shards > 1 && samples > self.max_samples)
+    /// Whether series must be decoded before sending: to relabel, age-filter, or re-encode as
+    /// 2.0.
+    fn decodes(&self) -> bool {
+        self.destination.sends_v2() || !self.write_relabel.is_empty() || self.age_limit.is_some()
     }
 
-    /// Turns entries read from the store into the requests to send together: one raw request
-    /// of merged entries (the fast path), or the decoded series spread over shards by label
-    /// hash, so that each series is in exactly one request and keeps its order.
-    fn prepare(&self, entries: &[Stored]) -> (Vec<Payload>, u64) {
-        let samples: u64 = entries.iter().map(|e| e.meta.samples).sum();
-        if !self.decodes(samples) {
-            let r = merge(&entries[..entries.len().min(self.raw_entries(entries))]);
-            return (vec![r.payload], r.end);
-        }
+    /// Requests in flight for a read of `samples`: one per `max_samples_per_send`, within
+    /// `min_shards..=max_shards`.
+    fn shard_count(&self, samples: u64) -> usize {
+        (samples.div_ceil(self.max_samples) as usize).clamp(self.min_shards, self.max_shards)
+    }
+
+    /// Turns entries read from the store into shards: each shard is a sequence of requests
+    /// sent in order, the shards concurrently. Each series is in exactly one shard, so it
+    /// keeps its order:
+    /// - fast path (1.0, nothing to rewrite): entries are not decoded; they are grouped by the
+    ///   site that sent them (hash of its identity), and each group's consecutive entries are
+    ///   merged into requests of up to `max_samples_per_send`. A series has one source, so it
+    ///   stays in one shard.
+    /// - otherwise the series are decoded and spread by label hash.
+    fn prepare(&self, entries: &[Stored]) -> (Vec<Vec<Payload>>, u64) {
         let end = entries.last().map_or(0, |e| e.seq + 1);
-        let decoded = self.decode(entries);
-        let total = decoded.samples();
-        let n = (total.div_ceil(self.max_samples) as usize).clamp(self.min_shards, self.max_shards);
-        if n == 1 {
-            return (vec![Payload::Series(decoded)], end);
+        let samples: u64 = entries.iter().map(|e| e.meta.samples).sum();
+        let n = self.shard_count(samples);
+        if self.decodes() {
+            let decoded = self.decode(entries);
+            if n == 1 {
+                return (vec![vec![Payload::Series(decoded)]], end);
+            }
+            let mut shards: Vec<Sited> = (0..n).map(|_| Sited::default()).collect();
+            for (ts, site) in decoded.series.into_iter().zip(decoded.sites) {
+                let i = (hash_labels(&ts) % n as u64) as usize;
+                shards[i].push(site, ts);
+            }
+            let shards = shards
+                .into_iter()
+                .filter(|s| s.len() > 0)
+                .map(|s| vec![Payload::Series(s)])
+                .collect();
+            return (shards, end);
         }
-        let mut shards: Vec<Sited> = (0..n).map(|_| Sited::default()).collect();
-        for (ts, site) in decoded.series.into_iter().zip(decoded.sites) {
-            let i = (hash_labels(&ts) % n as u64) as usize;
-            shards[i].push(site, ts);
+        let mut groups: Vec<Vec<Stored>> = vec![Vec::new(); n];
+        for e in entries {
+            let i = if n == 1 {
+                0
+            } else {
+                (hash_str(&e.meta.site) % n as u64) as usize
+            };
+            groups[i].push(e.clone());
         }
-        let payloads = shards
+        let shards = groups
             .into_iter()
-            .filter(|s| s.len() > 0)
-            .map(Payload::Series)
+            .filter(|g| !g.is_empty())
+            .map(|g| self.merged(&g))
             .collect();
-        (payloads, end)
+        (shards, end)
     }
 
-    /// How many of `entries` one raw request takes (all: the read is bounded by
-    /// `max_samples` when there is one shard).
-    fn raw_entries(&self, entries: &[Stored]) -> usize {
-        let mut samples = 0;
-        entries
-            .iter()
-            .take_while(|e| {
-                samples += e.meta.samples;
-                samples <= self.max_samples
-            })
-            .count()
-            .max(1)
+    /// Consecutive entries as merged requests of up to `max_samples_per_send` samples each
+    /// (an entry is never split; a larger one goes alone), in order.
+    fn merged(&self, mut group: &[Stored]) -> Vec<Payload> {
+        let mut out = Vec::new();
+        while !group.is_empty() {
+            let mut samples = 0;
+            let fit = group
+                .iter()
+                .take_while(|e| {
+                    samples += e.meta.samples;
+                    samples <= self.max_samples
+                })
+                .count()
+                .max(1);
+            let r = merge(&group[..fit]);
+            out.push(r.payload);
+            group = &group[r.taken.max(1)..];
+        }
+        out
     }
 
     /// Decodes entries into series, applying `sample_age_limit` and `write_relabel_configs`
@@ -340,7 +369,7 @@ impl Forwarder {
     /// then moves the cursor past them.
     async fn deliver(
         &self,
-        (payloads, end): (Vec<Payload>, u64),
+        (shards, end): (Vec<Vec<Payload>>, u64),
         stop: &CancellationToken,
     ) -> Result<(), Stopped> {
         if let Err(error) = self.store.set_inflight(self.index, end).await {
@@ -350,10 +379,14 @@ impl Forwarder {
         self.metrics
             .shards
             .get_or_create(&labels(&[("destination", &self.destination.name)]))
-            .set(payloads.len() as i64);
-        let results =
-            futures_util::future::join_all(payloads.into_iter().map(|p| self.deliver_one(p, stop)))
-                .await;
+            .set(shards.len() as i64);
+        let results = futures_util::future::join_all(shards.into_iter().map(|shard| async move {
+            for p in shard {
+                self.deliver_one(p, stop).await?;
+            }
+            Ok::<(), Stopped>(())
+        }))
+        .await;
         if results.iter().any(Result::is_err) {
             return Err(Stopped);
         }
@@ -588,6 +621,14 @@ fn relabel_series(ts: &mut TimeSeries, cfgs: &[RelabelConfig]) -> bool {
     true
 }
 
+/// A site's shard key.
+fn hash_str(s: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
 /// A series' shard key: a hash of its labels.
 fn hash_labels(ts: &TimeSeries) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -616,7 +657,7 @@ fn merge(entries: &[Stored]) -> Request {
     let Some(first) = entries.first() else {
         return Request {
             payload: Payload::Series(Sited::default()),
-            end: 0,
+            taken: 0,
         };
     };
     if entries.len() == 1 {
@@ -656,7 +697,7 @@ fn merge(entries: &[Stored]) -> Request {
             samples: used.iter().map(|e| e.meta.samples).sum(),
             sites,
         },
-        end: used[taken - 1].seq + 1,
+        taken,
     }
 }
 
@@ -668,7 +709,7 @@ fn single(e: &Stored) -> Request {
             samples: e.meta.samples,
             sites: vec![(e.meta.site.clone(), e.meta.samples)],
         },
-        end: e.seq + 1,
+        taken: 1,
     }
 }
 
@@ -806,7 +847,7 @@ mod tests {
         ];
         let r = merge(&e);
         let (body, samples, sites) = raw(&r);
-        assert_eq!((samples, r.end), (4, 7));
+        assert_eq!((samples, r.taken), (4, 3));
         let want: Vec<(Arc<str>, u64)> = vec![("a".into(), 1), ("b".into(), 2), ("a".into(), 1)];
         assert_eq!(sites, want);
         let req: WriteRequest = remote_write::decode_snappy(&body, 1 << 20).expect("valid");
@@ -818,7 +859,7 @@ mod tests {
         assert_eq!(values, vec![1.0, 2.0, 3.0, 4.0]);
         // One entry goes as stored.
         let one = merge(&e[1..2]);
-        assert_eq!((raw(&one).0, one.end), (e[1].body.clone(), 6));
+        assert_eq!((raw(&one).0, one.taken), (e[1].body.clone(), 1));
     }
 
     #[test]
@@ -827,8 +868,8 @@ mod tests {
         bad.body = Bytes::from_static(b"\xff\xff\xff\xff\xff not snappy");
         let good = entry(1, "a", &[1.0]);
         let r = merge(&[good.clone(), bad.clone(), entry(3, "a", &[2.0])]);
-        assert_eq!((raw(&r).0, r.end), (good.body, 2));
+        assert_eq!((raw(&r).0, r.taken), (good.body, 1));
         let r = merge(&[bad.clone(), entry(3, "a", &[2.0])]);
-        assert_eq!((raw(&r).0, r.end), (bad.body, 3));
+        assert_eq!((raw(&r).0, r.taken), (bad.body, 1));
     }
 }

@@ -341,20 +341,34 @@ async fn write_relabel_age_limit_and_shards() {
     };
     assert_eq!((dropped("too_old"), dropped("write_relabel")), (1.0, 1.0));
 
-    // Many series over four shards of two samples: every sample once, each series in order.
-    rig.capture.clear();
-    let names: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    for ts in 1..=5 {
-        rig.commit("a", ts, &names).await;
-    }
-    rig.drain("queue_config: {max_shards: 4, max_samples_per_send: 10}\n")
+    // Many series from four sites over four shards: the fast path shards by site, the decoded
+    // path (here for a relabeling) by series; either way every sample once, each series in
+    // order.
+    for relabel in [
+        "",
+        "write_relabel_configs: [{target_label: env, replacement: prod}]\n",
+    ] {
+        rig.capture.clear();
+        for ts in 1..=5 {
+            for site in 0..4 {
+                let names: Vec<String> = (0..5).map(|i| format!("{site}-{i}")).collect();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                rig.commit(&format!("site{site}"), ts, &names).await;
+            }
+        }
+        rig.drain(&format!(
+            "queue_config: {{max_shards: 4, max_samples_per_send: 10}}\n{relabel}"
+        ))
         .await;
-    let got = rig.received();
-    assert_eq!(got.len(), 100);
-    for s in &names {
-        let ts: Vec<i64> = got.iter().filter(|(n, _)| n == s).map(|p| p.1).collect();
-        assert_eq!(ts, vec![1, 2, 3, 4, 5], "series {s} in order");
+        let got = rig.received();
+        assert_eq!(got.len(), 100, "{relabel}");
+        for site in 0..4 {
+            for i in 0..5 {
+                let s = format!("{site}-{i}");
+                let ts: Vec<i64> = got.iter().filter(|(n, _)| *n == s).map(|p| p.1).collect();
+                assert_eq!(ts, vec![1, 2, 3, 4, 5], "series {s} in order {relabel}");
+            }
+        }
+        assert!(rig.capture.requests() >= 10, "{}", rig.capture.requests());
     }
-    assert!(rig.capture.requests() >= 4 * 2);
 }

@@ -54,6 +54,9 @@ pub struct RelayArgs {
     /// Where the relays keep their data (a temporary directory by default).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// The Uplink gateway's `queue_config.max_shards` toward the receiver.
+    #[arg(long, default_value_t = 4)]
+    pub gateway_max_shards: u32,
     /// Which relays, in order: uplink-1.0, uplink-2.0, vmagent, prometheus.
     #[arg(
         long,
@@ -166,11 +169,17 @@ struct Relay {
     gateway_pid: Option<u32>,
 }
 
-fn uplink(bins: &Bins, dir: &Path, out: SocketAddr, v2: bool) -> anyhow::Result<Relay> {
+fn uplink(
+    bins: &Bins,
+    dir: &Path,
+    out: SocketAddr,
+    v2: bool,
+    shards: u32,
+) -> anyhow::Result<Relay> {
     harness::write_certs(dir, &["relay".into()])?;
     let rw = format!(
         "  - url: http://{out}/api/v1/write\n    name: out\n{}    \
-         queue_config: {{max_shards: 4, max_samples_per_send: 2000}}\n",
+         queue_config: {{max_shards: {shards}, max_samples_per_send: 2000}}\n",
         if v2 {
             "    protobuf_message: io.prometheus.write.v2.Request\n"
         } else {
@@ -281,8 +290,8 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<Vec<RelayFigures>> {
         let capture = Capture::start_counting(harness::free_addr()?).await?;
         let tcp = TcpProxy::start(harness::free_addr()?, capture.addr()).await?;
         let relay = tokio::task::block_in_place(|| match which {
-            "uplink-1.0" => uplink(&bins, &dir, tcp.addr, false),
-            "uplink-2.0" => uplink(&bins, &dir, tcp.addr, true),
+            "uplink-1.0" => uplink(&bins, &dir, tcp.addr, false, args.gateway_max_shards),
+            "uplink-2.0" => uplink(&bins, &dir, tcp.addr, true, args.gateway_max_shards),
             "vmagent" => vmagent(&dir, tcp.addr),
             _ => prometheus_agent(&dir, tcp.addr),
         })
