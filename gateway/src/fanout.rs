@@ -9,13 +9,14 @@
 //! survives.
 //!
 //! Requests of one read:
-//! - Fast path (1.0, no relabeling or age limit): consecutive entries are merged without
-//!   decoding into requests of up to `max_samples_per_send` samples.
+//! - Fast path (no relabeling or age limit): consecutive entries are merged without decoding
+//!   into requests of up to `max_samples_per_send` samples; a 2.0 destination gets them
+//!   converted from the bytes (`v2::from_v1_bytes`), labels interned without decoding.
 //! - Shards: a read is spread over `ceil(samples / max_samples_per_send)` shards, bounded by
 //!   `min_shards` and `max_shards`, sent concurrently (each shard's requests in order); the
 //!   count adapts to the backlog by construction. On the fast path entries are grouped by the
-//!   site that sent them (a series has one source); when the series are decoded (2.0,
-//!   `write_relabel_configs`, `sample_age_limit`, both filters counted) by label hash. Either
+//!   site that sent them (a series has one source); when the series are decoded
+//!   (`write_relabel_configs`, `sample_age_limit`, both filters counted) by label hash. Either
 //!   way a series is in exactly one shard, so its order holds.
 //!
 //! Outcomes of a request (the status policy in `forward.rs` maps statuses to them):
@@ -229,10 +230,10 @@ impl Forwarder {
         }
     }
 
-    /// Whether series must be decoded before sending: to relabel, age-filter, or re-encode as
-    /// 2.0.
+    /// Whether series must be decoded before sending: to relabel or age-filter them. (2.0 is
+    /// converted from the stored bytes without decoding.)
     fn decodes(&self) -> bool {
-        self.destination.sends_v2() || !self.write_relabel.is_empty() || self.age_limit.is_some()
+        !self.write_relabel.is_empty() || self.age_limit.is_some()
     }
 
     /// Requests in flight for a read of `samples`: one per `max_samples_per_send`, within
@@ -244,7 +245,8 @@ impl Forwarder {
     /// Turns entries read from the store into shards: each shard is a sequence of requests
     /// sent in order, the shards concurrently. Each series is in exactly one shard, so it
     /// keeps its order:
-    /// - fast path (1.0, nothing to rewrite): entries are not decoded; they are grouped by the
+    /// - fast path (nothing to rewrite; 1.0, or 2.0 converted from the bytes): entries are not
+    ///   decoded; they are grouped by the
     ///   site that sent them (hash of its identity), and each group's consecutive entries are
     ///   merged into requests of up to `max_samples_per_send`. A series has one source, so it
     ///   stays in one shard.

@@ -40,7 +40,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tracing::{info, warn};
 use uplink_shared::http_client::HttpClient;
-use uplink_shared::remote_write::{self, TimeSeries, WriteRequest};
+use uplink_shared::remote_write::{self, TimeSeries};
 
 use crate::config::{Action, ProtobufMessage, RemoteWriteConfig};
 use crate::metrics::{Metrics, labels};
@@ -442,26 +442,31 @@ impl Destination {
         self.v2.load(Ordering::Relaxed)
     }
 
-    /// Sends a stored (snappy 1.0) body, converted to 2.0 when the destination takes 2.0.
+    /// Sends a stored (snappy 1.0) body, converted to 2.0 when the destination takes 2.0
+    /// (straight from the bytes, see `v2::from_v1_bytes`).
     pub async fn send_raw(&self, body: &Bytes) -> Outcome {
+        let as_v1 = || Encoded {
+            body: body.clone(),
+            v2: false,
+        };
         if !self.sends_v2() {
-            return self
-                .send(Encoded {
-                    body: body.clone(),
-                    v2: false,
-                })
-                .await;
+            return self.send(as_v1()).await;
         }
-        match remote_write::decode_snappy::<WriteRequest>(body, usize::MAX) {
-            Ok(req) => self.send_series(&req.timeseries).await,
-            // Undecodable: the receiver says what it thinks of it (and the caller counts).
-            Err(_) => {
+        let converted = snap::raw::Decoder::new()
+            .decompress_vec(body)
+            .ok()
+            .and_then(|raw| remote_write::v2::from_v1_bytes(&raw).ok())
+            .and_then(|v2| snap::raw::Encoder::new().compress_vec(&v2).ok());
+        match converted {
+            Some(v2) => {
                 self.send(Encoded {
-                    body: body.clone(),
-                    v2: false,
+                    body: Bytes::from(v2),
+                    v2: true,
                 })
                 .await
             }
+            // Undecodable: the receiver says what it thinks of it (and the caller counts).
+            None => self.send(as_v1()).await,
         }
     }
 
@@ -629,7 +634,7 @@ mod tests {
                 }],
             })
             .collect();
-        let v1 = WriteRequest {
+        let v1 = remote_write::WriteRequest {
             timeseries: series.clone(),
             metadata: vec![],
         };

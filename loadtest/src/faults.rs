@@ -4,8 +4,9 @@
 //!
 //! [`screen`] applies the [`Rules`] to one request, in this order:
 //! 1. the script: the next requests answer chosen statuses (with `Retry-After` and a message);
-//! 2. content negotiation (415 for an unsupported `Content-Type` or `Content-Encoding`, and for
-//!    2.0 when [`Rules::v1_only`]; with [`Rules::broken_v1`] every body is read as 1.0);
+//! 2. content negotiation (415 for an unsupported or missing `Content-Encoding`, an unsupported
+//!    `Content-Type`, and for 2.0 when [`Rules::v1_only`]; with [`Rules::broken_v1`] every body
+//!    is read as 1.0);
 //! 3. decoding (400 when malformed);
 //! 4. more series than [`Rules::max_series`]: 413;
 //! 5. a series carrying every label of [`Rules::reject_labels`]: 400 for the whole request, as
@@ -155,6 +156,13 @@ pub fn screen(
         return Err(resp);
     }
     let text = |n| headers.get(n).and_then(|v| v.to_str().ok());
+    // Strict where receivers may be lenient: a sender must say snappy.
+    if text(header::CONTENT_ENCODING).is_none() {
+        return Err(refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Encoding must be snappy".into(),
+        ));
+    }
     let proto = if broken_v1 {
         Proto::V1
     } else {

@@ -126,6 +126,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn v1_bytes_convert_to_the_same_v2_message() {
+        let req = WriteRequest {
+            timeseries: (0..4)
+                .map(|i| TimeSeries {
+                    labels: vec![
+                        Label::new("__name__", "up"),
+                        Label::new("job", if i % 2 == 0 { "a" } else { "b" }),
+                        Label::new("i", i.to_string()),
+                    ],
+                    samples: vec![
+                        Sample {
+                            value: f64::from(i),
+                            timestamp: 7,
+                        },
+                        Sample {
+                            value: f64::from_bits(0x7ff0_0000_0000_0002),
+                            timestamp: 8,
+                        },
+                    ],
+                })
+                .collect(),
+            metadata: vec![MetricMetadata {
+                r#type: MetricType::Gauge as i32,
+                metric_family_name: "up".into(),
+                help: "h".into(),
+                unit: String::new(),
+            }],
+        };
+        let raw = req.encode_to_vec();
+        let fast = v2::from_v1_bytes(&raw).expect("converts");
+        let decoded = v2::Request::decode(fast.as_slice()).expect("valid 2.0");
+        let want = v2::from_v1(&req.timeseries);
+        assert_eq!(decoded.symbols, want.symbols);
+        assert_eq!(decoded.timeseries.len(), want.timeseries.len());
+        for (a, b) in decoded.timeseries.iter().zip(&want.timeseries) {
+            assert_eq!(a.labels_refs, b.labels_refs);
+            let bits = |s: &[Sample]| {
+                s.iter()
+                    .map(|x| (x.value.to_bits(), x.timestamp))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&a.samples), bits(&b.samples));
+        }
+        assert!(v2::from_v1_bytes(&raw[..raw.len() - 3]).is_err());
+        assert!(v2::from_v1_bytes(b"\x0a\xff\x01").is_err());
+    }
+
+    #[test]
     fn roundtrip_and_limit() {
         let req = WriteRequest {
             timeseries: vec![TimeSeries {
@@ -229,5 +277,126 @@ pub mod v2 {
     /// Encoded size of a request.
     pub fn encoded_len(r: &Request) -> usize {
         r.encoded_len()
+    }
+
+    /// Converts an uncompressed 1.0 `WriteRequest` straight into an uncompressed 2.0
+    /// `Request` with the same series and samples, without decoding labels into owned strings:
+    /// names and values are interned as byte slices of `raw`, samples are copied as encoded
+    /// (1.0 and 2.0 samples share field numbers). Metadata and unknown fields are dropped.
+    /// Gives the same message as [`from_v1`] on the decoded request.
+    pub fn from_v1_bytes(raw: &[u8]) -> Result<Vec<u8>, ConvertError> {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        let mut symbols: Vec<&[u8]> = vec![b""];
+        let mut index: std::collections::HashMap<&[u8], u32> =
+            std::collections::HashMap::from([(&b""[..], 0)]);
+        let mut series = Vec::with_capacity(raw.len());
+        let (mut refs, mut samples, mut ts_buf) = (Vec::new(), Vec::new(), Vec::new());
+        let mut buf = raw;
+        while !buf.is_empty() {
+            let (tag, wt) = key(&mut buf)?;
+            if tag != 1 || wt != 2 {
+                skip(&mut buf, wt)?;
+                continue;
+            }
+            let mut ts = delimited(&mut buf)?;
+            refs.clear();
+            samples.clear();
+            while !ts.is_empty() {
+                let (tag, wt) = key(&mut ts)?;
+                match (tag, wt) {
+                    (1, 2) => {
+                        let mut label = delimited(&mut ts)?;
+                        let (mut name, mut value): (&[u8], &[u8]) = (b"", b"");
+                        while !label.is_empty() {
+                            let (tag, wt) = key(&mut label)?;
+                            match (tag, wt) {
+                                (1, 2) => name = delimited(&mut label)?,
+                                (2, 2) => value = delimited(&mut label)?,
+                                _ => skip(&mut label, wt)?,
+                            }
+                        }
+                        for s in [name, value] {
+                            let next = symbols.len() as u32;
+                            let i = *index.entry(s).or_insert_with(|| {
+                                symbols.push(s);
+                                next
+                            });
+                            refs.push(i);
+                        }
+                    }
+                    (2, 2) => samples.push(delimited(&mut ts)?),
+                    _ => skip(&mut ts, wt)?,
+                }
+            }
+            // TimeSeries (2.0): labels_refs (1, packed), samples (2).
+            ts_buf.clear();
+            let packed: usize = refs.iter().map(|r| encoded_len_varint(u64::from(*r))).sum();
+            if !refs.is_empty() {
+                encode_key(1, WireType::LengthDelimited, &mut ts_buf);
+                encode_varint(packed as u64, &mut ts_buf);
+                for r in &refs {
+                    encode_varint(u64::from(*r), &mut ts_buf);
+                }
+            }
+            for s in &samples {
+                encode_key(2, WireType::LengthDelimited, &mut ts_buf);
+                encode_varint(s.len() as u64, &mut ts_buf);
+                ts_buf.extend_from_slice(s);
+            }
+            encode_key(5, WireType::LengthDelimited, &mut series);
+            encode_varint(ts_buf.len() as u64, &mut series);
+            series.extend_from_slice(&ts_buf);
+        }
+        let mut out =
+            Vec::with_capacity(series.len() + symbols.iter().map(|s| s.len() + 2).sum::<usize>());
+        for s in &symbols {
+            encode_key(4, WireType::LengthDelimited, &mut out);
+            encode_varint(s.len() as u64, &mut out);
+            out.extend_from_slice(s);
+        }
+        out.extend_from_slice(&series);
+        Ok(out)
+    }
+
+    /// Why a 1.0 body could not be converted.
+    #[derive(Debug, thiserror::Error)]
+    pub enum ConvertError {
+        #[error(transparent)]
+        Varint(#[from] prost::DecodeError),
+        #[error("malformed protobuf: {0}")]
+        Malformed(&'static str),
+    }
+
+    fn key(buf: &mut &[u8]) -> Result<(u32, u64), ConvertError> {
+        let k = prost::encoding::decode_varint(buf)?;
+        Ok(((k >> 3) as u32, k & 7))
+    }
+
+    fn delimited<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], ConvertError> {
+        let len = prost::encoding::decode_varint(buf)? as usize;
+        if len > buf.len() {
+            return Err(ConvertError::Malformed("length beyond the buffer"));
+        }
+        let (head, tail) = buf.split_at(len);
+        *buf = tail;
+        Ok(head)
+    }
+
+    fn skip(buf: &mut &[u8], wire_type: u64) -> Result<(), ConvertError> {
+        let n = match wire_type {
+            0 => {
+                prost::encoding::decode_varint(buf)?;
+                return Ok(());
+            }
+            1 => 8,
+            2 => prost::encoding::decode_varint(buf)? as usize,
+            5 => 4,
+            _ => return Err(ConvertError::Malformed("unsupported wire type")),
+        };
+        if n > buf.len() {
+            return Err(ConvertError::Malformed("field beyond the buffer"));
+        }
+        *buf = &buf[n..];
+        Ok(())
     }
 }
