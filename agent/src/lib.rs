@@ -85,6 +85,23 @@ pub async fn run(
     let metrics = Metrics::default();
     metrics.queue_records.set(records as i64);
     metrics.queue_bytes.set(bytes as i64);
+    metrics
+        .queue_max_bytes
+        .set(i64::try_from(cfg.uplink.queue.max_bytes).unwrap_or(i64::MAX));
+    for (file, path) in [
+        ("client", &cfg.uplink.tls.cert_file),
+        ("ca", &cfg.uplink.tls.ca_file),
+    ] {
+        match uplink_shared::tls::earliest_expiry(path) {
+            Ok(t) => {
+                metrics
+                    .certificate_expiry
+                    .get_or_create(&vec![("file".to_owned(), file.to_owned())])
+                    .set(t);
+            }
+            Err(error) => warn!(%error, "Cannot read the certificate's expiry."),
+        }
+    }
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));

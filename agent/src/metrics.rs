@@ -32,6 +32,8 @@ pub struct Metrics {
     pub retention_dropped: Family<Vec<(String, String)>, Counter>,
     pub queue_records: Gauge,
     pub queue_bytes: Gauge,
+    pub queue_max_bytes: Gauge,
+    pub certificate_expiry: Family<Vec<(String, String)>, Gauge>,
     pub queue_degraded: Gauge,
     pub queue_buffered_records: Gauge,
     pub queue_buffered_bytes: Gauge,
@@ -141,6 +143,17 @@ impl Metrics {
             "queue_records",
             "Records (scrapes) in the queue awaiting acknowledgement.",
             self.queue_records.clone(),
+        );
+        r.register(
+            "queue_max_bytes",
+            "The queue's retention budget in bytes (uplink.queue.max_bytes; 0: unbounded).",
+            self.queue_max_bytes.clone(),
+        );
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the agent's TLS files expire (earliest notAfter), by file: client (its \
+             certificate chain), ca (the gateway CA bundle).",
+            self.certificate_expiry.clone(),
         );
         r.register(
             "queue_bytes",

@@ -51,6 +51,23 @@ pub async fn run(
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    metrics
+        .storage_max_bytes
+        .set(i64::try_from(cfg.storage.max_bytes).unwrap_or(i64::MAX));
+    for (file, path) in [
+        ("server", &cfg.tls.cert_file),
+        ("client_ca", &cfg.tls.ca_file),
+    ] {
+        match uplink_shared::tls::earliest_expiry(path) {
+            Ok(t) => {
+                metrics
+                    .certificate_expiry
+                    .get_or_create(&metrics::labels(&[("file", file)]))
+                    .set(t);
+            }
+            Err(error) => tracing::warn!(%error, "Cannot read the certificate's expiry."),
+        }
+    }
     let destinations = cfg
         .remote_write
         .iter()

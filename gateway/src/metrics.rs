@@ -38,6 +38,8 @@ pub struct Metrics {
     pub store_commit_duration: Histogram,
     pub cursor_commit_duration: Family<Labels, Histogram>,
     pub store_errors: Family<Labels, Counter>,
+    pub storage_max_bytes: Gauge,
+    pub certificate_expiry: Family<Labels, Gauge>,
 }
 
 /// Buckets from 10 µs to about 20 s, for RocksDB writes.
@@ -73,6 +75,8 @@ impl Default for Metrics {
             store_commit_duration: write_buckets(),
             cursor_commit_duration: Family::new_with_constructor(write_buckets),
             store_errors: Family::default(),
+            storage_max_bytes: Gauge::default(),
+            certificate_expiry: Family::default(),
         }
     }
 }
@@ -198,6 +202,17 @@ impl Metrics {
             "Time from a destination's answer to its cursor being written: a crash inside it \
              resends that request after restart.",
             self.cursor_commit_duration.clone(),
+        );
+        r.register(
+            "storage_max_bytes",
+            "The retention budget per destination in bytes (storage.max_bytes; 0: unbounded).",
+            self.storage_max_bytes.clone(),
+        );
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the gateway's TLS files expire (earliest notAfter), by file: server (its \
+             certificate chain), client_ca (the CA bundle agents' certificates chain to).",
+            self.certificate_expiry.clone(),
         );
         r.register(
             "store_errors",

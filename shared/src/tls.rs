@@ -180,6 +180,20 @@ pub fn quic_client(
     Ok(cfg)
 }
 
+/// The earliest `notAfter` (Unix seconds) of the certificates in a PEM file: when the file
+/// stops being usable. Exported by both binaries for expiry alerts.
+pub fn earliest_expiry(path: &Path) -> Result<i64, TlsError> {
+    load_certs(path)?
+        .iter()
+        .filter_map(|c| x509_parser::parse_x509_certificate(c.as_ref()).ok())
+        .map(|(_, c)| c.validity().not_after.timestamp())
+        .min()
+        .ok_or_else(|| TlsError::Empty {
+            path: path.into(),
+            what: "parseable certificate",
+        })
+}
+
 /// Whether `s` is usable as an agent identity (it ends up in labels and logs).
 pub fn valid_identity(s: &str) -> bool {
     !s.is_empty()
@@ -243,5 +257,14 @@ mod tests {
         client_config(&files("site-a")).expect("client config");
         assert!(ca.issue_agent("bad name!", 1).is_err());
         assert!(!valid_identity(""));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = crate::certs::Authority::generate("expiry CA", 3).expect("ca");
+        ca.write(dir.path()).expect("write");
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let t = earliest_expiry(&dir.path().join("ca.crt")).expect("expiry");
+        assert!(
+            (now + 2 * 86_400..=now + 4 * 86_400).contains(&t),
+            "{t} vs {now}"
+        );
     }
 }
