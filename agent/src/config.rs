@@ -393,6 +393,67 @@ pub struct UplinkConfig {
     /// Limits of the remote-write receiver (`--web.enable-remote-write-receiver`).
     #[serde(default)]
     pub remote_write_receiver: crate::receive::ReceiverConfig,
+    /// The agent scrapes its own `/metrics` into its queue, so they travel through the tunnel
+    /// with the site's external labels: a site without inbound access stays observable.
+    #[serde(default)]
+    pub self_scrape: SelfScrape,
+}
+
+/// `uplink.self_scrape`: a scrape job the agent adds for its own `/metrics`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelfScrape {
+    pub enabled: bool,
+    /// The job's name (`job` label); a `scrape_configs` entry of the same name wins.
+    pub job_name: String,
+    /// Scrape interval; the global one when unset.
+    pub scrape_interval: Option<PromDuration>,
+}
+
+impl Default for SelfScrape {
+    fn default() -> Self {
+        SelfScrape {
+            enabled: true,
+            job_name: "uplink-agent".into(),
+            scrape_interval: None,
+        }
+    }
+}
+
+impl Config {
+    /// The configuration with the self-scrape job added (when enabled and no job has its
+    /// name): a static target at `web`, the agent's own listener (loopback when it listens on
+    /// every address).
+    pub fn with_self_scrape(&self, web: std::net::SocketAddr) -> Config {
+        let s = &self.uplink.self_scrape;
+        let mut cfg = self.clone();
+        if !s.enabled || cfg.scrape_configs.iter().any(|j| j.job_name == s.job_name) {
+            return cfg;
+        }
+        let ip = match web.ip() {
+            std::net::IpAddr::V4(v4) if v4.is_unspecified() => {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            }
+            std::net::IpAddr::V6(v6) if v6.is_unspecified() => {
+                std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+            }
+            ip => ip,
+        };
+        let target = std::net::SocketAddr::new(ip, web.port());
+        let interval = s
+            .scrape_interval
+            .map(|d| format!("\nscrape_interval: {}", d))
+            .unwrap_or_default();
+        let yaml = format!(
+            "job_name: {:?}\nstatic_configs: [{{targets: ['{target}']}}]{interval}",
+            s.job_name
+        );
+        match serde_yaml::from_str::<ScrapeConfig>(&yaml) {
+            Ok(job) => cfg.scrape_configs.push(job),
+            Err(error) => tracing::warn!(%error, "Cannot build the self-scrape job."),
+        }
+        cfg
+    }
 }
 
 /// The on-disk queue.
@@ -933,6 +994,35 @@ uplink:
   tls: {cert_file: a.crt, key_file: a.key, ca_file: ca.crt}
   queue: {directory: q}
 "#;
+
+    #[test]
+    fn self_scrape_adds_one_loopback_job_unless_named_or_disabled() {
+        let c = load(GOOD).expect("valid");
+        let web: std::net::SocketAddr = "0.0.0.0:9101".parse().expect("addr");
+        let with = c.with_self_scrape(web);
+        let job = with.scrape_configs.last().expect("job");
+        assert_eq!(job.job_name, "uplink-agent");
+        assert_eq!(
+            job.static_configs[0].targets,
+            vec!["127.0.0.1:9101".to_owned()]
+        );
+        let c = load(&GOOD.replace(
+            "  queue: {directory: q}\n",
+            "  queue: {directory: q}\n  self_scrape: {job_name: node, scrape_interval: 1m}\n",
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.with_self_scrape(web).scrape_configs.len(),
+            1,
+            "the user's job wins"
+        );
+        let c = load(&GOOD.replace(
+            "  queue: {directory: q}\n",
+            "  queue: {directory: q}\n  self_scrape: {enabled: false}\n",
+        ))
+        .expect("valid");
+        assert_eq!(c.with_self_scrape(web).scrape_configs.len(), 1);
+    }
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -156,7 +156,7 @@ pub async fn run(
     let mut web_task = tokio::spawn(web::serve(web.listen_address, web_state, web_token.clone()));
 
     let cfg = Arc::new(cfg);
-    manager.apply(cfg.clone());
+    manager.apply(Arc::new(cfg.with_self_scrape(web.listen_address)));
     info!(jobs = cfg.scrape_configs.len(), "Scraping started.");
 
     let ship_token = CancellationToken::new();
@@ -204,7 +204,7 @@ pub async fn run(
                             r.reload(&new);
                         }
                         running = Arc::new(new);
-                        manager.apply(running.clone());
+                        manager.apply(Arc::new(running.with_self_scrape(web.listen_address)));
                         if let Ok(mut c) = api.config.write() {
                             *c = config_text(&source);
                         }

@@ -186,6 +186,7 @@ async fn scenario(
                 bins,
                 &d,
                 &AgentSpec {
+                    self_scrape: false,
                     site: "bench",
                     gateway: udp.addr,
                     targets: &targets,
@@ -299,6 +300,7 @@ pub async fn idle_agent(bins: &Bins, dir: &Path) -> anyhow::Result<(f64, u64)> {
             bins,
             &d,
             &AgentSpec {
+                self_scrape: false,
                 site: "idle",
                 gateway: "127.0.0.1:9".parse().expect("literal address"),
                 targets: &[],

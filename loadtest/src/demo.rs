@@ -170,6 +170,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 &bins,
                 &dir,
                 &AgentSpec {
+                    self_scrape: true,
                     site,
                     gateway: link.addr,
                     targets: &targets,

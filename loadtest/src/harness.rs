@@ -281,6 +281,9 @@ pub struct Agent {
 
 /// Options for [`start_agent`].
 pub struct AgentSpec<'a> {
+    /// Whether the agent scrapes its own `/metrics` too (`uplink.self_scrape.enabled`); off
+    /// where a test compares exact series sets.
+    pub self_scrape: bool,
     pub site: &'a str,
     pub gateway: SocketAddr,
     pub targets: &'a [String],
@@ -335,12 +338,14 @@ pub fn start_agent_with_args(
              uplink:\n  gateways: ['{gw}']\n  server_name: localhost\n\
              \x20 tls: {{cert_file: {site}.crt, key_file: {site}.key, ca_file: ca.crt}}\n\
              \x20 queue: {{directory: {site}-queue, sync: interval{queue_extra}}}\n\
-             \x20 shipper: {{min_backoff: 100ms, max_backoff: 1s{shipper_extra}}}\n",
+             \x20 shipper: {{min_backoff: 100ms, max_backoff: 1s{shipper_extra}}}\n\
+             \x20 self_scrape: {{enabled: {self_scrape}}}\n",
             iv = spec.interval,
             site = spec.site,
             job = spec.job,
             targets = targets.join(", "),
             gw = spec.gateway,
+            self_scrape = spec.self_scrape,
         ),
     )?;
     let web = free_addr()?;
@@ -781,6 +786,8 @@ pub struct RigOptions<'a> {
     pub destinations: usize,
     /// Extra keys for the gateway's `storage:` (e.g. `ack: delivered`).
     pub gateway_storage_extra: &'a str,
+    /// The agent scrapes its own `/metrics` too.
+    pub self_scrape: bool,
 }
 
 impl Default for RigOptions<'_> {
@@ -790,6 +797,7 @@ impl Default for RigOptions<'_> {
             shipper_extra: "",
             destinations: 1,
             gateway_storage_extra: "",
+            self_scrape: false,
         }
     }
 }
@@ -863,6 +871,7 @@ impl Rig {
                 &bins,
                 dir.path(),
                 &AgentSpec {
+                    self_scrape: opts.self_scrape,
                     site,
                     gateway: link.addr,
                     targets: &targets,

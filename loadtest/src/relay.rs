@@ -191,6 +191,7 @@ fn uplink(
         bins,
         dir,
         &AgentSpec {
+            self_scrape: false,
             site: "relay",
             gateway: gw.quic,
             targets: &[],

@@ -144,6 +144,7 @@ async fn dashboards_name_only_metrics_that_exist() {
             &bins,
             dir.path(),
             &AgentSpec {
+                self_scrape: false,
                 site: "dash",
                 gateway: gateway.quic,
                 targets: &targets,

@@ -79,6 +79,7 @@ async fn offline_site_opens_one_ticket_and_resolves_it() {
                     &bins,
                     dir.path(),
                     &AgentSpec {
+                        self_scrape: false,
                         site,
                         gateway: gateway.quic,
                         targets: &targets,

@@ -69,6 +69,7 @@ async fn a_regional_tier_feeds_the_global_tier_exactly_once_across_a_global_cras
             &bins,
             &region_dir,
             &AgentSpec {
+                self_scrape: false,
                 site: "relay",
                 gateway: global.quic,
                 targets: &[],
@@ -90,6 +91,7 @@ async fn a_regional_tier_feeds_the_global_tier_exactly_once_across_a_global_cras
             &bins,
             &region_dir,
             &AgentSpec {
+                self_scrape: false,
                 site: "edge",
                 gateway: regional.quic,
                 targets: &instances,

@@ -126,6 +126,7 @@ async fn real_prometheus_and_victoria_metrics_through_scripted_faults() {
             &bins,
             dir.path(),
             &AgentSpec {
+                self_scrape: false,
                 site,
                 gateway: gateway.quic,
                 targets: &instances,

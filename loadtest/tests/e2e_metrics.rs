@@ -8,7 +8,8 @@
 //! - gateway: `samples_received_total` equals the agent's acknowledged samples,
 //!   `remote_write_samples_total` equals what the receiver recorded, each injected 503 is one
 //!   5xx outcome and one retry;
-//! - receiver: the probe's oracle finds every scrape whole, no duplicates.
+//! - receiver: the probe's oracle finds every scrape whole, no duplicates, and the agent's own
+//!   metrics (its self-scrape) arrived with the site's label.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -40,6 +41,7 @@ async fn counters_agree_with_the_oracle_after_a_partition_a_reconnect_and_5xx() 
     };
     let opts = RigOptions {
         shipper_extra: "batch_delay: 50ms, keep_alive: 300ms, idle_timeout: 1500ms",
+        self_scrape: true,
         ..RigOptions::default()
     };
     let mut rig = Rig::start_with("metered", spec, "250ms", &opts)
@@ -93,6 +95,14 @@ async fn counters_agree_with_the_oracle_after_a_partition_a_reconnect_and_5xx() 
         assert!(missing.is_empty(), "target {t}: {missing:?} missing");
     }
     assert_eq!(report.duplicates, 0);
+    // The agent's own metrics travelled through the tunnel, with the site's label.
+    let own = received.iter().any(|r| {
+        uplink_shared::model::get(&r.labels, "__name__")
+            == Some("uplink_agent_samples_queued_total")
+            && uplink_shared::model::get(&r.labels, "job") == Some("uplink-agent")
+            && uplink_shared::model::get(&r.labels, "site") == Some("metered")
+    });
+    assert!(own, "the agent's self-scrape arrived");
 
     // Agent.
     let queued = get(&agent_before, "uplink_agent_samples_queued_total");

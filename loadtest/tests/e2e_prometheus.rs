@@ -48,6 +48,7 @@ async fn every_series_of_every_site_reaches_prometheus_exactly() {
                 &bins,
                 dir.path(),
                 &AgentSpec {
+                    self_scrape: false,
                     site,
                     gateway: gateway.quic,
                     targets: &targets,

@@ -65,6 +65,7 @@ async fn prometheus_agent_remote_writes_through_the_uplink_agent_exactly() {
             &bins,
             dir.path(),
             &AgentSpec {
+                self_scrape: false,
                 site,
                 gateway: gateway.quic,
                 targets: &[],
