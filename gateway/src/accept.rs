@@ -64,6 +64,8 @@ pub struct Context {
     pub lanes: Lanes,
     /// Acknowledge once stored, or once delivered everywhere.
     pub ack: AckPolicy,
+    /// How agents' identities are read from their certificates.
+    pub identity: uplink_shared::tls::IdentityRules,
 }
 
 /// Per (identity, queue id): the dedupe cursor, `None` until loaded from the store.
@@ -118,6 +120,27 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>, shutdown: Cance
     endpoint.wait_idle().await;
 }
 
+/// A failed handshake's reason: the TLS alert the handshake ended with, by name.
+fn handshake_reason(error: &quinn::ConnectionError) -> &'static str {
+    let code = match error {
+        quinn::ConnectionError::TransportError(e) => u64::from(e.code),
+        quinn::ConnectionError::ConnectionClosed(c) => u64::from(c.error_code),
+        quinn::ConnectionError::TimedOut => return "timeout",
+        _ => return "other",
+    };
+    match code.checked_sub(0x100) {
+        Some(42) => "bad_certificate",
+        Some(43) => "unsupported_certificate",
+        Some(44) => "certificate_revoked",
+        Some(45) => "certificate_expired",
+        Some(46) => "certificate_unknown",
+        Some(48) => "unknown_ca",
+        Some(116) => "certificate_required",
+        Some(0..=0xff) => "tls_other",
+        _ => "other",
+    }
+}
+
 fn close(ctx: &Context, conn: &quinn::Connection, code: CloseCode) {
     ctx.metrics
         .closes
@@ -128,21 +151,36 @@ fn close(ctx: &Context, conn: &quinn::Connection, code: CloseCode) {
 
 async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: CancellationToken) {
     let hs = ctx.limits.handshake_timeout.0;
+    let failed = |reason: &str| {
+        ctx.metrics
+            .handshake_failures
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc();
+    };
     let conn = match tokio::time::timeout(hs, incoming).await {
         Ok(Ok(c)) => c,
         Ok(Err(error)) => {
             debug!(%error, "TLS/QUIC handshake failed.");
+            failed(handshake_reason(&error));
             return;
         }
         Err(_) => {
             debug!("TLS/QUIC handshake timed out.");
+            failed("timeout");
             return;
         }
     };
-    let Some(identity) = uplink_shared::tls::peer_identity(&conn) else {
-        warn!("Client certificate carries no usable identity; closing.");
-        close(&ctx, &conn, CloseCode::Unauthorized);
-        return;
+    let identity = match uplink_shared::tls::peer_identity_with(&conn, &ctx.identity) {
+        Ok(id) => id.key(),
+        Err(error) => {
+            warn!(%error, "Client certificate carries no usable identity; closing.");
+            ctx.metrics
+                .identity_refusals
+                .get_or_create(&labels(&[("reason", error.reason())]))
+                .inc();
+            close(&ctx, &conn, CloseCode::Unauthorized);
+            return;
+        }
     };
     let span = info_span!("session", agent = %identity);
     async {

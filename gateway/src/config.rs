@@ -25,6 +25,9 @@ pub struct Config {
     pub listen_address: SocketAddr,
     /// Server certificate and key; `ca_file` is the bundle client certificates must chain to.
     pub tls: TlsFiles,
+    /// How an agent's identity is read from its certificate (SPIFFE ID or CN).
+    #[serde(default)]
+    pub identity: uplink_shared::tls::IdentityRules,
     #[serde(default)]
     pub limits: Limits,
     /// Destinations, in Prometheus's remote_write schema.

@@ -110,6 +110,7 @@ pub async fn run(
         ledger: ledger.clone(),
         lanes: Default::default(),
         ack: cfg.storage.ack,
+        identity: cfg.identity.clone(),
     });
     let ledger_token = CancellationToken::new();
     if !cfg.ledger.interval.0.is_zero() {

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub agents_connected: Gauge,
     pub connections: Counter,
     pub closes: Family<Labels, Counter>,
+    pub handshake_failures: Family<Labels, Counter>,
+    pub identity_refusals: Family<Labels, Counter>,
     pub batches_received: Counter,
     pub batches_duplicate: Counter,
     pub batches_acked: Family<Labels, Counter>,
@@ -53,6 +55,8 @@ impl Default for Metrics {
             agents_connected: Gauge::default(),
             connections: Counter::default(),
             closes: Family::default(),
+            handshake_failures: Family::default(),
+            identity_refusals: Family::default(),
             batches_received: Counter::default(),
             batches_duplicate: Counter::default(),
             batches_acked: Family::default(),
@@ -98,6 +102,19 @@ impl Metrics {
             "connection_closes",
             "Agent connections closed by the gateway, by close code.",
             self.closes.clone(),
+        );
+        r.register(
+            "handshake_failures",
+            "TLS/QUIC handshakes that failed, by reason (the TLS alert: bad_certificate, \
+             unknown_ca, certificate_expired, certificate_required, unsupported_certificate, \
+             certificate_revoked, certificate_unknown, tls_other; timeout; other).",
+            self.handshake_failures.clone(),
+        );
+        r.register(
+            "identity_refusals",
+            "Verified certificates refused for their identity (closed with code 4), by reason \
+             (several_ids, trust_domain, spiffe_path, spiffe_required, no_name, unparseable).",
+            self.identity_refusals.clone(),
         );
         r.register(
             "batches_received",

@@ -329,7 +329,7 @@ async fn uplink_agent_and_prometheus_agent_write_the_same_series() {
     std::fs::write(
         &uplink_file,
         format!(
-            "gateways: ['{}']\nserver_name: localhost\ntls: {{cert_file: parity.crt, key_file: parity.key, ca_file: ca.crt}}\nqueue: {{directory: parity-queue, sync: interval}}\nshipper: {{batch_delay: 200ms}}\n",
+            "gateways: ['{}']\nserver_name: localhost\ntls: {{cert_file: parity.crt, key_file: parity.key, ca_file: ca.crt}}\nqueue: {{directory: parity-queue, sync: interval}}\nshipper: {{batch_delay: 200ms}}\nself_scrape: {{enabled: false}}\n",
             gateway.quic
         ),
     )

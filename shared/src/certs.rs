@@ -37,6 +37,35 @@ pub struct Pair {
     pub key_pem: String,
 }
 
+/// What [`Authority::issue_leaf`] puts in a certificate.
+#[derive(Clone, Debug)]
+pub struct LeafSpec {
+    pub common_name: String,
+    /// URI SANs (SPIFFE IDs).
+    pub uris: Vec<String>,
+    /// The clientAuth extended key usage (serverAuth otherwise).
+    pub client_auth: bool,
+    /// A CA certificate used as a leaf.
+    pub is_ca: bool,
+    pub not_before: time::OffsetDateTime,
+    pub not_after: time::OffsetDateTime,
+}
+
+impl LeafSpec {
+    /// A well-formed agent certificate: CN `site`, clientAuth, valid from a day ago.
+    pub fn agent(site: &str, valid_days: i64) -> LeafSpec {
+        let now = time::OffsetDateTime::now_utc();
+        LeafSpec {
+            common_name: site.into(),
+            uris: vec![],
+            client_auth: true,
+            is_ca: false,
+            not_before: now - time::Duration::days(1),
+            not_after: now + time::Duration::days(valid_days.max(1)),
+        }
+    }
+}
+
 /// A certificate authority that can issue gateway and agent certificates.
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
@@ -116,6 +145,46 @@ impl Authority {
         let mut p = params(site, valid_days)?;
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.sign(p)
+    }
+
+    /// Issues an agent certificate with a SPIFFE identity,
+    /// `spiffe://<trust_domain>/tenant/<tenant>/site/<site>` as its one URI SAN (CN `site`).
+    pub fn issue_agent_spiffe(
+        &self,
+        trust_domain: &str,
+        tenant: &str,
+        site: &str,
+        valid_days: i64,
+    ) -> Result<Pair, CertError> {
+        self.issue_leaf(&LeafSpec {
+            uris: vec![format!(
+                "spiffe://{trust_domain}/tenant/{tenant}/site/{site}"
+            )],
+            ..LeafSpec::agent(site, valid_days)
+        })
+    }
+
+    /// Issues a leaf certificate exactly as `spec` says, good or bad (tests use it for the
+    /// certificate matrix).
+    pub fn issue_leaf(&self, spec: &LeafSpec) -> Result<Pair, CertError> {
+        let mut p = params(&spec.common_name, 1)?;
+        p.not_before = spec.not_before;
+        p.not_after = spec.not_after;
+        for u in &spec.uris {
+            p.subject_alt_names
+                .push(SanType::URI(u.clone().try_into()?));
+        }
+        if spec.client_auth {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        } else {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        }
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if spec.is_ca {
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages.push(KeyUsagePurpose::KeyCertSign);
+        }
         self.sign(p)
     }
 

@@ -7,8 +7,12 @@
 //! - The agent verifies the gateway's certificate against its CA bundle and the configured
 //!   server name.
 //! - No 0-RTT: early data is replayable, and batches must not be.
-//! - An agent's identity is its leaf certificate's subject common name, or its first DNS name
-//!   when the subject has no CN; it must match [`valid_identity`].
+//! - An agent's identity comes only from its verified leaf certificate ([`identify`]): a
+//!   SPIFFE ID `spiffe://<trust domain>/tenant/<tenant>/site/<site>` when the certificate has
+//!   one (exactly one; in the configured trust domain), else the subject common name, or its
+//!   first DNS name when the subject has no CN. Every part must match [`valid_identity`].
+//!   rustls (webpki) already refuses, at the handshake: no certificate, another CA, expired or
+//!   not yet valid, a CA certificate as leaf, and a leaf without the clientAuth usage.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -202,6 +206,131 @@ pub fn valid_identity(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Who an agent is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// From the SPIFFE ID; none for a CN identity.
+    pub tenant: Option<String>,
+    pub site: String,
+}
+
+impl Identity {
+    /// The key the gateway stores and deduplicates under: `tenant/site`, or `site`.
+    pub fn key(&self) -> String {
+        match &self.tenant {
+            Some(t) => format!("{t}/{}", self.site),
+            None => self.site.clone(),
+        }
+    }
+}
+
+/// How identities are read: the gateway's `identity:` section.
+#[derive(Clone, Debug, Default, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityRules {
+    /// SPIFFE IDs must be in this trust domain (any when unset).
+    pub trust_domain: Option<String>,
+    /// Refuse certificates without a SPIFFE ID (no CN fallback).
+    pub require_spiffe: bool,
+}
+
+/// Why a verified certificate carries no usable identity (the connection is closed with code
+/// 4, counted by reason).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("the certificate cannot be parsed")]
+    Unparseable,
+    #[error("more than one SPIFFE ID")]
+    SeveralIds,
+    #[error("SPIFFE ID {0:?} is in another trust domain")]
+    TrustDomain(String),
+    #[error("SPIFFE ID {0:?} is not spiffe://<trust domain>/tenant/<tenant>/site/<site>")]
+    SpiffePath(String),
+    #[error("no SPIFFE ID, and one is required")]
+    SpiffeRequired,
+    #[error("no usable name (CN or DNS name) in the certificate")]
+    NoName,
+}
+
+impl IdentityError {
+    /// Metric label value.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IdentityError::Unparseable => "unparseable",
+            IdentityError::SeveralIds => "several_ids",
+            IdentityError::TrustDomain(_) => "trust_domain",
+            IdentityError::SpiffePath(_) => "spiffe_path",
+            IdentityError::SpiffeRequired => "spiffe_required",
+            IdentityError::NoName => "no_name",
+        }
+    }
+}
+
+/// Reads the identity from a verified leaf certificate, following `rules`.
+pub fn identify(der: &[u8], rules: &IdentityRules) -> Result<Identity, IdentityError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|_| IdentityError::Unparseable)?;
+    let spiffe: Vec<&str> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|g| match g {
+                    x509_parser::extensions::GeneralName::URI(u)
+                        if u.to_ascii_lowercase().starts_with("spiffe://") =>
+                    {
+                        Some(*u)
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match spiffe.as_slice() {
+        [] if rules.require_spiffe => Err(IdentityError::SpiffeRequired),
+        [] => identity_from_cert(der)
+            .map(|site| Identity { tenant: None, site })
+            .ok_or(IdentityError::NoName),
+        [id] => parse_spiffe(id, rules),
+        _ => Err(IdentityError::SeveralIds),
+    }
+}
+
+/// `spiffe://<trust domain>/tenant/<tenant>/site/<site>`.
+fn parse_spiffe(id: &str, rules: &IdentityRules) -> Result<Identity, IdentityError> {
+    let rest = &id["spiffe://".len()..];
+    let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if let Some(td) = &rules.trust_domain
+        && !domain.eq_ignore_ascii_case(td)
+    {
+        return Err(IdentityError::TrustDomain(id.into()));
+    }
+    match path.split('/').collect::<Vec<_>>().as_slice() {
+        ["tenant", tenant, "site", site] if valid_identity(tenant) && valid_identity(site) => {
+            Ok(Identity {
+                tenant: Some((*tenant).to_owned()),
+                site: (*site).to_owned(),
+            })
+        }
+        _ => Err(IdentityError::SpiffePath(id.into())),
+    }
+}
+
+/// Identity of the peer of an established quinn connection.
+pub fn peer_identity_with(
+    conn: &quinn::Connection,
+    rules: &IdentityRules,
+) -> Result<Identity, IdentityError> {
+    let any = conn.peer_identity().ok_or(IdentityError::NoName)?;
+    let certs = any
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| IdentityError::Unparseable)?;
+    identify(certs.first().ok_or(IdentityError::NoName)?.as_ref(), rules)
+}
+
 /// Reads the identity from a verified leaf certificate: subject CN, else first DNS SAN.
 pub fn identity_from_cert(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -257,6 +386,65 @@ mod tests {
         client_config(&files("site-a")).expect("client config");
         assert!(ca.issue_agent("bad name!", 1).is_err());
         assert!(!valid_identity(""));
+        let ca = crate::certs::Authority::generate("id CA", 3).expect("ca");
+        let der = |p: &crate::certs::Pair| {
+            rustls_pemfile::certs(&mut p.cert_pem.as_bytes())
+                .next()
+                .expect("one")
+                .expect("pem")
+        };
+        let rules = IdentityRules {
+            trust_domain: Some("uplink.test".into()),
+            require_spiffe: false,
+        };
+        let good = ca
+            .issue_agent_spiffe("uplink.test", "team-a", "plant-7", 3)
+            .expect("cert");
+        let id = identify(&der(&good), &rules).expect("identity");
+        assert_eq!(
+            (id.tenant.as_deref(), id.site.as_str(), id.key()),
+            (Some("team-a"), "plant-7", "team-a/plant-7".to_owned())
+        );
+        let other = ca
+            .issue_agent_spiffe("evil.test", "team-a", "plant-7", 3)
+            .expect("cert");
+        assert_eq!(
+            identify(&der(&other), &rules).map_err(|e| e.reason()),
+            Err("trust_domain")
+        );
+        let two = ca
+            .issue_leaf(&crate::certs::LeafSpec {
+                uris: vec![
+                    "spiffe://uplink.test/tenant/a/site/b".into(),
+                    "spiffe://uplink.test/tenant/c/site/d".into(),
+                ],
+                ..crate::certs::LeafSpec::agent("b", 3)
+            })
+            .expect("cert");
+        assert_eq!(
+            identify(&der(&two), &rules).map_err(|e| e.reason()),
+            Err("several_ids")
+        );
+        let bad_path = ca
+            .issue_leaf(&crate::certs::LeafSpec {
+                uris: vec!["spiffe://uplink.test/tenant/a/../site/b".into()],
+                ..crate::certs::LeafSpec::agent("b", 3)
+            })
+            .expect("cert");
+        assert_eq!(
+            identify(&der(&bad_path), &rules).map_err(|e| e.reason()),
+            Err("spiffe_path")
+        );
+        let cn = ca.issue_agent("site-b", 3).expect("cert");
+        assert_eq!(identify(&der(&cn), &rules).expect("cn").key(), "site-b");
+        let strict = IdentityRules {
+            require_spiffe: true,
+            ..rules
+        };
+        assert_eq!(
+            identify(&der(&cn), &strict).map_err(|e| e.reason()),
+            Err("spiffe_required")
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = crate::certs::Authority::generate("expiry CA", 3).expect("ca");
         ca.write(dir.path()).expect("write");

@@ -24,6 +24,8 @@ pub struct Setup {
     /// The gateway's `run`, to wait for an orderly stop.
     pub run: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub config: std::path::PathBuf,
+    /// The gateway's web listener (`/metrics`).
+    pub web: SocketAddr,
 }
 
 impl Setup {
@@ -31,9 +33,10 @@ impl Setup {
     pub async fn restart(&mut self) {
         self.stop.cancel();
         (&mut self.run).await.unwrap().unwrap();
-        let (stop, run) = run_gateway(&self.config).await;
+        let (stop, run, web) = run_gateway(&self.config).await;
         self.stop = stop;
         self.run = run;
+        self.web = web;
     }
 }
 
@@ -42,13 +45,14 @@ async fn run_gateway(
 ) -> (
     CancellationToken,
     tokio::task::JoinHandle<anyhow::Result<()>>,
+    SocketAddr,
 ) {
     let cfg = uplink_gateway::config::Config::load(config).unwrap();
     let stop = CancellationToken::new();
     let web = harness::free_addr().unwrap();
     let run = tokio::spawn(uplink_gateway::run(cfg, web, stop.clone()));
     tokio::task::block_in_place(|| harness::wait_ready(web, Duration::from_secs(10))).unwrap();
-    (stop, run)
+    (stop, run, web)
 }
 
 /// Development PKI (rcgen): agents `good` and `bad`, plus a foreign CA in `other/` with agent
@@ -65,6 +69,11 @@ pub async fn setup_with_dev_pki() -> Setup {
 
 /// Starts a gateway on the certificates already in `dir` (`gateway.crt/key`, `ca.crt`).
 pub async fn start(dir: tempfile::TempDir) -> Setup {
+    start_with(dir, "").await
+}
+
+/// As [`start`], with extra top-level configuration (YAML lines).
+pub async fn start_with(dir: tempfile::TempDir, extra: &str) -> Setup {
     let path = dir.path().to_path_buf();
     let capture = Capture::start(harness::free_addr().unwrap()).await.unwrap();
     let quic = harness::free_addr().unwrap();
@@ -76,12 +85,12 @@ pub async fn start(dir: tempfile::TempDir) -> Setup {
              tls: {{cert_file: gateway.crt, key_file: gateway.key, ca_file: ca.crt}}\n\
              limits: {{max_batch_bytes: 65536, handshake_timeout: 1s, max_retry_duration: 1s}}\n\
              storage: {{directory: store, fsync: false, drain_timeout: 1s}}\n\
-             remote_write:\n  - url: {}\n    queue_config: {{min_backoff: 20ms, max_backoff: 200ms}}\n",
+             remote_write:\n  - url: {}\n    queue_config: {{min_backoff: 20ms, max_backoff: 200ms}}\n{extra}",
             capture.url()
         ),
     )
     .unwrap();
-    let (stop, run) = run_gateway(&cfg_path).await;
+    let (stop, run, web) = run_gateway(&cfg_path).await;
     Setup {
         _dir: dir,
         dir: path,
@@ -90,6 +99,7 @@ pub async fn start(dir: tempfile::TempDir) -> Setup {
         stop,
         run,
         config: cfg_path,
+        web,
     }
 }
 

@@ -1,0 +1,177 @@
+//! The certificate matrix: every bad certificate is refused at the handshake (by rustls) or
+//! right after it (identity rules, close code 4), counted by reason, and sends no data; a
+//! SPIFFE identity `spiffe://uplink.test/tenant/<t>/site/<s>` is accepted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{batch, connect, handshake, send_batch, start_with};
+use uplink_loadtest::harness;
+use uplink_shared::certs::{Authority, LeafSpec};
+use uplink_shared::wire::{AckStatus, CloseCode};
+
+/// How a connection attempt was refused.
+#[derive(Debug, PartialEq)]
+enum Refusal {
+    /// The TLS handshake failed (on our side, or the gateway's alert closed it).
+    Tls,
+    /// Closed by the gateway with an application close code.
+    Code(Option<CloseCode>),
+}
+
+async fn refused(r: Result<quinn::Connection, String>) -> Refusal {
+    let c = match r {
+        Err(_) => return Refusal::Tls,
+        Ok(c) => c,
+    };
+    match tokio::time::timeout(Duration::from_secs(5), c.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(a)) => {
+            Refusal::Code(CloseCode::from_u64(a.error_code.into_inner()))
+        }
+        Ok(_) => Refusal::Tls,
+        Err(_) => panic!("not closed within 5 s"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_certificates_are_refused_and_counted_spiffe_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    harness::write_certs(&path, &[]).unwrap();
+    let ca = Authority::load(&path).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let day = time::Duration::days(1);
+    let leaf =
+        |name: &str, spec: LeafSpec| ca.issue_leaf(&spec).unwrap().write(&path, name).unwrap();
+    leaf(
+        "expired",
+        LeafSpec {
+            not_before: now - 10 * day,
+            not_after: now - day,
+            ..LeafSpec::agent("expired", 1)
+        },
+    );
+    leaf(
+        "future",
+        LeafSpec {
+            not_before: now + day,
+            not_after: now + 10 * day,
+            ..LeafSpec::agent("future", 1)
+        },
+    );
+    leaf(
+        "no-eku",
+        LeafSpec {
+            client_auth: false,
+            ..LeafSpec::agent("no-eku", 1)
+        },
+    );
+    leaf(
+        "ca-leaf",
+        LeafSpec {
+            is_ca: true,
+            ..LeafSpec::agent("ca-leaf", 1)
+        },
+    );
+    leaf(
+        "two-ids",
+        LeafSpec {
+            uris: vec![
+                "spiffe://uplink.test/tenant/a/site/x".into(),
+                "spiffe://uplink.test/tenant/b/site/x".into(),
+            ],
+            ..LeafSpec::agent("two-ids", 1)
+        },
+    );
+    ca.issue_agent_spiffe("other.test", "a", "x", 1)
+        .unwrap()
+        .write(&path, "wrong-domain")
+        .unwrap();
+    ca.issue_agent_spiffe("uplink.test", "team-a", "plant-7", 1)
+        .unwrap()
+        .write(&path, "spiffe")
+        .unwrap();
+    let other = Authority::generate("another CA", 1).unwrap();
+    other
+        .issue_agent("intruder", 1)
+        .unwrap()
+        .write(&path, "intruder")
+        .unwrap();
+
+    let s = start_with(dir, "identity: {trust_domain: uplink.test}\n").await;
+
+    // Refused by rustls at the handshake.
+    for name in ["expired", "future", "no-eku", "ca-leaf", "intruder"] {
+        let how = refused(connect(&s.dir, name, s.quic).await).await;
+        assert_eq!(how, Refusal::Tls, "{name}");
+    }
+    // No certificate at all.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in uplink_shared::tls::load_certs(&s.dir.join("ca.crt")).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let mut anon = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    anon.alpn_protocols = vec![uplink_shared::wire::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(anon).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let attempt = ep.connect(s.quic, "localhost").unwrap().await;
+    let how = refused(attempt.map_err(|e| e.to_string())).await;
+    assert_eq!(how, Refusal::Tls, "no certificate");
+
+    // Verified certificates with an unusable identity: closed with code 4.
+    for name in ["two-ids", "wrong-domain"] {
+        let how = refused(connect(&s.dir, name, s.quic).await).await;
+        assert_eq!(how, Refusal::Code(Some(CloseCode::Unauthorized)), "{name}");
+    }
+
+    // A SPIFFE identity works end to end.
+    let good = connect(&s.dir, "spiffe", s.quic).await.unwrap();
+    let _ctl = handshake(&good).await;
+    assert_eq!(
+        send_batch(&good, batch(0, 1, 1.0)).await.status,
+        AckStatus::Accepted
+    );
+
+    let m = tokio::task::block_in_place(|| harness::metrics(s.web)).unwrap();
+    let sum = |prefix: &str| -> f64 {
+        m.iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| *v)
+            .sum()
+    };
+    let handshakes: Vec<(&String, &f64)> = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("uplink_gateway_handshake_failures_total"))
+        .collect();
+    println!("handshake failures: {handshakes:?}");
+    assert_eq!(
+        sum("uplink_gateway_handshake_failures_total"),
+        6.0,
+        "{handshakes:?}"
+    );
+    assert_eq!(
+        m.get("uplink_gateway_identity_refusals_total{reason=\"several_ids\"}"),
+        Some(&1.0)
+    );
+    assert_eq!(
+        m.get("uplink_gateway_identity_refusals_total{reason=\"trust_domain\"}"),
+        Some(&1.0)
+    );
+    assert_eq!(
+        sum("uplink_gateway_batches_received_total"),
+        1.0,
+        "only the good agent's batch"
+    );
+    assert_eq!(sum("uplink_gateway_connections_total"), 1.0);
+}
