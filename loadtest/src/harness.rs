@@ -46,6 +46,21 @@ impl Bins {
     }
 }
 
+/// Runs blocking harness code (process control, HTTP polls) from an async test; needs the
+/// multi-threaded runtime.
+pub fn block<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Polls `cond` every 100 ms until it holds; panics naming `what` after `timeout`.
+pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (also free for UDP at the time of asking).
 pub fn free_port() -> anyhow::Result<u16> {
     for _ in 0..50 {
@@ -411,14 +426,20 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
 
 /// Waits until `GET /-/ready` answers 200.
 pub fn wait_ready(web: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    wait_http_ok(web, "/-/ready", timeout)
+}
+
+/// Blocks until `GET path` on `addr` answers 200 (polling every 100 ms), or fails after
+/// `timeout`.
+pub fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if let Ok((200, _)) = http_get(web, "/-/ready") {
+        if let Ok((200, _)) = http_get(addr, path) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("{web} not ready within {timeout:?}")
+    bail!("{addr}{path} not 200 within {timeout:?}")
 }
 
 /// Reads a process's `/metrics` into `name{labels} -> value` (labels as printed).
@@ -534,7 +555,6 @@ pub async fn prometheus_samples(
     web: SocketAddr,
     selector: &str,
 ) -> anyhow::Result<Vec<crate::capture::Received>> {
-    use uplink_shared::model::{self, Label};
     let url = format!("http://{web}/api/v1/query");
     let text = reqwest::Client::new()
         .get(&url)
@@ -550,13 +570,7 @@ pub async fn prometheus_samples(
         .with_context(|| format!("unexpected answer: {resp}"))?;
     let mut out = Vec::new();
     for series in result {
-        let mut labels: Vec<Label> = series["metric"]
-            .as_object()
-            .context("metric")?
-            .iter()
-            .map(|(k, v)| Label::new(k.clone(), v.as_str().unwrap_or_default()))
-            .collect();
-        model::normalize(&mut labels);
+        let labels = json_labels(&series["metric"])?;
         for pair in series["values"].as_array().context("values")? {
             let ts = pair[0].as_f64().context("timestamp")?;
             let value: f64 = pair[1].as_str().context("value")?.parse()?;
@@ -568,6 +582,19 @@ pub async fn prometheus_samples(
         }
     }
     Ok(out)
+}
+
+/// A series' labels from a query API's `metric` object, sorted.
+fn json_labels(metric: &serde_json::Value) -> anyhow::Result<Vec<uplink_shared::model::Label>> {
+    use uplink_shared::model::{self, Label};
+    let mut labels: Vec<Label> = metric
+        .as_object()
+        .context("metric")?
+        .iter()
+        .map(|(k, v)| Label::new(k.clone(), v.as_str().unwrap_or_default()))
+        .collect();
+    model::normalize(&mut labels);
+    Ok(labels)
 }
 
 /// A real VictoriaMetrics single-node server.
@@ -602,11 +629,7 @@ pub fn start_victoria_metrics(dir: &Path) -> anyhow::Result<VictoriaMetrics> {
             .arg("-search.disableCache"),
         &dir.join("victoria-metrics.log"),
     )?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !http_get(web, "/health").is_ok_and(|(s, _)| s == 200) {
-        anyhow::ensure!(Instant::now() < deadline, "victoria-metrics did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_http_ok(web, "/health", Duration::from_secs(60))?;
     Ok(VictoriaMetrics { proc, web })
 }
 
@@ -618,7 +641,6 @@ impl VictoriaMetrics {
     /// Every raw sample of the series matching `selector` (e.g. `{job="probe"}`), from
     /// `/api/v1/export`. Staleness markers come back as the Prometheus stale NaN.
     pub async fn samples(&self, selector: &str) -> anyhow::Result<Vec<crate::capture::Received>> {
-        use uplink_shared::model::{self, Label};
         let text = reqwest::Client::new()
             .get(format!("http://{}/api/v1/export", self.web))
             .query(&[("match[]", selector)])
@@ -633,13 +655,7 @@ impl VictoriaMetrics {
             // JSON has no NaN; VictoriaMetrics writes it bare (staleness markers).
             let line = line.replace("NaN", "null");
             let v: serde_json::Value = serde_json::from_str(&line)?;
-            let mut labels: Vec<Label> = v["metric"]
-                .as_object()
-                .context("metric")?
-                .iter()
-                .map(|(k, v)| Label::new(k.clone(), v.as_str().unwrap_or_default()))
-                .collect();
-            model::normalize(&mut labels);
+            let labels = json_labels(&v["metric"])?;
             let values = v["values"].as_array().context("values")?;
             let stamps = v["timestamps"].as_array().context("timestamps")?;
             for (value, ts) in values.iter().zip(stamps) {

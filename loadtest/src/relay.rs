@@ -226,7 +226,7 @@ fn vmagent(dir: &Path, out: SocketAddr) -> anyhow::Result<Relay> {
             .arg(format!("-httpListenAddr={web}")),
         &dir.join("vmagent.log"),
     )?;
-    wait_http(web, "/health")?;
+    harness::wait_http_ok(web, "/health", Duration::from_secs(60))?;
     Ok(Relay {
         name: "vmagent (remote write 1.0)".into(),
         url: format!("http://{web}/api/v1/write"),
@@ -262,15 +262,6 @@ fn prometheus_agent(dir: &Path, out: SocketAddr) -> anyhow::Result<Relay> {
         procs: vec![proc],
         gateway_pid: None,
     })
-}
-
-fn wait_http(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !harness::http_get(addr, path).is_ok_and(|(s, _)| s == 200) {
-        anyhow::ensure!(Instant::now() < deadline, "{addr}{path} did not answer");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }
 
 /// Runs every relay on the same input, one after the other.

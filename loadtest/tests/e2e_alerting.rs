@@ -13,9 +13,7 @@ use uplink_loadtest::harness::{self, AgentSpec, Bins, Timings};
 use uplink_loadtest::probe::{Probe, ProbeSpec};
 use uplink_loadtest::tickets::Tickets;
 
-fn block<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
+use uplink_loadtest::harness::block;
 
 async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
 where

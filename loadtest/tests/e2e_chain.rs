@@ -24,9 +24,7 @@ use uplink_loadtest::oracle;
 use uplink_loadtest::probe::{Probe, ProbeSpec};
 use uplink_shared::model::Label;
 
-fn block<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
+use uplink_loadtest::harness::block;
 
 /// Copies the test PKI (one CA for both tiers) into a tier's directory.
 fn copy_pki(from: &Path, to: &Path) {

@@ -31,9 +31,7 @@ use uplink_loadtest::oracle::{self, STALE_NAN_BITS};
 use uplink_loadtest::probe::{Probe, ProbeSpec};
 use uplink_shared::model::{self, Label};
 
-fn block<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
+use uplink_loadtest::harness::block;
 
 type Key = (Vec<Label>, i64, u64);
 

@@ -15,9 +15,7 @@ use uplink_loadtest::oracle;
 use uplink_loadtest::probe::ProbeSpec;
 use uplink_shared::model::Label;
 
-fn block<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
+use uplink_loadtest::harness::block;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -45,13 +43,7 @@ fn keys(v: &[Received]) -> HashSet<(Vec<Label>, i64)> {
     v.iter().map(|r| (r.labels.clone(), r.timestamp)).collect()
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use uplink_loadtest::harness::wait_for;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_destination_delays_nobody_and_gets_its_backlog_once() {

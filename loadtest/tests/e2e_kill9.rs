@@ -21,17 +21,9 @@ use uplink_shared::model::Label;
 
 type Key = (Vec<Label>, i64);
 
-fn block<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
+use uplink_loadtest::harness::block;
 
-async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use uplink_loadtest::harness::wait_for;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_partition_loses_nothing_queued() {

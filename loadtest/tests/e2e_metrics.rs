@@ -14,23 +14,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use uplink_loadtest::harness::{Rig, RigOptions, metric_sum, metrics};
 use uplink_loadtest::oracle;
 use uplink_loadtest::probe::ProbeSpec;
 
-fn block<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
+use uplink_loadtest::harness::block;
 
-async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use uplink_loadtest::harness::wait_for;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_agree_with_the_oracle_after_a_partition_a_reconnect_and_5xx() {

@@ -24,9 +24,7 @@ use axum::routing::get;
 use uplink_loadtest::harness::{self, Bins, Proc};
 use uplink_shared::model::Label;
 
-fn block<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
+use uplink_loadtest::harness::block;
 
 /// Serves `/metrics`, `/honor` and `/om` (OpenMetrics) on a fresh port; `gone` removes one
 /// series. `ts_ms` is the explicit timestamp of `with_ts` and `om_ts_*` (0: not exposed yet).

@@ -13,9 +13,7 @@ use uplink_loadtest::oracle;
 use uplink_loadtest::probe::{Probe, ProbeSpec, spec_series_count};
 use uplink_shared::model::{self, Label};
 
-fn block<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
+use uplink_loadtest::harness::block;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_series_of_every_site_reaches_prometheus_exactly() {

@@ -11,9 +11,7 @@ use uplink_loadtest::harness::Rig;
 use uplink_loadtest::oracle;
 use uplink_loadtest::probe::{ProbeSpec, spec_series_count};
 
-fn block<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
+use uplink_loadtest::harness::block;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budget_drops_oldest_counts_exactly_keeps_newest() {

@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use uplink_loadtest::capture::Capture;
 use uplink_loadtest::harness::{self, AgentSpec, Bins};
@@ -19,17 +19,9 @@ use uplink_loadtest::oracle;
 use uplink_loadtest::probe::{Probe, ProbeSpec, spec_series_count};
 use uplink_shared::model::Label;
 
-fn block<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
+use uplink_loadtest::harness::block;
 
-async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use uplink_loadtest::harness::wait_for;
 
 /// `name{code="..."}` values of the agent's request counter, by code.
 fn codes(m: &std::collections::HashMap<String, f64>) -> Vec<(String, f64)> {
