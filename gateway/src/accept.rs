@@ -50,6 +50,7 @@ use crate::config::{AckPolicy, Limits};
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, labels};
 use crate::store::{Commit, Entry, Store};
+use uplink_shared::model::Stamp;
 
 /// On shutdown, how long a session may take to store and ack the batches it already received.
 pub const FINISH_ACKS: Duration = Duration::from_secs(3);
@@ -66,6 +67,8 @@ pub struct Context {
     pub ack: AckPolicy,
     /// How agents' identities are read from their certificates.
     pub identity: uplink_shared::tls::IdentityRules,
+    /// Labels stamped from identities, if configured.
+    pub tenancy: Option<crate::config::TenancyConfig>,
 }
 
 /// Per (identity, queue id): the dedupe cursor, `None` until loaded from the store.
@@ -170,8 +173,11 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: Cancella
             return;
         }
     };
-    let identity = match uplink_shared::tls::peer_identity_with(&conn, &ctx.identity) {
-        Ok(id) => id.key(),
+    let (identity, stamp) = match uplink_shared::tls::peer_identity_with(&conn, &ctx.identity) {
+        Ok(id) => {
+            let stamp = ctx.tenancy.as_ref().map(|t| Arc::new(t.stamp(&id)));
+            (id.key(), stamp)
+        }
         Err(error) => {
             warn!(%error, "Client certificate carries no usable identity; closing.");
             ctx.metrics
@@ -187,7 +193,7 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: Cancella
         ctx.metrics.connections.inc();
         ctx.metrics.agents_connected.inc();
         ctx.ledger.connected(&identity);
-        let code = session(&conn, &identity, &ctx, &shutdown).await;
+        let code = session(&conn, &identity, stamp, &ctx, &shutdown).await;
         ctx.ledger.disconnected(&identity);
         ctx.metrics.agents_connected.dec();
         if let Some(code) = code {
@@ -221,6 +227,7 @@ struct Pending {
 async fn session(
     conn: &quinn::Connection,
     identity: &str,
+    stamp: Option<Arc<Stamp>>,
     ctx: &Arc<Context>,
     shutdown: &CancellationToken,
 ) -> Option<CloseCode> {
@@ -269,7 +276,7 @@ async fn session(
         rx,
         resume_seq,
         ctx.clone(),
-        identity.to_owned(),
+        (identity.to_owned(), stamp.clone()),
         queue_id,
         violation_tx.clone(),
     ));
@@ -292,7 +299,7 @@ async fn session(
             Some(code) = violation_rx.recv() => break Some(code),
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    streams.spawn(batch_stream(send, recv, ctx.clone(), tx.clone(), violation_tx.clone()));
+                    streams.spawn(batch_stream(send, recv, ctx.clone(), stamp.clone(), tx.clone(), violation_tx.clone()));
                 }
                 Err(error) => {
                     info!(%error, "Agent disconnected.");
@@ -342,6 +349,7 @@ async fn batch_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     ctx: Arc<Context>,
+    stamp: Option<Arc<Stamp>>,
     tx: mpsc::Sender<Pending>,
     violation: mpsc::Sender<CloseCode>,
 ) {
@@ -376,7 +384,7 @@ async fn batch_stream(
                         .flat_map(|t| t.samples.iter().map(|s| s.timestamp))
                         .max()
                         .unwrap_or(i64::MIN);
-                    let (body, samples) = to_remote_write(&ctx, req.timeseries);
+                    let (body, samples) = to_remote_write(&ctx, req.timeseries, stamp.as_deref());
                     Payload::Ready {
                         body,
                         samples,
@@ -430,10 +438,17 @@ fn ack(p: &Pending, status: AckStatus, message: String) -> Ack {
 
 /// Normalizes labels (remote write requires them sorted and unique, whatever the agent sent)
 /// and encodes a remote-write 1.0 body.
-fn to_remote_write(ctx: &Context, mut timeseries: Vec<TimeSeries>) -> (Bytes, u64) {
+fn to_remote_write(
+    ctx: &Context,
+    mut timeseries: Vec<TimeSeries>,
+    stamp: Option<&Stamp>,
+) -> (Bytes, u64) {
     let mut samples = 0u64;
     for ts in &mut timeseries {
-        model::normalize(&mut ts.labels);
+        match stamp {
+            Some(s) => s.apply(&mut ts.labels),
+            None => model::normalize(&mut ts.labels),
+        }
         samples += ts.samples.len() as u64;
     }
     ctx.metrics.samples_received.inc_by(samples);
@@ -471,7 +486,7 @@ async fn store_in_order(
     mut rx: mpsc::Receiver<Pending>,
     resume_seq: u64,
     ctx: Arc<Context>,
-    identity: String,
+    (identity, stamp): (String, Option<Arc<Stamp>>),
     queue_id: u64,
     violation: mpsc::Sender<CloseCode>,
 ) {
@@ -482,7 +497,8 @@ async fn store_in_order(
         ctx.limits.max_uncompressed_bytes.get() as usize,
         ctx.limits.max_series_sets_per_agent.get() as usize,
         ctx.limits.max_series_per_set.get() as usize,
-    );
+    )
+    .with_stamp(stamp);
     while let Some(p) = rx.recv().await {
         let (first, count) = (p.first_seq, p.count);
         match seq.offer(first, count, p) {

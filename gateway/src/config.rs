@@ -28,6 +28,9 @@ pub struct Config {
     /// How an agent's identity is read from its certificate (SPIFFE ID or CN).
     #[serde(default)]
     pub identity: uplink_shared::tls::IdentityRules,
+    /// Labels stamped from each agent's identity (unset: none are).
+    #[serde(default)]
+    pub tenancy: Option<TenancyConfig>,
     #[serde(default)]
     pub limits: Limits,
     /// Destinations, in Prometheus's remote_write schema.
@@ -78,6 +81,72 @@ fn default_quarantine_bytes() -> u64 {
 
 fn default_drain_timeout() -> PromDuration {
     PromDuration(Duration::from_secs(10))
+}
+
+/// `tenancy:`: the labels the gateway stamps on every series from the agent's verified
+/// identity; whatever an agent or a target sent under those names is never trusted.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenancyConfig {
+    /// Label carrying the identity's tenant (SPIFFE identities); empty: not stamped.
+    pub tenant_label: String,
+    /// Label carrying the identity's site; empty: not stamped.
+    pub site_label: String,
+    /// What happens to a label the agent sent under a stamped name: `overwrite` (dropped) or
+    /// `exported` (kept as `exported_<name>`, as Prometheus does without `honor_labels`).
+    pub conflicts: Conflicts,
+    /// Per tenant id: more labels to stamp (e.g. `region`).
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+impl Default for TenancyConfig {
+    fn default() -> Self {
+        TenancyConfig {
+            tenant_label: "tenant".into(),
+            site_label: "site".into(),
+            conflicts: Conflicts::Overwrite,
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+/// See [`TenancyConfig::conflicts`].
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Conflicts {
+    #[default]
+    Overwrite,
+    Exported,
+}
+
+/// One tenant's settings.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    pub labels: BTreeMap<String, String>,
+}
+
+impl TenancyConfig {
+    /// The stamp for an identity.
+    pub fn stamp(&self, id: &uplink_shared::tls::Identity) -> uplink_shared::model::Stamp {
+        use uplink_shared::model::Label;
+        let mut labels = Vec::new();
+        if let Some(t) = &id.tenant {
+            if !self.tenant_label.is_empty() {
+                labels.push(Label::new(&self.tenant_label, t));
+            }
+            if let Some(cfg) = self.tenants.get(t) {
+                labels.extend(cfg.labels.iter().map(|(k, v)| Label::new(k, v)));
+            }
+        }
+        if !self.site_label.is_empty() {
+            labels.push(Label::new(&self.site_label, &id.site));
+        }
+        uplink_shared::model::Stamp {
+            labels,
+            rename_conflicts: self.conflicts == Conflicts::Exported,
+        }
+    }
 }
 
 /// When the gateway acknowledges an agent's batch.
@@ -456,6 +525,21 @@ impl Config {
                     format!("remote_write[{i}].queue_config.min_backoff"),
                     "must not exceed max_backoff".into(),
                 ));
+            }
+        }
+        if let Some(t) = &self.tenancy {
+            let names = [&t.tenant_label, &t.site_label]
+                .into_iter()
+                .filter(|n| !n.is_empty())
+                .chain(t.tenants.values().flat_map(|c| c.labels.keys()));
+            for name in names {
+                if !uplink_shared::model::valid_label_name(name) || name.starts_with("__") {
+                    return Err(at(
+                        name,
+                        "tenancy".into(),
+                        format!("{name:?} is not a label name the gateway may stamp"),
+                    ));
+                }
             }
         }
         if self.storage.max_age.is_some_and(|a| a.0.is_zero()) {

@@ -111,6 +111,7 @@ pub async fn run(
         lanes: Default::default(),
         ack: cfg.storage.ack,
         identity: cfg.identity.clone(),
+        tenancy: cfg.tenancy.clone(),
     });
     let ledger_token = CancellationToken::new();
     if !cfg.ledger.interval.0.is_zero() {

@@ -1,6 +1,7 @@
 //! The certificate matrix: every bad certificate is refused at the handshake (by rustls) or
 //! right after it (identity rules, close code 4), counted by reason, and sends no data; a
-//! SPIFFE identity `spiffe://uplink.test/tenant/<t>/site/<s>` is accepted.
+//! SPIFFE identity `spiffe://uplink.test/tenant/<t>/site/<s>` is accepted, and the labels
+//! stamped from it cannot be spoofed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -174,4 +175,73 @@ async fn bad_certificates_are_refused_and_counted_spiffe_accepted() {
         "only the good agent's batch"
     );
     assert_eq!(sum("uplink_gateway_connections_total"), 1.0);
+}
+
+/// Spoofing: an agent whose certificate says tenant `team-a`, site `plant-7` sends series
+/// labelled `tenant="team-b"` and `site="evil"`: the destination gets only the certificate's
+/// tenant and site (plus the tenant's configured labels), the sent values kept as
+/// `exported_*` with `conflicts: exported` and gone with the default `overwrite`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stamped_labels_come_from_the_certificate_only() {
+    use uplink_shared::model::get;
+    use uplink_shared::remote_write::{self, Label, Sample, TimeSeries, WriteRequest};
+    use uplink_shared::wire::{Batch, Encoding, Frame};
+
+    for conflicts in ["overwrite", "exported"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        harness::write_certs(&path, &[]).unwrap();
+        let ca = Authority::load(&path).unwrap();
+        ca.issue_agent_spiffe("uplink.test", "team-a", "plant-7", 1)
+            .unwrap()
+            .write(&path, "spiffe")
+            .unwrap();
+        let s = start_with(
+            dir,
+            &format!(
+                "identity: {{trust_domain: uplink.test}}\n\
+                 tenancy: {{conflicts: {conflicts}, tenants: {{team-a: {{labels: {{region: eu}}}}}}}}\n"
+            ),
+        )
+        .await;
+        let c = connect(&s.dir, "spiffe", s.quic).await.unwrap();
+        let _ctl = handshake(&c).await;
+        let req = WriteRequest {
+            timeseries: vec![TimeSeries {
+                labels: vec![
+                    Label::new("__name__", "m"),
+                    Label::new("site", "evil"),
+                    Label::new("tenant", "team-b"),
+                ],
+                samples: vec![Sample {
+                    value: 1.0,
+                    timestamp: 1000,
+                }],
+            }],
+            metadata: vec![],
+        };
+        let frame = Frame::Batch(Batch {
+            first_seq: 0,
+            count: 1,
+            encoding: Encoding::RemoteWriteV1Snappy,
+            payload: remote_write::encode_snappy(&req),
+        })
+        .to_bytes();
+        assert_eq!(send_batch(&c, frame).await.status, AckStatus::Accepted);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while s.capture.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "nothing forwarded");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let got = &s.capture.snapshot()[0].labels;
+        assert_eq!(get(got, "tenant"), Some("team-a"), "{conflicts}");
+        assert_eq!(get(got, "site"), Some("plant-7"), "{conflicts}");
+        assert_eq!(get(got, "region"), Some("eu"), "{conflicts}");
+        let exported = (get(got, "exported_tenant"), get(got, "exported_site"));
+        if conflicts == "exported" {
+            assert_eq!(exported, (Some("team-b"), Some("evil")));
+        } else {
+            assert_eq!(exported, (None, None));
+        }
+    }
 }

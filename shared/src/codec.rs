@@ -790,14 +790,29 @@ fn put_len_field(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.put_slice(body);
 }
 
-/// Encodes a series' labels as repeated `Label` fields of a remote-write `TimeSeries`.
-fn encode_labels(labels: &RefLabels, strings: &[String]) -> Bytes {
+/// Encodes a series' labels as repeated `Label` fields of a remote-write `TimeSeries`, with
+/// `stamp` applied.
+fn encode_labels(
+    labels: &RefLabels,
+    strings: &[String],
+    stamp: Option<&crate::model::Stamp>,
+) -> Bytes {
     let mut sorted: Vec<(&str, &str)> = labels
         .iter()
         .map(|(n, v)| (strings[*n as usize].as_str(), strings[*v as usize].as_str()))
         .collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     sorted.dedup_by(|later, earlier| later.0 == earlier.0);
+    let stamped: Vec<Label>;
+    if let Some(s) = stamp {
+        let mut owned: Vec<Label> = sorted.iter().map(|(n, v)| Label::new(*n, *v)).collect();
+        s.apply(&mut owned);
+        stamped = owned;
+        sorted = stamped
+            .iter()
+            .map(|l| (l.name.as_str(), l.value.as_str()))
+            .collect();
+    }
     let mut out = BytesMut::new();
     let mut label = BytesMut::new();
     for (name, value) in sorted {
@@ -824,6 +839,8 @@ pub struct TunnelDecoder {
     pairs: usize,
     /// Newest sample timestamp seen in the last decoded batch.
     newest: i64,
+    /// Labels stamped on every series (the agent's identity), if any.
+    stamp: Option<std::sync::Arc<crate::model::Stamp>>,
 }
 
 impl TunnelDecoder {
@@ -841,7 +858,14 @@ impl TunnelDecoder {
             string_bytes: 0,
             pairs: 0,
             newest: i64::MIN,
+            stamp: None,
         }
+    }
+
+    /// Stamps `stamp` on every series decoded from now on (applied once per series set).
+    pub fn with_stamp(mut self, stamp: Option<std::sync::Arc<crate::model::Stamp>>) -> Self {
+        self.stamp = stamp;
+        self
     }
 
     /// Newest sample timestamp (ms) in the last decoded batch; `i64::MIN` if it had none.
@@ -852,15 +876,20 @@ impl TunnelDecoder {
     /// Decodes one batch into series with one sample each; returns them and the sample count.
     pub fn decode(&mut self, payload: &[u8]) -> Result<(Vec<TimeSeries>, u64), CodecError> {
         let mut out = Vec::new();
+        let stamp = self.stamp.clone();
         let samples = self.walk(payload, false, |set, strings, _, i, value, timestamp| {
+            let mut labels: Vec<Label> = set.series[i]
+                .iter()
+                .map(|(n, v)| Label {
+                    name: strings[*n as usize].clone(),
+                    value: strings[*v as usize].clone(),
+                })
+                .collect();
+            if let Some(s) = &stamp {
+                s.apply(&mut labels);
+            }
             out.push(TimeSeries {
-                labels: set.series[i]
-                    .iter()
-                    .map(|(n, v)| Label {
-                        name: strings[*n as usize].clone(),
-                        value: strings[*v as usize].clone(),
-                    })
-                    .collect(),
+                labels,
                 samples: vec![Sample { value, timestamp }],
             });
         })?;
@@ -999,10 +1028,11 @@ impl TunnelDecoder {
             };
             if want_encoded && set.encoded.is_none() {
                 let strings = &self.strings;
+                let stamp = self.stamp.as_deref();
                 set.encoded = Some(
                     set.series
                         .iter()
-                        .map(|l| encode_labels(l, strings))
+                        .map(|l| encode_labels(l, strings, stamp))
                         .collect(),
                 );
             }
@@ -1133,6 +1163,41 @@ mod tests {
                 crate::model::normalize(&mut ts.labels);
             }
             assert!(same(&req.timeseries, &sorted), "remote-write batch {batch}");
+        }
+    }
+
+    #[test]
+    fn a_stamp_overrides_what_the_agent_sent_on_both_decode_paths() {
+        let mut enc = TunnelEncoder::new(1);
+        let stamp = std::sync::Arc::new(crate::model::Stamp {
+            labels: vec![Label::new("site", "verified")],
+            rename_conflicts: true,
+        });
+        let mut dec = TunnelDecoder::new(1 << 24, 1000, 10_000).with_stamp(Some(stamp.clone()));
+        let mut rw_dec = TunnelDecoder::new(1 << 24, 1000, 10_000).with_stamp(Some(stamp));
+        let mut series = scrape(0, 0, 3);
+        for ts in &mut series {
+            ts.labels.push(Label::new("site", "spoofed"));
+            crate::model::normalize(&mut ts.labels);
+        }
+        let (set, rec) = split(series, 5);
+        let defs = HashMap::from([(set.id(), set.encode())]);
+        let (payload, _) = enc.encode(&[rec], &defs).expect("encode");
+        let (got, _) = dec.decode(&payload).expect("decode");
+        let mut rw = BytesMut::new();
+        rw_dec
+            .decode_remote_write(&payload, &mut rw, 0)
+            .expect("decode");
+        let req = <crate::remote_write::WriteRequest as prost::Message>::decode(rw.freeze())
+            .expect("valid");
+        for labels in got
+            .iter()
+            .map(|t| &t.labels)
+            .chain(req.timeseries.iter().map(|t| &t.labels))
+        {
+            assert_eq!(crate::model::get(labels, "site"), Some("verified"));
+            assert_eq!(crate::model::get(labels, "exported_site"), Some("spoofed"));
+            assert!(labels.windows(2).all(|w| w[0].name < w[1].name), "sorted");
         }
     }
 

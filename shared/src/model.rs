@@ -42,6 +42,37 @@ pub fn display(labels: &[Label]) -> String {
     format!("{name}{{{}}}", rest.join(","))
 }
 
+/// Labels the gateway stamps on every series of an agent, from its verified identity: what an
+/// agent or a target sends for those names is never trusted. A conflicting label is removed
+/// (`rename_conflicts: false`) or kept as `exported_<name>` (as Prometheus does for target
+/// labels without `honor_labels`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    pub labels: Vec<Label>,
+    pub rename_conflicts: bool,
+}
+
+impl Stamp {
+    /// Applies the stamp; the result is sorted by name.
+    pub fn apply(&self, labels: &mut Vec<Label>) {
+        for s in &self.labels {
+            if let Some(pos) = labels.iter().position(|l| l.name == s.name) {
+                if self.rename_conflicts {
+                    let mut name = format!("exported_{}", s.name);
+                    while labels.iter().any(|l| l.name == name) {
+                        name = format!("exported_{name}");
+                    }
+                    labels[pos].name = name;
+                } else {
+                    labels.remove(pos);
+                }
+            }
+            labels.push(s.clone());
+        }
+        normalize(labels);
+    }
+}
+
 /// Whether `s` is a valid Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
 pub fn valid_label_name(s: &str) -> bool {
     let mut b = s.bytes();
@@ -52,6 +83,42 @@ pub fn valid_label_name(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamps_overwrite_or_export_what_was_sent() {
+        let sent = || {
+            vec![
+                Label::new("__name__", "up"),
+                Label::new("tenant", "b"),
+                Label::new("exported_tenant", "x"),
+            ]
+        };
+        let mut stamp = Stamp {
+            labels: vec![Label::new("tenant", "a"), Label::new("site", "s1")],
+            rename_conflicts: false,
+        };
+        let mut l = sent();
+        stamp.apply(&mut l);
+        let names: Vec<(&str, &str)> = l
+            .iter()
+            .map(|l| (l.name.as_str(), l.value.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("__name__", "up"),
+                ("exported_tenant", "x"),
+                ("site", "s1"),
+                ("tenant", "a")
+            ]
+        );
+        stamp.rename_conflicts = true;
+        let mut l = sent();
+        stamp.apply(&mut l);
+        assert_eq!(get(&l, "tenant"), Some("a"));
+        assert_eq!(get(&l, "exported_tenant"), Some("x"));
+        assert_eq!(get(&l, "exported_exported_tenant"), Some("b"));
+    }
 
     #[test]
     fn normalize_sorts_and_keeps_last() {
