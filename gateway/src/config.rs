@@ -124,6 +124,11 @@ pub enum Conflicts {
 #[serde(deny_unknown_fields, default)]
 pub struct TenantConfig {
     pub labels: BTreeMap<String, String>,
+    /// Headers on every request carrying this tenant's series (e.g. `X-Scope-OrgID` for Mimir
+    /// and Cortex, `THANOS-TENANT` for Thanos); such requests carry no other tenant's series.
+    pub headers: BTreeMap<String, String>,
+    /// The `remote_write` names this tenant's series go to (unset: all).
+    pub destinations: Option<Vec<String>>,
 }
 
 impl TenancyConfig {
@@ -528,6 +533,34 @@ impl Config {
             }
         }
         if let Some(t) = &self.tenancy {
+            let known: std::collections::HashSet<String> =
+                self.remote_write.iter().map(|r| r.display_name()).collect();
+            for (id, tc) in &t.tenants {
+                for d in tc.destinations.iter().flatten() {
+                    if !known.contains(d) {
+                        return Err(at(
+                            d,
+                            format!("tenancy.tenants.{id}.destinations"),
+                            format!("no remote_write is named {d:?}"),
+                        ));
+                    }
+                }
+                for (k, v) in &tc.headers {
+                    let name = reqwest::header::HeaderName::try_from(k.as_str());
+                    let reserved =
+                        crate::forward::RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str());
+                    if name.is_err()
+                        || reserved
+                        || reqwest::header::HeaderValue::try_from(v.as_str()).is_err()
+                    {
+                        return Err(at(
+                            k,
+                            format!("tenancy.tenants.{id}.headers"),
+                            format!("{k:?} cannot be set (invalid or reserved)"),
+                        ));
+                    }
+                }
+            }
             let names = [&t.tenant_label, &t.site_label]
                 .into_iter()
                 .filter(|n| !n.is_empty())

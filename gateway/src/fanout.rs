@@ -58,12 +58,13 @@ use tracing::{error, info, warn};
 use uplink_shared::relabel::{self, RelabelConfig};
 use uplink_shared::remote_write::{self, Label, TimeSeries, WriteRequest};
 
-use crate::config::RemoteWriteConfig;
+use crate::config::{RemoteWriteConfig, TenancyConfig};
 use crate::forward::{Destination, Outcome};
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, labels};
 use crate::quarantine::Quarantine;
 use crate::store::{self, Skipped, Store, Stored};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// Compressed bytes read for one request at most (entries are never split).
 const MAX_READ_BYTES: u64 = 16 << 20;
@@ -92,6 +93,8 @@ pub struct Forwarder {
     pub write_relabel: Vec<RelabelConfig>,
     /// Oldest sample the destination takes, as an age (`sample_age_limit`).
     pub age_limit: Option<Duration>,
+    /// Which tenants this destination takes, and their headers.
+    pub tenants: Routes,
 }
 
 /// A request built from consecutive entries.
@@ -156,6 +159,63 @@ impl Payload {
 /// Shutdown came first.
 struct Stopped;
 
+/// Requests sent in order, concurrently with the read's other shards, with their tenant's
+/// headers.
+struct Shard {
+    headers: Option<Arc<HeaderMap>>,
+    payloads: Vec<Payload>,
+}
+
+fn same_headers(a: &Option<Arc<HeaderMap>>, b: &Option<Arc<HeaderMap>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+        _ => false,
+    }
+}
+
+/// Per destination: which tenants it takes and their request headers, from `tenancy`.
+#[derive(Clone, Default)]
+pub struct Routes {
+    /// Tenant id to (routed here, headers).
+    tenants: std::collections::HashMap<String, (bool, Option<Arc<HeaderMap>>)>,
+}
+
+impl Routes {
+    /// The routes of destination `name` under `tenancy`; invalid header names or values are
+    /// refused when the configuration loads.
+    pub fn new(tenancy: Option<&TenancyConfig>, name: &str) -> Routes {
+        let mut tenants = std::collections::HashMap::new();
+        for (id, t) in tenancy.map(|t| &t.tenants).into_iter().flatten() {
+            let routed = t
+                .destinations
+                .as_ref()
+                .is_none_or(|d| d.iter().any(|n| n == name));
+            let mut headers = HeaderMap::new();
+            for (k, v) in &t.headers {
+                if let (Ok(k), Ok(v)) = (
+                    HeaderName::try_from(k.as_str()),
+                    HeaderValue::try_from(v.as_str()),
+                ) {
+                    headers.insert(k, v);
+                }
+            }
+            let headers = (!headers.is_empty()).then(|| Arc::new(headers));
+            tenants.insert(id.clone(), (routed, headers));
+        }
+        Routes { tenants }
+    }
+
+    /// Whether an entry from identity `site` (`tenant/site` for SPIFFE identities) goes to this
+    /// destination, and with which extra headers.
+    fn route(&self, site: &str) -> (bool, Option<Arc<HeaderMap>>) {
+        let Some((tenant, _)) = site.split_once('/') else {
+            return (true, None);
+        };
+        self.tenants.get(tenant).cloned().unwrap_or((true, None))
+    }
+}
+
 impl Forwarder {
     /// A forwarder for destination `index`, configured by its `remote_write` entry.
     pub fn new(
@@ -182,6 +242,7 @@ impl Forwarder {
             paused_retry: rw.paused_retry_interval.0,
             write_relabel: rw.write_relabel_configs.clone(),
             age_limit: Some(q.sample_age_limit.0).filter(|a| !a.is_zero()),
+            tenants: Routes::default(),
         }
     }
 
@@ -251,26 +312,52 @@ impl Forwarder {
     ///   merged into requests of up to `max_samples_per_send`. A series has one source, so it
     ///   stays in one shard.
     /// - otherwise the series are decoded and spread by label hash.
-    fn prepare(&self, entries: &[Stored]) -> (Vec<Vec<Payload>>, u64) {
+    fn prepare(&self, entries: &[Stored]) -> (Vec<Shard>, u64) {
         let end = entries.last().map_or(0, |e| e.seq + 1);
+        // Tenants the destination does not take are passed over (configuration, not a drop);
+        // tenants with request headers get requests of their own.
+        let mut parts: Vec<(Option<Arc<HeaderMap>>, Vec<Stored>)> = Vec::new();
+        for e in entries {
+            let (routed, headers) = self.tenants.route(&e.meta.site);
+            if !routed {
+                continue;
+            }
+            match parts.iter_mut().find(|(h, _)| same_headers(h, &headers)) {
+                Some((_, v)) => v.push(e.clone()),
+                None => parts.push((headers, vec![e.clone()])),
+            }
+        }
+        let mut shards = Vec::new();
+        for (headers, part) in parts {
+            for payloads in self.prepare_part(&part) {
+                shards.push(Shard {
+                    headers: headers.clone(),
+                    payloads,
+                });
+            }
+        }
+        (shards, end)
+    }
+
+    /// [`Forwarder::prepare`] for entries that may share requests.
+    fn prepare_part(&self, entries: &[Stored]) -> Vec<Vec<Payload>> {
         let samples: u64 = entries.iter().map(|e| e.meta.samples).sum();
         let n = self.shard_count(samples);
         if self.decodes() {
             let decoded = self.decode(entries);
             if n == 1 {
-                return (vec![vec![Payload::Series(decoded)]], end);
+                return vec![vec![Payload::Series(decoded)]];
             }
             let mut shards: Vec<Sited> = (0..n).map(|_| Sited::default()).collect();
             for (ts, site) in decoded.series.into_iter().zip(decoded.sites) {
                 let i = (hash_labels(&ts) % n as u64) as usize;
                 shards[i].push(site, ts);
             }
-            let shards = shards
+            return shards
                 .into_iter()
                 .filter(|s| s.len() > 0)
                 .map(|s| vec![Payload::Series(s)])
                 .collect();
-            return (shards, end);
         }
         let mut groups: Vec<Vec<Stored>> = vec![Vec::new(); n];
         for e in entries {
@@ -281,12 +368,11 @@ impl Forwarder {
             };
             groups[i].push(e.clone());
         }
-        let shards = groups
+        groups
             .into_iter()
             .filter(|g| !g.is_empty())
             .map(|g| self.merged(&g))
-            .collect();
-        (shards, end)
+            .collect()
     }
 
     /// Consecutive entries as merged requests of up to `max_samples_per_send` samples each
@@ -371,7 +457,7 @@ impl Forwarder {
     /// then moves the cursor past them.
     async fn deliver(
         &self,
-        (shards, end): (Vec<Vec<Payload>>, u64),
+        (shards, end): (Vec<Shard>, u64),
         stop: &CancellationToken,
     ) -> Result<(), Stopped> {
         if let Err(error) = self.store.set_inflight(self.index, end).await {
@@ -383,8 +469,8 @@ impl Forwarder {
             .get_or_create(&labels(&[("destination", &self.destination.name)]))
             .set(shards.len() as i64);
         let results = futures_util::future::join_all(shards.into_iter().map(|shard| async move {
-            for p in shard {
-                self.deliver_one(p, stop).await?;
+            for p in shard.payloads {
+                self.deliver_one(p, shard.headers.as_deref(), stop).await?;
             }
             Ok::<(), Stopped>(())
         }))
@@ -399,14 +485,19 @@ impl Forwarder {
     /// Sends one request until all of it is delivered, refused or dropped, acting on each
     /// outcome as the status policy says: halves of a split request are sent first half
     /// first, so a series split across them keeps its order.
-    async fn deliver_one(&self, payload: Payload, stop: &CancellationToken) -> Result<(), Stopped> {
+    async fn deliver_one(
+        &self,
+        payload: Payload,
+        headers: Option<&HeaderMap>,
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
         let name = &self.destination.name;
         let mut work = vec![payload];
         let mut failing_since: Option<Instant> = None;
         while let Some(p) = work.pop() {
             let outcome = tokio::select! {
                 _ = stop.cancelled() => return Err(Stopped),
-                o = self.send(&p) => o,
+                o = self.send(&p, headers) => o,
             };
             if !matches!(outcome, Outcome::Failed(_) | Outcome::Pause(..)) {
                 if let Some(since) = failing_since.take() {
@@ -473,10 +564,10 @@ impl Forwarder {
         Ok(())
     }
 
-    async fn send(&self, p: &Payload) -> Outcome {
+    async fn send(&self, p: &Payload, headers: Option<&HeaderMap>) -> Outcome {
         match p {
-            Payload::Raw { body, .. } => self.destination.send_raw(body).await,
-            Payload::Series(v) => self.destination.send_series(&v.series).await,
+            Payload::Raw { body, .. } => self.destination.send_raw(body, headers).await,
+            Payload::Series(v) => self.destination.send_series(&v.series, headers).await,
         }
     }
 

@@ -157,11 +157,12 @@ impl StatusPolicy {
     }
 }
 
-/// One encoded request body and the message it holds.
+/// One encoded request body, the message it holds, and its tenant's headers.
 #[derive(Clone)]
 struct Encoded {
     body: Bytes,
     v2: bool,
+    tenant_headers: Option<HeaderMap>,
 }
 
 /// The innermost service: one HTTP POST of an encoded remote-write body.
@@ -188,6 +189,11 @@ impl Service<Encoded> for RemoteWrite {
         let this = self.clone();
         Box::pin(async move {
             let mut headers = this.headers.clone();
+            if let Some(t) = &req.tenant_headers {
+                for (k, v) in t {
+                    headers.insert(k, v.clone());
+                }
+            }
             let (content_type, version) = if req.v2 {
                 (remote_write::v2::CONTENT_TYPE, remote_write::v2::VERSION)
             } else {
@@ -444,10 +450,11 @@ impl Destination {
 
     /// Sends a stored (snappy 1.0) body, converted to 2.0 when the destination takes 2.0
     /// (straight from the bytes, see `v2::from_v1_bytes`).
-    pub async fn send_raw(&self, body: &Bytes) -> Outcome {
+    pub async fn send_raw(&self, body: &Bytes, tenant: Option<&HeaderMap>) -> Outcome {
         let as_v1 = || Encoded {
             body: body.clone(),
             v2: false,
+            tenant_headers: tenant.cloned(),
         };
         if !self.sends_v2() {
             return self.send(as_v1()).await;
@@ -462,6 +469,7 @@ impl Destination {
                 self.send(Encoded {
                     body: Bytes::from(v2),
                     v2: true,
+                    tenant_headers: tenant.cloned(),
                 })
                 .await
             }
@@ -471,11 +479,12 @@ impl Destination {
     }
 
     /// Encodes series as the destination's protocol and sends them.
-    pub async fn send_series(&self, series: &[TimeSeries]) -> Outcome {
+    pub async fn send_series(&self, series: &[TimeSeries], tenant: Option<&HeaderMap>) -> Outcome {
         let v2 = self.sends_v2();
         self.send(Encoded {
             body: encode(series, v2),
             v2,
+            tenant_headers: tenant.cloned(),
         })
         .await
     }

@@ -216,7 +216,7 @@ async fn write_loop(
         for _ in 0..2 {
             outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                o = destination.send_series(&series) => o,
+                o = destination.send_series(&series, None) => o,
             };
             if outcome != Outcome::FellBack {
                 break;

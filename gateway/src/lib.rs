@@ -230,7 +230,7 @@ impl Fanout {
         let mut forwarders = tokio::task::JoinSet::new();
         let mut budgets = Vec::new();
         for (index, (d, rw)) in destinations.iter().zip(&cfg.remote_write).enumerate() {
-            let f = fanout::Forwarder::new(
+            let mut f = fanout::Forwarder::new(
                 index,
                 rw,
                 d.clone(),
@@ -239,6 +239,7 @@ impl Fanout {
                 metrics.clone(),
                 quarantine.clone(),
             );
+            f.tenants = fanout::Routes::new(cfg.tenancy.as_ref(), &d.name);
             forwarders.spawn(f.run(drain.clone(), stop.clone()));
             budgets.push(fanout::Budget {
                 name: d.name.clone(),

@@ -92,13 +92,22 @@ impl Rig {
     /// Runs a forwarder configured by `extra` (YAML lines of the remote_write entry) until
     /// the backlog is empty.
     async fn drain(&self, extra: &str) {
+        self.drain_with(extra, None).await;
+    }
+
+    /// As [`Rig::drain`], with `tenancy` routes and headers.
+    async fn drain_with(
+        &self,
+        extra: &str,
+        tenancy: Option<&uplink_gateway::config::TenancyConfig>,
+    ) {
         let rw: RemoteWriteConfig = serde_yaml::from_str(&format!(
             "url: {}\nname: capture\npaused_retry_interval: 200ms\n{extra}",
             self.capture.url()
         ))
         .unwrap();
         let d = Destination::new(&rw, Duration::from_secs(5), self.metrics.clone()).unwrap();
-        let f = Forwarder::new(
+        let mut f = Forwarder::new(
             0,
             &rw,
             d,
@@ -107,6 +116,7 @@ impl Rig {
             self.metrics.clone(),
             self.quarantine.clone(),
         );
+        f.tenants = uplink_gateway::fanout::Routes::new(tenancy, "capture");
         let drain = CancellationToken::new();
         drain.cancel();
         tokio::time::timeout(
@@ -371,4 +381,29 @@ async fn write_relabel_age_limit_and_shards() {
         }
         assert!(rig.capture.requests() >= 10, "{}", rig.capture.requests());
     }
+}
+
+/// Tenancy at the destination: a tenant routed elsewhere is passed over, a tenant with headers
+/// gets requests of its own carrying them, a site without a tenant goes as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_routed_and_get_their_own_headers() {
+    let tenancy: uplink_gateway::config::TenancyConfig = serde_yaml::from_str(
+        "tenants:\n  team-a: {headers: {X-Scope-OrgID: a}}\n  \
+         team-b: {destinations: [elsewhere]}\n",
+    )
+    .unwrap();
+    let mut rig = Rig::new().await;
+    for ts in 1..=3 {
+        rig.commit("team-a/s1", ts, &["a1", "a2"]).await;
+        rig.commit("team-b/s2", ts, &["b1"]).await;
+        rig.commit("plain", ts, &["p1"]).await;
+    }
+    rig.drain_with("", Some(&tenancy)).await;
+    let mut got: Vec<String> = rig.received().into_iter().map(|(s, _)| s).collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(got, vec!["a1", "a2", "p1"], "team-b is not routed here");
+    let by_org = rig.capture.report().samples_by_org_id;
+    assert_eq!(by_org.get("a"), Some(&6), "{by_org:?}");
+    assert_eq!(by_org.get(""), Some(&3), "{by_org:?}");
 }

@@ -60,6 +60,9 @@ pub struct CaptureReport {
     pub unsupported: u64,
     /// Accepted requests that carried remote write 2.0.
     pub v2_requests: u64,
+    /// Samples accepted, by the request's `X-Scope-OrgID` header ("" when absent).
+    #[serde(default)]
+    pub samples_by_org_id: std::collections::BTreeMap<String, u64>,
     /// Samples recorded (duplicates excluded).
     pub samples: u64,
     /// Distinct label sets recorded.
@@ -109,9 +112,16 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
         Err(refusal) => return refusal,
     };
     let broken_v1 = lock(&inner.rules).broken_v1;
+    let org = headers
+        .get("x-scope-orgid")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let (mut samples_written, mut store) = (0u64, inner.store());
     let store = &mut *store;
     store.report.requests += 1;
+    let in_request: u64 = series.iter().map(|(_, s)| s.len() as u64).sum();
+    *store.report.samples_by_org_id.entry(org).or_default() += in_request;
     if proto == Proto::V2 {
         store.report.v2_requests += 1;
     }
