@@ -209,10 +209,14 @@ impl Routes {
     /// Whether an entry from identity `site` (`tenant/site` for SPIFFE identities) goes to this
     /// destination, and with which extra headers.
     fn route(&self, site: &str) -> (bool, Option<Arc<HeaderMap>>) {
-        let Some((tenant, _)) = site.split_once('/') else {
-            return (true, None);
-        };
-        self.tenants.get(tenant).cloned().unwrap_or((true, None))
+        self.for_tenant(site.split_once('/').map(|(t, _)| t))
+    }
+
+    /// As [`Routes::route`], by tenant (none: a site without a tenant goes everywhere).
+    pub fn for_tenant(&self, tenant: Option<&str>) -> (bool, Option<Arc<HeaderMap>>) {
+        tenant
+            .and_then(|t| self.tenants.get(t).cloned())
+            .unwrap_or((true, None))
     }
 }
 

@@ -34,6 +34,7 @@ use tracing::{debug, warn};
 use uplink_shared::model::{self, Label, Sample, TimeSeries};
 use uplink_shared::wire::Status;
 
+use crate::fanout::Routes;
 use crate::forward::{Destination, Outcome};
 
 #[derive(Debug, Default, Clone)]
@@ -115,11 +116,19 @@ impl Ledger {
         });
         let mut out = Vec::new();
         for (site, s) in g.iter() {
+            // A SPIFFE identity's key is `tenant/site`: two labels.
+            let (tenant, site_name) = match site.split_once('/') {
+                Some((t, s)) => (Some(t), s),
+                None => (None, site.as_str()),
+            };
             let mut push = |name: &str, value: f64| {
                 let mut labels = vec![
                     Label::new(model::METRIC_NAME, name),
-                    Label::new("site", site.clone()),
+                    Label::new("site", site_name),
                 ];
+                if let Some(t) = tenant {
+                    labels.push(Label::new("tenant", t));
+                }
                 labels.extend(extra.iter().map(|(k, v)| Label::new(k.clone(), v.clone())));
                 model::normalize(&mut labels);
                 out.push(TimeSeries {
@@ -171,17 +180,18 @@ impl Ledger {
 /// has its own loop, so one that is slow or down never delays the others.
 pub async fn run_writer(
     ledger: Arc<Ledger>,
-    destinations: Vec<Destination>,
+    destinations: Vec<(Destination, Routes)>,
     interval: Duration,
     labels: BTreeMap<String, String>,
     forget_after: Duration,
     shutdown: CancellationToken,
 ) {
     let mut writers = tokio::task::JoinSet::new();
-    for d in destinations {
+    for (d, routes) in destinations {
         writers.spawn(write_loop(
             ledger.clone(),
             d,
+            routes,
             interval,
             labels.clone(),
             forget_after,
@@ -194,6 +204,7 @@ pub async fn run_writer(
 async fn write_loop(
     ledger: Arc<Ledger>,
     destination: Destination,
+    routes: Routes,
     interval: Duration,
     labels: BTreeMap<String, String>,
     forget_after: Duration,
@@ -210,27 +221,42 @@ async fn write_loop(
         if series.is_empty() {
             continue;
         }
-        let samples = series.len() as u64;
-        let mut outcome = Outcome::FellBack;
-        // A fallback to 1.0 sends the same series again, at most once.
-        for _ in 0..2 {
-            outcome = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                o = destination.send_series(&series, None) => o,
-            };
-            if outcome != Outcome::FellBack {
-                break;
+        // Per tenant: only to the destinations it may reach, with its headers.
+        let mut groups: Vec<(Option<String>, Vec<TimeSeries>)> = Vec::new();
+        for ts in series {
+            let tenant = model::get(&ts.labels, "tenant").map(str::to_owned);
+            match groups.iter_mut().find(|(t, _)| *t == tenant) {
+                Some((_, v)) => v.push(ts),
+                None => groups.push((tenant, vec![ts])),
             }
         }
-        match outcome {
-            Outcome::Accepted | Outcome::Done(_) => {
-                destination.forwarded(samples);
-                debug!(destination = %destination.name, samples, "Ledger written.")
+        for (tenant, group) in groups {
+            let (routed, headers) = routes.for_tenant(tenant.as_deref());
+            if !routed {
+                continue;
             }
-            other => warn!(
-                destination = %destination.name, outcome = ?other,
-                "Writing the freshness ledger failed; the next interval writes fresh values."
-            ),
+            let samples = group.len() as u64;
+            let mut outcome = Outcome::FellBack;
+            // A fallback to 1.0 sends the same series again, at most once.
+            for _ in 0..2 {
+                outcome = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    o = destination.send_series(&group, headers.as_deref()) => o,
+                };
+                if outcome != Outcome::FellBack {
+                    break;
+                }
+            }
+            match outcome {
+                Outcome::Accepted | Outcome::Done(_) => {
+                    destination.forwarded(samples);
+                    debug!(destination = %destination.name, samples, "Ledger written.")
+                }
+                other => warn!(
+                    destination = %destination.name, outcome = ?other,
+                    "Writing the freshness ledger failed; the next interval writes fresh values."
+                ),
+            }
         }
     }
 }
@@ -238,6 +264,19 @@ async fn write_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spiffe_identity_is_reported_as_tenant_and_site() {
+        let l = Ledger::default();
+        l.connected("team-a/plant-7");
+        let series = l.series(0, &BTreeMap::new(), Duration::from_secs(60));
+        let up = series
+            .iter()
+            .find(|t| model::get(&t.labels, "__name__") == Some("uplink_site_up"))
+            .expect("up");
+        assert_eq!(model::get(&up.labels, "tenant"), Some("team-a"));
+        assert_eq!(model::get(&up.labels, "site"), Some("plant-7"));
+    }
 
     #[test]
     fn offline_with_backlog_is_distinguishable_from_loss() {

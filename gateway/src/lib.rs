@@ -115,9 +115,16 @@ pub async fn run(
     });
     let ledger_token = CancellationToken::new();
     if !cfg.ledger.interval.0.is_zero() {
+        let routed = destinations
+            .into_iter()
+            .map(|d| {
+                let routes = fanout::Routes::new(cfg.tenancy.as_ref(), &d.name);
+                (d, routes)
+            })
+            .collect();
         tokio::spawn(ledger::run_writer(
             ledger,
-            destinations,
+            routed,
             cfg.ledger.interval.0,
             cfg.ledger.labels.clone(),
             cfg.ledger.forget_after.0,
