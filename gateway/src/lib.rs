@@ -76,7 +76,7 @@ pub async fn run(
                 .with_context(|| format!("remote_write {}", rw.url))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let store = open_store(&cfg).await?;
+    let store = open_store(&cfg, &metrics).await?;
     let transport =
         uplink_shared::tls::transport(cfg.limits.keep_alive.0, cfg.limits.idle_timeout.0);
     let server = uplink_shared::tls::quic_server(
@@ -188,7 +188,11 @@ fn bind(
 }
 
 /// Opens the store on the blocking pool and reports destinations no longer configured.
-async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+/// Opens the store. A corrupt one never crash-loops the gateway: it is moved aside to
+/// `<dir>.corrupt-<unix seconds>` (its backlog kept there, not delivered; its dedupe cursors
+/// gone, so agents' retransmissions may be stored twice: duplicates, not loss), logged, counted
+/// in `uplink_gateway_store_quarantined_total`, and a fresh store is opened.
+async fn open_store(cfg: &Config, metrics: &Metrics) -> anyhow::Result<Store> {
     let dir = cfg.storage.directory.clone();
     let (fsync, names) = (
         cfg.storage.fsync,
@@ -197,8 +201,26 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
             .map(|rw| rw.display_name())
             .collect::<Vec<_>>(),
     );
-    let (store, removed) = tokio::task::spawn_blocking(move || Store::open(&dir, fsync, &names))
-        .await?
+    let open = {
+        let (dir, names) = (dir.clone(), names.clone());
+        move || Store::open(&dir, fsync, &names)
+    };
+    let opened = match tokio::task::spawn_blocking(open).await? {
+        Err(e) if e.is_corruption() => {
+            let mut name = dir.file_name().unwrap_or_default().to_os_string();
+            name.push(format!(".corrupt-{}", store::now_ms() / 1000));
+            let to = dir.with_file_name(name);
+            std::fs::rename(&dir, &to)
+                .with_context(|| format!("moving the corrupt store {} aside", dir.display()))?;
+            tracing::error!(error = %e, store = %dir.display(), moved_to = %to.display(),
+                "The store is corrupt; it was moved aside and a new one started. Its backlog \
+                 is not delivered; agents' retransmissions may be stored twice.");
+            metrics.store_quarantined.inc();
+            tokio::task::spawn_blocking(move || Store::open(&dir, fsync, &names)).await?
+        }
+        other => other,
+    };
+    let (store, removed) = opened
         .with_context(|| format!("opening the store at {}", cfg.storage.directory.display()))?;
     for r in removed {
         warn!(destination = %r.name, entries = r.entries, samples = r.samples,

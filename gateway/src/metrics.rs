@@ -41,6 +41,7 @@ pub struct Metrics {
     pub cursor_commit_duration: Family<Labels, Histogram>,
     pub store_errors: Family<Labels, Counter>,
     pub storage_max_bytes: Gauge,
+    pub store_quarantined: Counter,
     pub certificate_expiry: Family<Labels, Gauge>,
 }
 
@@ -80,6 +81,7 @@ impl Default for Metrics {
             cursor_commit_duration: Family::new_with_constructor(write_buckets),
             store_errors: Family::default(),
             storage_max_bytes: Gauge::default(),
+            store_quarantined: Counter::default(),
             certificate_expiry: Family::default(),
         }
     }
@@ -219,6 +221,11 @@ impl Metrics {
             "Time from a destination's answer to its cursor being written: a crash inside it \
              resends that request after restart.",
             self.cursor_commit_duration.clone(),
+        );
+        r.register(
+            "store_quarantined",
+            "Corrupt stores moved aside at start-up (a fresh one was started).",
+            self.store_quarantined.clone(),
         );
         r.register(
             "storage_max_bytes",

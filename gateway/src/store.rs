@@ -73,6 +73,18 @@ pub enum StoreError {
     Task(String),
 }
 
+impl StoreError {
+    /// RocksDB found corruption, or a stored value cannot be decoded (not: a lock held by
+    /// another process, a full disk).
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            StoreError::Db { source, .. } => source.kind() == rocksdb::ErrorKind::Corruption,
+            StoreError::Corrupt { .. } => true,
+            StoreError::Task(_) => false,
+        }
+    }
+}
+
 impl From<tokio::task::JoinError> for StoreError {
     fn from(e: tokio::task::JoinError) -> Self {
         StoreError::Task(e.to_string())

@@ -60,3 +60,32 @@ async fn dedupe_and_backlog_survive_a_restart() {
     s.stop.cancel();
     s.run.await.unwrap().unwrap();
 }
+
+/// A corrupt store never crash-loops the gateway: it is moved aside, counted, and a fresh one
+/// takes batches again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_store_is_quarantined_and_the_gateway_starts() {
+    let mut s = common::setup_with_dev_pki().await;
+    let c = common::connect(&s.dir, "good", s.quic).await.unwrap();
+    let _ctl = common::handshake(&c).await;
+    let ack = common::send_batch(&c, common::batch(0, 1, 1.0)).await;
+    assert_eq!(ack.status, uplink_shared::wire::AckStatus::Accepted);
+    drop(c);
+    s.restart_with(|dir| {
+        std::fs::write(dir.join("store/CURRENT"), b"garbage without a newline").unwrap();
+    })
+    .await;
+    let moved: Vec<String> = std::fs::read_dir(&s.dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("store.corrupt-"))
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    let m = tokio::task::block_in_place(|| uplink_loadtest::harness::metrics(s.web)).unwrap();
+    assert_eq!(m.get("uplink_gateway_store_quarantined_total"), Some(&1.0));
+    // A new connection stores again (a new agent queue, so no dedupe history is needed).
+    let c = common::connect(&s.dir, "bad", s.quic).await.unwrap();
+    let _ctl = common::handshake(&c).await;
+    let ack = common::send_batch(&c, common::batch(0, 1, 2.0)).await;
+    assert_eq!(ack.status, uplink_shared::wire::AckStatus::Accepted);
+}

@@ -31,8 +31,14 @@ pub struct Setup {
 impl Setup {
     /// Stops the gateway in order and starts it again on the same configuration and store.
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await;
+    }
+
+    /// As [`Setup::restart`], running `between` on the directory while the gateway is down.
+    pub async fn restart_with(&mut self, between: impl FnOnce(&Path)) {
         self.stop.cancel();
         (&mut self.run).await.unwrap().unwrap();
+        between(&self.dir);
         let (stop, run, web) = run_gateway(&self.config).await;
         self.stop = stop;
         self.run = run;
