@@ -95,7 +95,13 @@ pub struct Forwarder {
     pub age_limit: Option<Duration>,
     /// Which tenants this destination takes, and their headers.
     pub tenants: Routes,
+    /// Series held back by `refused` in the last read, counted and quarantined when it is sent.
+    held_back: std::sync::Mutex<Sited>,
 }
+
+/// The quarantine's message for series held back (logged at debug level: it repeats).
+const HELD_BACK: &str =
+    "refused as invalid by this destination within the last 10 minutes; not sent again";
 
 /// A request built from consecutive entries.
 struct Request {
@@ -247,6 +253,7 @@ impl Forwarder {
             write_relabel: rw.write_relabel_configs.clone(),
             age_limit: Some(q.sample_age_limit.0).filter(|a| !a.is_zero()),
             tenants: Routes::default(),
+            held_back: Default::default(),
         }
     }
 
@@ -295,10 +302,11 @@ impl Forwarder {
         }
     }
 
-    /// Whether series must be decoded before sending: to relabel or age-filter them. (2.0 is
-    /// converted from the stored bytes without decoding.)
+    /// Whether series must be decoded before sending: to relabel or age-filter them, or to
+    /// hold back series the destination refused before. (2.0 is converted from the stored
+    /// bytes without decoding.)
     fn decodes(&self) -> bool {
-        !self.write_relabel.is_empty() || self.age_limit.is_some()
+        !self.write_relabel.is_empty() || self.age_limit.is_some() || self.destination.refused.any()
     }
 
     /// Requests in flight for a read of `samples`: one per `max_samples_per_send`, within
@@ -416,6 +424,7 @@ impl Forwarder {
                         e.meta.samples,
                         "refused",
                         &format!("stored entry: {error}"),
+                        true,
                     );
                     self.ledger.dropped(&e.meta.site, e.meta.samples);
                     continue;
@@ -438,12 +447,19 @@ impl Forwarder {
                     relabeled += ts.samples.len() as u64;
                     continue;
                 }
+                if self.destination.refused.contains(hash_labels(&ts)) {
+                    self.held_back
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(e.meta.site.clone(), ts);
+                    continue;
+                }
                 out.push(e.meta.site.clone(), ts);
             }
         }
         if too_old > 0 {
             self.destination
-                .dropped(too_old, "too_old", "older than sample_age_limit");
+                .dropped(too_old, "too_old", "older than sample_age_limit", true);
         }
         if relabeled > 0 {
             self.metrics
@@ -468,6 +484,9 @@ impl Forwarder {
             // Only the exactness of a resend after a crash depends on it.
             self.store_error("inflight", &error);
         }
+        let held_back =
+            std::mem::take(&mut *self.held_back.lock().unwrap_or_else(|p| p.into_inner()));
+        self.refuse(held_back, "invalid", 400, HELD_BACK).await;
         self.metrics
             .shards
             .get_or_create(&labels(&[("destination", &self.destination.name)]))
@@ -618,8 +637,12 @@ impl Forwarder {
                     out
                 }
                 Err(error) => {
-                    self.destination
-                        .dropped(samples, "refused", &format!("stored entry: {error}"));
+                    self.destination.dropped(
+                        samples,
+                        "refused",
+                        &format!("stored entry: {error}"),
+                        true,
+                    );
                     for (site, n) in &sites {
                         self.ledger.dropped(site, *n);
                     }
@@ -643,7 +666,13 @@ impl Forwarder {
         if samples == 0 {
             return;
         }
-        self.destination.dropped(samples, reason, message);
+        self.destination
+            .dropped(samples, reason, message, message != HELD_BACK);
+        if reason == "invalid" {
+            self.destination
+                .refused
+                .remember(refused.series.iter().map(hash_labels));
+        }
         for (ts, site) in refused.series.iter().zip(&refused.sites) {
             self.ledger.dropped(site, ts.samples.len() as u64);
         }

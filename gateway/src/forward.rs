@@ -366,10 +366,50 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// How long a series refused as invalid is dropped without asking the destination again.
+const REFUSED_TTL: Duration = Duration::from_secs(600);
+/// Refused series remembered per destination at most.
+const MAX_REFUSED: usize = 10_000;
+
+/// Series a destination refused as invalid (a 400 bisected down to them), by label hash, with
+/// when: for [`REFUSED_TTL`] they are dropped before sending instead of being bisected out of
+/// every request again.
+#[derive(Clone, Default)]
+pub struct Refused(Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>>);
+
+impl Refused {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Instant>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether any is remembered (expired ones are forgotten first).
+    pub fn any(&self) -> bool {
+        let mut r = self.lock();
+        r.retain(|_, at| at.elapsed() < REFUSED_TTL);
+        !r.is_empty()
+    }
+
+    pub fn contains(&self, hash: u64) -> bool {
+        self.lock().contains_key(&hash)
+    }
+
+    pub fn remember(&self, hashes: impl Iterator<Item = u64>) {
+        let mut r = self.lock();
+        for h in hashes {
+            if r.len() >= MAX_REFUSED {
+                break;
+            }
+            r.insert(h, Instant::now());
+        }
+    }
+}
+
 /// One configured destination and its stack.
 #[derive(Clone)]
 pub struct Destination {
     pub name: Arc<str>,
+    /// Series it refused as invalid, remembered for a while.
+    pub refused: Refused,
     svc: BoxCloneSyncService<Encoded, (), BoxError>,
     /// Configured for 2.0 and not fallen back.
     v2: Arc<AtomicBool>,
@@ -437,6 +477,7 @@ impl Destination {
             .set(if v2 { 2 } else { 1 });
         Ok(Destination {
             name,
+            refused: Refused::default(),
             svc: BoxCloneSyncService::new(svc),
             v2: Arc::new(AtomicBool::new(v2)),
             metrics,
@@ -538,14 +579,20 @@ impl Destination {
             .inc_by(samples);
     }
 
-    /// Logs and counts samples dropped for this destination, by `reason`.
-    pub fn dropped(&self, samples: u64, reason: &str, error: &str) {
+    /// Counts samples dropped for this destination, by `reason`, and logs it (`loud`) or
+    /// not (a drop that repeats every request, already logged once).
+    pub fn dropped(&self, samples: u64, reason: &str, error: &str, loud: bool) {
         self.metrics
             .samples_dropped
             .get_or_create(&labels(&[("destination", &self.name), ("reason", reason)]))
             .inc_by(samples);
-        warn!(%error, destination = %self.name, samples, reason,
-            "Samples dropped for this destination.");
+        if loud {
+            warn!(%error, destination = %self.name, samples, reason,
+                "Samples dropped for this destination.");
+        } else {
+            tracing::debug!(%error, destination = %self.name, samples, reason,
+                "Samples dropped for this destination.");
+        }
     }
 
     /// Sets the paused gauge, logging the change.

@@ -46,6 +46,9 @@ fn entry(ts: i64, series: &[&str]) -> Entry {
 }
 
 struct Rig {
+    /// The last destination built, by configuration: what a destination remembers (refused
+    /// series, a fallback) lives as long as it does.
+    last: std::sync::Mutex<Option<(String, Destination)>>,
     _dir: tempfile::TempDir,
     store: Store,
     capture: Capture,
@@ -73,6 +76,7 @@ impl Rig {
             ledger: Arc::new(Ledger::default()),
             quarantine,
             next: 0,
+            last: std::sync::Mutex::new(None),
             _dir: dir,
         }
     }
@@ -106,7 +110,18 @@ impl Rig {
             self.capture.url()
         ))
         .unwrap();
-        let d = Destination::new(&rw, Duration::from_secs(5), self.metrics.clone()).unwrap();
+        let d = {
+            let mut last = self.last.lock().unwrap();
+            match &*last {
+                Some((cfg, d)) if *cfg == extra => d.clone(),
+                _ => {
+                    let d = Destination::new(&rw, Duration::from_secs(5), self.metrics.clone())
+                        .unwrap();
+                    *last = Some((extra.to_owned(), d.clone()));
+                    d
+                }
+            }
+        };
         let mut f = Forwarder::new(
             0,
             &rw,
@@ -194,6 +209,17 @@ async fn bisect_isolates_the_refused_series_and_delivers_the_rest() {
     assert_eq!(line["reason"], "invalid");
     assert_eq!(line["status"], 400);
     assert!(line["message"].as_str().unwrap().contains("not accepted"));
+
+    // The refused series is remembered: the next requests leave it out instead of being
+    // bisected again, and it is still counted.
+    let refusals = rig.capture.report().invalid;
+    rig.commit("b", 4, &["bad", "z"]).await;
+    rig.commit("a", 5, &["x"]).await;
+    rig.drain("").await;
+    assert_eq!(rig.capture.report().invalid, refusals, "no new 400");
+    assert_eq!(rig.metric(dropped), 2.0);
+    assert!(rig.received().contains(&("z".to_owned(), 4)));
+    assert!(rig.received().contains(&("x".to_owned(), 5)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,7 +335,7 @@ async fn remote_write_2_and_both_fallbacks() {
     // A receiver that answers 415 to 2.0: the same data goes again as 1.0.
     rig.capture.rules(|r| r.v1_only = true);
     rig.commit("a", 2, &["x"]).await;
-    rig.drain(v2).await;
+    rig.drain(&format!("{v2}remote_timeout: 28s\n")).await;
     assert_eq!(rig.capture.report().unsupported, 1);
     assert_eq!(rig.metric(protocol), 1.0);
     assert!(rig.received().contains(&("x".into(), 2)));
@@ -321,8 +347,14 @@ async fn remote_write_2_and_both_fallbacks() {
         r.broken_v1 = true;
     });
     rig.commit("a", 3, &["x"]).await;
-    rig.drain(v2).await;
+    rig.drain(&format!("{v2}remote_timeout: 29s\n")).await;
     assert!(rig.received().contains(&("x".into(), 3)));
+    assert!(
+        rig.metric(
+            "uplink_gateway_remote_write_requests_total{destination=\"capture\",outcome=\"2xx\"}"
+        ) >= 4.0,
+        "the broken receiver's 204 and the resend"
+    );
     assert_eq!(rig.capture.report().duplicates, 0);
 }
 
