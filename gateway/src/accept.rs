@@ -69,6 +69,8 @@ pub struct Context {
     pub identity: uplink_shared::tls::IdentityRules,
     /// Labels stamped from identities, if configured.
     pub tenancy: Option<crate::config::TenancyConfig>,
+    /// Per-tenant ingest rates.
+    pub rates: crate::limits::TenantLimits,
 }
 
 /// Per (identity, queue id): the dedupe cursor, `None` until loaded from the store.
@@ -605,6 +607,15 @@ async fn store_batch(
     }
     if end <= cursor {
         return Ok(());
+    }
+    if let Err(tenant) = ctx.rates.admit(site, samples) {
+        ctx.metrics
+            .tenant_throttled
+            .get_or_create(&labels(&[("tenant", tenant)]))
+            .inc();
+        return Err(Refusal::Retry(format!(
+            "tenant {tenant} is over its max_samples_per_second; sent again later"
+        )));
     }
     let commit = Commit {
         identity: site.clone(),

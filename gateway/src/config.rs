@@ -129,6 +129,11 @@ pub struct TenantConfig {
     pub headers: BTreeMap<String, String>,
     /// The `remote_write` names this tenant's series go to (unset: all).
     pub destinations: Option<Vec<String>>,
+    /// Samples per second the gateway stores for this tenant at most; an agent over it is
+    /// answered `Retry` and keeps its data (see `limits.rs`). Unset: no limit.
+    pub max_samples_per_second: Option<f64>,
+    /// Samples the tenant may send at once above its rate (default: one second's worth).
+    pub burst: Option<u64>,
 }
 
 impl TenancyConfig {

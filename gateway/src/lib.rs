@@ -24,6 +24,7 @@ pub mod config;
 pub mod fanout;
 pub mod forward;
 pub mod ledger;
+pub mod limits;
 pub mod metrics;
 pub mod quarantine;
 pub mod store;
@@ -112,6 +113,7 @@ pub async fn run(
         ack: cfg.storage.ack,
         identity: cfg.identity.clone(),
         tenancy: cfg.tenancy.clone(),
+        rates: limits::TenantLimits::new(cfg.tenancy.as_ref()),
     });
     let ledger_token = CancellationToken::new();
     if !cfg.ledger.interval.0.is_zero() {

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub store_errors: Family<Labels, Counter>,
     pub storage_max_bytes: Gauge,
     pub store_quarantined: Counter,
+    pub tenant_throttled: Family<Labels, Counter>,
     pub certificate_expiry: Family<Labels, Gauge>,
 }
 
@@ -82,6 +83,7 @@ impl Default for Metrics {
             store_errors: Family::default(),
             storage_max_bytes: Gauge::default(),
             store_quarantined: Counter::default(),
+            tenant_throttled: Family::default(),
             certificate_expiry: Family::default(),
         }
     }
@@ -221,6 +223,12 @@ impl Metrics {
             "Time from a destination's answer to its cursor being written: a crash inside it \
              resends that request after restart.",
             self.cursor_commit_duration.clone(),
+        );
+        r.register(
+            "tenant_throttled_batches",
+            "Agent batches answered Retry because their tenant was over its \
+             max_samples_per_second (kept by the agent, sent again later), by tenant.",
+            self.tenant_throttled.clone(),
         );
         r.register(
             "store_quarantined",

@@ -245,3 +245,55 @@ async fn stamped_labels_come_from_the_certificate_only() {
         }
     }
 }
+
+/// Per-tenant rate limits: a tenant over its `max_samples_per_second` is answered `Retry` (its
+/// agent keeps the batch and sends it again later) while another tenant is not slowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_rate_is_told_to_retry_and_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    harness::write_certs(&path, &[]).unwrap();
+    let ca = Authority::load(&path).unwrap();
+    for (tenant, stem) in [("team-a", "a"), ("team-b", "b")] {
+        ca.issue_agent_spiffe("uplink.test", tenant, "site", 1)
+            .unwrap()
+            .write(&path, stem)
+            .unwrap();
+    }
+    let s = start_with(
+        dir,
+        "identity: {trust_domain: uplink.test}\n\
+         tenancy: {tenants: {team-a: {max_samples_per_second: 1, burst: 3}}}\n",
+    )
+    .await;
+    let a = connect(&s.dir, "a", s.quic).await.unwrap();
+    let _ca = handshake(&a).await;
+    let b = connect(&s.dir, "b", s.quic).await.unwrap();
+    let _cb = handshake(&b).await;
+    let mut statuses = vec![];
+    for seq in 0..5 {
+        statuses.push(send_batch(&a, batch(seq, 1, 1.0)).await.status);
+        assert_eq!(
+            send_batch(&b, batch(seq, 1, 1.0)).await.status,
+            AckStatus::Accepted,
+            "team-b is not slowed"
+        );
+    }
+    assert_eq!(&statuses[..3], &[AckStatus::Accepted; 3], "the burst");
+    assert_eq!(statuses[3], AckStatus::Retry, "over the rate");
+    let m = tokio::task::block_in_place(|| harness::metrics(s.web)).unwrap();
+    assert!(
+        m.get("uplink_gateway_tenant_throttled_batches_total{tenant=\"team-a\"}")
+            .is_some_and(|v| *v >= 1.0),
+        "{m:?}"
+    );
+    // Later the agent sends it again, on a new session, and it is taken.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let a = connect(&s.dir, "a", s.quic).await.unwrap();
+    let _ca = common::handshake_at(&a, 3).await;
+    assert_eq!(
+        send_batch(&a, batch(3, 1, 1.0)).await.status,
+        AckStatus::Accepted
+    );
+}
