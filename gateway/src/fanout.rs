@@ -95,13 +95,10 @@ pub struct Forwarder {
     pub age_limit: Option<Duration>,
     /// Which tenants this destination takes, and their headers.
     pub tenants: Routes,
-    /// Series held back by `refused` in the last read, counted and quarantined when it is sent.
+    /// Series of the last decode that the destination refused before: they go in a request
+    /// of their own, so a 400 is bisected within them and not through everyone's requests.
     held_back: std::sync::Mutex<Sited>,
 }
-
-/// The quarantine's message for series held back (logged at debug level: it repeats).
-const HELD_BACK: &str =
-    "refused as invalid by this destination within the last 10 minutes; not sent again";
 
 /// A request built from consecutive entries.
 struct Request {
@@ -357,19 +354,30 @@ impl Forwarder {
         let n = self.shard_count(samples);
         if self.decodes() {
             let decoded = self.decode(entries);
+            let held =
+                std::mem::take(&mut *self.held_back.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut own: Vec<Vec<Payload>> = Vec::new();
+            if held.len() > 0 {
+                own.push(vec![Payload::Series(held)]);
+            }
             if n == 1 {
-                return vec![vec![Payload::Series(decoded)]];
+                if decoded.len() > 0 {
+                    own.push(vec![Payload::Series(decoded)]);
+                }
+                return own;
             }
             let mut shards: Vec<Sited> = (0..n).map(|_| Sited::default()).collect();
             for (ts, site) in decoded.series.into_iter().zip(decoded.sites) {
                 let i = (hash_labels(&ts) % n as u64) as usize;
                 shards[i].push(site, ts);
             }
-            return shards
-                .into_iter()
-                .filter(|s| s.len() > 0)
-                .map(|s| vec![Payload::Series(s)])
-                .collect();
+            own.extend(
+                shards
+                    .into_iter()
+                    .filter(|s| s.len() > 0)
+                    .map(|s| vec![Payload::Series(s)]),
+            );
+            return own;
         }
         let mut groups: Vec<Vec<Stored>> = vec![Vec::new(); n];
         for e in entries {
@@ -424,7 +432,6 @@ impl Forwarder {
                         e.meta.samples,
                         "refused",
                         &format!("stored entry: {error}"),
-                        true,
                     );
                     self.ledger.dropped(&e.meta.site, e.meta.samples);
                     continue;
@@ -459,7 +466,7 @@ impl Forwarder {
         }
         if too_old > 0 {
             self.destination
-                .dropped(too_old, "too_old", "older than sample_age_limit", true);
+                .dropped(too_old, "too_old", "older than sample_age_limit");
         }
         if relabeled > 0 {
             self.metrics
@@ -484,9 +491,6 @@ impl Forwarder {
             // Only the exactness of a resend after a crash depends on it.
             self.store_error("inflight", &error);
         }
-        let held_back =
-            std::mem::take(&mut *self.held_back.lock().unwrap_or_else(|p| p.into_inner()));
-        self.refuse(held_back, "invalid", 400, HELD_BACK).await;
         self.metrics
             .shards
             .get_or_create(&labels(&[("destination", &self.destination.name)]))
@@ -517,6 +521,8 @@ impl Forwarder {
         let name = &self.destination.name;
         let mut work = vec![payload];
         let mut failing_since: Option<Instant> = None;
+        // Whether this request holds one of the destination's pauses (see `set_paused`).
+        let mut paused_here = false;
         while let Some(p) = work.pop() {
             let outcome = tokio::select! {
                 _ = stop.cancelled() => return Err(Stopped),
@@ -526,11 +532,21 @@ impl Forwarder {
                 if let Some(since) = failing_since.take() {
                     info!(destination = %name, after = ?since.elapsed(), "Destination recovered.");
                 }
-                self.destination.set_paused(None);
+                if paused_here {
+                    paused_here = false;
+                    self.destination.set_paused(None);
+                }
             }
             let bisect = matches!(outcome, Outcome::Bisect(_));
             match outcome {
-                Outcome::Accepted => self.destination.forwarded(p.samples()),
+                Outcome::Accepted => {
+                    self.destination.forwarded(p.samples());
+                    if let Payload::Series(v) = &p {
+                        self.destination
+                            .refused
+                            .forget(v.series.iter().map(hash_labels));
+                    }
+                }
                 Outcome::Done(_) => self.duplicate(p.samples()),
                 Outcome::FellBack => work.push(p),
                 Outcome::Split(message) | Outcome::Bisect(message) => match self.halves(p) {
@@ -565,7 +581,10 @@ impl Forwarder {
                     self.refuse(self.series(p), reason, status, &message).await;
                 }
                 Outcome::Pause(status, message) => {
-                    self.destination.set_paused(Some((status, &message)));
+                    if !paused_here {
+                        paused_here = true;
+                        self.destination.set_paused(Some((status, &message)));
+                    }
                     work.push(p);
                     if pause(stop, self.paused_retry).await {
                         return Err(Stopped);
@@ -637,12 +656,8 @@ impl Forwarder {
                     out
                 }
                 Err(error) => {
-                    self.destination.dropped(
-                        samples,
-                        "refused",
-                        &format!("stored entry: {error}"),
-                        true,
-                    );
+                    self.destination
+                        .dropped(samples, "refused", &format!("stored entry: {error}"));
                     for (site, n) in &sites {
                         self.ledger.dropped(site, *n);
                     }
@@ -666,8 +681,7 @@ impl Forwarder {
         if samples == 0 {
             return;
         }
-        self.destination
-            .dropped(samples, reason, message, message != HELD_BACK);
+        self.destination.dropped(samples, reason, message);
         if reason == "invalid" {
             self.destination
                 .refused

@@ -372,8 +372,8 @@ const REFUSED_TTL: Duration = Duration::from_secs(600);
 const MAX_REFUSED: usize = 10_000;
 
 /// Series a destination refused as invalid (a 400 bisected down to them), by label hash, with
-/// when: for [`REFUSED_TTL`] they are dropped before sending instead of being bisected out of
-/// every request again.
+/// when: for [`REFUSED_TTL`], or until a request of them is accepted, they are sent in requests
+/// of their own, so a 400 is bisected among them instead of through everyone's requests.
 #[derive(Clone, Default)]
 pub struct Refused(Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>>);
 
@@ -393,6 +393,16 @@ impl Refused {
         self.lock().contains_key(&hash)
     }
 
+    /// Forgets series the destination accepted.
+    pub fn forget(&self, hashes: impl Iterator<Item = u64>) {
+        let mut r = self.lock();
+        if !r.is_empty() {
+            for h in hashes {
+                r.remove(&h);
+            }
+        }
+    }
+
     pub fn remember(&self, hashes: impl Iterator<Item = u64>) {
         let mut r = self.lock();
         for h in hashes {
@@ -410,6 +420,8 @@ pub struct Destination {
     pub name: Arc<str>,
     /// Series it refused as invalid, remembered for a while.
     pub refused: Refused,
+    /// Requests currently paused by a `pause` status (the gauge is 1 while any is).
+    pauses: Arc<std::sync::atomic::AtomicUsize>,
     svc: BoxCloneSyncService<Encoded, (), BoxError>,
     /// Configured for 2.0 and not fallen back.
     v2: Arc<AtomicBool>,
@@ -478,6 +490,7 @@ impl Destination {
         Ok(Destination {
             name,
             refused: Refused::default(),
+            pauses: Arc::default(),
             svc: BoxCloneSyncService::new(svc),
             v2: Arc::new(AtomicBool::new(v2)),
             metrics,
@@ -579,35 +592,39 @@ impl Destination {
             .inc_by(samples);
     }
 
-    /// Counts samples dropped for this destination, by `reason`, and logs it (`loud`) or
-    /// not (a drop that repeats every request, already logged once).
-    pub fn dropped(&self, samples: u64, reason: &str, error: &str, loud: bool) {
+    /// Logs and counts samples dropped for this destination, by `reason`.
+    pub fn dropped(&self, samples: u64, reason: &str, error: &str) {
         self.metrics
             .samples_dropped
             .get_or_create(&labels(&[("destination", &self.name), ("reason", reason)]))
             .inc_by(samples);
-        if loud {
-            warn!(%error, destination = %self.name, samples, reason,
-                "Samples dropped for this destination.");
-        } else {
-            tracing::debug!(%error, destination = %self.name, samples, reason,
-                "Samples dropped for this destination.");
-        }
+        warn!(%error, destination = %self.name, samples, reason,
+            "Samples dropped for this destination.");
     }
 
     /// Sets the paused gauge, logging the change.
+    ///
+    /// Concurrent requests (shards) pause and resume on their own; the destination counts as
+    /// paused while any of them is, so `Some` and `None` come in pairs from each request.
     pub fn set_paused(&self, paused: Option<(u16, &str)>) {
         let g = self
             .metrics
             .paused
             .get_or_create(&labels(&[("destination", &self.name)]));
         match paused {
-            Some((status, message)) if g.set(1) == 0 => {
-                tracing::error!(destination = %self.name, status, message,
-                    "Destination refuses our credentials; paused, data stays queued.")
+            Some((status, message)) => {
+                if self.pauses.fetch_add(1, Ordering::SeqCst) == 0 {
+                    g.set(1);
+                    tracing::error!(destination = %self.name, status, message,
+                        "Destination refuses our credentials; paused, data stays queued.");
+                }
             }
-            None if g.set(0) == 1 => info!(destination = %self.name, "Destination resumed."),
-            _ => {}
+            None => {
+                if self.pauses.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    g.set(0);
+                    info!(destination = %self.name, "Destination resumed.");
+                }
+            }
         }
     }
 }
