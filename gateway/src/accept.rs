@@ -608,14 +608,27 @@ async fn store_batch(
     if end <= cursor {
         return Ok(());
     }
-    if let Err(tenant) = ctx.rates.admit(site, samples) {
-        ctx.metrics
-            .tenant_throttled
-            .get_or_create(&labels(&[("tenant", tenant)]))
-            .inc();
-        return Err(Refusal::Retry(format!(
-            "tenant {tenant} is over its max_samples_per_second; sent again later"
-        )));
+    match ctx.rates.delay(site, samples) {
+        Ok(wait) if wait.is_zero() => {}
+        Ok(wait) => {
+            // Back-pressure: the ack waits, the agent's in-flight window fills, it slows down.
+            if let Some((tenant, _)) = site.split_once('/') {
+                ctx.metrics
+                    .tenant_throttled
+                    .get_or_create(&labels(&[("tenant", tenant)]))
+                    .inc();
+            }
+            tokio::time::sleep(wait).await;
+        }
+        Err(tenant) => {
+            ctx.metrics
+                .tenant_throttled
+                .get_or_create(&labels(&[("tenant", tenant)]))
+                .inc();
+            return Err(Refusal::Retry(format!(
+                "tenant {tenant} is over its max_samples_per_second; sent again later"
+            )));
+        }
     }
     let commit = Commit {
         identity: site.clone(),

@@ -1,17 +1,22 @@
 //! Per-tenant ingest limits: a token bucket of samples per second per tenant
 //! (`tenancy.tenants.<id>.max_samples_per_second`, `burst`).
 //!
-//! An over-limit batch is not stored and not dropped: it is answered `Retry`, so the agent
-//! keeps it on its disk and sends it again after its backoff. A tenant over its rate slows
-//! down through the tunnel; nothing of it is lost (within its agents' queue budgets), and other
-//! tenants are not affected. Counted in `uplink_gateway_tenant_throttled_batches_total{tenant}`.
+//! Back-pressure through the tunnel: an over-limit batch waits (its ack is held) until the
+//! bucket has room, at most [`MAX_WAIT`]; agents have a few batches in flight, so holding acks
+//! slows them to the tenant's rate and their backlog waits on their own disks. A batch that
+//! would wait longer is answered `Retry` (the agent keeps it and sends it again after its
+//! backoff). Nothing is dropped, and other tenants are not affected. Both are counted in
+//! `uplink_gateway_tenant_throttled_batches_total{tenant}`.
 //!
-//! The bucket may go into debt by one batch: a batch larger than the burst is admitted when the
-//! bucket is full, so a tenant always progresses at its rate on average.
+//! A batch larger than the burst needs only a full bucket, and the bucket goes into debt, so a
+//! tenant always progresses at its rate on average.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Longest a batch's ack is held for its tenant's rate; longer, it is answered `Retry`.
+pub const MAX_WAIT: Duration = Duration::from_secs(5);
 
 use crate::config::TenancyConfig;
 
@@ -48,26 +53,31 @@ impl TenantLimits {
         TenantLimits { buckets }
     }
 
-    /// Whether `samples` from identity `site` (`tenant/site`) may be stored now; if not, the
-    /// tenant that is over its limit.
-    pub fn admit<'a>(&self, site: &'a str, samples: u64) -> Result<(), &'a str> {
+    /// How long a batch of `samples` from identity `site` must wait before it may be stored
+    /// (zero: now), reserving its tokens; `Err(tenant)` when that is over [`MAX_WAIT`] (nothing
+    /// reserved).
+    pub fn delay<'a>(&self, site: &'a str, samples: u64) -> Result<Duration, &'a str> {
         let Some((tenant, _)) = site.split_once('/') else {
-            return Ok(());
+            return Ok(Duration::ZERO);
         };
         let Some(b) = self.buckets.get(tenant) else {
-            return Ok(());
+            return Ok(Duration::ZERO);
         };
         let mut b = b.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * b.rate).min(b.burst);
         b.last = now;
-        let n = samples as f64;
-        if b.tokens >= n.min(b.burst) {
-            b.tokens -= n;
-            Ok(())
+        let need = (samples as f64).min(b.burst);
+        let wait = if b.tokens >= need {
+            Duration::ZERO
         } else {
-            Err(tenant)
+            Duration::from_secs_f64((need - b.tokens) / b.rate)
+        };
+        if wait > MAX_WAIT {
+            return Err(tenant);
         }
+        b.tokens -= samples as f64;
+        Ok(wait)
     }
 }
 
@@ -76,21 +86,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tenant_gets_its_burst_then_its_rate_and_others_are_free() {
+    fn over_the_rate_a_batch_waits_its_turn_then_retries() {
         let cfg: TenancyConfig =
-            serde_yaml::from_str("tenants: {a: {max_samples_per_second: 100, burst: 50}, b: {}}")
+            serde_yaml::from_str("tenants: {a: {max_samples_per_second: 10, burst: 10}}")
                 .expect("valid");
         let l = TenantLimits::new(Some(&cfg));
-        assert_eq!(l.admit("a/s", 30), Ok(()));
-        assert_eq!(l.admit("a/s", 20), Ok(()));
-        assert_eq!(l.admit("a/s", 10), Err("a"), "burst spent");
-        assert_eq!(l.admit("b/s", 1_000_000), Ok(()), "no limit");
-        assert_eq!(l.admit("plain", 1_000_000), Ok(()), "no tenant");
-        std::thread::sleep(std::time::Duration::from_millis(150));
-        assert_eq!(l.admit("a/s", 10), Ok(()), "refilled at 100/s");
-        // A batch above the burst passes when the bucket is full, then the debt is repaid.
-        std::thread::sleep(std::time::Duration::from_millis(600));
-        assert_eq!(l.admit("a/s", 80), Ok(()));
-        assert_eq!(l.admit("a/s", 1), Err("a"));
+        assert_eq!(l.delay("a/s", 10), Ok(Duration::ZERO));
+        let d = l.delay("a/s", 10).expect("waits");
+        assert!(
+            d > Duration::from_millis(900) && d <= Duration::from_secs(1),
+            "{d:?}"
+        );
+        // The next one would wait about 2 s: still within MAX_WAIT.
+        assert!(l.delay("a/s", 10).is_ok());
+        assert!(l.delay("a/s", 10).is_ok());
+        assert!(l.delay("a/s", 10).is_ok());
+        assert!(l.delay("a/s", 10).is_ok());
+        assert_eq!(l.delay("a/s", 10), Err("a"), "over MAX_WAIT");
+        assert_eq!(l.delay("plain", 10), Ok(Duration::ZERO));
     }
 }
