@@ -25,11 +25,14 @@
 //!   series. A single series still refused is dropped: counted by reason (`too_large`;
 //!   `invalid` or `too_old` from the receiver's message; `duplicate` counts as delivered),
 //!   charged to its site in the ledger, and written to the quarantine (`quarantine.rs`). So a
-//!   poison series costs only its own samples, never its neighbours'.
+//!   poison series costs only its own samples, never its neighbours'. A series refused as
+//!   `invalid` is remembered by the destination (`forward::Refused`, 10 minutes or until
+//!   accepted): reads then decode, and its next samples go in a request of their own, so a
+//!   lasting poison series is not bisected out of everyone's requests again.
 //! - refused (other 4xx): the request is dropped, counted and quarantined the same way.
-//! - pause (401, 403): the destination's `uplink_gateway_remote_write_paused` is set, one error
-//!   is logged, and the same request is tried every `paused_retry_interval` until accepted;
-//!   the backlog grows in the store meanwhile.
+//! - pause (401, 403): the destination's `uplink_gateway_remote_write_paused` is 1 while any
+//!   of its requests is paused, one error is logged, and the same request is tried every
+//!   `paused_retry_interval` until accepted; the backlog grows in the store meanwhile.
 //! - fallback (415 or 2xx without `*-Written` to a 2.0 request): sent again as 1.0.
 //! - still failing after `limits.max_retry_duration`: logged; the same request is tried again
 //!   after the destination's `max_backoff`, forever. A destination that is down grows only its
