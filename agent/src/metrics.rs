@@ -4,6 +4,7 @@
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::queue::QueueStats;
@@ -33,6 +34,7 @@ pub struct Metrics {
     pub queue_records: Gauge,
     pub queue_bytes: Gauge,
     pub queue_max_bytes: Gauge,
+    pub ack_duration: AckDuration,
     pub certificate_expiry: Family<Vec<(String, String)>, Gauge>,
     pub queue_degraded: Gauge,
     pub queue_buffered_records: Gauge,
@@ -143,6 +145,12 @@ impl Metrics {
             "queue_records",
             "Records (scrapes) in the queue awaiting acknowledgement.",
             self.queue_records.clone(),
+        );
+        r.register(
+            "batch_ack_duration_seconds",
+            "From sending a batch to its ack: the round trip to the gateway plus its durable \
+             commit (and, with the gateway's storage.ack: delivered, the delivery).",
+            self.ack_duration.0.clone(),
         );
         r.register(
             "queue_max_bytes",
@@ -290,5 +298,21 @@ mod tests {
         assert_eq!(m.samples_dropped.get(), 50);
         let reason = vec![("reason".to_owned(), "buffer_full".to_owned())];
         assert_eq!(m.retention_dropped.get_or_create(&reason).get(), 50);
+    }
+}
+
+/// `batch_ack_duration_seconds`: a histogram from 1 ms to about 65 s.
+#[derive(Clone)]
+pub struct AckDuration(pub Histogram);
+
+impl Default for AckDuration {
+    fn default() -> Self {
+        AckDuration(Histogram::new(exponential_buckets(0.001, 2.0, 17)))
+    }
+}
+
+impl AckDuration {
+    pub fn observe(&self, seconds: f64) {
+        self.0.observe(seconds);
     }
 }

@@ -275,10 +275,14 @@ impl Shipper {
                 self.metrics.samples_shipped.inc_by(samples);
                 self.metrics.bytes_sent.inc_by(batch.payload.len() as u64);
                 let conn = conn.clone();
+                let ack_duration = self.metrics.ack_duration.clone();
                 in_flight.spawn(async move {
+                    let sent = Instant::now();
                     let ack = tokio::time::timeout(ack_timeout, send_batch(&conn, batch))
                         .await
                         .map_err(|_| ShipError::AckTimeout(ack_timeout))??;
+                    // Send to ack: the round trip plus the gateway's durable commit.
+                    ack_duration.observe(sent.elapsed().as_secs_f64());
                     Ok((ack, samples))
                 });
             }

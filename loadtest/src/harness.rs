@@ -52,6 +52,13 @@ pub fn block<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
+/// Held by end-to-end tests that share a test binary, so that they run one at a time: each
+/// starts several processes on "free" ports, and two rigs starting at once can race for one.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
 /// Polls `cond` every 100 ms until it holds; panics naming `what` after `timeout`.
 pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -62,11 +69,20 @@ pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> b
 }
 
 /// A free TCP port on 127.0.0.1 (also free for UDP at the time of asking).
+///
+/// A port is handed out once per process: tests running in parallel start processes that bind
+/// their ports a little later, and the kernel could otherwise give the same free port twice.
 pub fn free_port() -> anyhow::Result<u16> {
-    for _ in 0..50 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..200 {
         let tcp = TcpListener::bind("127.0.0.1:0")?;
         let port = tcp.local_addr()?.port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if given.contains(&port) {
+            continue;
+        }
         if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return Ok(port);
         }
     }

@@ -47,6 +47,7 @@ use uplink_loadtest::harness::wait_for;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_destination_delays_nobody_and_gets_its_backlog_once() {
+    let _serial = uplink_loadtest::harness::serial().await;
     let spec = ProbeSpec {
         targets: 4,
         families: 9,
@@ -158,6 +159,7 @@ async fn a_down_destination_delays_nobody_and_gets_its_backlog_once() {
 /// everything arrives exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_after_delivery_keeps_the_backlog_at_the_agent() {
+    let _serial = uplink_loadtest::harness::serial().await;
     let spec = ProbeSpec {
         targets: 2,
         families: 6,
