@@ -647,6 +647,12 @@ async fn store_batch(
     *floor = Some(end);
     drop(floor);
     ctx.ledger.accepted(site, samples, newest);
+    if let Some(t) = crate::metrics::tenant_of(site) {
+        ctx.metrics
+            .tenant_received
+            .get_or_create(&labels(&[("tenant", t)]))
+            .inc_by(samples);
+    }
     Ok(())
 }
 

@@ -64,9 +64,11 @@ use uplink_shared::remote_write::{self, Label, TimeSeries, WriteRequest};
 use crate::config::{RemoteWriteConfig, TenancyConfig};
 use crate::forward::{Destination, Outcome};
 use crate::ledger::Ledger;
-use crate::metrics::{Metrics, labels};
+use crate::metrics::{Labels, Metrics, labels};
 use crate::quarantine::Quarantine;
 use crate::store::{self, Skipped, Store, Stored};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// Compressed bytes read for one request at most (entries are never split).
@@ -544,6 +546,7 @@ impl Forwarder {
             match outcome {
                 Outcome::Accepted => {
                     self.destination.forwarded(p.samples());
+                    self.per_tenant(&self.metrics.tenant_forwarded, &p);
                     if let Payload::Series(v) = &p {
                         self.destination
                             .refused
@@ -670,6 +673,29 @@ impl Forwarder {
         }
     }
 
+    /// Adds a payload's samples to a per-tenant counter, by the sites they came from (sites
+    /// without a tenant are not counted there).
+    fn per_tenant(&self, family: &Family<Labels, Counter>, p: &Payload) {
+        let add = |site: &str, n: u64| {
+            if let Some(t) = crate::metrics::tenant_of(site) {
+                let l = [("tenant", t), ("destination", &*self.destination.name)];
+                family.get_or_create(&labels(&l)).inc_by(n);
+            }
+        };
+        match p {
+            Payload::Raw { sites, .. } => {
+                for (site, n) in sites {
+                    add(site, *n);
+                }
+            }
+            Payload::Series(v) => {
+                for (ts, site) in v.series.iter().zip(&v.sites) {
+                    add(site, ts.samples.len() as u64);
+                }
+            }
+        }
+    }
+
     fn duplicate(&self, samples: u64) {
         self.metrics
             .samples_duplicate
@@ -692,6 +718,16 @@ impl Forwarder {
         }
         for (ts, site) in refused.series.iter().zip(&refused.sites) {
             self.ledger.dropped(site, ts.samples.len() as u64);
+            if let Some(t) = crate::metrics::tenant_of(site) {
+                self.metrics
+                    .tenant_dropped
+                    .get_or_create(&labels(&[
+                        ("tenant", t),
+                        ("destination", &self.destination.name),
+                        ("reason", reason),
+                    ]))
+                    .inc_by(ts.samples.len() as u64);
+            }
         }
         self.quarantine
             .record(

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub storage_max_bytes: Gauge,
     pub store_quarantined: Counter,
     pub tenant_throttled: Family<Labels, Counter>,
+    pub tenant_received: Family<Labels, Counter>,
+    pub tenant_forwarded: Family<Labels, Counter>,
+    pub tenant_dropped: Family<Labels, Counter>,
     pub certificate_expiry: Family<Labels, Gauge>,
 }
 
@@ -84,6 +87,9 @@ impl Default for Metrics {
             storage_max_bytes: Gauge::default(),
             store_quarantined: Counter::default(),
             tenant_throttled: Family::default(),
+            tenant_received: Family::default(),
+            tenant_forwarded: Family::default(),
+            tenant_dropped: Family::default(),
             certificate_expiry: Family::default(),
         }
     }
@@ -225,6 +231,22 @@ impl Metrics {
             self.cursor_commit_duration.clone(),
         );
         r.register(
+            "tenant_samples_received",
+            "Samples stored for a tenant (SPIFFE identities), by tenant.",
+            self.tenant_received.clone(),
+        );
+        r.register(
+            "tenant_samples_forwarded",
+            "Samples of a tenant accepted by a destination, by tenant and destination.",
+            self.tenant_forwarded.clone(),
+        );
+        r.register(
+            "tenant_samples_dropped",
+            "Samples of a tenant a destination refused for good, by tenant, destination and \
+             reason (as remote_write_samples_dropped_total).",
+            self.tenant_dropped.clone(),
+        );
+        r.register(
             "tenant_throttled_batches",
             "Agent batches answered Retry because their tenant was over its \
              max_samples_per_second (kept by the agent, sent again later), by tenant.",
@@ -252,6 +274,11 @@ impl Metrics {
             self.store_errors.clone(),
         );
     }
+}
+
+/// The tenant of an identity key (`tenant/site`), if it has one.
+pub fn tenant_of(site: &str) -> Option<&str> {
+    site.split_once('/').map(|(t, _)| t)
 }
 
 pub fn labels(pairs: &[(&str, &str)]) -> Labels {

@@ -442,4 +442,7 @@ async fn tenants_are_routed_and_get_their_own_headers() {
     let by_org = rig.capture.report().samples_by_org_id;
     assert_eq!(by_org.get("a"), Some(&6), "{by_org:?}");
     assert_eq!(by_org.get(""), Some(&3), "{by_org:?}");
+    let fwd =
+        "uplink_gateway_tenant_samples_forwarded_total{tenant=\"team-a\",destination=\"capture\"}";
+    assert_eq!(rig.metric(fwd), 6.0, "per-tenant counts");
 }

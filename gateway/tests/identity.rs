@@ -299,6 +299,10 @@ async fn a_tenant_over_its_rate_is_slowed_and_others_are_not() {
         Some(&2.0),
         "the 4th and 5th batch waited"
     );
+    assert_eq!(
+        m.get("uplink_gateway_tenant_samples_received_total{tenant=\"team-b\"}"),
+        Some(&5.0)
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while s.capture.len() < 10 {
         assert!(std::time::Instant::now() < deadline, "all ten arrive");
