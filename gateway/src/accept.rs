@@ -608,26 +608,24 @@ async fn store_batch(
     if end <= cursor {
         return Ok(());
     }
-    match ctx.rates.delay(site, samples) {
-        Ok(wait) if wait.is_zero() => {}
-        Ok(wait) => {
-            // Back-pressure: the ack waits, the agent's in-flight window fills, it slows down.
-            if let Some((tenant, _)) = site.split_once('/') {
-                ctx.metrics
-                    .tenant_throttled
-                    .get_or_create(&labels(&[("tenant", tenant)]))
-                    .inc();
-            }
-            tokio::time::sleep(wait).await;
-        }
-        Err(tenant) => {
+    let tenant = crate::metrics::tenant_of(site);
+    if let Some(t) = tenant {
+        let throttled = ctx.rates.delay(t, samples);
+        if throttled != Some(Duration::ZERO) {
             ctx.metrics
                 .tenant_throttled
-                .get_or_create(&labels(&[("tenant", tenant)]))
+                .get_or_create(&labels(&[("tenant", t)]))
                 .inc();
-            return Err(Refusal::Retry(format!(
-                "tenant {tenant} is over its max_samples_per_second; sent again later"
-            )));
+        }
+        match throttled {
+            // Back-pressure: the ack waits, the agent's in-flight window fills, it slows down.
+            Some(wait) if wait.is_zero() => {}
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => {
+                return Err(Refusal::Retry(format!(
+                    "tenant {t} is over its max_samples_per_second; sent again later"
+                )));
+            }
         }
     }
     let commit = Commit {
@@ -647,7 +645,7 @@ async fn store_batch(
     *floor = Some(end);
     drop(floor);
     ctx.ledger.accepted(site, samples, newest);
-    if let Some(t) = crate::metrics::tenant_of(site) {
+    if let Some(t) = tenant {
         ctx.metrics
             .tenant_received
             .get_or_create(&labels(&[("tenant", t)]))

@@ -98,11 +98,6 @@ pub struct Forwarder {
     pub write_relabel: Vec<RelabelConfig>,
     /// Oldest sample the destination takes, as an age (`sample_age_limit`).
     pub age_limit: Option<Duration>,
-    /// Which tenants this destination takes, and their headers.
-    pub tenants: Routes,
-    /// Series of the last decode that the destination refused before: they go in a request
-    /// of their own, so a 400 is bisected within them and not through everyone's requests.
-    held_back: std::sync::Mutex<Sited>,
 }
 
 /// A request built from consecutive entries.
@@ -254,8 +249,6 @@ impl Forwarder {
             paused_retry: rw.paused_retry_interval.0,
             write_relabel: rw.write_relabel_configs.clone(),
             age_limit: Some(q.sample_age_limit.0).filter(|a| !a.is_zero()),
-            tenants: Routes::default(),
-            held_back: Default::default(),
         }
     }
 
@@ -330,15 +323,15 @@ impl Forwarder {
         let end = entries.last().map_or(0, |e| e.seq + 1);
         // Tenants the destination does not take are passed over (configuration, not a drop);
         // tenants with request headers get requests of their own.
-        let mut parts: Vec<(Option<Arc<HeaderMap>>, Vec<Stored>)> = Vec::new();
+        let mut parts: Vec<(Option<Arc<HeaderMap>>, Vec<&Stored>)> = Vec::new();
         for e in entries {
-            let (routed, headers) = self.tenants.route(&e.meta.site);
+            let (routed, headers) = self.destination.routes.route(&e.meta.site);
             if !routed {
                 continue;
             }
             match parts.iter_mut().find(|(h, _)| same_headers(h, &headers)) {
-                Some((_, v)) => v.push(e.clone()),
-                None => parts.push((headers, vec![e.clone()])),
+                Some((_, v)) => v.push(e),
+                None => parts.push((headers, vec![e])),
             }
         }
         let mut shards = Vec::new();
@@ -354,13 +347,11 @@ impl Forwarder {
     }
 
     /// [`Forwarder::prepare`] for entries that may share requests.
-    fn prepare_part(&self, entries: &[Stored]) -> Vec<Vec<Payload>> {
+    fn prepare_part(&self, entries: &[&Stored]) -> Vec<Vec<Payload>> {
         let samples: u64 = entries.iter().map(|e| e.meta.samples).sum();
         let n = self.shard_count(samples);
         if self.decodes() {
-            let decoded = self.decode(entries);
-            let held =
-                std::mem::take(&mut *self.held_back.lock().unwrap_or_else(|p| p.into_inner()));
+            let (decoded, held) = self.decode(entries);
             let mut own: Vec<Vec<Payload>> = Vec::new();
             if held.len() > 0 {
                 own.push(vec![Payload::Series(held)]);
@@ -384,14 +375,14 @@ impl Forwarder {
             );
             return own;
         }
-        let mut groups: Vec<Vec<Stored>> = vec![Vec::new(); n];
+        let mut groups: Vec<Vec<&Stored>> = vec![Vec::new(); n];
         for e in entries {
             let i = if n == 1 {
                 0
             } else {
                 (hash_str(&e.meta.site) % n as u64) as usize
             };
-            groups[i].push(e.clone());
+            groups[i].push(e);
         }
         groups
             .into_iter()
@@ -402,7 +393,7 @@ impl Forwarder {
 
     /// Consecutive entries as merged requests of up to `max_samples_per_send` samples each
     /// (an entry is never split; a larger one goes alone), in order.
-    fn merged(&self, mut group: &[Stored]) -> Vec<Payload> {
+    fn merged(&self, mut group: &[&Stored]) -> Vec<Payload> {
         let mut out = Vec::new();
         while !group.is_empty() {
             let mut samples = 0;
@@ -423,11 +414,14 @@ impl Forwarder {
 
     /// Decodes entries into series, applying `sample_age_limit` and `write_relabel_configs`
     /// (what they remove is counted). An entry that does not decode is dropped and counted.
-    fn decode(&self, entries: &[Stored]) -> Sited {
+    /// Series the destination refused before come back apart (the second value): they go in a
+    /// request of their own, so a 400 is bisected among them, not through everyone's requests.
+    fn decode(&self, entries: &[&Stored]) -> (Sited, Sited) {
         let min_ts = self
             .age_limit
             .map(|a| store::now_ms() - a.as_millis() as i64);
-        let mut out = Sited::default();
+        let (mut out, mut held) = (Sited::default(), Sited::default());
+        let known_refused = self.destination.refused.any();
         let (mut too_old, mut relabeled) = (0u64, 0u64);
         for e in entries {
             let req = match remote_write::decode_snappy::<WriteRequest>(&e.body, MAX_MERGED_BYTES) {
@@ -459,11 +453,8 @@ impl Forwarder {
                     relabeled += ts.samples.len() as u64;
                     continue;
                 }
-                if self.destination.refused.contains(hash_labels(&ts)) {
-                    self.held_back
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(e.meta.site.clone(), ts);
+                if known_refused && self.destination.refused.contains(hash_labels(&ts)) {
+                    held.push(e.meta.site.clone(), ts);
                     continue;
                 }
                 out.push(e.meta.site.clone(), ts);
@@ -482,7 +473,7 @@ impl Forwarder {
                 ]))
                 .inc_by(relabeled);
         }
-        out
+        (out, held)
     }
 
     /// Sends the requests of one read concurrently (each until it is delivered or refused),
@@ -502,7 +493,7 @@ impl Forwarder {
             .set(shards.len() as i64);
         let results = futures_util::future::join_all(shards.into_iter().map(|shard| async move {
             for p in shard.payloads {
-                self.deliver_one(p, shard.headers.as_deref(), stop).await?;
+                self.deliver_one(p, shard.headers.as_ref(), stop).await?;
             }
             Ok::<(), Stopped>(())
         }))
@@ -520,7 +511,7 @@ impl Forwarder {
     async fn deliver_one(
         &self,
         payload: Payload,
-        headers: Option<&HeaderMap>,
+        headers: Option<&Arc<HeaderMap>>,
         stop: &CancellationToken,
     ) -> Result<(), Stopped> {
         let name = &self.destination.name;
@@ -554,7 +545,6 @@ impl Forwarder {
                     }
                 }
                 Outcome::Done(_) => self.duplicate(p.samples()),
-                Outcome::FellBack => work.push(p),
                 Outcome::Split(message) | Outcome::Bisect(message) => match self.halves(p) {
                     Ok((a, b)) => {
                         self.metrics
@@ -612,7 +602,7 @@ impl Forwarder {
         Ok(())
     }
 
-    async fn send(&self, p: &Payload, headers: Option<&HeaderMap>) -> Outcome {
+    async fn send(&self, p: &Payload, headers: Option<&Arc<HeaderMap>>) -> Outcome {
         match p {
             Payload::Raw { body, .. } => self.destination.send_raw(body, headers).await,
             Payload::Series(v) => self.destination.send_series(&v.series, headers).await,
@@ -832,7 +822,7 @@ async fn pause(stop: &CancellationToken, d: Duration) -> bool {
 /// `WriteRequest` holding all their series in order. One entry goes as stored. An entry that
 /// does not decompress (or would make the request too large) ends the request before it; if it
 /// is the first, it goes alone and the receiver refuses it (counted).
-fn merge(entries: &[Stored]) -> Request {
+fn merge(entries: &[&Stored]) -> Request {
     let Some(first) = entries.first() else {
         return Request {
             payload: Payload::Series(Sited::default()),
@@ -844,15 +834,20 @@ fn merge(entries: &[Stored]) -> Request {
     }
     let mut raw = Vec::new();
     let mut taken = 0;
+    let mut decoder = snap::raw::Decoder::new();
     for e in entries {
-        let fits = snap::raw::decompress_len(&e.body)
-            .is_ok_and(|n| raw.len() + n <= MAX_MERGED_BYTES || taken == 0);
-        let decoded = fits
-            .then(|| snap::raw::Decoder::new().decompress_vec(&e.body).ok())
-            .flatten();
-        match decoded {
-            Some(d) => raw.extend_from_slice(&d),
-            None => break,
+        // Each entry decompresses straight into its place at the end of the request.
+        let Ok(n) = snap::raw::decompress_len(&e.body) else {
+            break;
+        };
+        let start = raw.len();
+        if start + n > MAX_MERGED_BYTES && taken > 0 {
+            break;
+        }
+        raw.resize(start + n, 0);
+        if decoder.decompress(&e.body, &mut raw[start..]).is_err() {
+            raw.truncate(start);
+            break;
         }
         taken += 1;
     }
@@ -1024,7 +1019,7 @@ mod tests {
             entry(5, "b", &[2.0, 3.0]),
             entry(6, "a", &[4.0]),
         ];
-        let r = merge(&e);
+        let r = merge(&e.iter().collect::<Vec<_>>());
         let (body, samples, sites) = raw(&r);
         assert_eq!((samples, r.taken), (4, 3));
         let want: Vec<(Arc<str>, u64)> = vec![("a".into(), 1), ("b".into(), 2), ("a".into(), 1)];
@@ -1037,7 +1032,7 @@ mod tests {
             .collect();
         assert_eq!(values, vec![1.0, 2.0, 3.0, 4.0]);
         // One entry goes as stored.
-        let one = merge(&e[1..2]);
+        let one = merge(&[&e[1]]);
         assert_eq!((raw(&one).0, one.taken), (e[1].body.clone(), 1));
     }
 
@@ -1046,9 +1041,9 @@ mod tests {
         let mut bad = entry(2, "a", &[1.0]);
         bad.body = Bytes::from_static(b"\xff\xff\xff\xff\xff not snappy");
         let good = entry(1, "a", &[1.0]);
-        let r = merge(&[good.clone(), bad.clone(), entry(3, "a", &[2.0])]);
+        let r = merge(&[&good, &bad, &entry(3, "a", &[2.0])]);
         assert_eq!((raw(&r).0, r.taken), (good.body, 1));
-        let r = merge(&[bad.clone(), entry(3, "a", &[2.0])]);
+        let r = merge(&[&bad, &entry(3, "a", &[2.0])]);
         assert_eq!((raw(&r).0, r.taken), (bad.body, 1));
     }
 }

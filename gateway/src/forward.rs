@@ -162,7 +162,7 @@ impl StatusPolicy {
 struct Encoded {
     body: Bytes,
     v2: bool,
-    tenant_headers: Option<HeaderMap>,
+    tenant_headers: Option<Arc<HeaderMap>>,
 }
 
 /// The innermost service: one HTTP POST of an encoded remote-write body.
@@ -186,42 +186,40 @@ impl Service<Encoded> for RemoteWrite {
     }
 
     fn call(&mut self, req: Encoded) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let mut headers = this.headers.clone();
-            if let Some(t) = &req.tenant_headers {
-                for (k, v) in t {
-                    headers.insert(k, v.clone());
-                }
+        // The request's headers, built here; the future owns what it needs.
+        let mut headers = self.headers.clone();
+        if let Some(t) = &req.tenant_headers {
+            for (k, v) in t.iter() {
+                headers.insert(k, v.clone());
             }
-            let (content_type, version) = if req.v2 {
-                (remote_write::v2::CONTENT_TYPE, remote_write::v2::VERSION)
-            } else {
-                (remote_write::CONTENT_TYPE, remote_write::VERSION_1)
-            };
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-            headers.insert(
-                HeaderName::from_static(remote_write::receive::VERSION_HEADER),
-                HeaderValue::from_static(version),
-            );
-            let builder = this
-                .client
-                .post(this.url.clone())
+        }
+        let (content_type, version) = if req.v2 {
+            (remote_write::v2::CONTENT_TYPE, remote_write::v2::VERSION)
+        } else {
+            (remote_write::CONTENT_TYPE, remote_write::VERSION_1)
+        };
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(
+            HeaderName::from_static(remote_write::receive::VERSION_HEADER),
+            HeaderValue::from_static(version),
+        );
+        let (client, url, policy) = (self.client.clone(), self.url.clone(), self.policy.clone());
+        let (name, metrics) = (self.name.clone(), self.metrics.clone());
+        Box::pin(async move {
+            let builder = client
+                .post(url)
                 .await
                 .map_err(|e| ForwardError::Auth(e.to_string()))?;
             let started = Instant::now();
             let result = builder.headers(headers).body(req.body).send().await;
-            this.metrics
+            metrics
                 .request_duration
-                .get_or_create(&labels(&[("destination", &this.name)]))
+                .get_or_create(&labels(&[("destination", &name)]))
                 .observe(started.elapsed().as_secs_f64());
             let count = |outcome: &str| {
-                this.metrics
+                metrics
                     .requests
-                    .get_or_create(&labels(&[
-                        ("destination", &this.name),
-                        ("outcome", outcome),
-                    ]))
+                    .get_or_create(&labels(&[("destination", &name), ("outcome", outcome)]))
                     .inc();
             };
             let resp = match result {
@@ -267,7 +265,7 @@ impl Service<Encoded> for RemoteWrite {
             Err(ForwardError::Status {
                 status,
                 message: message.trim().to_owned(),
-                action: this.policy.action(status, req.v2),
+                action: policy.action(status, req.v2),
                 retry_after,
             })
         })
@@ -358,8 +356,6 @@ pub enum Outcome {
     Bisect(String),
     /// Pause the destination and try again later (401, 403 by default).
     Pause(u16, String),
-    /// The destination now gets 1.0: send the same data again.
-    FellBack,
     /// Refused for good: drop and count.
     Refused(u16, String),
     /// Still failing after the retry budget: the caller keeps the data and tries again later.
@@ -420,6 +416,8 @@ pub struct Destination {
     pub name: Arc<str>,
     /// Series it refused as invalid, remembered for a while.
     pub refused: Refused,
+    /// Which tenants it takes, and their request headers (`tenancy`).
+    pub routes: crate::fanout::Routes,
     /// Requests currently paused by a `pause` status (the gauge is 1 while any is).
     pauses: Arc<std::sync::atomic::AtomicUsize>,
     svc: BoxCloneSyncService<Encoded, (), BoxError>,
@@ -432,6 +430,7 @@ impl Destination {
     /// Builds the client and the one tower stack for this destination.
     pub fn new(
         cfg: &RemoteWriteConfig,
+        tenancy: Option<&crate::config::TenancyConfig>,
         retry_budget: Duration,
         metrics: Metrics,
     ) -> Result<Self, ForwardError> {
@@ -490,6 +489,7 @@ impl Destination {
         Ok(Destination {
             name,
             refused: Refused::default(),
+            routes: crate::fanout::Routes::new(tenancy, &cfg.display_name()),
             pauses: Arc::default(),
             svc: BoxCloneSyncService::new(svc),
             v2: Arc::new(AtomicBool::new(v2)),
@@ -504,48 +504,67 @@ impl Destination {
 
     /// Sends a stored (snappy 1.0) body, converted to 2.0 when the destination takes 2.0
     /// (straight from the bytes, see `v2::from_v1_bytes`).
-    pub async fn send_raw(&self, body: &Bytes, tenant: Option<&HeaderMap>) -> Outcome {
+    pub async fn send_raw(&self, body: &Bytes, tenant: Option<&Arc<HeaderMap>>) -> Outcome {
         let as_v1 = || Encoded {
             body: body.clone(),
             v2: false,
             tenant_headers: tenant.cloned(),
         };
         if !self.sends_v2() {
-            return self.send(as_v1()).await;
+            return self.send(as_v1()).await.unwrap_or_else(fallen_back_twice);
         }
         let converted = snap::raw::Decoder::new()
             .decompress_vec(body)
             .ok()
             .and_then(|raw| remote_write::v2::from_v1_bytes(&raw).ok())
             .and_then(|v2| snap::raw::Encoder::new().compress_vec(&v2).ok());
-        match converted {
-            Some(v2) => {
-                self.send(Encoded {
-                    body: Bytes::from(v2),
-                    v2: true,
-                    tenant_headers: tenant.cloned(),
-                })
-                .await
-            }
+        let Some(v2) = converted else {
             // Undecodable: the receiver says what it thinks of it (and the caller counts).
-            None => self.send(as_v1()).await,
+            return self.send(as_v1()).await.unwrap_or_else(fallen_back_twice);
+        };
+        let encoded = Encoded {
+            body: Bytes::from(v2),
+            v2: true,
+            tenant_headers: tenant.cloned(),
+        };
+        match self.send(encoded).await {
+            // The destination takes 1.0 only, from now on: the same data again, as stored.
+            None => self.send(as_v1()).await.unwrap_or_else(fallen_back_twice),
+            Some(o) => o,
         }
     }
 
     /// Encodes series as the destination's protocol and sends them.
-    pub async fn send_series(&self, series: &[TimeSeries], tenant: Option<&HeaderMap>) -> Outcome {
+    pub async fn send_series(
+        &self,
+        series: &[TimeSeries],
+        tenant: Option<&Arc<HeaderMap>>,
+    ) -> Outcome {
         let v2 = self.sends_v2();
-        self.send(Encoded {
+        let encoded = Encoded {
             body: encode(series, v2),
             v2,
             tenant_headers: tenant.cloned(),
-        })
-        .await
+        };
+        match self.send(encoded).await {
+            // The destination takes 1.0 only, from now on: the same series again.
+            None => self
+                .send(Encoded {
+                    body: encode(series, false),
+                    v2: false,
+                    tenant_headers: tenant.cloned(),
+                })
+                .await
+                .unwrap_or_else(fallen_back_twice),
+            Some(o) => o,
+        }
     }
 
-    async fn send(&self, req: Encoded) -> Outcome {
+    /// Sends one encoded request; `None` when a 2.0 request made the destination fall back to
+    /// 1.0 (the caller sends the same data again as 1.0, which cannot fall back).
+    async fn send(&self, req: Encoded) -> Option<Outcome> {
         let v2 = req.v2;
-        match self.svc.clone().oneshot(req).await {
+        Some(match self.svc.clone().oneshot(req).await {
             Ok(()) => Outcome::Accepted,
             Err(e) => match e.downcast::<ForwardError>() {
                 Ok(f) => match *f {
@@ -562,7 +581,7 @@ impl Destination {
                         Action::Done => Outcome::Done(status),
                         Action::Fallback if v2 => {
                             self.fall_back(status, &message);
-                            Outcome::FellBack
+                            return None;
                         }
                         Action::Fallback | Action::Drop => Outcome::Refused(status, message),
                     },
@@ -570,7 +589,7 @@ impl Destination {
                 },
                 Err(e) => Outcome::Failed(e.to_string()),
             },
-        }
+        })
     }
 
     fn fall_back(&self, status: u16, message: &str) {
@@ -629,16 +648,16 @@ impl Destination {
     }
 }
 
+/// A 1.0 request cannot make a destination fall back; should it be reported anyway, the data
+/// is kept and tried again later.
+fn fallen_back_twice() -> Outcome {
+    Outcome::Failed("fallback reported for a remote write 1.0 request".into())
+}
+
 /// Encodes series as a snappy 1.0 `WriteRequest` or 2.0 `Request`.
 pub fn encode(series: &[TimeSeries], v2: bool) -> Bytes {
-    if v2 {
-        let req = remote_write::v2::from_v1(series);
-        let raw = prost::Message::encode_to_vec(&req);
-        Bytes::from(
-            snap::raw::Encoder::new()
-                .compress_vec(&raw)
-                .unwrap_or_default(),
-        )
+    let raw = if v2 {
+        prost::Message::encode_to_vec(&remote_write::v2::from_v1(series))
     } else {
         // A `WriteRequest` is its series as repeated field 1: encode them in place.
         let len: usize = series
@@ -649,12 +668,13 @@ pub fn encode(series: &[TimeSeries], v2: bool) -> Bytes {
         for t in series {
             prost::encoding::message::encode(1, t, &mut raw);
         }
-        Bytes::from(
-            snap::raw::Encoder::new()
-                .compress_vec(&raw)
-                .unwrap_or_default(),
-        )
-    }
+        raw
+    };
+    Bytes::from(
+        snap::raw::Encoder::new()
+            .compress_vec(&raw)
+            .unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]

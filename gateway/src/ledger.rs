@@ -34,7 +34,6 @@ use tracing::{debug, warn};
 use uplink_shared::model::{self, Label, Sample, TimeSeries};
 use uplink_shared::wire::Status;
 
-use crate::fanout::Routes;
 use crate::forward::{Destination, Outcome};
 
 #[derive(Debug, Default, Clone)]
@@ -51,12 +50,6 @@ struct Site {
 #[derive(Debug, Default)]
 pub struct Ledger {
     sites: Mutex<HashMap<String, Site>>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Ledger {
@@ -180,18 +173,17 @@ impl Ledger {
 /// has its own loop, so one that is slow or down never delays the others.
 pub async fn run_writer(
     ledger: Arc<Ledger>,
-    destinations: Vec<(Destination, Routes)>,
+    destinations: Vec<Destination>,
     interval: Duration,
     labels: BTreeMap<String, String>,
     forget_after: Duration,
     shutdown: CancellationToken,
 ) {
     let mut writers = tokio::task::JoinSet::new();
-    for (d, routes) in destinations {
+    for d in destinations {
         writers.spawn(write_loop(
             ledger.clone(),
             d,
-            routes,
             interval,
             labels.clone(),
             forget_after,
@@ -204,7 +196,6 @@ pub async fn run_writer(
 async fn write_loop(
     ledger: Arc<Ledger>,
     destination: Destination,
-    routes: Routes,
     interval: Duration,
     labels: BTreeMap<String, String>,
     forget_after: Duration,
@@ -217,7 +208,7 @@ async fn write_loop(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let series = ledger.series(now_ms(), &labels, forget_after);
+        let series = ledger.series(crate::store::now_ms(), &labels, forget_after);
         if series.is_empty() {
             continue;
         }
@@ -231,22 +222,15 @@ async fn write_loop(
             }
         }
         for (tenant, group) in groups {
-            let (routed, headers) = routes.for_tenant(tenant.as_deref());
+            let (routed, headers) = destination.routes.for_tenant(tenant.as_deref());
             if !routed {
                 continue;
             }
             let samples = group.len() as u64;
-            let mut outcome = Outcome::FellBack;
-            // A fallback to 1.0 sends the same series again, at most once.
-            for _ in 0..2 {
-                outcome = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    o = destination.send_series(&group, headers.as_deref()) => o,
-                };
-                if outcome != Outcome::FellBack {
-                    break;
-                }
-            }
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                o = destination.send_series(&group, headers.as_ref()) => o,
+            };
             match outcome {
                 Outcome::Accepted | Outcome::Done(_) => {
                     destination.forwarded(samples);

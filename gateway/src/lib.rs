@@ -73,8 +73,13 @@ pub async fn run(
         .remote_write
         .iter()
         .map(|rw| {
-            forward::Destination::new(rw, cfg.limits.max_retry_duration.0, metrics.clone())
-                .with_context(|| format!("remote_write {}", rw.url))
+            forward::Destination::new(
+                rw,
+                cfg.tenancy.as_ref(),
+                cfg.limits.max_retry_duration.0,
+                metrics.clone(),
+            )
+            .with_context(|| format!("remote_write {}", rw.url))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let store = open_store(&cfg, &metrics).await?;
@@ -117,16 +122,9 @@ pub async fn run(
     });
     let ledger_token = CancellationToken::new();
     if !cfg.ledger.interval.0.is_zero() {
-        let routed = destinations
-            .into_iter()
-            .map(|d| {
-                let routes = fanout::Routes::new(cfg.tenancy.as_ref(), &d.name);
-                (d, routes)
-            })
-            .collect();
         tokio::spawn(ledger::run_writer(
             ledger,
-            routed,
+            destinations,
             cfg.ledger.interval.0,
             cfg.ledger.labels.clone(),
             cfg.ledger.forget_after.0,
@@ -189,8 +187,8 @@ fn bind(
     )?)
 }
 
-/// Opens the store on the blocking pool and reports destinations no longer configured.
-/// Opens the store. A corrupt one never crash-loops the gateway: it is moved aside to
+/// Opens the store on the blocking pool and reports destinations no longer configured. A
+/// corrupt one never crash-loops the gateway: it is moved aside to
 /// `<dir>.corrupt-<unix seconds>` (its backlog kept there, not delivered; its dedupe cursors
 /// gone, so agents' retransmissions may be stored twice: duplicates, not loss), logged, counted
 /// in `uplink_gateway_store_quarantined_total`, and a fresh store is opened.
@@ -261,7 +259,7 @@ impl Fanout {
         let mut forwarders = tokio::task::JoinSet::new();
         let mut budgets = Vec::new();
         for (index, (d, rw)) in destinations.iter().zip(&cfg.remote_write).enumerate() {
-            let mut f = fanout::Forwarder::new(
+            let f = fanout::Forwarder::new(
                 index,
                 rw,
                 d.clone(),
@@ -270,7 +268,6 @@ impl Fanout {
                 metrics.clone(),
                 quarantine.clone(),
             );
-            f.tenants = fanout::Routes::new(cfg.tenancy.as_ref(), &d.name);
             forwarders.spawn(f.run(drain.clone(), stop.clone()));
             budgets.push(fanout::Budget {
                 name: d.name.clone(),

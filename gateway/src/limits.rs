@@ -53,15 +53,11 @@ impl TenantLimits {
         TenantLimits { buckets }
     }
 
-    /// How long a batch of `samples` from identity `site` must wait before it may be stored
-    /// (zero: now), reserving its tokens; `Err(tenant)` when that is over [`MAX_WAIT`] (nothing
-    /// reserved).
-    pub fn delay<'a>(&self, site: &'a str, samples: u64) -> Result<Duration, &'a str> {
-        let Some((tenant, _)) = site.split_once('/') else {
-            return Ok(Duration::ZERO);
-        };
+    /// How long a batch of `samples` from `tenant` must wait before it may be stored (zero:
+    /// now), reserving its tokens; `None` when that is over [`MAX_WAIT`] (nothing reserved).
+    pub fn delay(&self, tenant: &str, samples: u64) -> Option<Duration> {
         let Some(b) = self.buckets.get(tenant) else {
-            return Ok(Duration::ZERO);
+            return Some(Duration::ZERO);
         };
         let mut b = b.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -74,10 +70,10 @@ impl TenantLimits {
             Duration::from_secs_f64((need - b.tokens) / b.rate)
         };
         if wait > MAX_WAIT {
-            return Err(tenant);
+            return None;
         }
         b.tokens -= samples as f64;
-        Ok(wait)
+        Some(wait)
     }
 }
 
@@ -91,18 +87,18 @@ mod tests {
             serde_yaml::from_str("tenants: {a: {max_samples_per_second: 10, burst: 10}}")
                 .expect("valid");
         let l = TenantLimits::new(Some(&cfg));
-        assert_eq!(l.delay("a/s", 10), Ok(Duration::ZERO));
-        let d = l.delay("a/s", 10).expect("waits");
+        assert_eq!(l.delay("a", 10), Some(Duration::ZERO));
+        let d = l.delay("a", 10).expect("waits");
         assert!(
             d > Duration::from_millis(900) && d <= Duration::from_secs(1),
             "{d:?}"
         );
         // The next one would wait about 2 s: still within MAX_WAIT.
-        assert!(l.delay("a/s", 10).is_ok());
-        assert!(l.delay("a/s", 10).is_ok());
-        assert!(l.delay("a/s", 10).is_ok());
-        assert!(l.delay("a/s", 10).is_ok());
-        assert_eq!(l.delay("a/s", 10), Err("a"), "over MAX_WAIT");
-        assert_eq!(l.delay("plain", 10), Ok(Duration::ZERO));
+        assert!(l.delay("a", 10).is_some());
+        assert!(l.delay("a", 10).is_some());
+        assert!(l.delay("a", 10).is_some());
+        assert!(l.delay("a", 10).is_some());
+        assert_eq!(l.delay("a", 10), None, "over MAX_WAIT");
+        assert_eq!(l.delay("unlimited", 10), Some(Duration::ZERO));
     }
 }

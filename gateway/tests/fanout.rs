@@ -110,19 +110,25 @@ impl Rig {
             self.capture.url()
         ))
         .unwrap();
+        let key = format!("{extra}{tenancy:?}");
         let d = {
             let mut last = self.last.lock().unwrap();
             match &*last {
-                Some((cfg, d)) if *cfg == extra => d.clone(),
+                Some((cfg, d)) if *cfg == key => d.clone(),
                 _ => {
-                    let d = Destination::new(&rw, Duration::from_secs(5), self.metrics.clone())
-                        .unwrap();
-                    *last = Some((extra.to_owned(), d.clone()));
+                    let d = Destination::new(
+                        &rw,
+                        tenancy,
+                        Duration::from_secs(5),
+                        self.metrics.clone(),
+                    )
+                    .unwrap();
+                    *last = Some((key, d.clone()));
                     d
                 }
             }
         };
-        let mut f = Forwarder::new(
+        let f = Forwarder::new(
             0,
             &rw,
             d,
@@ -131,7 +137,6 @@ impl Rig {
             self.metrics.clone(),
             self.quarantine.clone(),
         );
-        f.tenants = uplink_gateway::fanout::Routes::new(tenancy, "capture");
         let drain = CancellationToken::new();
         drain.cancel();
         tokio::time::timeout(

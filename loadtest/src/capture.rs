@@ -117,7 +117,7 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let (mut samples_written, mut store) = (0u64, inner.store());
+    let mut store = inner.store();
     let store = &mut *store;
     store.report.requests += 1;
     let in_request: u64 = series.iter().map(|(_, s)| s.len() as u64).sum();
@@ -131,7 +131,6 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
             .map_or(0, |d| d.as_millis() as i64);
         for (_, samples) in series {
             store.report.samples += samples.len() as u64;
-            samples_written += samples.len() as u64;
             if let Some(s) = samples.last()
                 && store.latencies_ms.len() < 20_000_000
             {
@@ -140,7 +139,7 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
                     .push((now - s.timestamp).clamp(0, u32::MAX as i64) as u32);
             }
         }
-        return written(proto, broken_v1, samples_written);
+        return written(proto, broken_v1, in_request);
     }
     for (mut labels, samples) in series {
         let ordered = labels.windows(2).all(|w| w[0].name < w[1].name);
@@ -152,7 +151,6 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
             store.report.series += 1;
         }
         for s in samples {
-            samples_written += 1;
             if store.seen.insert((labels.clone(), s.timestamp)) {
                 store.report.samples += 1;
                 store.samples.push(Received {
@@ -165,7 +163,7 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
             }
         }
     }
-    written(proto, broken_v1, samples_written)
+    written(proto, broken_v1, in_request)
 }
 
 /// 204, with the 2.0 `*-Written` headers for a 2.0 request (unless playing a broken receiver).

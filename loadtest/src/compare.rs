@@ -74,13 +74,7 @@ pub struct Scenario {
     pub paths: Vec<SenderFigures>,
 }
 
-fn installed(bin: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {bin}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+use crate::harness::installed;
 
 struct Sender {
     name: String,

@@ -239,7 +239,6 @@ struct ProxyState {
     client: reqwest::Client,
     rules: Mutex<Rules>,
     counts: Mutex<FaultCounts>,
-    forwarded: Mutex<(u64, u64)>,
 }
 
 /// An HTTP relay in front of a real remote-write receiver, applying [`Rules`].
@@ -263,7 +262,6 @@ impl FaultProxy {
                 .map_err(io::Error::other)?,
             rules: Mutex::default(),
             counts: Mutex::default(),
-            forwarded: Mutex::default(),
         });
         let app = Router::new()
             .route("/api/v1/write", post(relay))
@@ -298,11 +296,6 @@ impl FaultProxy {
     pub fn counts(&self) -> FaultCounts {
         lock(&self.state.counts).clone()
     }
-
-    /// Requests relayed to the upstream, and how many of them it answered 2xx.
-    pub fn forwarded(&self) -> (u64, u64) {
-        *lock(&self.state.forwarded)
-    }
 }
 
 impl Drop for FaultProxy {
@@ -326,13 +319,6 @@ async fn relay(State(s): State<Arc<ProxyState>>, headers: HeaderMap, body: Bytes
         Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     };
     let status = resp.status();
-    {
-        let mut f = lock(&s.forwarded);
-        f.0 += 1;
-        if status.is_success() {
-            f.1 += 1;
-        }
-    }
     let mut out_headers = HeaderMap::new();
     for (k, v) in resp.headers() {
         if k != header::CONTENT_LENGTH && k != header::TRANSFER_ENCODING {

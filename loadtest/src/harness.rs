@@ -170,8 +170,6 @@ pub struct Gateway {
     pub quic: SocketAddr,
     pub web: SocketAddr,
     pub config: PathBuf,
-    /// Its RocksDB store (`storage.directory`), kept across restarts.
-    pub store_dir: PathBuf,
     /// Restarts so far (each writes `gateway.restart-<n>.log`).
     pub restarts: u32,
 }
@@ -255,7 +253,6 @@ pub fn start_gateway_yaml(
         quic,
         web,
         config,
-        store_dir: dir.join("gateway-store"),
         restarts: 0,
     })
 }
@@ -490,8 +487,14 @@ pub struct Prometheus {
 
 /// Whether the `prometheus` binary is installed.
 pub fn prometheus_installed() -> bool {
-    Command::new("prometheus")
-        .arg("--version")
+    installed("prometheus")
+}
+
+/// Whether `bin` is on the `PATH`.
+pub fn installed(bin: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {bin}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -621,12 +624,7 @@ pub struct VictoriaMetrics {
 
 /// Whether the `victoria-metrics` binary is installed.
 pub fn victoria_metrics_installed() -> bool {
-    Command::new("victoria-metrics")
-        .arg("-version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    installed("victoria-metrics")
 }
 
 /// Starts `victoria-metrics` with its data under `dir/victoria-metrics`, keeping samples of
@@ -930,17 +928,17 @@ impl Rig {
 
     /// Starts the gateway again on the same configuration and store.
     pub fn restart_gateway(&mut self) -> anyhow::Result<()> {
-        tokio::task::block_in_place(|| self.gateway.restart(self.dir.path(), &self.bins))
+        block(|| self.gateway.restart(self.dir.path(), &self.bins))
     }
 
     /// A metric of the gateway (sum over labels); -1 when unreachable.
     pub fn gateway_metric(&self, name: &str) -> f64 {
-        tokio::task::block_in_place(|| self.gateway.metric(name)).unwrap_or(-1.0)
+        block(|| self.gateway.metric(name)).unwrap_or(-1.0)
     }
 
     /// Waits until the gateway has delivered everything it stored; false on timeout.
     pub async fn wait_gateway_drained(&self, timeout: Duration) -> bool {
-        tokio::task::block_in_place(|| self.gateway.wait_drained(timeout))
+        block(|| self.gateway.wait_drained(timeout))
     }
 
     /// Labels every probe series must carry besides `instance` (for the oracle).
@@ -953,12 +951,11 @@ impl Rig {
 
     /// Starts the agent again on the same configuration and queue.
     pub fn restart_agent(&mut self) -> anyhow::Result<()> {
-        tokio::task::block_in_place(|| self.agent.restart(&self.bins, self.dir.path()))
+        block(|| self.agent.restart(&self.bins, self.dir.path()))
     }
 
     /// A metric of the agent (sum over labels); -1 when unreachable.
     pub fn agent_metric(&self, name: &str) -> f64 {
-        tokio::task::block_in_place(|| metrics(self.agent.web))
-            .map_or(-1.0, |m| metric_sum(&m, name))
+        block(|| metrics(self.agent.web)).map_or(-1.0, |m| metric_sum(&m, name))
     }
 }

@@ -95,7 +95,6 @@ fn input(args: &RelayArgs) -> (Vec<Vec<Bytes>>, u64) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    let first = now;
     let mut tasks = vec![Vec::new(); args.senders.max(1)];
     let mut total = 0;
     for n in 0..args.scrapes {
@@ -103,7 +102,7 @@ fn input(args: &RelayArgs) -> (Vec<Vec<Bytes>>, u64) {
             let mut series = crate::bench::probe_scrape(&spec, t, n);
             for s in &mut series {
                 for x in &mut s.samples {
-                    x.timestamp = first + n as i64 * 10 + (t % 7) as i64;
+                    x.timestamp = now + n as i64 * 10 + (t % 7) as i64;
                 }
             }
             total += series.len() as u64;
@@ -271,8 +270,8 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<Vec<RelayFigures>> {
     let root = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
     let mut out = Vec::new();
     for which in args.relays.iter().map(String::as_str) {
-        if (which == "vmagent" && !installed("vmagent"))
-            || (which == "prometheus" && !installed("prometheus"))
+        if (which == "vmagent" && !harness::installed("vmagent"))
+            || (which == "prometheus" && !harness::installed("prometheus"))
         {
             eprintln!("relay: {which} not installed, skipped");
             continue;
@@ -334,15 +333,6 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<Vec<RelayFigures>> {
         drop(relay);
     }
     Ok(out)
-}
-
-fn installed(bin: &str) -> bool {
-    Command::new(bin)
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok()
 }
 
 /// The figures as a Markdown table, with ratios against Uplink 1.0.

@@ -42,6 +42,20 @@ pub fn display(labels: &[Label]) -> String {
     format!("{name}{{{}}}", rest.join(","))
 }
 
+/// Sets `l`, keeping a label already present under its name as `exported_<name>` (the prefix
+/// repeated until the name is free), as Prometheus does for target labels without
+/// `honor_labels`. Leaves `labels` unsorted.
+pub fn set_exporting(labels: &mut Vec<Label>, l: &Label) {
+    if let Some(i) = labels.iter().position(|x| x.name == l.name) {
+        let mut name = format!("exported_{}", l.name);
+        while labels.iter().any(|x| x.name == name) {
+            name = format!("exported_{name}");
+        }
+        labels[i].name = name;
+    }
+    labels.push(l.clone());
+}
+
 /// Labels the gateway stamps on every series of an agent, from its verified identity: what an
 /// agent or a target sends for those names is never trusted. A conflicting label is removed
 /// (`rename_conflicts: false`) or kept as `exported_<name>` (as Prometheus does for target
@@ -56,18 +70,12 @@ impl Stamp {
     /// Applies the stamp; the result is sorted by name.
     pub fn apply(&self, labels: &mut Vec<Label>) {
         for s in &self.labels {
-            if let Some(pos) = labels.iter().position(|l| l.name == s.name) {
-                if self.rename_conflicts {
-                    let mut name = format!("exported_{}", s.name);
-                    while labels.iter().any(|l| l.name == name) {
-                        name = format!("exported_{name}");
-                    }
-                    labels[pos].name = name;
-                } else {
-                    labels.remove(pos);
-                }
+            if self.rename_conflicts {
+                set_exporting(labels, s);
+            } else {
+                labels.retain(|l| l.name != s.name);
+                labels.push(s.clone());
             }
-            labels.push(s.clone());
         }
         normalize(labels);
     }

@@ -291,7 +291,7 @@ pub fn identify(der: &[u8], rules: &IdentityRules) -> Result<Identity, IdentityE
         .unwrap_or_default();
     match spiffe.as_slice() {
         [] if rules.require_spiffe => Err(IdentityError::SpiffeRequired),
-        [] => identity_from_cert(der)
+        [] => cert_name(&cert)
             .map(|site| Identity { tenant: None, site })
             .ok_or(IdentityError::NoName),
         [id] => parse_spiffe(id, rules),
@@ -334,6 +334,11 @@ pub fn peer_identity_with(
 /// Reads the identity from a verified leaf certificate: subject CN, else first DNS SAN.
 pub fn identity_from_cert(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    cert_name(&cert)
+}
+
+/// A parsed certificate's name: subject CN, else first DNS SAN, if it is a valid identity.
+fn cert_name(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
     let cn = cert
         .subject()
         .iter_common_name()
@@ -348,13 +353,6 @@ pub fn identity_from_cert(der: &[u8]) -> Option<String> {
         })
     })?;
     valid_identity(&name).then_some(name)
-}
-
-/// Identity of the peer of an established quinn connection, if its certificate has one.
-pub fn peer_identity(conn: &quinn::Connection) -> Option<String> {
-    let any = conn.peer_identity()?;
-    let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    identity_from_cert(certs.first()?.as_ref())
 }
 
 #[cfg(test)]

@@ -426,19 +426,10 @@ fn check_label_limits(labels: &[Label], l: &crate::config::JobLimits) -> Result<
 /// Applies target labels to a scraped sample's labels, Prometheus's way.
 fn merge_target_labels(labels: &mut Vec<Label>, target: &[Label], honor: bool) {
     for tl in target {
-        match labels.iter().position(|l| l.name == tl.name) {
-            Some(_) if honor => {}
-            Some(i) => {
-                // Rename the scraped label to exported_<name>, repeating the prefix until free.
-                let mut name = format!("exported_{}", tl.name);
-                while labels.iter().any(|l| l.name == name) {
-                    name = format!("exported_{name}");
-                }
-                labels[i].name = name;
-                labels.push(tl.clone());
-            }
-            None => labels.push(tl.clone()),
+        if honor && labels.iter().any(|l| l.name == tl.name) {
+            continue;
         }
+        model::set_exporting(labels, tl);
     }
     labels.retain(|l| !l.value.is_empty());
     model::normalize(labels);
