@@ -1,8 +1,9 @@
 //! Agent configuration: a Prometheus configuration file plus one `uplink:` section.
 //!
 //! The Prometheus part follows Prometheus's schema and defaults (`global`, `scrape_configs`).
+//! `tracing` is honoured (OTLP traces of the agent's shipping, see `uplink_shared::traces`).
 //! Keys Prometheus knows but an agent has no use for (`rule_files`, `alerting`,
-//! `remote_write`, `remote_read`, `storage`, `tracing`) are accepted and ignored with a
+//! `remote_write`, `remote_read`, `storage`) are accepted and ignored with a
 //! warning, so an existing `prometheus.yml` loads unchanged. Any other unknown key is an error
 //! naming file:line:column and the field, as is every invalid value.
 
@@ -22,6 +23,7 @@ use crate::queue::{QueueOptions, SyncPolicy};
 use crate::relabel::RelabelConfig;
 use uplink_shared::duration::PromDuration;
 use uplink_shared::tls::TlsFiles;
+use uplink_shared::traces::TracingConfig;
 use uplink_shared::yaml::{self, ConfigError};
 
 /// The whole file.
@@ -45,8 +47,9 @@ pub struct Config {
     pub remote_read: Option<serde_yaml::Value>,
     #[serde(default)]
     pub storage: Option<serde_yaml::Value>,
+    /// OTLP traces, in Prometheus's schema.
     #[serde(default)]
-    pub tracing: Option<serde_yaml::Value>,
+    pub tracing: Option<TracingConfig>,
 }
 
 /// Prometheus's `global:` block.
@@ -659,6 +662,9 @@ impl Config {
             base = up.parent().unwrap_or(Path::new(".")).to_path_buf();
         }
         let mut cfg: Config = yaml::parse(path, &text)?;
+        if let Some(t) = &mut cfg.tracing {
+            t.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        }
         cfg.uplink.tls.resolve(&base);
         if cfg.uplink.queue.directory.is_relative() {
             cfg.uplink.queue.directory = base.join(&cfg.uplink.queue.directory);
@@ -684,6 +690,14 @@ impl Config {
                 &format!("{key}:"),
                 format!("uplink.queue.{key}"),
                 message.into(),
+            ));
+        }
+        if let Some(Err(e)) = self.tracing.as_ref().map(TracingConfig::validate) {
+            let field = e.field();
+            return Err(at(
+                &format!("{field}:"),
+                format!("tracing.{field}"),
+                e.to_string(),
             ));
         }
         let g = &self.global;
@@ -920,7 +934,6 @@ impl Config {
             ("remote_write", self.remote_write.is_some()),
             ("remote_read", self.remote_read.is_some()),
             ("storage", self.storage.is_some()),
-            ("tracing", self.tracing.is_some()),
         ]
         .into_iter()
         .filter_map(|(n, present)| present.then_some(n))
@@ -1126,6 +1139,47 @@ uplink:
         let bad = GOOD.replace("  queue: {directory: q}\n", "");
         let e = load(&bad).expect_err("missing queue").to_string();
         assert!(e.contains("missing field `queue`"), "{e}");
+    }
+
+    #[test]
+    fn tracing_is_read_in_prometheus_schema_and_checked_with_its_location() {
+        let with = |t: &str| GOOD.replace("rule_files: [\"x.yml\"]\n", t);
+        let c = load(&with(
+            "tracing:\n  client_type: http\n  endpoint: otel:4318\n  sampling_fraction: 0.25\n  \
+             tls_config: {ca_file: otel-ca.crt}\n",
+        ))
+        .expect("valid");
+        let t = c.tracing.as_ref().expect("tracing");
+        assert!(t.enabled());
+        assert_eq!(t.sampling_fraction, 0.25);
+        assert!(
+            t.tls_config
+                .ca_file
+                .as_ref()
+                .is_some_and(|p| p.is_absolute())
+        );
+        assert!(!c.ignored_sections().contains(&"tracing"));
+        // Prometheus's default client is gRPC: accepted (warned about at run time), not on.
+        let c = load(&with("tracing: {endpoint: otel:4317}\n")).expect("valid");
+        assert!(!c.tracing.expect("tracing").enabled());
+        let e = load(&with(
+            "tracing:\n  endpoint: otel:4318\n  sampling_fraction: 2\n",
+        ))
+        .expect_err("fraction")
+        .to_string();
+        assert!(
+            e.contains("agent.yml:13:3: tracing.sampling_fraction: sampling_fraction 2 is not"),
+            "{e}"
+        );
+        let e = load(&with(
+            "tracing:\n  endpoint: otel:4318\n  compresion: gzip\n",
+        ))
+        .expect_err("typo")
+        .to_string();
+        assert!(
+            e.contains("agent.yml:13:3") && e.contains("compresion"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -56,7 +56,11 @@ pub async fn run(
     source: config::Source,
     web: WebOptions,
     shutdown: CancellationToken,
+    traces: uplink_shared::traces::Traces,
 ) -> anyhow::Result<()> {
+    traces
+        .apply(cfg.tracing.as_ref())
+        .context("configuring traces")?;
     for section in cfg.ignored_sections() {
         warn!(
             section,
@@ -194,7 +198,11 @@ pub async fn run(
                 return Ok(());
             }
             Some(reply) = reload_rx.recv() => {
-                let outcome = match Config::load_from(&source) {
+                let loaded = Config::load_from(&source).map_err(|e| e.to_string()).and_then(|new| {
+                    traces.apply(new.tracing.as_ref()).map_err(|e| e.to_string())?;
+                    Ok(new)
+                });
+                let outcome = match loaded {
                     Ok(new) => {
                         if new.uplink != running.uplink {
                             warn!("The uplink section changed; restart the agent to apply it.");
@@ -215,7 +223,7 @@ pub async fn run(
                     Err(e) => {
                         tracing::error!(error = %e, "Reloading the configuration failed; keeping the running one.");
                         metrics.config_last_reload_successful.set(0);
-                        Err(e.to_string())
+                        Err(e)
                     }
                 };
                 let _ = reply.send(outcome);

@@ -51,6 +51,6 @@ fn main() -> ExitCode {
         flags.check_config,
         &flags.log_level,
         flags.log_format,
-        |cfg, shutdown| uplink_agent::run(cfg, source, web, shutdown),
+        |cfg, shutdown, traces| uplink_agent::run(cfg, source, web, shutdown, traces),
     )
 }

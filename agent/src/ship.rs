@@ -28,9 +28,10 @@ use rand::Rng;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 use uplink_shared::codec::{CodecError, ScrapeRecord, TunnelEncoder};
 use uplink_shared::quic;
+use uplink_shared::traces;
 use uplink_shared::wire::{
     self, Ack, AckStatus, Batch, CloseCode, Encoding, Frame, Hello, MAX_CONTROL_FRAME, Status,
     WireError,
@@ -265,10 +266,23 @@ impl Shipper {
                 let count = (last.seq - first_seq + 1) as u32;
                 cursor = last.seq + 1;
                 let (payload, samples) = self.encode(&mut encoder, &records).await?;
+                // A root span per batch (exported only when tracing samples it); its context
+                // travels with the batch so the gateway's spans join this trace.
+                let span = info_span!(
+                    parent: None,
+                    "uplink.agent.ship",
+                    otel.kind = "client",
+                    uplink.first_seq = first_seq,
+                    uplink.records = count,
+                    uplink.samples = samples,
+                    uplink.bytes = payload.len(),
+                    uplink.ack = tracing::field::Empty,
+                );
                 let batch = Batch {
                     first_seq,
                     count,
                     encoding: Encoding::Compact,
+                    trace: traces::context_of(&span),
                     payload,
                 };
                 self.metrics.batches_sent.inc();
@@ -276,15 +290,25 @@ impl Shipper {
                 self.metrics.bytes_sent.inc_by(batch.payload.len() as u64);
                 let conn = conn.clone();
                 let ack_duration = self.metrics.ack_duration.clone();
-                in_flight.spawn(async move {
-                    let sent = Instant::now();
-                    let ack = tokio::time::timeout(ack_timeout, send_batch(&conn, batch))
-                        .await
-                        .map_err(|_| ShipError::AckTimeout(ack_timeout))??;
-                    // Send to ack: the round trip plus the gateway's durable commit.
-                    ack_duration.observe(sent.elapsed().as_secs_f64());
-                    Ok((ack, samples))
-                });
+                in_flight.spawn(
+                    async move {
+                        let sent = Instant::now();
+                        let ack = tokio::time::timeout(ack_timeout, send_batch(&conn, batch))
+                            .await
+                            .map_err(|_| ShipError::AckTimeout(ack_timeout))??;
+                        // Send to ack: the round trip plus the gateway's durable commit.
+                        ack_duration.observe(sent.elapsed().as_secs_f64());
+                        tracing::Span::current().record(
+                            "uplink.ack",
+                            match ack.status {
+                                AckStatus::Accepted => "accepted",
+                                AckStatus::Retry => "retry",
+                            },
+                        );
+                        Ok((ack, samples))
+                    }
+                    .instrument(span),
+                );
             }
             if drain_deadline.is_some() && in_flight.is_empty() && cursor >= self.queue.head() {
                 break Ok(End::Shutdown);

@@ -42,6 +42,7 @@ use uplink_shared::codec::{CodecError, TunnelDecoder};
 use uplink_shared::model;
 use uplink_shared::quic::{self, ReadFrameError};
 use uplink_shared::remote_write::{self, TimeSeries, WriteRequest};
+use uplink_shared::traces::{self, TraceContext};
 use uplink_shared::wire::{
     self, Ack, AckStatus, CloseCode, Encoding, Frame, MAX_CONTROL_FRAME, Offered, Sequencer,
 };
@@ -223,6 +224,8 @@ struct Pending {
     reply: oneshot::Sender<Ack>,
     first_seq: u64,
     count: u32,
+    /// The batch's `uplink.gateway.ingest` span (see `uplink_shared::traces`).
+    span: tracing::Span,
 }
 
 /// Runs a session; returns the close code to use, or `None` if the connection is already gone.
@@ -374,6 +377,18 @@ async fn batch_stream(
         }
     };
     ctx.metrics.batches_received.inc();
+    // Ends when the ack is written; a child of the agent's span when the batch carries one.
+    let span = info_span!(
+        "uplink.gateway.ingest",
+        otel.kind = "server",
+        uplink.first_seq = batch.first_seq,
+        uplink.records = batch.count,
+        uplink.bytes = batch.payload.len(),
+        uplink.ack = tracing::field::Empty,
+    );
+    if let Some(parent) = batch.trace {
+        traces::set_parent(&span, parent);
+    }
     let payload = match batch.encoding {
         Encoding::Compact => Payload::Compact(batch.payload),
         Encoding::RemoteWriteV1Snappy => {
@@ -411,22 +426,28 @@ async fn batch_stream(
         reply,
         first_seq: batch.first_seq,
         count: batch.count,
+        span: span.clone(),
     };
-    if tx.send(pending).await.is_err() {
-        return;
+    async move {
+        if tx.send(pending).await.is_err() {
+            return;
+        }
+        let Ok(ack) = answer.await else { return };
+        let status = match ack.status {
+            AckStatus::Accepted => "accepted",
+            AckStatus::Retry => "retry",
+        };
+        tracing::Span::current().record("uplink.ack", status);
+        ctx.metrics
+            .batches_acked
+            .get_or_create(&labels(&[("status", status)]))
+            .inc();
+        if send.write_all(&Frame::Ack(ack).to_bytes()).await.is_ok() {
+            let _ = send.finish();
+        }
     }
-    let Ok(ack) = answer.await else { return };
-    let status = match ack.status {
-        AckStatus::Accepted => "accepted",
-        AckStatus::Retry => "retry",
-    };
-    ctx.metrics
-        .batches_acked
-        .get_or_create(&labels(&[("status", status)]))
-        .inc();
-    if send.write_all(&Frame::Ack(ack).to_bytes()).await.is_ok() {
-        let _ = send.finish();
-    }
+    .instrument(span)
+    .await
 }
 
 fn ack(p: &Pending, status: AckStatus, message: String) -> Ack {
@@ -525,14 +546,21 @@ async fn store_in_order(
             }
         }
         while let Some((first, count, p)) = seq.pop_ready() {
+            let dedupe = info_span!(
+                parent: &p.span,
+                "uplink.gateway.dedupe",
+                uplink.duplicate_records = tracing::field::Empty,
+                uplink.samples = tracing::field::Empty,
+            );
             let stored = store_batch(
                 &ctx,
                 &lane,
                 &mut decoder,
                 (&site, queue_id),
                 (first, count),
-                &p.payload,
+                (&p.payload, traces::context_of(&p.span)),
             )
+            .instrument(dedupe)
             .await;
             match stored {
                 Ok(()) => {
@@ -564,7 +592,7 @@ async fn store_batch(
     decoder: &mut TunnelDecoder,
     (site, queue_id): (&Arc<str>, u64),
     (first, count): (u64, u32),
-    payload: &Payload,
+    (payload, trace): (&Payload, Option<TraceContext>),
 ) -> Result<(), Refusal> {
     let mut floor = lane.lock().await;
     let cursor = match *floor {
@@ -605,6 +633,9 @@ async fn store_batch(
     if skip > 0 {
         ctx.metrics.batches_duplicate.inc();
     }
+    let span = tracing::Span::current();
+    span.record("uplink.duplicate_records", skip);
+    span.record("uplink.samples", samples);
     if end <= cursor {
         return Ok(());
     }
@@ -632,7 +663,11 @@ async fn store_batch(
         identity: site.clone(),
         queue_id,
         next_seq: end,
-        entry: (samples > 0).then_some(Entry { samples, body }),
+        entry: (samples > 0).then_some(Entry {
+            samples,
+            body,
+            trace,
+        }),
     };
     let started = Instant::now();
     ctx.store

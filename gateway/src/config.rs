@@ -40,6 +40,9 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// The durable store: per-destination queues and the dedupe cursors.
     pub storage: StorageConfig,
+    /// OTLP traces, in Prometheus's `tracing:` schema (see `uplink_shared::traces`).
+    #[serde(default)]
+    pub tracing: Option<uplink_shared::traces::TracingConfig>,
 }
 
 /// The gateway's RocksDB store (see `store.rs`).
@@ -434,6 +437,9 @@ impl Config {
         let mut cfg: Config = yaml::parse(path, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.tls.resolve(base);
+        if let Some(t) = &mut cfg.tracing {
+            t.resolve_paths(base);
+        }
         if cfg.storage.directory.is_relative() {
             cfg.storage.directory = base.join(&cfg.storage.directory);
         }
@@ -468,6 +474,14 @@ impl Config {
             },
             None => ConfigError::rule(path, field, message),
         };
+        if let Some(Err(e)) = self.tracing.as_ref().map(|t| t.validate()) {
+            let field = e.field();
+            return Err(at(
+                &format!("{field}:"),
+                format!("tracing.{field}"),
+                e.to_string(),
+            ));
+        }
         if self.remote_write.is_empty() {
             return Err(at(
                 "remote_write",

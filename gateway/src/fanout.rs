@@ -57,9 +57,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, warn};
 use uplink_shared::relabel::{self, RelabelConfig};
 use uplink_shared::remote_write::{self, Label, TimeSeries, WriteRequest};
+use uplink_shared::traces;
 
 use crate::config::{RemoteWriteConfig, TenancyConfig};
 use crate::forward::{Destination, Outcome};
@@ -75,6 +76,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 const MAX_READ_BYTES: u64 = 16 << 20;
 /// Uncompressed bytes of a merged request at most.
 const MAX_MERGED_BYTES: usize = 64 << 20;
+/// Traced entries a write span links to at most, besides its parent.
+const MAX_LINKS: usize = 32;
 /// How often retention runs and the queue gauges are refreshed.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -291,10 +294,39 @@ impl Forwarder {
                 }
             };
             let requests = self.prepare(&entries);
-            if self.deliver(requests, &stop).await.is_err() {
+            let span = self.write_span(&entries);
+            if self
+                .deliver(requests, &stop)
+                .instrument(span)
+                .await
+                .is_err()
+            {
                 return;
             }
         }
+    }
+
+    /// The `uplink.gateway.write` span of a read, when one of its entries was traced: a child
+    /// of the first traced entry's ingest span, linked to the others' (see
+    /// `uplink_shared::traces`). Otherwise no span at all.
+    fn write_span(&self, entries: &[Stored]) -> tracing::Span {
+        let mut traced = entries.iter().filter_map(|e| e.meta.trace.as_deref());
+        let Some(first) = traced.next() else {
+            return tracing::Span::none();
+        };
+        let span = tracing::info_span!(
+            parent: None,
+            "uplink.gateway.write",
+            otel.kind = "client",
+            uplink.destination = %self.destination.name,
+            uplink.entries = entries.len(),
+            uplink.samples = entries.iter().map(|e| e.meta.samples).sum::<u64>(),
+        );
+        traces::set_parent(&span, *first);
+        for other in traced.take(MAX_LINKS) {
+            traces::add_link(&span, *other);
+        }
+        span
     }
 
     /// Whether series must be decoded before sending: to relabel or age-filter them, or to
@@ -996,6 +1028,7 @@ mod tests {
                 samples: values.len() as u64,
                 bytes: body.len() as u64,
                 site: site.into(),
+                trace: None,
             },
             body,
         }

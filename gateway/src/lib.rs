@@ -48,7 +48,11 @@ pub async fn run(
     cfg: Config,
     web_addr: SocketAddr,
     shutdown: CancellationToken,
+    traces: uplink_shared::traces::Traces,
 ) -> anyhow::Result<()> {
+    traces
+        .apply(cfg.tracing.as_ref())
+        .context("configuring traces")?;
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);

@@ -55,6 +55,6 @@ fn main() -> ExitCode {
         flags.check_config,
         &flags.log_level,
         flags.log_format,
-        |cfg, shutdown| uplink_gateway::run(cfg, web, shutdown),
+        |cfg, shutdown, traces| uplink_gateway::run(cfg, web, shutdown, traces),
     )
 }

@@ -7,8 +7,9 @@
 //! - `e` + seq (u64): one log entry's body, the snappy-compressed remote-write 1.0
 //!   `WriteRequest` of one agent batch (labels already normalized). One log serves every
 //!   destination: the body is stored once, whatever the number of destinations.
-//! - `h` + seq: the entry's header ([`Meta`]: when it was stored, samples, body size, site),
-//!   apart from the body so that opening the store reads headers only.
+//! - `h` + seq: the entry's header ([`Meta`]: when it was stored, samples, body size, site,
+//!   and the trace context of the batch when it was traced), apart from the body so that
+//!   opening the store reads headers only.
 //! - `c` + destination name: the destination's cursor, 16 bytes: the next seq to deliver, then
 //!   the end of the request in flight (equal to the cursor when none). After a crash the first
 //!   request covers exactly the entries of the request that was in flight, so a resend carries
@@ -45,6 +46,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rocksdb::{DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot, watch};
+use uplink_shared::wire::TraceContext;
 
 const NEXT: &[u8] = b"m:next";
 const RESET_KEY: &[u8] = b"m:reset_key";
@@ -102,6 +104,8 @@ pub struct Meta {
     pub bytes: u64,
     /// Identity of the agent that sent it.
     pub site: Arc<str>,
+    /// The gateway's ingest span of the batch, when sampled: destination writes join its trace.
+    pub trace: Option<Box<TraceContext>>,
 }
 
 /// One entry read back for delivery.
@@ -129,6 +133,7 @@ pub struct Entry {
     pub samples: u64,
     /// Snappy-compressed remote-write 1.0 `WriteRequest`.
     pub body: Bytes,
+    pub trace: Option<TraceContext>,
 }
 
 /// A destination's backlog.
@@ -294,6 +299,10 @@ fn encode_meta(m: &Meta) -> Bytes {
     let site = &m.site.as_bytes()[..m.site.len().min(u16::MAX as usize)];
     b.put_u16(site.len() as u16);
     b.put_slice(site);
+    // Optional and last, so headers written before traces existed still decode.
+    if let Some(t) = &m.trace {
+        t.put(&mut b);
+    }
     b.freeze()
 }
 
@@ -306,6 +315,12 @@ fn decode_meta(mut v: &[u8], sites: &mut HashMap<String, Arc<str>>) -> Option<Me
     let bytes = v.get_u64();
     let n = v.get_u16() as usize;
     let site = std::str::from_utf8(v.get(..n)?).ok()?;
+    let mut rest = &v[n..];
+    let trace = match rest.len() {
+        0 => None,
+        TraceContext::LEN => TraceContext::get(&mut rest).map(Box::new),
+        _ => return None,
+    };
     let site = sites
         .entry(site.to_owned())
         .or_insert_with(|| site.into())
@@ -315,6 +330,7 @@ fn decode_meta(mut v: &[u8], sites: &mut HashMap<String, Arc<str>>) -> Option<Me
         samples,
         bytes,
         site,
+        trace,
     })
 }
 
@@ -756,6 +772,7 @@ fn write_group<'a>(
                 samples: e.samples,
                 bytes: e.body.len() as u64,
                 site: c.identity.clone(),
+                trace: e.trace.map(Box::new),
             };
             wb.put(seq_key(BODY, next), &e.body);
             wb.put(seq_key(HEADER, next), encode_meta(&meta));
@@ -802,6 +819,7 @@ mod tests {
             entry: body.map(|b| Entry {
                 samples: b.len() as u64,
                 body: Bytes::copy_from_slice(b.as_bytes()),
+                trace: None,
             }),
         }
     }
@@ -816,6 +834,29 @@ mod tests {
             .await
             .expect("join")
             .expect("open")
+    }
+
+    #[test]
+    fn headers_carry_an_optional_trace_and_old_headers_still_decode() {
+        let mut meta = Meta {
+            stored_ms: 5,
+            samples: 7,
+            bytes: 9,
+            site: "t/s".into(),
+            trace: None,
+        };
+        let mut sites = HashMap::new();
+        let plain = encode_meta(&meta);
+        assert_eq!(plain.len(), 27 + 3, "the pre-trace layout, unchanged");
+        assert_eq!(decode_meta(&plain, &mut sites), Some(meta.clone()));
+        meta.trace = Some(Box::new(TraceContext {
+            trace_id: [3; 16],
+            span_id: [4; 8],
+            flags: 1,
+        }));
+        let traced = encode_meta(&meta);
+        assert_eq!(decode_meta(&traced, &mut sites), Some(meta));
+        assert_eq!(decode_meta(&traced[..traced.len() - 1], &mut sites), None);
     }
 
     #[tokio::test]

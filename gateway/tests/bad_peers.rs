@@ -88,6 +88,7 @@ async fn bad_peers_get_close_codes_and_good_agents_carry_on() {
         first_seq: 0,
         count: 1,
         encoding: Encoding::RemoteWriteV1Snappy,
+        trace: None,
         payload: Bytes::from_static(b"\xff\xff\xff\xff\xff not snappy"),
     });
     send.write_all(&frame.to_bytes()).await.unwrap();

@@ -42,6 +42,7 @@ fn entry(ts: i64, series: &[&str]) -> Entry {
     Entry {
         samples: series.len() as u64,
         body: remote_write::encode_snappy(&req),
+        trace: None,
     }
 }
 

@@ -224,6 +224,7 @@ async fn stamped_labels_come_from_the_certificate_only() {
             first_seq: 0,
             count: 1,
             encoding: Encoding::RemoteWriteV1Snappy,
+            trace: None,
             payload: remote_write::encode_snappy(&req),
         })
         .to_bytes();

@@ -162,7 +162,7 @@ async fn site_loop(
                         exceptions: vec![],
                     };
                     let Ok((payload, _)) = encoder.encode(std::slice::from_ref(&record), &defs) else { break };
-                    let batch = Batch { first_seq: seq, count: 1, encoding: Encoding::Compact, payload };
+                    let batch = Batch { first_seq: seq, count: 1, encoding: Encoding::Compact, trace: None, payload };
                     let sent = async {
                         let (mut s, mut r) = conn.open_bi().await.ok()?;
                         s.write_all(&Frame::Batch(batch).to_bytes()).await.ok()?;

@@ -5,6 +5,7 @@
 //! * [`faults`]: scripted remote-write faults, and an HTTP relay that injects them in front of
 //!   a real receiver,
 //! * [`oracle`]: checks what arrived against what the probe served,
+//! * [`otlp`]: an OTLP/HTTP trace receiver that decodes and keeps every span,
 //! * [`proxy`]: counting UDP and TCP relays, with fault injection on UDP,
 //! * [`tickets`]: an Alertmanager webhook receiver that stands in for a ticketing system,
 //! * [`harness`]: real agent, gateway and Prometheus processes for the demo and tests,
@@ -21,6 +22,7 @@ pub mod faults;
 pub mod fleet;
 pub mod harness;
 pub mod oracle;
+pub mod otlp;
 pub mod probe;
 pub mod progress;
 pub mod proxy;

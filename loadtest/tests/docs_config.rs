@@ -21,6 +21,7 @@ const SOURCES: &[&str] = &[
     "agent/src/discovery/kubernetes/config.rs",
     "gateway/src/config.rs",
     "shared/src/tls.rs",
+    "shared/src/traces.rs",
 ];
 
 /// (struct, field) for every field of every `Deserialize` struct in `text`.

@@ -16,7 +16,8 @@
 //! - [`yaml`]: YAML loading with errors that name file:line:column and the field.
 //! - [`web`]: the HTTP endpoints every binary serves (`/metrics`, `/-/healthy`, `/-/ready`,
 //!   `/-/reload`).
-//! - [`telemetry`]: tracing setup shared by the binaries.
+//! - [`telemetry`]: logging setup shared by the binaries, and their common `main`.
+//! - `traces` (feature `otlp`): OTLP trace export and the tunnel's trace context.
 //!
 //! Invariants: only [`quic`] and [`web`] perform I/O; the protocol itself ([`wire`]) has none.
 //! This crate depends on neither RocksDB nor (without
@@ -35,6 +36,8 @@ pub mod relabel;
 pub mod remote_write;
 pub mod telemetry;
 pub mod tls;
+#[cfg(feature = "otlp")]
+pub mod traces;
 pub mod web;
 pub mod wire;
 pub mod yaml;

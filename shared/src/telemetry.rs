@@ -10,10 +10,12 @@ use std::fmt::Write as _;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// `--log.format`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,21 +36,32 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Installs the global subscriber. `level` is a Prometheus-style level (`debug`, `info`,
-/// `warn`, `error`) or filter directives; `RUST_LOG`, when set, wins.
-pub fn init(level: &str, format: LogFormat) {
+/// Installs the global subscriber: log lines to stderr, filtered by `level` (a
+/// Prometheus-style level such as `debug`, `info`, `warn`, `error`, or filter directives;
+/// `RUST_LOG`, when set, wins), and `extra` (the traces layer) with its own filter, so that
+/// the log level never decides which spans are exported.
+pub fn init<L>(level: &str, format: LogFormat, extra: L)
+where
+    L: Layer<Registry> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder
+    let logs = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
-        LogFormat::Logfmt => builder.with_ansi(false).event_format(Logfmt).try_init(),
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Logfmt => tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .event_format(Logfmt)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(extra)
+        .with(logs.with_filter(filter))
+        .try_init();
 }
 
 /// logfmt lines: `ts`, `level`, the enclosing spans' fields, `msg`, then the event's fields.
@@ -196,10 +209,12 @@ async fn wait_for_signal() {
 }
 
 /// The common tail of both binaries' `main`: a loaded config (or its error), `--check-config`,
-/// logging, a runtime, signals, and the exit code (64 invalid configuration, 1 runtime
-/// failure, 0 clean shutdown).
+/// logging and traces, a runtime, signals, and the exit code (64 invalid configuration, 1
+/// runtime failure, 0 clean shutdown). `run` gets the traces pipeline to configure (at start
+/// and on reload); spans still buffered when it returns are flushed last.
+#[cfg(feature = "otlp")]
 pub fn run_binary<C, E, F, Fut>(
-    name: &str,
+    name: &'static str,
     config: Result<C, E>,
     config_path: &std::path::Path,
     check_only: bool,
@@ -209,7 +224,7 @@ pub fn run_binary<C, E, F, Fut>(
 ) -> std::process::ExitCode
 where
     E: std::fmt::Display,
-    F: FnOnce(C, tokio_util::sync::CancellationToken) -> Fut,
+    F: FnOnce(C, tokio_util::sync::CancellationToken, crate::traces::Traces) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     use std::process::ExitCode;
@@ -224,7 +239,8 @@ where
         println!("{}: valid", config_path.display());
         return ExitCode::SUCCESS;
     }
-    init(log_level, log_format);
+    let traces = crate::traces::Traces::new(name);
+    init(log_level, log_format, traces.layer());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -232,17 +248,21 @@ where
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         cancel_on_signals(shutdown.clone());
-        match run(cfg, shutdown).await {
+        match run(cfg, shutdown, traces.clone()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "{name} failed.");
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Last: every span has ended, and the runtime's workers (still running until `runtime`
+    // drops) carry the exporter's final requests.
+    traces.shutdown(std::time::Duration::from_secs(5));
+    code
 }
 
 #[cfg(test)]

@@ -9,6 +9,11 @@
 //! side; the gateway answers one [`Ack`] frame and finishes. Streams are independent, so
 //! several batches are in flight at once and one slow batch never blocks another.
 //!
+//! # Tracing
+//! A batch may carry the W3C trace context of the agent's span that sent it ([`TraceContext`],
+//! frame type 6 instead of 3), so the gateway's spans for it join the agent's trace. Only a
+//! sampled context is sent; without one the frame is the plain batch frame.
+//!
 //! # Framing
 //! Every message is a frame: `type: u8`, `length: u32` (big-endian, length of the body), then
 //! the body. Integers are big-endian. Strings are `u16` length + UTF-8. A decoder refuses a
@@ -144,7 +149,51 @@ pub struct Batch {
     /// Number of queue records in the batch (`first_seq..first_seq + count`).
     pub count: u32,
     pub encoding: Encoding,
+    /// The sender's span, when that span is sampled.
+    pub trace: Option<TraceContext>,
     pub payload: Bytes,
+}
+
+/// A W3C trace context (`traceparent` without its version): which trace a batch belongs to and
+/// which span sent it. 25 bytes on the wire: trace id, span id, flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// W3C trace flags; bit 0 is "sampled".
+    pub flags: u8,
+}
+
+impl TraceContext {
+    /// Encoded size.
+    pub const LEN: usize = 25;
+
+    pub fn put(&self, out: &mut impl BufMut) {
+        out.put_slice(&self.trace_id);
+        out.put_slice(&self.span_id);
+        out.put_u8(self.flags);
+    }
+
+    /// Reads one from the front of `b`; `None` when fewer than [`Self::LEN`] bytes remain.
+    pub fn get(b: &mut impl Buf) -> Option<Self> {
+        if b.remaining() < Self::LEN {
+            return None;
+        }
+        let mut t = TraceContext {
+            trace_id: [0; 16],
+            span_id: [0; 8],
+            flags: 0,
+        };
+        b.copy_to_slice(&mut t.trace_id);
+        b.copy_to_slice(&mut t.span_id);
+        t.flags = b.get_u8();
+        Some(t)
+    }
+
+    /// Valid per W3C: neither id is all zeros.
+    pub fn is_valid(&self) -> bool {
+        self.trace_id != [0; 16] && self.span_id != [0; 8]
+    }
 }
 
 /// What the gateway did with a batch.
@@ -196,6 +245,8 @@ const T_WELCOME: u8 = 2;
 const T_BATCH: u8 = 3;
 const T_ACK: u8 = 4;
 const T_STATUS: u8 = 5;
+/// A batch with a [`TraceContext`] after its encoding byte.
+const T_BATCH_TRACED: u8 = 6;
 
 /// Why bytes from the peer could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -274,8 +325,15 @@ impl Frame {
                 out.put_u64(b.first_seq);
                 out.put_u32(b.count);
                 out.put_u8(b.encoding as u8);
+                let ty = match &b.trace {
+                    Some(t) => {
+                        t.put(out);
+                        T_BATCH_TRACED
+                    }
+                    None => T_BATCH,
+                };
                 out.put_slice(&b.payload);
-                T_BATCH
+                ty
             }
             Frame::Ack(a) => {
                 out.put_u64(a.first_seq);
@@ -331,7 +389,7 @@ impl Frame {
                     identity,
                 })
             }
-            T_BATCH => {
+            T_BATCH | T_BATCH_TRACED => {
                 let f = "batch";
                 let first_seq = get_u64(&mut body, f)?;
                 let count = get_u32(&mut body, f)?;
@@ -346,6 +404,14 @@ impl Frame {
                         });
                     }
                 };
+                let trace = if ty == T_BATCH_TRACED {
+                    let t =
+                        TraceContext::get(&mut body).ok_or(WireError::Malformed { frame: f })?;
+                    // An invalid context is ignored, not an error: it only links spans.
+                    t.is_valid().then_some(t)
+                } else {
+                    None
+                };
                 if count == 0 {
                     return Err(WireError::Malformed { frame: f });
                 }
@@ -353,6 +419,7 @@ impl Frame {
                     first_seq,
                     count,
                     encoding,
+                    trace,
                     payload: body,
                 }));
             }
@@ -477,7 +544,7 @@ impl FrameDecoder {
             return Ok(None);
         }
         let ty = self.buf[0];
-        if !(T_HELLO..=T_STATUS).contains(&ty) {
+        if !(T_HELLO..=T_BATCH_TRACED).contains(&ty) {
             return Err(WireError::UnknownType(ty));
         }
         let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
@@ -658,7 +725,19 @@ mod tests {
                 first_seq: 42,
                 count: 3,
                 encoding: Encoding::RemoteWriteV1Snappy,
+                trace: None,
                 payload: Bytes::from_static(b"\x01\x02\x03"),
+            }),
+            Frame::Batch(Batch {
+                first_seq: 45,
+                count: 1,
+                encoding: Encoding::Compact,
+                trace: Some(TraceContext {
+                    trace_id: [7; 16],
+                    span_id: [9; 8],
+                    flags: 1,
+                }),
+                payload: Bytes::from_static(b"\x04"),
             }),
             Frame::Ack(Ack {
                 first_seq: 42,
@@ -754,7 +833,7 @@ mod tests {
         let Frame::Batch(b) = frames().remove(2) else {
             unreachable!()
         };
-        let Frame::Ack(a) = frames().remove(3) else {
+        let Frame::Ack(a) = frames().remove(4) else {
             unreachable!()
         };
         assert_eq!(expect_ack(Frame::Ack(a.clone()), &b), Ok(a.clone()));

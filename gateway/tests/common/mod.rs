@@ -56,7 +56,8 @@ async fn run_gateway(
     let cfg = uplink_gateway::config::Config::load(config).unwrap();
     let stop = CancellationToken::new();
     let web = harness::free_addr().unwrap();
-    let run = tokio::spawn(uplink_gateway::run(cfg, web, stop.clone()));
+    let traces = uplink_shared::traces::Traces::new("uplink-gateway");
+    let run = tokio::spawn(uplink_gateway::run(cfg, web, stop.clone(), traces));
     tokio::task::block_in_place(|| harness::wait_ready(web, Duration::from_secs(10))).unwrap();
     (stop, run, web)
 }
@@ -188,6 +189,7 @@ pub fn batch(first_seq: u64, count: u32, value: f64) -> Bytes {
         first_seq,
         count,
         encoding: Encoding::RemoteWriteV1Snappy,
+        trace: None,
         payload: remote_write::encode_snappy(&req),
     })
     .to_bytes()
