@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
-use uplink_shared::codec::{CodecError, TunnelDecoder};
+use uplink_shared::codec::{CodecError, Decoded, TunnelDecoder};
 use uplink_shared::model;
 use uplink_shared::quic::{self, ReadFrameError};
 use uplink_shared::remote_write::{self, TimeSeries, WriteRequest};
@@ -487,13 +487,13 @@ fn decode_compact(
     decoder: &mut TunnelDecoder,
     data: &[u8],
     skip: u64,
-) -> Result<(Bytes, u64), CodecError> {
+) -> Result<(Bytes, Decoded), CodecError> {
     let mut raw = bytes::BytesMut::new();
-    let samples = decoder.decode_remote_write(data, &mut raw, skip)?;
+    let decoded = decoder.decode_remote_write(data, &mut raw, skip)?;
     let body = snap::raw::Encoder::new()
         .compress_vec(&raw)
         .map_err(|e| CodecError::Zstd(format!("snappy: {e}")))?;
-    Ok((Bytes::from(body), samples))
+    Ok((Bytes::from(body), decoded))
 }
 
 /// Why a batch was not stored.
@@ -609,17 +609,20 @@ async fn store_batch(
     let end = first + u64::from(count);
     let skip = cursor.saturating_sub(first).min(u64::from(count));
     // Compact batches are decoded even when every record is old: the codec state needs them.
-    let (body, samples, newest) = match payload {
-        Payload::Ready { .. } if skip == u64::from(count) => (Bytes::new(), 0, i64::MIN),
+    // (body to store, its samples, newest timestamp, samples of retransmitted records).
+    let (body, samples, newest, duplicate) = match payload {
+        Payload::Ready { samples, .. } if skip == u64::from(count) => {
+            (Bytes::new(), 0, i64::MIN, *samples)
+        }
         Payload::Ready {
             body,
             samples,
             newest,
-        } => (body.clone(), *samples, *newest),
+        } => (body.clone(), *samples, *newest, 0),
         Payload::Compact(data) => match decode_compact(decoder, data, skip) {
-            Ok((body, samples)) => {
-                ctx.metrics.samples_received.inc_by(samples);
-                (body, samples, decoder.newest_timestamp())
+            Ok((body, d)) => {
+                ctx.metrics.samples_received.inc_by(d.samples);
+                (body, d.samples, decoder.newest_timestamp(), d.skipped)
             }
             Err(error) => {
                 warn!(%error, first_seq = first, "Undecodable compact batch; closing connection.");
@@ -630,8 +633,16 @@ async fn store_batch(
             }
         },
     };
+    let tenant = crate::metrics::tenant_of(site);
     if skip > 0 {
         ctx.metrics.batches_duplicate.inc();
+        ctx.metrics.samples_deduplicated.inc_by(duplicate);
+        if let Some(t) = tenant {
+            ctx.metrics
+                .tenant_deduplicated
+                .get_or_create(&labels(&[("tenant", t)]))
+                .inc_by(duplicate);
+        }
     }
     let span = tracing::Span::current();
     span.record("uplink.duplicate_records", skip);
@@ -639,7 +650,6 @@ async fn store_batch(
     if end <= cursor {
         return Ok(());
     }
-    let tenant = crate::metrics::tenant_of(site);
     if let Some(t) = tenant {
         let throttled = ctx.rates.delay(t, samples);
         if throttled != Some(Duration::ZERO) {

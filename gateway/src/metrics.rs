@@ -22,6 +22,7 @@ pub struct Metrics {
     pub identity_refusals: Family<Labels, Counter>,
     pub batches_received: Counter,
     pub batches_duplicate: Counter,
+    pub samples_deduplicated: Counter,
     pub batches_acked: Family<Labels, Counter>,
     pub samples_received: Counter,
     pub samples_forwarded: Family<Labels, Counter>,
@@ -44,6 +45,7 @@ pub struct Metrics {
     pub store_quarantined: Counter,
     pub tenant_throttled: Family<Labels, Counter>,
     pub tenant_received: Family<Labels, Counter>,
+    pub tenant_deduplicated: Family<Labels, Counter>,
     pub tenant_forwarded: Family<Labels, Counter>,
     pub tenant_dropped: Family<Labels, Counter>,
     pub certificate_expiry: Family<Labels, Gauge>,
@@ -64,6 +66,7 @@ impl Default for Metrics {
             identity_refusals: Family::default(),
             batches_received: Counter::default(),
             batches_duplicate: Counter::default(),
+            samples_deduplicated: Counter::default(),
             batches_acked: Family::default(),
             samples_received: Counter::default(),
             samples_forwarded: Family::default(),
@@ -88,6 +91,7 @@ impl Default for Metrics {
             store_quarantined: Counter::default(),
             tenant_throttled: Family::default(),
             tenant_received: Family::default(),
+            tenant_deduplicated: Family::default(),
             tenant_forwarded: Family::default(),
             tenant_dropped: Family::default(),
             certificate_expiry: Family::default(),
@@ -135,6 +139,12 @@ impl Metrics {
             "batches_duplicate",
             "Retransmitted batches acknowledged without forwarding again.",
             self.batches_duplicate.clone(),
+        );
+        r.register(
+            "samples_deduplicated",
+            "Samples in retransmitted records (already stored from an earlier connection or \
+             before a restart), dropped instead of forwarded again.",
+            self.samples_deduplicated.clone(),
         );
         r.register(
             "batches_acked",
@@ -234,6 +244,12 @@ impl Metrics {
             "tenant_samples_received",
             "Samples stored for a tenant (SPIFFE identities), by tenant.",
             self.tenant_received.clone(),
+        );
+        r.register(
+            "tenant_samples_deduplicated",
+            "Samples of a tenant in retransmitted records, dropped instead of forwarded again, by \
+             tenant.",
+            self.tenant_deduplicated.clone(),
         );
         r.register(
             "tenant_samples_forwarded",

@@ -8,6 +8,7 @@
 mod common;
 
 use common::{batch, connect, handshake_at, send_batch, setup_with_dev_pki, wait_for};
+use uplink_loadtest::harness;
 use uplink_shared::wire::AckStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,6 +32,13 @@ async fn dedupe_and_backlog_survive_a_restart() {
     let ack = send_batch(&c, batch(2, 1, 2.0)).await;
     assert_eq!(ack.status, AckStatus::Accepted);
     wait_for("the new sample", || s.capture.len() == 3).await;
+    // The resent records' samples are counted as deduplicated, not received.
+    let m = tokio::task::block_in_place(|| harness::metrics(s.web)).unwrap();
+    assert_eq!(
+        m.get("uplink_gateway_samples_deduplicated_total"),
+        Some(&1.0)
+    );
+    assert_eq!(m.get("uplink_gateway_batches_duplicate_total"), Some(&1.0));
 
     // The destination goes down; the batch is acknowledged anyway, then the gateway restarts
     // with the backlog on disk (the drain on shutdown cannot deliver it).

@@ -133,7 +133,7 @@ pub fn codec(args: &CodecArgs) -> anyhow::Result<CodecReport> {
     let mut decoded = 0u64;
     for p in &payloads {
         out.clear();
-        decoded += dec.decode_remote_write(p, &mut out, 0)?;
+        decoded += dec.decode_remote_write(p, &mut out, 0)?.samples;
     }
     let decode_rate = decoded as f64 / started.elapsed().as_secs_f64();
 

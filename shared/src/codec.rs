@@ -824,6 +824,15 @@ fn encode_labels(
     out.freeze()
 }
 
+/// What [`TunnelDecoder::decode_remote_write`] wrote, and what it passed over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decoded {
+    /// Samples written.
+    pub samples: u64,
+    /// Samples of the skipped records (retransmissions), not written.
+    pub skipped: u64,
+}
+
 /// Gateway side, one per connection. Batches must be decoded in sequence order.
 #[derive(Debug)]
 pub struct TunnelDecoder {
@@ -898,22 +907,24 @@ impl TunnelDecoder {
 
     /// Decodes one batch straight into the protobuf encoding of a remote-write 1.0
     /// `WriteRequest` (labels sorted by name, one sample per series), appended to `out`.
-    /// Returns the sample count. This is the gateway's fast path: no per-sample allocation.
+    /// This is the gateway's fast path: no per-sample allocation.
     ///
     /// The first `skip` scrapes (queue records) are decoded, to keep the connection's state in
     /// step, but not written: the gateway uses this to drop what it already forwarded for the
-    /// same queue on an earlier connection. The count returned excludes them.
+    /// same queue on an earlier connection. They are counted apart ([`Decoded::skipped`]).
     pub fn decode_remote_write(
         &mut self,
         payload: &[u8],
         out: &mut BytesMut,
         skip: u64,
-    ) -> Result<u64, CodecError> {
+    ) -> Result<Decoded, CodecError> {
         let mut ts_body = BytesMut::new();
         let mut sample = BytesMut::new();
         let mut written = 0u64;
+        let mut skipped = 0u64;
         self.walk(payload, true, |set, _, scrape, i, value, timestamp| {
             if scrape < skip {
+                skipped += 1;
                 return;
             }
             written += 1;
@@ -930,7 +941,10 @@ impl TunnelDecoder {
             put_len_field(&mut ts_body, 0x12, &sample);
             put_len_field(out, 0x0a, &ts_body);
         })?;
-        Ok(written)
+        Ok(Decoded {
+            samples: written,
+            skipped,
+        })
     }
 
     /// Parses a batch, updating the connection state, and calls `f(set, strings, scrape index
@@ -1153,7 +1167,9 @@ mod tests {
             assert!(same(&got, &want), "batch {batch}");
             let mut rw = BytesMut::new();
             assert_eq!(
-                rw_dec.decode_remote_write(&payload, &mut rw, 0),
+                rw_dec
+                    .decode_remote_write(&payload, &mut rw, 0)
+                    .map(|d| d.samples),
                 Ok(samples)
             );
             let req = <crate::remote_write::WriteRequest as prost::Message>::decode(rw.freeze())
