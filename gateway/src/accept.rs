@@ -72,6 +72,8 @@ pub struct Context {
     pub tenancy: Option<crate::config::TenancyConfig>,
     /// Per-tenant ingest rates.
     pub rates: crate::limits::TenantLimits,
+    /// HA replica elections, if configured.
+    pub ha: Option<Arc<crate::ha::Tracker>>,
 }
 
 /// Per (identity, queue id): the dedupe cursor, `None` until loaded from the store.
@@ -85,6 +87,23 @@ impl Context {
         if self.ack == AckPolicy::Delivered {
             self.store.wait_delivered(self.store.head()).await;
         }
+    }
+
+    /// What the decoder stamps on an agent's series: its tenancy labels, and the removal of
+    /// the HA replica label. `None` when neither is configured.
+    fn stamp(&self, id: &uplink_shared::tls::Identity) -> Option<Arc<Stamp>> {
+        if self.tenancy.is_none() && self.ha.is_none() {
+            return None;
+        }
+        let mut stamp = self
+            .tenancy
+            .as_ref()
+            .map(|t| t.stamp(id))
+            .unwrap_or_default();
+        if let Some(ha) = &self.ha {
+            stamp.remove.push(ha.labels().1);
+        }
+        Some(Arc::new(stamp))
     }
 
     fn lane(&self, identity: &str, queue_id: u64) -> Lane {
@@ -177,10 +196,7 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: Cancella
         }
     };
     let (identity, stamp) = match uplink_shared::tls::peer_identity_with(&conn, &ctx.identity) {
-        Ok(id) => {
-            let stamp = ctx.tenancy.as_ref().map(|t| Arc::new(t.stamp(&id)));
-            (id.key(), stamp)
-        }
+        Ok(id) => (id.key(), ctx.stamp(&id)),
         Err(error) => {
             warn!(%error, "Client certificate carries no usable identity; closing.");
             ctx.metrics
@@ -214,6 +230,8 @@ enum Payload {
         body: Bytes,
         samples: u64,
         newest: i64,
+        /// HA (cluster, replica) of the first series, as sent.
+        ha: Option<(String, String)>,
     },
     Compact(Bytes),
 }
@@ -401,11 +419,18 @@ async fn batch_stream(
                         .flat_map(|t| t.samples.iter().map(|s| s.timestamp))
                         .max()
                         .unwrap_or(i64::MIN);
+                    let ha = ctx.ha.as_ref().and_then(|h| {
+                        let (cluster, replica) = h.labels();
+                        let first = &req.timeseries.first()?.labels;
+                        let get = |n: &str| model::get(first, n).map(str::to_owned);
+                        get(&cluster).zip(get(&replica))
+                    });
                     let (body, samples) = to_remote_write(&ctx, req.timeseries, stamp.as_deref());
                     Payload::Ready {
                         body,
                         samples,
                         newest,
+                        ha,
                     }
                 }
                 Err(e) => {
@@ -521,7 +546,8 @@ async fn store_in_order(
         ctx.limits.max_series_sets_per_agent.get() as usize,
         ctx.limits.max_series_per_set.get() as usize,
     )
-    .with_stamp(stamp);
+    .with_stamp(stamp)
+    .with_ha_labels(ctx.ha.as_ref().map(|h| h.labels()));
     while let Some(p) = rx.recv().await {
         let (first, count) = (p.first_seq, p.count);
         match seq.offer(first, count, p) {
@@ -551,6 +577,7 @@ async fn store_in_order(
                 "uplink.gateway.dedupe",
                 uplink.duplicate_records = tracing::field::Empty,
                 uplink.samples = tracing::field::Empty,
+                uplink.ha_dropped = tracing::field::Empty,
             );
             let stored = store_batch(
                 &ctx,
@@ -609,20 +636,21 @@ async fn store_batch(
     let end = first + u64::from(count);
     let skip = cursor.saturating_sub(first).min(u64::from(count));
     // Compact batches are decoded even when every record is old: the codec state needs them.
-    // (body to store, its samples, newest timestamp, samples of retransmitted records).
-    let (body, samples, newest, duplicate) = match payload {
+    // (body to store, its samples, newest timestamp, samples of retransmitted records, HA key).
+    let (mut body, mut samples, newest, duplicate, ha) = match payload {
         Payload::Ready { samples, .. } if skip == u64::from(count) => {
-            (Bytes::new(), 0, i64::MIN, *samples)
+            (Bytes::new(), 0, i64::MIN, *samples, None)
         }
         Payload::Ready {
             body,
             samples,
             newest,
-        } => (body.clone(), *samples, *newest, 0),
+            ha,
+        } => (body.clone(), *samples, *newest, 0, ha.clone()),
         Payload::Compact(data) => match decode_compact(decoder, data, skip) {
             Ok((body, d)) => {
                 ctx.metrics.samples_received.inc_by(d.samples);
-                (body, d.samples, decoder.newest_timestamp(), d.skipped)
+                (body, d.samples, decoder.newest_timestamp(), d.skipped, d.ha)
             }
             Err(error) => {
                 warn!(%error, first_seq = first, "Undecodable compact batch; closing connection.");
@@ -649,6 +677,33 @@ async fn store_batch(
     span.record("uplink.samples", samples);
     if end <= cursor {
         return Ok(());
+    }
+    if let (Some(tracker), Some((cluster, replica))) = (&ctx.ha, ha)
+        && samples > 0
+    {
+        match tracker
+            .admit(tenant.unwrap_or(""), &cluster, &replica)
+            .await
+        {
+            Ok(crate::ha::Admit::Accept) => {}
+            Ok(crate::ha::Admit::Drop) => {
+                // Another replica of the cluster is elected: acknowledged, not stored.
+                ctx.metrics
+                    .ha_samples_dropped
+                    .get_or_create(&labels(&[
+                        ("tenant", tenant.unwrap_or("")),
+                        ("cluster", &cluster),
+                    ]))
+                    .inc_by(samples);
+                span.record("uplink.ha_dropped", true);
+                (body, samples) = (Bytes::new(), 0);
+            }
+            Err(error) => {
+                ctx.metrics.ha_errors.inc();
+                warn!(%error, cluster, "Cannot decide the HA election; the agent will resend.");
+                return Err(Refusal::Retry(format!("HA election: {error}")));
+            }
+        }
     }
     if let Some(t) = tenant {
         let throttled = ctx.rates.delay(t, samples);

@@ -40,6 +40,9 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// The durable store: per-destination queues and the dedupe cursors.
     pub storage: StorageConfig,
+    /// HA-pair dedupe: one elected replica per (tenant, cluster) (see `ha.rs`).
+    #[serde(default)]
+    pub ha: Option<crate::ha::HaConfig>,
     /// OTLP traces, in Prometheus's `tracing:` schema (see `uplink_shared::traces`).
     #[serde(default)]
     pub tracing: Option<uplink_shared::traces::TracingConfig>,
@@ -158,6 +161,7 @@ impl TenancyConfig {
         uplink_shared::model::Stamp {
             labels,
             rename_conflicts: self.conflicts == Conflicts::Exported,
+            remove: Vec::new(),
         }
     }
 }
@@ -481,6 +485,9 @@ impl Config {
                 format!("tracing.{field}"),
                 e.to_string(),
             ));
+        }
+        if let Some(Err((field, message))) = self.ha.as_ref().map(|h| h.check()) {
+            return Err(at(&format!("{field}:"), format!("ha.{field}"), message));
         }
         if self.remote_write.is_empty() {
             return Err(at(

@@ -23,6 +23,7 @@ pub mod certs_cmd;
 pub mod config;
 pub mod fanout;
 pub mod forward;
+pub mod ha;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
@@ -113,6 +114,12 @@ pub async fn run(
     ));
     let ledger = Arc::new(ledger::Ledger::default());
     let fan = Fanout::start(&cfg, &destinations, &store, &metrics, &ledger);
+    let ha = match &cfg.ha {
+        Some(h) => Some(Arc::new(
+            ha::Tracker::new(h, metrics.clone()).context("building the HA tracker")?,
+        )),
+        None => None,
+    };
     let ctx = Arc::new(accept::Context {
         limits: cfg.limits.clone(),
         store: store.clone(),
@@ -123,6 +130,7 @@ pub async fn run(
         identity: cfg.identity.clone(),
         tenancy: cfg.tenancy.clone(),
         rates: limits::TenantLimits::new(cfg.tenancy.as_ref()),
+        ha,
     });
     let ledger_token = CancellationToken::new();
     if !cfg.ledger.interval.0.is_zero() {

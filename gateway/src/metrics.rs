@@ -49,6 +49,9 @@ pub struct Metrics {
     pub tenant_forwarded: Family<Labels, Counter>,
     pub tenant_dropped: Family<Labels, Counter>,
     pub certificate_expiry: Family<Labels, Gauge>,
+    pub ha_elections: Family<Labels, Counter>,
+    pub ha_samples_dropped: Family<Labels, Counter>,
+    pub ha_errors: Counter,
 }
 
 /// Buckets from 10 µs to about 20 s, for RocksDB writes.
@@ -92,6 +95,9 @@ impl Default for Metrics {
             tenant_throttled: Family::default(),
             tenant_received: Family::default(),
             tenant_deduplicated: Family::default(),
+            ha_elections: Family::default(),
+            ha_samples_dropped: Family::default(),
+            ha_errors: Counter::default(),
             tenant_forwarded: Family::default(),
             tenant_dropped: Family::default(),
             certificate_expiry: Family::default(),
@@ -244,6 +250,23 @@ impl Metrics {
             "tenant_samples_received",
             "Samples stored for a tenant (SPIFFE identities), by tenant.",
             self.tenant_received.clone(),
+        );
+        r.register(
+            "ha_elections",
+            "HA replicas elected (a first election or a failover), by tenant and cluster.",
+            self.ha_elections.clone(),
+        );
+        r.register(
+            "ha_samples_dropped",
+            "Samples of a replica that is not the elected one of its cluster, acknowledged and \
+             not forwarded, by tenant and cluster.",
+            self.ha_samples_dropped.clone(),
+        );
+        r.register(
+            "ha_errors",
+            "HA elections that could not be decided (etcd unreachable or contended); the batch \
+             was answered retry.",
+            self.ha_errors.clone(),
         );
         r.register(
             "tenant_samples_deduplicated",

@@ -616,6 +616,39 @@ fn json_labels(metric: &serde_json::Value) -> anyhow::Result<Vec<uplink_shared::
     Ok(labels)
 }
 
+/// A real etcd server (Debian's `etcd-server`), for state shared between gateways.
+pub struct Etcd {
+    pub proc: Proc,
+    /// `http://127.0.0.1:<port>`.
+    pub client_url: String,
+}
+
+/// Whether the `etcd` binary is installed.
+pub fn etcd_installed() -> bool {
+    installed("etcd")
+}
+
+/// Starts a one-member `etcd` with its data under `dir/etcd`, on free loopback ports.
+pub fn start_etcd(dir: &Path) -> anyhow::Result<Etcd> {
+    let (client, peer) = (free_addr()?, free_addr()?);
+    let client_url = format!("http://{client}");
+    let peer_url = format!("http://{peer}");
+    let proc = Proc::spawn(
+        "etcd",
+        Command::new("etcd")
+            .arg("--name=uplink-test")
+            .arg(format!("--data-dir={}", dir.join("etcd").display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=uplink-test={peer_url}")),
+        &dir.join("etcd.log"),
+    )?;
+    wait_http_ok(client, "/health", Duration::from_secs(60))?;
+    Ok(Etcd { proc, client_url })
+}
+
 /// A real VictoriaMetrics single-node server.
 pub struct VictoriaMetrics {
     pub proc: Proc,

@@ -20,6 +20,7 @@ const SOURCES: &[&str] = &[
     "agent/src/discovery/dns.rs",
     "agent/src/discovery/kubernetes/config.rs",
     "gateway/src/config.rs",
+    "gateway/src/ha.rs",
     "shared/src/tls.rs",
     "shared/src/traces.rs",
 ];
@@ -89,8 +90,16 @@ fn fields(text: &str) -> Vec<(String, String)> {
 }
 
 /// Deserialized structs that are not Uplink configuration: the kubeconfig file format (read as
-/// kubectl writes it) and an OAuth2 token response.
-const NOT_CONFIG: &[&str] = &["Kubeconfig", "Named", "Cluster", "Context", "User", "Token"];
+/// kubectl writes it), an OAuth2 token response, and the HA election record kept in etcd.
+const NOT_CONFIG: &[&str] = &[
+    "Kubeconfig",
+    "Named",
+    "Cluster",
+    "Context",
+    "User",
+    "Token",
+    "Record",
+];
 
 #[test]
 fn every_configuration_field_is_documented() {

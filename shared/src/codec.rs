@@ -825,12 +825,15 @@ fn encode_labels(
 }
 
 /// What [`TunnelDecoder::decode_remote_write`] wrote, and what it passed over.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Decoded {
     /// Samples written.
     pub samples: u64,
     /// Samples of the skipped records (retransmissions), not written.
     pub skipped: u64,
+    /// The HA (cluster, replica) label values of the first series written, as sent (before
+    /// any stamp), when [`TunnelDecoder::with_ha_labels`] is set and that series has both.
+    pub ha: Option<(String, String)>,
 }
 
 /// Gateway side, one per connection. Batches must be decoded in sequence order.
@@ -850,6 +853,8 @@ pub struct TunnelDecoder {
     newest: i64,
     /// Labels stamped on every series (the agent's identity), if any.
     stamp: Option<std::sync::Arc<crate::model::Stamp>>,
+    /// Names of the HA cluster and replica labels, when the gateway elects replicas.
+    ha_labels: Option<(String, String)>,
 }
 
 impl TunnelDecoder {
@@ -868,7 +873,14 @@ impl TunnelDecoder {
             pairs: 0,
             newest: i64::MIN,
             stamp: None,
+            ha_labels: None,
         }
+    }
+
+    /// Reports the values of these (cluster, replica) labels in [`Decoded::ha`].
+    pub fn with_ha_labels(mut self, labels: Option<(String, String)>) -> Self {
+        self.ha_labels = labels;
+        self
     }
 
     /// Stamps `stamp` on every series decoded from now on (applied once per series set).
@@ -922,28 +934,48 @@ impl TunnelDecoder {
         let mut sample = BytesMut::new();
         let mut written = 0u64;
         let mut skipped = 0u64;
-        self.walk(payload, true, |set, _, scrape, i, value, timestamp| {
-            if scrape < skip {
-                skipped += 1;
-                return;
-            }
-            written += 1;
-            let labels = set.encoded.as_ref().and_then(|e| e.get(i));
-            ts_body.clear();
-            if let Some(l) = labels {
-                ts_body.put_slice(l);
-            }
-            sample.clear();
-            sample.put_u8(0x09);
-            sample.put_u64_le(value.to_bits());
-            sample.put_u8(0x10);
-            put_varint(&mut sample, timestamp as u64);
-            put_len_field(&mut ts_body, 0x12, &sample);
-            put_len_field(out, 0x0a, &ts_body);
-        })?;
+        let mut ha = None;
+        let ha_labels = self.ha_labels.take();
+        let walked = self.walk(
+            payload,
+            true,
+            |set, strings, scrape, i, value, timestamp| {
+                if scrape < skip {
+                    skipped += 1;
+                    return;
+                }
+                if written == 0
+                    && let Some((cluster, replica)) = &ha_labels
+                {
+                    let find = |name: &str| {
+                        set.series[i]
+                            .iter()
+                            .find(|(n, _)| strings[*n as usize] == *name)
+                            .map(|(_, v)| strings[*v as usize].clone())
+                    };
+                    ha = find(cluster).zip(find(replica));
+                }
+                written += 1;
+                let labels = set.encoded.as_ref().and_then(|e| e.get(i));
+                ts_body.clear();
+                if let Some(l) = labels {
+                    ts_body.put_slice(l);
+                }
+                sample.clear();
+                sample.put_u8(0x09);
+                sample.put_u64_le(value.to_bits());
+                sample.put_u8(0x10);
+                put_varint(&mut sample, timestamp as u64);
+                put_len_field(&mut ts_body, 0x12, &sample);
+                put_len_field(out, 0x0a, &ts_body);
+            },
+        );
+        self.ha_labels = ha_labels;
+        walked?;
         Ok(Decoded {
             samples: written,
             skipped,
+            ha,
         })
     }
 
@@ -1188,12 +1220,17 @@ mod tests {
         let stamp = std::sync::Arc::new(crate::model::Stamp {
             labels: vec![Label::new("site", "verified")],
             rename_conflicts: true,
+            remove: vec!["__replica__".into()],
         });
         let mut dec = TunnelDecoder::new(1 << 24, 1000, 10_000).with_stamp(Some(stamp.clone()));
-        let mut rw_dec = TunnelDecoder::new(1 << 24, 1000, 10_000).with_stamp(Some(stamp));
+        let mut rw_dec = TunnelDecoder::new(1 << 24, 1000, 10_000)
+            .with_stamp(Some(stamp))
+            .with_ha_labels(Some(("cluster".into(), "__replica__".into())));
         let mut series = scrape(0, 0, 3);
         for ts in &mut series {
             ts.labels.push(Label::new("site", "spoofed"));
+            ts.labels.push(Label::new("cluster", "eu"));
+            ts.labels.push(Label::new("__replica__", "r2"));
             crate::model::normalize(&mut ts.labels);
         }
         let (set, rec) = split(series, 5);
@@ -1201,9 +1238,11 @@ mod tests {
         let (payload, _) = enc.encode(&[rec], &defs).expect("encode");
         let (got, _) = dec.decode(&payload).expect("decode");
         let mut rw = BytesMut::new();
-        rw_dec
+        let decoded = rw_dec
             .decode_remote_write(&payload, &mut rw, 0)
             .expect("decode");
+        // The HA labels as sent; the replica label itself is removed from every series.
+        assert_eq!(decoded.ha, Some(("eu".into(), "r2".into())));
         let req = <crate::remote_write::WriteRequest as prost::Message>::decode(rw.freeze())
             .expect("valid");
         for labels in got
@@ -1213,6 +1252,8 @@ mod tests {
         {
             assert_eq!(crate::model::get(labels, "site"), Some("verified"));
             assert_eq!(crate::model::get(labels, "exported_site"), Some("spoofed"));
+            assert_eq!(crate::model::get(labels, "__replica__"), None);
+            assert_eq!(crate::model::get(labels, "cluster"), Some("eu"));
             assert!(labels.windows(2).all(|w| w[0].name < w[1].name), "sorted");
         }
     }

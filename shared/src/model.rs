@@ -60,15 +60,20 @@ pub fn set_exporting(labels: &mut Vec<Label>, l: &Label) {
 /// agent or a target sends for those names is never trusted. A conflicting label is removed
 /// (`rename_conflicts: false`) or kept as `exported_<name>` (as Prometheus does for target
 /// labels without `honor_labels`).
+/// Labels named in `remove` are dropped after stamping (the HA replica label).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stamp {
     pub labels: Vec<Label>,
     pub rename_conflicts: bool,
+    pub remove: Vec<String>,
 }
 
 impl Stamp {
     /// Applies the stamp; the result is sorted by name.
     pub fn apply(&self, labels: &mut Vec<Label>) {
+        if !self.remove.is_empty() {
+            labels.retain(|l| !self.remove.contains(&l.name));
+        }
         for s in &self.labels {
             if self.rename_conflicts {
                 set_exporting(labels, s);
@@ -104,6 +109,7 @@ mod tests {
         let mut stamp = Stamp {
             labels: vec![Label::new("tenant", "a"), Label::new("site", "s1")],
             rename_conflicts: false,
+            remove: vec![],
         };
         let mut l = sent();
         stamp.apply(&mut l);
