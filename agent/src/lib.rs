@@ -92,20 +92,7 @@ pub async fn run(
     metrics
         .queue_max_bytes
         .set(i64::try_from(cfg.uplink.queue.max_bytes).unwrap_or(i64::MAX));
-    for (file, path) in [
-        ("client", &cfg.uplink.tls.cert_file),
-        ("ca", &cfg.uplink.tls.ca_file),
-    ] {
-        match uplink_shared::tls::earliest_expiry(path) {
-            Ok(t) => {
-                metrics
-                    .certificate_expiry
-                    .get_or_create(&vec![("file".to_owned(), file.to_owned())])
-                    .set(t);
-            }
-            Err(error) => warn!(%error, "Cannot read the certificate's expiry."),
-        }
-    }
+    publish_expiry(&metrics, &cfg.uplink.tls);
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
@@ -149,12 +136,14 @@ pub async fn run(
         .config_last_reload_success_timestamp
         .set(unix_seconds());
 
-    let transport = uplink_shared::tls::transport(
+    let timers = (
         cfg.uplink.shipper.keep_alive.0,
         cfg.uplink.shipper.idle_timeout.0,
     );
+    let transport = uplink_shared::tls::transport(timers.0, timers.1);
     let client = uplink_shared::tls::quic_client(&cfg.uplink.tls, transport)
         .context("building the QUIC client configuration")?;
+    let (client_tx, client) = tokio::sync::watch::channel(client);
 
     let web_token = CancellationToken::new();
     let mut web_task = tokio::spawn(web::serve(web.listen_address, web_state, web_token.clone()));
@@ -173,6 +162,13 @@ pub async fn run(
         metrics: metrics.clone(),
     };
     let ship_task = tokio::spawn(shipper.run(ship_token.clone()));
+    tokio::spawn(reload_tls(
+        cfg.uplink.tls.clone(),
+        timers,
+        client_tx,
+        metrics.clone(),
+        ship_token.clone(),
+    ));
     let health_task = tokio::spawn(queue_health(
         queue.clone(),
         metrics.clone(),
@@ -243,6 +239,41 @@ pub async fn run(
     web_token.cancel();
     info!("Shutdown complete.");
     Ok(())
+}
+
+/// The certificates' expiry, for the expiry alert.
+fn publish_expiry(metrics: &Metrics, tls: &uplink_shared::tls::TlsFiles) {
+    for (file, path) in [("client", &tls.cert_file), ("ca", &tls.ca_file)] {
+        match uplink_shared::tls::earliest_expiry(path) {
+            Ok(t) => {
+                metrics
+                    .certificate_expiry
+                    .get_or_create(&vec![("file".to_owned(), file.to_owned())])
+                    .set(t);
+            }
+            Err(error) => warn!(%error, "Cannot read the certificate's expiry."),
+        }
+    }
+}
+
+/// Applies changed TLS files every `uplink.tls.reload_interval` to the next connection (the
+/// open one keeps its certificate); a bad file keeps the last good configuration.
+async fn reload_tls(
+    files: uplink_shared::tls::TlsFiles,
+    (keep_alive, idle_timeout): (std::time::Duration, std::time::Duration),
+    client: tokio::sync::watch::Sender<quinn::ClientConfig>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let apply = || {
+        let transport = uplink_shared::tls::transport(keep_alive, idle_timeout);
+        let new = uplink_shared::tls::quic_client(&files, transport)?;
+        client.send_replace(new);
+        publish_expiry(&metrics, &files);
+        Ok(())
+    };
+    let reloads = metrics.tls.clone();
+    uplink_shared::tls::watch_files(files.clone(), shutdown, reloads, apply).await;
 }
 
 /// The configuration files' text, secrets redacted, for `/api/v1/status/config`.

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub queue_max_bytes: Gauge,
     pub ack_duration: AckDuration,
     pub certificate_expiry: Family<Vec<(String, String)>, Gauge>,
+    pub tls: uplink_shared::tls::ReloadMetrics,
     pub queue_degraded: Gauge,
     pub queue_buffered_records: Gauge,
     pub queue_buffered_bytes: Gauge,
@@ -163,6 +164,7 @@ impl Metrics {
              certificate chain), ca (the gateway CA bundle).",
             self.certificate_expiry.clone(),
         );
+        self.tls.register(r);
         r.register(
             "queue_bytes",
             "Bytes of records in the queue awaiting acknowledgement.",

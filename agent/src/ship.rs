@@ -111,7 +111,9 @@ impl Backoff {
 pub struct Shipper {
     pub gateways: Vec<String>,
     pub server_name: String,
-    pub client: quinn::ClientConfig,
+    /// The QUIC client configuration, replaced when the TLS files change (used from the next
+    /// connection on).
+    pub client: tokio::sync::watch::Receiver<quinn::ClientConfig>,
     pub cfg: ShipperConfig,
     pub queue: Queue,
     pub metrics: Metrics,
@@ -179,13 +181,13 @@ impl Shipper {
                 } else {
                     "0.0.0.0:0".parse().unwrap_or(addr)
                 };
-                let mut ep = quinn::Endpoint::client(bind).map_err(ShipError::Bind)?;
-                ep.set_default_client_config(self.client.clone());
+                let ep = quinn::Endpoint::client(bind).map_err(ShipError::Bind)?;
                 *endpoint = Some(ep.clone());
                 ep
             }
         };
-        Ok(ep.connect(addr, &self.server_name)?.await?)
+        let client = self.client.borrow().clone();
+        Ok(ep.connect_with(client, addr, &self.server_name)?.await?)
     }
 
     async fn session(

@@ -74,6 +74,9 @@ pub struct Context {
     pub rates: crate::limits::TenantLimits,
     /// HA replica elections, if configured.
     pub ha: Option<Arc<crate::ha::Tracker>>,
+    /// Open agent connections, by quinn's stable id, with their certificate's issuer and
+    /// serial: a CRL reload closes those it revokes.
+    pub conns: Mutex<HashMap<usize, (quinn::Connection, Option<uplink_shared::tls::IssuerSerial>)>>,
 }
 
 /// Per (identity, queue id): the dedupe cursor, `None` until loaded from the store.
@@ -104,6 +107,24 @@ impl Context {
             stamp.remove.push(ha.labels().1);
         }
         Some(Arc::new(stamp))
+    }
+
+    /// Closes every open connection whose certificate `revoked` lists (code 4, unauthorized);
+    /// returns how many.
+    pub fn close_revoked(
+        &self,
+        revoked: &std::collections::HashSet<uplink_shared::tls::IssuerSerial>,
+    ) -> usize {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut closed = 0;
+        for (conn, id) in conns.values() {
+            if id.as_ref().is_some_and(|id| revoked.contains(id)) {
+                warn!(remote = %conn.remote_address(), "Agent certificate revoked; disconnecting.");
+                close(self, conn, CloseCode::Unauthorized);
+                closed += 1;
+            }
+        }
+        closed
     }
 
     fn lane(&self, identity: &str, queue_id: u64) -> Lane {
@@ -208,6 +229,12 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: Cancella
         }
     };
     let span = info_span!("session", agent = %identity);
+    let cert_id = uplink_shared::tls::peer_cert(&conn)
+        .and_then(|c| uplink_shared::tls::issuer_serial(c.as_ref()));
+    ctx.conns
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(conn.stable_id(), (conn.clone(), cert_id));
     async {
         ctx.metrics.connections.inc();
         ctx.metrics.agents_connected.inc();
@@ -221,6 +248,10 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: Cancella
     }
     .instrument(span)
     .await;
+    ctx.conns
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&conn.stable_id());
 }
 
 /// A batch's content: ready to store, or still in the connection-scoped compact encoding

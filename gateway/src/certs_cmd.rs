@@ -5,6 +5,8 @@
 //!   IP addresses; default `localhost` and `127.0.0.1`).
 //! - `certs issue-agent --dir D --site S`: writes `D/S.crt`, `D/S.key`, a client certificate
 //!   whose identity (subject CN) is `S`.
+//! - `certs revoke --dir D --site S`: adds `D/S.crt` to the CRL `D/ca.crl` (`init` writes it
+//!   empty; point `tls.crl_file` at it, and the gateway cuts that agent off at its next reload).
 
 use std::path::PathBuf;
 
@@ -35,6 +37,14 @@ pub enum CertsCmd {
         #[arg(long, default_value_t = 825)]
         days: i64,
     },
+    /// Revoke an agent's certificate: add it to the CRL `ca.crl` in --dir.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Site whose certificate (`<site>.crt` in --dir) is revoked.
+        #[arg(long)]
+        site: String,
+    },
 }
 
 /// Runs a certs subcommand; prints what it wrote.
@@ -50,7 +60,7 @@ pub fn run(cmd: CertsCmd) -> Result<(), CertError> {
             ca.write(&dir)?;
             ca.issue_gateway(&names, days)?.write(&dir, "gateway")?;
             println!(
-                "wrote {0}/ca.crt {0}/ca.key {0}/gateway.crt {0}/gateway.key (names: {1})",
+                "wrote {0}/ca.crt {0}/ca.key {0}/ca.crl {0}/gateway.crt {0}/gateway.key (names: {1})",
                 dir.display(),
                 names.join(", ")
             );
@@ -59,6 +69,11 @@ pub fn run(cmd: CertsCmd) -> Result<(), CertError> {
             let ca = Authority::load(&dir)?;
             ca.issue_agent(&site, days)?.write(&dir, &site)?;
             println!("wrote {0}/{1}.crt {0}/{1}.key", dir.display(), site);
+        }
+        CertsCmd::Revoke { dir, site } => {
+            let ca = Authority::load(&dir)?;
+            ca.revoke_into(&dir, &dir.join(format!("{site}.crt")))?;
+            println!("wrote {}/ca.crl (revokes {site})", dir.display());
         }
     }
     Ok(())

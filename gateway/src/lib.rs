@@ -60,20 +60,7 @@ pub async fn run(
     metrics
         .storage_max_bytes
         .set(i64::try_from(cfg.storage.max_bytes).unwrap_or(i64::MAX));
-    for (file, path) in [
-        ("server", &cfg.tls.cert_file),
-        ("client_ca", &cfg.tls.ca_file),
-    ] {
-        match uplink_shared::tls::earliest_expiry(path) {
-            Ok(t) => {
-                metrics
-                    .certificate_expiry
-                    .get_or_create(&metrics::labels(&[("file", file)]))
-                    .set(t);
-            }
-            Err(error) => tracing::warn!(%error, "Cannot read the certificate's expiry."),
-        }
-    }
+    publish_expiry(&metrics, &cfg.tls);
     let destinations = cfg
         .remote_write
         .iter()
@@ -131,6 +118,7 @@ pub async fn run(
         tenancy: cfg.tenancy.clone(),
         rates: limits::TenantLimits::new(cfg.tenancy.as_ref()),
         ha,
+        conns: Default::default(),
     });
     let ledger_token = CancellationToken::new();
     if !cfg.ledger.interval.0.is_zero() {
@@ -144,6 +132,12 @@ pub async fn run(
         ));
     }
     let accept_token = CancellationToken::new();
+    tokio::spawn(reload_tls(
+        cfg.clone(),
+        endpoint.clone(),
+        ctx.clone(),
+        accept_token.clone(),
+    ));
     let mut accept_task = tokio::spawn(accept::serve(endpoint, ctx, accept_token.clone()));
     let web_result = tokio::select! {
         _ = shutdown.cancelled() => None,
@@ -169,6 +163,49 @@ pub async fn run(
     }
     info!("Shutdown complete.");
     Ok(())
+}
+
+/// The certificates' expiry, for the expiry alert.
+fn publish_expiry(metrics: &Metrics, tls: &uplink_shared::tls::TlsFiles) {
+    for (file, path) in [("server", &tls.cert_file), ("client_ca", &tls.ca_file)] {
+        match uplink_shared::tls::earliest_expiry(path) {
+            Ok(t) => {
+                metrics
+                    .certificate_expiry
+                    .get_or_create(&metrics::labels(&[("file", file)]))
+                    .set(t);
+            }
+            Err(error) => tracing::warn!(%error, "Cannot read the certificate's expiry."),
+        }
+    }
+}
+
+/// Applies changed TLS files every `tls.reload_interval`: new connections get the new
+/// certificate, CA bundle and CRL; open connections keep theirs, except those the new CRL
+/// revokes, which are closed (code 4). A bad file keeps the last good configuration.
+async fn reload_tls(
+    cfg: Config,
+    endpoint: quinn::Endpoint,
+    ctx: Arc<accept::Context>,
+    shutdown: CancellationToken,
+) {
+    let files = cfg.tls.clone();
+    let metrics = ctx.metrics.clone();
+    let apply = || {
+        let server = uplink_shared::tls::quic_server(
+            &files,
+            uplink_shared::tls::transport(cfg.limits.keep_alive.0, cfg.limits.idle_timeout.0),
+            cfg.limits.max_streams_per_agent.get(),
+        )?;
+        let revoked = uplink_shared::tls::revoked(&files)?;
+        endpoint.set_server_config(Some(server));
+        publish_expiry(&metrics, &files);
+        let closed = ctx.close_revoked(&revoked);
+        metrics.revoked_disconnects.inc_by(closed as u64);
+        Ok(())
+    };
+    let reloads = metrics.tls.clone();
+    uplink_shared::tls::watch_files(cfg.tls.clone(), shutdown, reloads, apply).await;
 }
 
 /// Binds the QUIC endpoint. Its stateless-reset key and connection-id key come from the store,

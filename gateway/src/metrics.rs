@@ -52,6 +52,8 @@ pub struct Metrics {
     pub ha_elections: Family<Labels, Counter>,
     pub ha_samples_dropped: Family<Labels, Counter>,
     pub ha_errors: Counter,
+    pub tls: uplink_shared::tls::ReloadMetrics,
+    pub revoked_disconnects: Counter,
 }
 
 /// Buckets from 10 µs to about 20 s, for RocksDB writes.
@@ -98,6 +100,8 @@ impl Default for Metrics {
             ha_elections: Family::default(),
             ha_samples_dropped: Family::default(),
             ha_errors: Counter::default(),
+            tls: Default::default(),
+            revoked_disconnects: Counter::default(),
             tenant_forwarded: Family::default(),
             tenant_dropped: Family::default(),
             certificate_expiry: Family::default(),
@@ -267,6 +271,13 @@ impl Metrics {
             "HA elections that could not be decided (etcd unreachable or contended); the batch \
              was answered retry.",
             self.ha_errors.clone(),
+        );
+        self.tls.register(r);
+        r.register(
+            "revoked_disconnects",
+            "Agent connections closed (code 4) because a reloaded CRL revokes their \
+             certificate.",
+            self.revoked_disconnects.clone(),
         );
         r.register(
             "tenant_samples_deduplicated",

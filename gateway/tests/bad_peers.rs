@@ -28,11 +28,11 @@ async fn bad_peers_get_close_codes_and_good_agents_carry_on() {
 
     // A certificate from another CA fails the TLS handshake.
     let other = s.dir.join("other");
-    let files = TlsFiles {
-        cert_file: other.join("intruder.crt"),
-        key_file: other.join("intruder.key"),
-        ca_file: s.dir.join("ca.crt"),
-    };
+    let files = TlsFiles::new(
+        other.join("intruder.crt"),
+        other.join("intruder.key"),
+        s.dir.join("ca.crt"),
+    );
     let client = tls::quic_client(
         &files,
         tls::transport(Duration::from_secs(1), Duration::from_secs(5)),

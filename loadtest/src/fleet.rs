@@ -228,11 +228,11 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<FleetReport> {
     let transport = || tls::transport(Duration::from_secs(5), Duration::from_secs(15));
     let started = Instant::now();
     for (i, name) in names.iter().enumerate() {
-        let files = TlsFiles {
-            cert_file: dir.path().join(format!("{name}.crt")),
-            key_file: dir.path().join(format!("{name}.key")),
-            ca_file: dir.path().join("ca.crt"),
-        };
+        let files = TlsFiles::new(
+            dir.path().join(format!("{name}.crt")),
+            dir.path().join(format!("{name}.key")),
+            dir.path().join("ca.crt"),
+        );
         let set = SeriesSet {
             series: (0..args.series)
                 .map(|k| {

@@ -200,6 +200,15 @@ pub fn start_gateway_with(
     )
 }
 
+/// `, extra` for a YAML flow mapping, or nothing.
+fn more(extra: &str) -> String {
+    if extra.is_empty() {
+        String::new()
+    } else {
+        format!(", {extra}")
+    }
+}
+
 /// `remote_write:` items for capture-like receivers: short timeouts and backoffs.
 pub fn rw_entries(urls: &[String]) -> String {
     urls.iter()
@@ -221,19 +230,27 @@ pub fn start_gateway_yaml(
     ledger_interval: &str,
     storage_extra: &str,
 ) -> anyhow::Result<Gateway> {
+    start_gateway_full(bins, dir, rw, ledger_interval, storage_extra, "")
+}
+
+/// As [`start_gateway_yaml`], with extra keys for the `tls:` mapping.
+pub fn start_gateway_full(
+    bins: &Bins,
+    dir: &Path,
+    rw: &str,
+    ledger_interval: &str,
+    storage_extra: &str,
+    tls_extra: &str,
+) -> anyhow::Result<Gateway> {
     let quic = free_addr()?;
     let web = free_addr()?;
-    let storage_extra = if storage_extra.is_empty() {
-        String::new()
-    } else {
-        format!(", {storage_extra}")
-    };
+    let (storage_extra, tls_extra) = (more(storage_extra), more(tls_extra));
     let config = dir.join("gateway.yml");
     std::fs::write(
         &config,
         format!(
             "listen_address: {quic}\n\
-             tls: {{cert_file: gateway.crt, key_file: gateway.key, ca_file: ca.crt}}\n\
+             tls: {{cert_file: gateway.crt, key_file: gateway.key, ca_file: ca.crt{tls_extra}}}\n\
              limits: {{max_retry_duration: 5s}}\n\
              ledger: {{interval: {ledger_interval}}}\n\
              storage: {{directory: gateway-store, fsync: false, drain_timeout: 2s{storage_extra}}}\n\
@@ -347,14 +364,20 @@ pub fn start_agent_with_args(
     shipper_extra: &str,
     args: &[&str],
 ) -> anyhow::Result<Agent> {
-    let more = |extra: &str| {
-        if extra.is_empty() {
-            String::new()
-        } else {
-            format!(", {extra}")
-        }
-    };
-    let (queue_extra, shipper_extra) = (more(queue_extra), more(shipper_extra));
+    start_agent_full(bins, dir, spec, [queue_extra, shipper_extra, ""], args)
+}
+
+/// As [`start_agent_with_args`], with extra keys for `uplink.queue`, `uplink.shipper` and
+/// `uplink.tls`.
+pub fn start_agent_full(
+    bins: &Bins,
+    dir: &Path,
+    spec: &AgentSpec<'_>,
+    [queue_extra, shipper_extra, tls_extra]: [&str; 3],
+    args: &[&str],
+) -> anyhow::Result<Agent> {
+    let (queue_extra, shipper_extra, tls_extra) =
+        (more(queue_extra), more(shipper_extra), more(tls_extra));
     let config = dir.join(format!("{}.yml", spec.site));
     let queue_dir = dir.join(format!("{}-queue", spec.site));
     let targets: Vec<String> = spec.targets.iter().map(|t| format!("'{t}'")).collect();
@@ -364,7 +387,7 @@ pub fn start_agent_with_args(
             "global:\n  scrape_interval: {iv}\n  scrape_timeout: {iv}\n  external_labels:\n    site: {site}\n\
              scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{targets}]\n\
              uplink:\n  gateways: ['{gw}']\n  server_name: localhost\n\
-             \x20 tls: {{cert_file: {site}.crt, key_file: {site}.key, ca_file: ca.crt}}\n\
+             \x20 tls: {{cert_file: {site}.crt, key_file: {site}.key, ca_file: ca.crt{tls_extra}}}\n\
              \x20 queue: {{directory: {site}-queue, sync: interval{queue_extra}}}\n\
              \x20 shipper: {{min_backoff: 100ms, max_backoff: 1s{shipper_extra}}}\n\
              \x20 self_scrape: {{enabled: {self_scrape}}}\n",
@@ -851,6 +874,9 @@ pub struct RigOptions<'a> {
     pub gateway_storage_extra: &'a str,
     /// The agent scrapes its own `/metrics` too.
     pub self_scrape: bool,
+    /// Extra keys for the `tls:` mappings of both the gateway and the agent (e.g.
+    /// `reload_interval: 200ms`).
+    pub tls_extra: &'a str,
 }
 
 impl Default for RigOptions<'_> {
@@ -861,6 +887,7 @@ impl Default for RigOptions<'_> {
             destinations: 1,
             gateway_storage_extra: "",
             self_scrape: false,
+            tls_extra: "",
         }
     }
 }
@@ -925,12 +952,19 @@ impl Rig {
             .collect();
         let rw = rw_entries(&urls);
         let gateway = tokio::task::block_in_place(|| {
-            start_gateway_yaml(&bins, dir.path(), &rw, "0s", opts.gateway_storage_extra)
+            start_gateway_full(
+                &bins,
+                dir.path(),
+                &rw,
+                "0s",
+                opts.gateway_storage_extra,
+                opts.tls_extra,
+            )
         })?;
         let link = crate::proxy::UdpProxy::start(free_addr()?, gateway.quic).await?;
         let targets = probe.instances();
         let agent = tokio::task::block_in_place(|| {
-            start_agent_with(
+            start_agent_full(
                 &bins,
                 dir.path(),
                 &AgentSpec {
@@ -941,8 +975,8 @@ impl Rig {
                     interval,
                     job: "probe",
                 },
-                opts.queue_extra,
-                opts.shipper_extra,
+                [opts.queue_extra, opts.shipper_extra, opts.tls_extra],
+                &[],
             )
         })?;
         Ok(Rig {

@@ -197,10 +197,78 @@ impl Authority {
         })
     }
 
-    /// Writes `ca.crt` and `ca.key` into `dir`.
+    /// A CRL (PEM) revoking the certificates given (PEM), valid for a week.
+    pub fn revoke(&self, certs_pem: &[&str]) -> Result<String, CertError> {
+        let mut serials = Vec::new();
+        for pem in certs_pem {
+            for der in rustls_pemfile::certs(&mut pem.as_bytes()).flatten() {
+                let (_, serial) = crate::tls::issuer_serial(der.as_ref())
+                    .ok_or(CertError::Generate(rcgen::Error::CouldNotParseCertificate))?;
+                serials.push(serial);
+            }
+        }
+        self.revoke_serials(&serials)
+    }
+
+    /// A CRL (PEM) revoking these serial numbers, valid for a week (reissue it before then).
+    pub fn revoke_serials(&self, serials: &[Vec<u8>]) -> Result<String, CertError> {
+        let now = time::OffsetDateTime::now_utc();
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(1),
+            next_update: now + time::Duration::days(7),
+            crl_number: rcgen::SerialNumber::from(now.unix_timestamp() as u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(s),
+                    revocation_time: now,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)?;
+        Ok(crl.pem()?)
+    }
+
+    /// Writes `ca.crt`, `ca.key` and an empty CRL, `ca.crl`, into `dir`.
     pub fn write(&self, dir: &Path) -> Result<(), CertError> {
         write(&dir.join("ca.crt"), &self.cert_pem, false)?;
-        write(&dir.join("ca.key"), &self.key_pem, true)
+        write(&dir.join("ca.key"), &self.key_pem, true)?;
+        write(&dir.join("ca.crl"), &self.revoke_serials(&[])?, false)
+    }
+
+    /// Adds the certificate in `cert` to `dir/ca.crl` (created if missing), keeping the
+    /// serial numbers it already lists.
+    pub fn revoke_into(&self, dir: &Path, cert: &Path) -> Result<(), CertError> {
+        let crl_path = dir.join("ca.crl");
+        let mut serials: Vec<Vec<u8>> = if crl_path.exists() {
+            let files = crate::tls::TlsFiles {
+                crl_file: Some(crl_path.clone()),
+                ..crate::tls::TlsFiles::new(cert.into(), cert.into(), cert.into())
+            };
+            crate::tls::revoked(&files)
+                .map_err(|e| CertError::Io {
+                    path: crl_path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let pem = read(cert)?;
+        for der in rustls_pemfile::certs(&mut pem.as_bytes()).flatten() {
+            if let Some((_, serial)) = crate::tls::issuer_serial(der.as_ref()) {
+                serials.push(serial);
+            }
+        }
+        serials.sort();
+        serials.dedup();
+        write(&crl_path, &self.revoke_serials(&serials)?, false)
     }
 }
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 /// Why TLS material could not be loaded or a configuration built.
 #[derive(Debug, thiserror::Error)]
@@ -53,16 +53,194 @@ pub struct TlsFiles {
     pub key_file: PathBuf,
     /// CA bundle that the peer's certificate must chain to.
     pub ca_file: PathBuf,
+    /// PEM certificate revocation lists: a peer certificate they list is refused (and, on
+    /// the gateway, a connection made with it is closed at the next reload).
+    #[serde(default)]
+    pub crl_file: Option<PathBuf>,
+    /// How often the files are read again; a change applies to new connections (`0s`: never).
+    #[serde(default = "default_reload_interval")]
+    pub reload_interval: crate::duration::PromDuration,
+}
+
+fn default_reload_interval() -> crate::duration::PromDuration {
+    crate::duration::PromDuration(Duration::from_secs(60))
 }
 
 impl TlsFiles {
+    /// The three required files, with the defaults for the rest.
+    pub fn new(cert_file: PathBuf, key_file: PathBuf, ca_file: PathBuf) -> TlsFiles {
+        TlsFiles {
+            cert_file,
+            key_file,
+            ca_file,
+            crl_file: None,
+            reload_interval: default_reload_interval(),
+        }
+    }
+
     /// Resolves relative paths against `base` (the config file's directory).
     pub fn resolve(&mut self, base: &Path) {
-        for p in [&mut self.cert_file, &mut self.key_file, &mut self.ca_file] {
+        let crl = self.crl_file.as_mut();
+        for p in [&mut self.cert_file, &mut self.key_file, &mut self.ca_file]
+            .into_iter()
+            .chain(crl)
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
+    }
+
+    /// A digest of every file's bytes, to notice a change (a missing file is an error).
+    pub fn digest(&self) -> Result<u64, TlsError> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for p in [&self.cert_file, &self.key_file, &self.ca_file]
+            .into_iter()
+            .chain(self.crl_file.as_ref())
+        {
+            read(p)?.hash(&mut h);
+        }
+        Ok(h.finish())
+    }
+}
+
+/// The CRLs of `files` (none without `crl_file`).
+fn crls(files: &TlsFiles) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    match &files.crl_file {
+        None => Ok(Vec::new()),
+        Some(path) => load_pem(path, "certificate revocation list", |r| {
+            rustls_pemfile::crls(r).collect()
+        }),
+    }
+}
+
+/// Every item of one kind in a PEM file; none is an error.
+fn load_pem<T>(
+    path: &Path,
+    what: &'static str,
+    items: impl FnOnce(&mut &[u8]) -> std::io::Result<Vec<T>>,
+) -> Result<Vec<T>, TlsError> {
+    let data = read(path)?;
+    let all = items(&mut data.as_slice()).map_err(|source| TlsError::Read {
+        path: path.into(),
+        source,
+    })?;
+    if all.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.into(),
+            what,
+        });
+    }
+    Ok(all)
+}
+
+/// A certificate's issuer (DER) and serial number: what a CRL entry names.
+pub type IssuerSerial = (Vec<u8>, Vec<u8>);
+
+/// The issuer and serial of a DER certificate.
+pub fn issuer_serial(der: &[u8]) -> Option<IssuerSerial> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some((c.issuer().as_raw().to_vec(), c.raw_serial().to_vec()))
+}
+
+/// Every certificate the CRLs of `files` revoke.
+pub fn revoked(files: &TlsFiles) -> Result<std::collections::HashSet<IssuerSerial>, TlsError> {
+    let mut out = std::collections::HashSet::new();
+    for crl in crls(files)? {
+        let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref())
+            .map_err(|e| TlsError::Verifier(format!("CRL: {e}")))?;
+        let issuer = parsed.issuer().as_raw().to_vec();
+        for r in parsed.iter_revoked_certificates() {
+            out.insert((issuer.clone(), r.raw_serial().to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+/// The verified leaf certificate of an established quinn connection's peer (DER).
+pub fn peer_cert(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    conn.peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?
+        .first()
+        .cloned()
+}
+
+/// The reload metrics both binaries export (under their own prefix).
+#[derive(Clone, Debug, Default)]
+pub struct ReloadMetrics {
+    pub last_successful: prometheus_client::metrics::gauge::Gauge,
+    pub reloads: prometheus_client::metrics::family::Family<
+        Vec<(String, String)>,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl ReloadMetrics {
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "tls_last_reload_successful",
+            "Whether the last reload of the TLS files (certificate, key, CA bundle, CRL) \
+             succeeded; 0 while the last good ones are kept.",
+            self.last_successful.clone(),
+        );
+        r.register(
+            "tls_reloads",
+            "Reloads of changed TLS files, by result (success, failure).",
+            self.reloads.clone(),
+        );
+    }
+
+    fn report(&self, ok: bool) {
+        self.last_successful.set(i64::from(ok));
+        let result = if ok { "success" } else { "failure" };
+        self.reloads
+            .get_or_create(&vec![("result".to_owned(), result.to_owned())])
+            .inc();
+    }
+}
+
+/// Reads `files` again every `reload_interval` and calls `apply` when their bytes changed
+/// (after `apply` fails, also when they did not, so a transient error is retried); the
+/// outcome is logged and counted in `metrics`. Ends with `shutdown`.
+pub async fn watch_files(
+    files: TlsFiles,
+    shutdown: tokio_util::sync::CancellationToken,
+    metrics: ReloadMetrics,
+    mut apply: impl FnMut() -> Result<(), TlsError>,
+) {
+    metrics.last_successful.set(1);
+    let every = files.reload_interval.0;
+    if every.is_zero() {
+        return;
+    }
+    let mut last = files.digest().ok();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let digest = files.digest();
+        if let Ok(d) = &digest
+            && last == Some(*d)
+        {
+            continue;
+        }
+        let outcome = digest.and_then(|d| {
+            apply()?;
+            last = Some(d);
+            Ok(())
+        });
+        match &outcome {
+            Ok(()) => tracing::info!("TLS files changed; new connections use them."),
+            Err(error) => tracing::error!(%error,
+                "Reloading the TLS files failed; keeping the last good ones."),
+        }
+        if outcome.is_err() {
+            last = None;
+        }
+        metrics.report(outcome.is_ok());
     }
 }
 
@@ -79,20 +257,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// Loads every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let data = read(path)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Read {
-            path: path.into(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::Empty {
-            path: path.into(),
-            what: "certificate",
-        });
-    }
-    Ok(certs)
+    load_pem(path, "certificate", |r| rustls_pemfile::certs(r).collect())
 }
 
 /// Loads the first private key in a PEM file.
@@ -119,10 +284,15 @@ fn roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
 
 /// rustls server configuration for the gateway: client certificates required.
 pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
+    // Revocation is checked for the agent's own certificate, against the CRLs of its issuer;
+    // a certificate from an issuer without a CRL is not refused for that.
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots(&files.ca_file)?),
         provider(),
     )
+    .with_crls(crls(files)?)
+    .only_check_end_entity_revocation()
+    .allow_unknown_revocation_status()
     .build()
     .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
@@ -136,9 +306,18 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError>
 
 /// rustls client configuration for the agent: presents its certificate, verifies the gateway.
 pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError> {
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots(&files.ca_file)?),
+        provider(),
+    )
+    .with_crls(crls(files)?)
+    .only_check_end_entity_revocation()
+    .allow_unknown_revocation_status()
+    .build()
+    .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(&files.ca_file)?)
+        .with_webpki_verifier(verifier)
         .with_client_auth_cert(load_certs(&files.cert_file)?, load_key(&files.key_file)?)?;
     cfg.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
     cfg.enable_early_data = false;
@@ -324,11 +503,10 @@ pub fn peer_identity_with(
     conn: &quinn::Connection,
     rules: &IdentityRules,
 ) -> Result<Identity, IdentityError> {
-    let any = conn.peer_identity().ok_or(IdentityError::NoName)?;
-    let certs = any
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .map_err(|_| IdentityError::Unparseable)?;
-    identify(certs.first().ok_or(IdentityError::NoName)?.as_ref(), rules)
+    identify(
+        peer_cert(conn).ok_or(IdentityError::NoName)?.as_ref(),
+        rules,
+    )
 }
 
 /// Reads the identity from a verified leaf certificate: subject CN, else first DNS SAN.
@@ -375,10 +553,12 @@ mod tests {
         let der = &load_certs(&dir.path().join("site-a.crt")).expect("load")[0];
         assert_eq!(identity_from_cert(der).as_deref(), Some("site-a"));
 
-        let files = |stem: &str| TlsFiles {
-            cert_file: dir.path().join(format!("{stem}.crt")),
-            key_file: dir.path().join(format!("{stem}.key")),
-            ca_file: dir.path().join("ca.crt"),
+        let files = |stem: &str| {
+            TlsFiles::new(
+                dir.path().join(format!("{stem}.crt")),
+                dir.path().join(format!("{stem}.key")),
+                dir.path().join("ca.crt"),
+            )
         };
         server_config(&files("gateway")).expect("server config");
         client_config(&files("site-a")).expect("client config");

@@ -81,6 +81,16 @@ pub async fn start(dir: tempfile::TempDir) -> Setup {
 
 /// As [`start`], with extra top-level configuration (YAML lines).
 pub async fn start_with(dir: tempfile::TempDir, extra: &str) -> Setup {
+    start_with_tls(dir, "", extra).await
+}
+
+/// As [`start_with`], with extra keys for the `tls:` mapping (e.g. `crl_file: ca.crl`).
+pub async fn start_with_tls(dir: tempfile::TempDir, tls_extra: &str, extra: &str) -> Setup {
+    let tls_extra = if tls_extra.is_empty() {
+        String::new()
+    } else {
+        format!(", {tls_extra}")
+    };
     let path = dir.path().to_path_buf();
     let capture = Capture::start(harness::free_addr().unwrap()).await.unwrap();
     let quic = harness::free_addr().unwrap();
@@ -89,7 +99,7 @@ pub async fn start_with(dir: tempfile::TempDir, extra: &str) -> Setup {
         &cfg_path,
         format!(
             "listen_address: {quic}\n\
-             tls: {{cert_file: gateway.crt, key_file: gateway.key, ca_file: ca.crt}}\n\
+             tls: {{cert_file: gateway.crt, key_file: gateway.key, ca_file: ca.crt{tls_extra}}}\n\
              limits: {{max_batch_bytes: 65536, handshake_timeout: 1s, max_retry_duration: 1s}}\n\
              storage: {{directory: store, fsync: false, drain_timeout: 1s}}\n\
              remote_write:\n  - url: {}\n    queue_config: {{min_backoff: 20ms, max_backoff: 200ms}}\n{extra}",
@@ -115,11 +125,11 @@ pub async fn connect(
     site: &str,
     quic: SocketAddr,
 ) -> Result<quinn::Connection, String> {
-    let files = TlsFiles {
-        cert_file: dir.join(format!("{site}.crt")),
-        key_file: dir.join(format!("{site}.key")),
-        ca_file: dir.join("ca.crt"),
-    };
+    let files = TlsFiles::new(
+        dir.join(format!("{site}.crt")),
+        dir.join(format!("{site}.key")),
+        dir.join("ca.crt"),
+    );
     let transport = tls::transport(Duration::from_secs(1), Duration::from_secs(5));
     let client = tls::quic_client(&files, transport).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
