@@ -6,9 +6,10 @@
 #   openssl              tests that certificates from a user's own PKI work
 #   victoria-metrics     a second real remote-write destination (and vmagent, the peer)
 #   etcd-server          HA election state shared between gateways
+#   chromium             headless, to test the gateway's status page as a browser renders it
 # As root it installs them; otherwise it prints the exact command and fails.
 set -euo pipefail
-packages=(clang libclang-dev prometheus prometheus-alertmanager openssl victoria-metrics etcd-server)
+packages=(clang libclang-dev prometheus prometheus-alertmanager openssl victoria-metrics etcd-server chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -40,10 +40,56 @@ use crate::forward::{Destination, Outcome};
 struct Site {
     connections: u32,
     last_seen: Option<SystemTime>,
+    /// When the site last connected (while connected) or disconnected (while offline).
+    since: Option<SystemTime>,
+    /// When a batch of the site was last stored.
+    last_batch: Option<SystemTime>,
     newest_ts: Option<i64>,
     forwarded: u64,
     dropped_downstream: u64,
     status: Status,
+    /// Samples per second stored, decaying average over about a minute, as of `rate_at`.
+    rate: f64,
+    rate_at: Option<SystemTime>,
+}
+
+/// Time constant of the per-site rate.
+const RATE_TAU: f64 = 60.0;
+
+impl Site {
+    /// The rate decayed to `now` (no samples since `rate_at`).
+    fn rate_at(&self, now: SystemTime) -> f64 {
+        let dt = self
+            .rate_at
+            .and_then(|t| now.duration_since(t).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.rate * (-dt / RATE_TAU).exp()
+    }
+}
+
+/// One site as the status page shows it (`GET /api/v1/fleet`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SiteView {
+    /// The tenant of a SPIFFE identity, else empty.
+    pub tenant: String,
+    pub site: String,
+    pub connected: bool,
+    /// When it connected (connected) or disconnected (offline), Unix seconds.
+    pub since: Option<f64>,
+    /// When a batch of it was last stored, Unix seconds.
+    pub last_batch: Option<f64>,
+    /// Now minus its newest sample stored, seconds.
+    pub lag_seconds: Option<f64>,
+    /// Its unacknowledged queue, as it last reported.
+    pub backlog_records: u64,
+    pub backlog_bytes: u64,
+    /// Age of its oldest unacknowledged sample, seconds.
+    pub oldest_backlog_age_seconds: Option<f64>,
+    /// Samples per second stored, averaged over about a minute.
+    pub samples_per_second: f64,
+    pub forwarded_samples: u64,
+    /// Agent-reported drops plus samples refused downstream or dropped by retention.
+    pub dropped_samples: u64,
 }
 
 /// Per-site state, shared by every connection handler.
@@ -61,21 +107,33 @@ impl Ledger {
 
     pub fn connected(&self, site: &str) {
         self.with(site, |s| {
+            let now = SystemTime::now();
+            if s.connections == 0 {
+                s.since = Some(now);
+            }
             s.connections += 1;
-            s.last_seen = Some(SystemTime::now());
+            s.last_seen = Some(now);
         });
     }
 
     pub fn disconnected(&self, site: &str) {
         self.with(site, |s| {
+            let now = SystemTime::now();
             s.connections = s.connections.saturating_sub(1);
-            s.last_seen = Some(SystemTime::now());
+            if s.connections == 0 {
+                s.since = Some(now);
+            }
+            s.last_seen = Some(now);
         });
     }
 
     /// `samples` of the site were stored durably; `newest_ts` is the newest (`i64::MIN`: none).
     pub fn accepted(&self, site: &str, samples: u64, newest_ts: i64) {
         self.with(site, |s| {
+            let now = SystemTime::now();
+            s.rate = s.rate_at(now) + samples as f64 / RATE_TAU;
+            s.rate_at = Some(now);
+            s.last_batch = Some(now);
             s.forwarded += samples;
             if newest_ts != i64::MIN {
                 s.newest_ts = Some(s.newest_ts.map_or(newest_ts, |n| n.max(newest_ts)));
@@ -90,6 +148,40 @@ impl Ledger {
 
     pub fn status(&self, site: &str, status: Status) {
         self.with(site, |s| s.status = status);
+    }
+
+    /// Every known site, by tenant and site name.
+    pub fn snapshot(&self) -> Vec<SiteView> {
+        let g = self.sites.lock().unwrap_or_else(|p| p.into_inner());
+        let now = SystemTime::now();
+        let secs = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        let now_s = secs(now);
+        let mut out: Vec<SiteView> = g
+            .iter()
+            .map(|(key, s)| {
+                let (tenant, site) = key.split_once('/').unwrap_or(("", key));
+                SiteView {
+                    tenant: tenant.to_owned(),
+                    site: site.to_owned(),
+                    connected: s.connections > 0,
+                    since: s.since.map(secs),
+                    last_batch: s.last_batch.map(secs),
+                    lag_seconds: s.newest_ts.map(|n| (now_s - n as f64 / 1000.0).max(0.0)),
+                    backlog_records: s.status.backlog_records,
+                    backlog_bytes: s.status.backlog_bytes,
+                    oldest_backlog_age_seconds: (s.status.oldest_timestamp_ms > 0)
+                        .then(|| (now_s - s.status.oldest_timestamp_ms as f64 / 1000.0).max(0.0)),
+                    samples_per_second: s.rate_at(now),
+                    forwarded_samples: s.forwarded,
+                    dropped_samples: s.dropped_downstream + s.status.dropped_samples,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.tenant, &a.site).cmp(&(&b.tenant, &b.site)));
+        out
     }
 
     /// The ledger's series at `now_ms`, sorted labels, one sample each.

@@ -28,6 +28,7 @@ pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod quarantine;
+pub mod status;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -89,17 +90,17 @@ pub async fn run(
 
     let ready = Arc::new(AtomicBool::new(true));
     let web_token = CancellationToken::new();
+    let ledger = Arc::new(ledger::Ledger::default());
     let mut web_task = tokio::spawn(web::serve(
         web_addr,
         WebState {
             registry: Arc::new(registry),
             ready: ready.clone(),
             reload: None,
-            routes: None,
+            routes: Some(status::routes(ledger.clone())),
         },
         web_token.clone(),
     ));
-    let ledger = Arc::new(ledger::Ledger::default());
     let fan = Fanout::start(&cfg, &destinations, &store, &metrics, &ledger);
     let ha = match &cfg.ha {
         Some(h) => Some(Arc::new(
