@@ -77,6 +77,10 @@ pub struct Context {
     /// Open agent connections, by quinn's stable id, with their certificate's issuer and
     /// serial: a CRL reload closes those it revokes.
     pub conns: Mutex<HashMap<usize, (quinn::Connection, Option<uplink_shared::tls::IssuerSerial>)>>,
+    /// Open connections per identity.
+    pub per_identity: Mutex<HashMap<String, u32>>,
+    /// Handshakes in progress (for `limits.retry_above_handshakes`).
+    pub handshakes: std::sync::atomic::AtomicU32,
 }
 
 /// Per (identity, queue id): the dedupe cursor, `None` until loaded from the store.
@@ -147,6 +151,14 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>, shutdown: Cance
                 None => break,
             },
         };
+        // Under a handshake flood, make new peers prove their address first (stateless).
+        let busy = ctx.handshakes.load(std::sync::atomic::Ordering::Relaxed);
+        if busy >= ctx.limits.retry_above_handshakes && !incoming.remote_address_validated() {
+            if incoming.retry().is_ok() {
+                ctx.metrics.handshake_retries.inc();
+            }
+            continue;
+        }
         let ctx = ctx.clone();
         let remote = incoming.remote_address();
         let shutdown = shutdown.clone();
@@ -203,7 +215,12 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: Cancella
             .get_or_create(&labels(&[("reason", reason)]))
             .inc();
     };
-    let conn = match tokio::time::timeout(hs, incoming).await {
+    ctx.handshakes
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let handshake = tokio::time::timeout(hs, incoming).await;
+    ctx.handshakes
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let conn = match handshake {
         Ok(Ok(c)) => c,
         Ok(Err(error)) => {
             debug!(%error, "TLS/QUIC handshake failed.");
@@ -228,6 +245,27 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: Cancella
             return;
         }
     };
+    let held = {
+        let mut g = ctx.per_identity.lock().unwrap_or_else(|p| p.into_inner());
+        let n = g.entry(identity.clone()).or_default();
+        *n += 1;
+        *n
+    };
+    let release = || {
+        let mut g = ctx.per_identity.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = g.get_mut(&identity) {
+            *n -= 1;
+            if *n == 0 {
+                g.remove(&identity);
+            }
+        }
+    };
+    if held > ctx.limits.max_connections_per_identity.get() {
+        warn!(agent = %identity, held, "Too many connections for one identity; closing the new one.");
+        close(&ctx, &conn, CloseCode::TooManyConnections);
+        release();
+        return;
+    }
     let span = info_span!("session", agent = %identity);
     let cert_id = uplink_shared::tls::peer_cert(&conn)
         .and_then(|c| uplink_shared::tls::issuer_serial(c.as_ref()));
@@ -252,6 +290,7 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: Cancella
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&conn.stable_id());
+    release();
 }
 
 /// A batch's content: ready to store, or still in the connection-scoped compact encoding

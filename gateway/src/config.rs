@@ -220,6 +220,12 @@ pub struct Limits {
     /// How long one remote-write request is retried (with backoff) before the failure is
     /// logged; the data stays queued and the request is tried again after `max_backoff`.
     pub max_retry_duration: PromDuration,
+    /// Connections one identity may hold at once; more are closed with code 8.
+    pub max_connections_per_identity: NonZeroU32,
+    /// Handshakes in progress above which a new one must first prove its address (a QUIC
+    /// Retry, one more round trip): spoofed-source floods then cost no handshake state.
+    /// `0`: always.
+    pub retry_above_handshakes: u32,
 }
 
 impl Default for Limits {
@@ -235,6 +241,8 @@ impl Default for Limits {
             keep_alive: PromDuration(Duration::ZERO),
             idle_timeout: PromDuration(Duration::from_secs(20)),
             max_retry_duration: PromDuration(Duration::from_secs(30)),
+            max_connections_per_identity: n(4),
+            retry_above_handshakes: 64,
         }
     }
 }

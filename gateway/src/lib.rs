@@ -76,8 +76,7 @@ pub async fn run(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let store = open_store(&cfg, &metrics).await?;
-    let transport =
-        uplink_shared::tls::transport(cfg.limits.keep_alive.0, cfg.limits.idle_timeout.0);
+    let transport = transport(&cfg.limits);
     let server = uplink_shared::tls::quic_server(
         &cfg.tls,
         transport,
@@ -120,6 +119,8 @@ pub async fn run(
         rates: limits::TenantLimits::new(cfg.tenancy.as_ref()),
         ha,
         conns: Default::default(),
+        per_identity: Default::default(),
+        handshakes: Default::default(),
     });
     let ledger_token = CancellationToken::new();
     if !cfg.ledger.interval.0.is_zero() {
@@ -166,6 +167,20 @@ pub async fn run(
     Ok(())
 }
 
+/// QUIC transport settings for agents: the agents' idle timeout, and receive windows bounded by
+/// what an agent may legitimately have in flight (one batch frame per stream, a few bytes of
+/// control), so a peer cannot make the gateway buffer more.
+fn transport(l: &config::Limits) -> quinn::TransportConfig {
+    let mut t = uplink_shared::tls::transport(l.keep_alive.0, l.idle_timeout.0);
+    let frame = u64::from(l.max_batch_bytes.get()) + 64;
+    let stream = quinn::VarInt::from_u64(frame).unwrap_or(quinn::VarInt::MAX);
+    let conn = quinn::VarInt::from_u64(frame * (u64::from(l.max_streams_per_agent.get()) + 1))
+        .unwrap_or(quinn::VarInt::MAX);
+    t.stream_receive_window(stream);
+    t.receive_window(conn);
+    t
+}
+
 /// The certificates' expiry, for the expiry alert.
 fn publish_expiry(metrics: &Metrics, tls: &uplink_shared::tls::TlsFiles) {
     for (file, path) in [("server", &tls.cert_file), ("client_ca", &tls.ca_file)] {
@@ -195,7 +210,7 @@ async fn reload_tls(
     let apply = || {
         let server = uplink_shared::tls::quic_server(
             &files,
-            uplink_shared::tls::transport(cfg.limits.keep_alive.0, cfg.limits.idle_timeout.0),
+            transport(&cfg.limits),
             cfg.limits.max_streams_per_agent.get(),
         )?;
         let revoked = uplink_shared::tls::revoked(&files)?;

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub ha_errors: Counter,
     pub tls: uplink_shared::tls::ReloadMetrics,
     pub revoked_disconnects: Counter,
+    pub handshake_retries: Counter,
 }
 
 /// Buckets from 10 µs to about 20 s, for RocksDB writes.
@@ -102,6 +103,7 @@ impl Default for Metrics {
             ha_errors: Counter::default(),
             tls: Default::default(),
             revoked_disconnects: Counter::default(),
+            handshake_retries: Counter::default(),
             tenant_forwarded: Family::default(),
             tenant_dropped: Family::default(),
             certificate_expiry: Family::default(),
@@ -273,6 +275,12 @@ impl Metrics {
             self.ha_errors.clone(),
         );
         self.tls.register(r);
+        r.register(
+            "handshake_retries",
+            "New connections asked to prove their address first (QUIC Retry) because more \
+             than limits.retry_above_handshakes handshakes were in progress.",
+            self.handshake_retries.clone(),
+        );
         r.register(
             "revoked_disconnects",
             "Agent connections closed (code 4) because a reloaded CRL revokes their \

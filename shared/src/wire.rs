@@ -72,6 +72,9 @@ pub enum CloseCode {
     HandshakeTimeout = 6,
     /// 7: the gateway is shutting down; the agent reconnects (to another gateway if listed).
     GoingAway = 7,
+    /// 8: this identity already has `limits.max_connections_per_identity` connections open;
+    /// the agent reconnects with backoff (its stale connection times out meanwhile).
+    TooManyConnections = 8,
 }
 
 impl CloseCode {
@@ -86,6 +89,7 @@ impl CloseCode {
             5 => Internal,
             6 => HandshakeTimeout,
             7 => GoingAway,
+            8 => TooManyConnections,
             _ => return None,
         })
     }
@@ -104,6 +108,7 @@ impl CloseCode {
             Internal => b"internal error",
             HandshakeTimeout => b"handshake timeout",
             GoingAway => b"going away",
+            TooManyConnections => b"too many connections",
         }
     }
 }
@@ -839,13 +844,13 @@ mod tests {
         assert_eq!(expect_ack(Frame::Ack(a.clone()), &b), Ok(a.clone()));
         let wrong = Ack { first_seq: 1, ..a };
         assert!(expect_ack(Frame::Ack(wrong), &b).is_err());
-        for code in 0..8 {
+        for code in 0..9 {
             assert_eq!(
                 CloseCode::from_u64(code).map(|c| c.as_u32() as u64),
                 Some(code)
             );
         }
-        assert_eq!(CloseCode::from_u64(8), None);
+        assert_eq!(CloseCode::from_u64(9), None);
     }
 
     #[test]

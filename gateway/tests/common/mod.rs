@@ -86,11 +86,24 @@ pub async fn start_with(dir: tempfile::TempDir, extra: &str) -> Setup {
 
 /// As [`start_with`], with extra keys for the `tls:` mapping (e.g. `crl_file: ca.crl`).
 pub async fn start_with_tls(dir: tempfile::TempDir, tls_extra: &str, extra: &str) -> Setup {
-    let tls_extra = if tls_extra.is_empty() {
-        String::new()
-    } else {
-        format!(", {tls_extra}")
+    start_full(dir, tls_extra, "", extra).await
+}
+
+/// As [`start_with_tls`], with extra keys for the `limits:` mapping too.
+pub async fn start_full(
+    dir: tempfile::TempDir,
+    tls_extra: &str,
+    limits_extra: &str,
+    extra: &str,
+) -> Setup {
+    let more = |e: &str| {
+        if e.is_empty() {
+            String::new()
+        } else {
+            format!(", {e}")
+        }
     };
+    let (tls_extra, limits_extra) = (more(tls_extra), more(limits_extra));
     let path = dir.path().to_path_buf();
     let capture = Capture::start(harness::free_addr().unwrap()).await.unwrap();
     let quic = harness::free_addr().unwrap();
@@ -100,7 +113,7 @@ pub async fn start_with_tls(dir: tempfile::TempDir, tls_extra: &str, extra: &str
         format!(
             "listen_address: {quic}\n\
              tls: {{cert_file: gateway.crt, key_file: gateway.key, ca_file: ca.crt{tls_extra}}}\n\
-             limits: {{max_batch_bytes: 65536, handshake_timeout: 1s, max_retry_duration: 1s}}\n\
+             limits: {{max_batch_bytes: 65536, handshake_timeout: 1s, max_retry_duration: 1s{limits_extra}}}\n\
              storage: {{directory: store, fsync: false, drain_timeout: 1s}}\n\
              remote_write:\n  - url: {}\n    queue_config: {{min_backoff: 20ms, max_backoff: 200ms}}\n{extra}",
             capture.url()
