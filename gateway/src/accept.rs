@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
-use uplink_shared::codec::{CodecError, Decoded, TunnelDecoder};
+use uplink_shared::codec::{CodecError, Decoded, LabelLimits, LabelReject, TunnelDecoder};
 use uplink_shared::model;
 use uplink_shared::quic::{self, ReadFrameError};
 use uplink_shared::remote_write::{self, TimeSeries, WriteRequest};
@@ -129,6 +129,12 @@ impl Context {
             }
         }
         closed
+    }
+
+    /// The label limits of an identity's tenant, if it has any.
+    fn label_limits(&self, identity: &str) -> Option<LabelLimits> {
+        let tenant = crate::metrics::tenant_of(identity)?;
+        self.tenancy.as_ref()?.tenants.get(tenant)?.label_limits()
     }
 
     fn lane(&self, identity: &str, queue_id: u64) -> Lane {
@@ -302,6 +308,8 @@ enum Payload {
         newest: i64,
         /// HA (cluster, replica) of the first series, as sent.
         ha: Option<(String, String)>,
+        /// Samples the tenant's label limits refused, by reason.
+        rejected: [u64; 3],
     },
     Compact(Bytes),
 }
@@ -361,6 +369,7 @@ async fn session(
         resume_seq, "Agent connected."
     );
 
+    let label_limits = ctx.label_limits(identity);
     let (tx, rx) = mpsc::channel::<Pending>(ctx.limits.max_streams_per_agent.get() as usize);
     let (violation_tx, mut violation_rx) = mpsc::channel::<CloseCode>(1);
     // Not aborted when the session ends: it finishes the batches already released (a commit is
@@ -392,7 +401,7 @@ async fn session(
             Some(code) = violation_rx.recv() => break Some(code),
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    streams.spawn(batch_stream(send, recv, ctx.clone(), stamp.clone(), tx.clone(), violation_tx.clone()));
+                    streams.spawn(batch_stream(send, recv, ctx.clone(), (stamp.clone(), label_limits), tx.clone(), violation_tx.clone()));
                 }
                 Err(error) => {
                     info!(%error, "Agent disconnected.");
@@ -442,7 +451,7 @@ async fn batch_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     ctx: Arc<Context>,
-    stamp: Option<Arc<Stamp>>,
+    (stamp, limits): (Option<Arc<Stamp>>, Option<LabelLimits>),
     tx: mpsc::Sender<Pending>,
     violation: mpsc::Sender<CloseCode>,
 ) {
@@ -495,12 +504,14 @@ async fn batch_stream(
                         let get = |n: &str| model::get(first, n).map(str::to_owned);
                         get(&cluster).zip(get(&replica))
                     });
-                    let (body, samples) = to_remote_write(&ctx, req.timeseries, stamp.as_deref());
+                    let (body, samples, rejected) =
+                        to_remote_write(&ctx, req.timeseries, stamp.as_deref(), limits.as_ref());
                     Payload::Ready {
                         body,
                         samples,
                         newest,
                         ha,
+                        rejected,
                     }
                 }
                 Err(e) => {
@@ -560,21 +571,36 @@ fn to_remote_write(
     ctx: &Context,
     mut timeseries: Vec<TimeSeries>,
     stamp: Option<&Stamp>,
-) -> (Bytes, u64) {
+    limits: Option<&LabelLimits>,
+) -> (Bytes, u64, [u64; 3]) {
     let mut samples = 0u64;
+    let mut rejected = [0u64; 3];
     for ts in &mut timeseries {
         match stamp {
             Some(s) => s.apply(&mut ts.labels),
             None => model::normalize(&mut ts.labels),
         }
-        samples += ts.samples.len() as u64;
     }
+    timeseries.retain(|ts| {
+        let verdict = limits.map_or(Ok(()), |l| {
+            l.check(
+                ts.labels
+                    .iter()
+                    .map(|l| (l.name.as_str(), l.value.as_str())),
+            )
+        });
+        match verdict {
+            Ok(()) => samples += ts.samples.len() as u64,
+            Err(r) => rejected[r as usize] += ts.samples.len() as u64,
+        }
+        verdict.is_ok()
+    });
     ctx.metrics.samples_received.inc_by(samples);
     let req = WriteRequest {
         timeseries,
         metadata: vec![],
     };
-    (remote_write::encode_snappy(&req), samples)
+    (remote_write::encode_snappy(&req), samples, rejected)
 }
 
 /// Decodes a compact batch straight into a snappy-compressed remote-write 1.0 body.
@@ -617,7 +643,8 @@ async fn store_in_order(
         ctx.limits.max_series_per_set.get() as usize,
     )
     .with_stamp(stamp)
-    .with_ha_labels(ctx.ha.as_ref().map(|h| h.labels()));
+    .with_ha_labels(ctx.ha.as_ref().map(|h| h.labels()))
+    .with_label_limits(ctx.label_limits(&identity));
     while let Some(p) = rx.recv().await {
         let (first, count) = (p.first_seq, p.count);
         match seq.offer(first, count, p) {
@@ -706,21 +733,30 @@ async fn store_batch(
     let end = first + u64::from(count);
     let skip = cursor.saturating_sub(first).min(u64::from(count));
     // Compact batches are decoded even when every record is old: the codec state needs them.
-    // (body to store, its samples, newest timestamp, samples of retransmitted records, HA key).
-    let (mut body, mut samples, newest, duplicate, ha) = match payload {
+    // (body to store, its samples, newest timestamp, samples of retransmitted records, HA key,
+    // samples refused by the label limits).
+    let (mut body, mut samples, newest, duplicate, ha, rejected) = match payload {
         Payload::Ready { samples, .. } if skip == u64::from(count) => {
-            (Bytes::new(), 0, i64::MIN, *samples, None)
+            (Bytes::new(), 0, i64::MIN, *samples, None, [0; 3])
         }
         Payload::Ready {
             body,
             samples,
             newest,
             ha,
-        } => (body.clone(), *samples, *newest, 0, ha.clone()),
+            rejected,
+        } => (body.clone(), *samples, *newest, 0, ha.clone(), *rejected),
         Payload::Compact(data) => match decode_compact(decoder, data, skip) {
             Ok((body, d)) => {
                 ctx.metrics.samples_received.inc_by(d.samples);
-                (body, d.samples, decoder.newest_timestamp(), d.skipped, d.ha)
+                (
+                    body,
+                    d.samples,
+                    decoder.newest_timestamp(),
+                    d.skipped,
+                    d.ha,
+                    d.rejected,
+                )
             }
             Err(error) => {
                 warn!(%error, first_seq = first, "Undecodable compact batch; closing connection.");
@@ -747,6 +783,18 @@ async fn store_batch(
     span.record("uplink.samples", samples);
     if end <= cursor {
         return Ok(());
+    }
+    for (reason, n) in LabelReject::ALL.iter().zip(rejected) {
+        if n > 0 {
+            ctx.metrics
+                .tenant_rejected
+                .get_or_create(&labels(&[
+                    ("tenant", tenant.unwrap_or("")),
+                    ("reason", reason.reason()),
+                ]))
+                .inc_by(n);
+            ctx.ledger.dropped(site, n);
+        }
     }
     if let (Some(tracker), Some((cluster, replica))) = (&ctx.ha, ha)
         && samples > 0

@@ -138,8 +138,27 @@ pub struct TenantConfig {
     /// Samples per second the gateway stores for this tenant at most; an agent over it is
     /// answered `Retry` and keeps its data (see `limits.rs`). Unset: no limit.
     pub max_samples_per_second: Option<f64>,
+    /// Labels per series at most (`__name__` and stamped labels included); a series over it
+    /// is not forwarded (counted). Unset: no limit.
+    pub max_label_names_per_series: Option<usize>,
+    /// Bytes of a label name at most (as above).
+    pub max_label_name_length: Option<usize>,
+    /// Bytes of a label value at most (as above).
+    pub max_label_value_length: Option<usize>,
     /// Samples the tenant may send at once above its rate (default: one second's worth).
     pub burst: Option<u64>,
+}
+
+impl TenantConfig {
+    /// The tenant's label limits, if it has any.
+    pub fn label_limits(&self) -> Option<uplink_shared::codec::LabelLimits> {
+        let l = uplink_shared::codec::LabelLimits {
+            max_names: self.max_label_names_per_series.unwrap_or(0),
+            max_name_length: self.max_label_name_length.unwrap_or(0),
+            max_value_length: self.max_label_value_length.unwrap_or(0),
+        };
+        (l != uplink_shared::codec::LabelLimits::default()).then_some(l)
+    }
 }
 
 impl TenancyConfig {

@@ -55,6 +55,7 @@ pub struct Metrics {
     pub tls: uplink_shared::tls::ReloadMetrics,
     pub revoked_disconnects: Counter,
     pub handshake_retries: Counter,
+    pub tenant_rejected: Family<Labels, Counter>,
 }
 
 /// Buckets from 10 µs to about 20 s, for RocksDB writes.
@@ -104,6 +105,7 @@ impl Default for Metrics {
             tls: Default::default(),
             revoked_disconnects: Counter::default(),
             handshake_retries: Counter::default(),
+            tenant_rejected: Family::default(),
             tenant_forwarded: Family::default(),
             tenant_dropped: Family::default(),
             certificate_expiry: Family::default(),
@@ -275,6 +277,12 @@ impl Metrics {
             self.ha_errors.clone(),
         );
         self.tls.register(r);
+        r.register(
+            "tenant_samples_rejected",
+            "Samples of a tenant not forwarded because their series break the tenant's label \
+             limits, by tenant and reason (label_count, label_name_length, label_value_length).",
+            self.tenant_rejected.clone(),
+        );
         r.register(
             "handshake_retries",
             "New connections asked to prove their address first (QUIC Retry) because more \

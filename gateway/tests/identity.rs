@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{batch, connect, handshake, send_batch, start_with};
+use common::{batch, connect, handshake, send_batch, start_with, wait_for};
 use uplink_loadtest::harness;
 use uplink_shared::certs::{Authority, LeafSpec};
 use uplink_shared::wire::{AckStatus, CloseCode};
@@ -244,6 +244,96 @@ async fn stamped_labels_come_from_the_certificate_only() {
         } else {
             assert_eq!(exported, (None, None));
         }
+    }
+}
+
+/// Per-tenant label limits: only the series over them are held back, counted per tenant and
+/// reason, on both batch encodings (the agents' compact one and remote write 1.0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_limits_hold_back_only_the_series_over_them() {
+    use std::collections::HashMap;
+    use uplink_shared::codec::{TunnelEncoder, split};
+    use uplink_shared::model::get;
+    use uplink_shared::remote_write::{self, Label, Sample, TimeSeries, WriteRequest};
+    use uplink_shared::wire::{Batch, Encoding, Frame};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    harness::write_certs(&path, &[]).unwrap();
+    Authority::load(&path)
+        .unwrap()
+        .issue_agent_spiffe("uplink.test", "team-a", "plant-7", 1)
+        .unwrap()
+        .write(&path, "spiffe")
+        .unwrap();
+    // Stamped: tenant and site, so a series has at most three labels of its own.
+    let s = start_with(
+        dir,
+        "identity: {trust_domain: uplink.test}\n\
+         tenancy: {tenants: {team-a: {max_label_names_per_series: 5, \
+         max_label_value_length: 16}}}\n",
+    )
+    .await;
+    let c = connect(&s.dir, "spiffe", s.quic).await.unwrap();
+    let _ctl = handshake(&c).await;
+    let series = |name: &str, extra: &[(&str, &str)], ts: i64| TimeSeries {
+        labels: std::iter::once(Label::new("__name__", name))
+            .chain(extra.iter().map(|(n, v)| Label::new(*n, *v)))
+            .collect(),
+        samples: vec![Sample {
+            value: 1.0,
+            timestamp: ts,
+        }],
+    };
+    let three = |ts: i64| {
+        vec![
+            series("ok", &[("job", "a")], ts),
+            series("long_value", &[("path", "/a/very/long/request/path")], ts),
+            series("many", &[("a", "1"), ("b", "2"), ("c", "3")], ts),
+        ]
+    };
+    // Compact, as an agent sends it.
+    let (set, rec) = split(three(1000), 1000);
+    let defs = HashMap::from([(set.id(), set.encode())]);
+    let (payload, _) = TunnelEncoder::new(1).encode(&[rec], &defs).unwrap();
+    let compact = Frame::Batch(Batch {
+        first_seq: 0,
+        count: 1,
+        encoding: Encoding::Compact,
+        trace: None,
+        payload,
+    });
+    assert_eq!(
+        send_batch(&c, compact.to_bytes()).await.status,
+        AckStatus::Accepted
+    );
+    // Remote write 1.0.
+    let req = WriteRequest {
+        timeseries: three(2000),
+        metadata: vec![],
+    };
+    let v1 = Frame::Batch(Batch {
+        first_seq: 1,
+        count: 1,
+        encoding: Encoding::RemoteWriteV1Snappy,
+        trace: None,
+        payload: remote_write::encode_snappy(&req),
+    });
+    assert_eq!(
+        send_batch(&c, v1.to_bytes()).await.status,
+        AckStatus::Accepted
+    );
+    wait_for("the accepted series", || s.capture.len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = s.capture.snapshot();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|r| get(&r.labels, "__name__") == Some("ok")));
+    let m = tokio::task::block_in_place(|| harness::metrics(s.web)).unwrap();
+    for reason in ["label_count", "label_value_length"] {
+        let key = format!(
+            "uplink_gateway_tenant_samples_rejected_total{{tenant=\"team-a\",reason=\"{reason}\"}}"
+        );
+        assert_eq!(m.get(&key), Some(&2.0), "{key}");
     }
 }
 

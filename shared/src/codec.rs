@@ -781,7 +781,64 @@ type RefLabels = Vec<(u32, u32)>;
 #[derive(Debug, Default)]
 struct SetDef {
     series: Vec<RefLabels>,
-    encoded: Option<Vec<Bytes>>,
+    /// Per series: its encoded labels, or why the label limits refuse it.
+    encoded: Option<Vec<Result<Bytes, LabelReject>>>,
+}
+
+/// Per-series label limits (a tenant's, at the gateway), checked on the labels as written
+/// (after the stamp); 0 means no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LabelLimits {
+    /// Labels per series, `__name__` included.
+    pub max_names: usize,
+    pub max_name_length: usize,
+    pub max_value_length: usize,
+}
+
+/// Why [`LabelLimits`] refuse a series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabelReject {
+    TooManyLabels,
+    NameTooLong,
+    ValueTooLong,
+}
+
+impl LabelReject {
+    pub const ALL: [LabelReject; 3] = [
+        LabelReject::TooManyLabels,
+        LabelReject::NameTooLong,
+        LabelReject::ValueTooLong,
+    ];
+
+    /// The `reason` label value of the counters.
+    pub fn reason(self) -> &'static str {
+        match self {
+            LabelReject::TooManyLabels => "label_count",
+            LabelReject::NameTooLong => "label_name_length",
+            LabelReject::ValueTooLong => "label_value_length",
+        }
+    }
+}
+
+impl LabelLimits {
+    /// Checks one series' labels (name, value).
+    pub fn check<'a>(
+        &self,
+        labels: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), LabelReject> {
+        if self.max_names > 0 && labels.len() > self.max_names {
+            return Err(LabelReject::TooManyLabels);
+        }
+        for (n, v) in labels {
+            if self.max_name_length > 0 && n.len() > self.max_name_length {
+                return Err(LabelReject::NameTooLong);
+            }
+            if self.max_value_length > 0 && v.len() > self.max_value_length {
+                return Err(LabelReject::ValueTooLong);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn put_len_field(out: &mut BytesMut, tag: u8, body: &[u8]) {
@@ -796,7 +853,8 @@ fn encode_labels(
     labels: &RefLabels,
     strings: &[String],
     stamp: Option<&crate::model::Stamp>,
-) -> Bytes {
+    limits: Option<&LabelLimits>,
+) -> Result<Bytes, LabelReject> {
     let mut sorted: Vec<(&str, &str)> = labels
         .iter()
         .map(|(n, v)| (strings[*n as usize].as_str(), strings[*v as usize].as_str()))
@@ -813,6 +871,9 @@ fn encode_labels(
             .map(|l| (l.name.as_str(), l.value.as_str()))
             .collect();
     }
+    if let Some(l) = limits {
+        l.check(sorted.iter().copied())?;
+    }
     let mut out = BytesMut::new();
     let mut label = BytesMut::new();
     for (name, value) in sorted {
@@ -821,7 +882,7 @@ fn encode_labels(
         put_len_field(&mut label, 0x12, value.as_bytes());
         put_len_field(&mut out, 0x0a, &label);
     }
-    out.freeze()
+    Ok(out.freeze())
 }
 
 /// What [`TunnelDecoder::decode_remote_write`] wrote, and what it passed over.
@@ -834,6 +895,9 @@ pub struct Decoded {
     /// The HA (cluster, replica) label values of the first series written, as sent (before
     /// any stamp), when [`TunnelDecoder::with_ha_labels`] is set and that series has both.
     pub ha: Option<(String, String)>,
+    /// Samples not written because [`TunnelDecoder::with_label_limits`] refuse their series,
+    /// by [`LabelReject`] (in [`LabelReject::ALL`] order).
+    pub rejected: [u64; 3],
 }
 
 /// Gateway side, one per connection. Batches must be decoded in sequence order.
@@ -855,6 +919,8 @@ pub struct TunnelDecoder {
     stamp: Option<std::sync::Arc<crate::model::Stamp>>,
     /// Names of the HA cluster and replica labels, when the gateway elects replicas.
     ha_labels: Option<(String, String)>,
+    /// Label limits on the series written by `decode_remote_write`.
+    label_limits: Option<LabelLimits>,
 }
 
 impl TunnelDecoder {
@@ -874,7 +940,15 @@ impl TunnelDecoder {
             newest: i64::MIN,
             stamp: None,
             ha_labels: None,
+            label_limits: None,
         }
+    }
+
+    /// Refuses series over these limits in [`Self::decode_remote_write`] (counted in
+    /// [`Decoded::rejected`]).
+    pub fn with_label_limits(mut self, limits: Option<LabelLimits>) -> Self {
+        self.label_limits = limits;
+        self
     }
 
     /// Reports the values of these (cluster, replica) labels in [`Decoded::ha`].
@@ -934,6 +1008,7 @@ impl TunnelDecoder {
         let mut sample = BytesMut::new();
         let mut written = 0u64;
         let mut skipped = 0u64;
+        let mut rejected = [0u64; 3];
         let mut ha = None;
         let ha_labels = self.ha_labels.take();
         let walked = self.walk(
@@ -955,8 +1030,15 @@ impl TunnelDecoder {
                     };
                     ha = find(cluster).zip(find(replica));
                 }
+                let labels = match set.encoded.as_ref().and_then(|e| e.get(i)) {
+                    Some(Err(reject)) => {
+                        rejected[*reject as usize] += 1;
+                        return;
+                    }
+                    Some(Ok(l)) => Some(l),
+                    None => None,
+                };
                 written += 1;
-                let labels = set.encoded.as_ref().and_then(|e| e.get(i));
                 ts_body.clear();
                 if let Some(l) = labels {
                     ts_body.put_slice(l);
@@ -976,6 +1058,7 @@ impl TunnelDecoder {
             samples: written,
             skipped,
             ha,
+            rejected,
         })
     }
 
@@ -1075,10 +1158,11 @@ impl TunnelDecoder {
             if want_encoded && set.encoded.is_none() {
                 let strings = &self.strings;
                 let stamp = self.stamp.as_deref();
+                let limits = self.label_limits.as_ref();
                 set.encoded = Some(
                     set.series
                         .iter()
-                        .map(|l| encode_labels(l, strings, stamp))
+                        .map(|l| encode_labels(l, strings, stamp, limits))
                         .collect(),
                 );
             }
@@ -1256,6 +1340,40 @@ mod tests {
             assert_eq!(crate::model::get(labels, "cluster"), Some("eu"));
             assert!(labels.windows(2).all(|w| w[0].name < w[1].name), "sorted");
         }
+    }
+
+    #[test]
+    fn label_limits_refuse_series_and_count_their_samples() {
+        let mut enc = TunnelEncoder::new(1);
+        let mut series = scrape(0, 0, 4);
+        series[1].labels.push(Label::new("long", "x".repeat(40)));
+        series[2].labels.push(Label::new("n".repeat(40), "v"));
+        for ts in &mut series {
+            crate::model::normalize(&mut ts.labels);
+        }
+        let most = series.iter().map(|t| t.labels.len()).max().expect("series");
+        series[3]
+            .labels
+            .extend((0..most).map(|i| Label::new(format!("x{i}"), "v")));
+        crate::model::normalize(&mut series[3].labels);
+        let (set, rec) = split(series, 5);
+        let defs = HashMap::from([(set.id(), set.encode())]);
+        let (payload, _) = enc.encode(&[rec], &defs).expect("encode");
+        let mut dec =
+            TunnelDecoder::new(1 << 24, 1000, 10_000).with_label_limits(Some(LabelLimits {
+                max_names: most,
+                max_name_length: 30,
+                max_value_length: 30,
+            }));
+        let mut rw = BytesMut::new();
+        let d = dec
+            .decode_remote_write(&payload, &mut rw, 0)
+            .expect("decode");
+        assert_eq!(d.samples, 1);
+        assert_eq!(d.rejected, [1, 1, 1]);
+        let req = <crate::remote_write::WriteRequest as prost::Message>::decode(rw.freeze())
+            .expect("valid");
+        assert_eq!(req.timeseries.len(), 1);
     }
 
     #[test]
