@@ -81,6 +81,8 @@ pub struct Context {
     pub per_identity: Mutex<HashMap<String, u32>>,
     /// Handshakes in progress (for `limits.retry_above_handshakes`).
     pub handshakes: std::sync::atomic::AtomicU32,
+    /// Active-series budgets of the tenants with `max_series`.
+    pub series_budgets: HashMap<String, Arc<crate::limits::SeriesBudget>>,
 }
 
 /// Per (identity, queue id): the dedupe cursor, `None` until loaded from the store.
@@ -309,7 +311,7 @@ enum Payload {
         /// HA (cluster, replica) of the first series, as sent.
         ha: Option<(String, String)>,
         /// Samples the tenant's label limits refused, by reason.
-        rejected: [u64; 3],
+        rejected: [u64; 4],
     },
     Compact(Bytes),
 }
@@ -572,9 +574,9 @@ fn to_remote_write(
     mut timeseries: Vec<TimeSeries>,
     stamp: Option<&Stamp>,
     limits: Option<&LabelLimits>,
-) -> (Bytes, u64, [u64; 3]) {
+) -> (Bytes, u64, [u64; 4]) {
     let mut samples = 0u64;
-    let mut rejected = [0u64; 3];
+    let mut rejected = [0u64; 4];
     for ts in &mut timeseries {
         match stamp {
             Some(s) => s.apply(&mut ts.labels),
@@ -644,7 +646,12 @@ async fn store_in_order(
     )
     .with_stamp(stamp)
     .with_ha_labels(ctx.ha.as_ref().map(|h| h.labels()))
-    .with_label_limits(ctx.label_limits(&identity));
+    .with_label_limits(ctx.label_limits(&identity))
+    .with_series_gate(
+        crate::metrics::tenant_of(&identity)
+            .and_then(|t| ctx.series_budgets.get(t))
+            .map(|b| b.clone() as Arc<dyn uplink_shared::codec::SeriesGate>),
+    );
     while let Some(p) = rx.recv().await {
         let (first, count) = (p.first_seq, p.count);
         match seq.offer(first, count, p) {
@@ -737,7 +744,7 @@ async fn store_batch(
     // samples refused by the label limits).
     let (mut body, mut samples, newest, duplicate, ha, rejected) = match payload {
         Payload::Ready { samples, .. } if skip == u64::from(count) => {
-            (Bytes::new(), 0, i64::MIN, *samples, None, [0; 3])
+            (Bytes::new(), 0, i64::MIN, *samples, None, [0; 4])
         }
         Payload::Ready {
             body,

@@ -145,6 +145,9 @@ pub struct TenantConfig {
     pub max_label_name_length: Option<usize>,
     /// Bytes of a label value at most (as above).
     pub max_label_value_length: Option<usize>,
+    /// Active series at most (the series of the sets its agents used in the last 10 minutes,
+    /// across its connections); a new set over it is not forwarded (counted, see `limits.rs`).
+    pub max_series: Option<u64>,
     /// Samples the tenant may send at once above its rate (default: one second's worth).
     pub burst: Option<u64>,
 }

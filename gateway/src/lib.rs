@@ -121,6 +121,16 @@ pub async fn run(
         conns: Default::default(),
         per_identity: Default::default(),
         handshakes: Default::default(),
+        series_budgets: cfg
+            .tenancy
+            .iter()
+            .flat_map(|t| &t.tenants)
+            .filter_map(|(id, t)| {
+                let max = t.max_series?;
+                let budget = limits::SeriesBudget::new(max, limits::ACTIVE_WINDOW);
+                Some((id.clone(), Arc::new(budget)))
+            })
+            .collect(),
     });
     let ledger_token = CancellationToken::new();
     if !cfg.ledger.interval.0.is_zero() {

@@ -10,6 +10,13 @@
 //!
 //! A batch larger than the burst needs only a full bucket, and the bucket goes into debt, so a
 //! tenant always progresses at its rate on average.
+//!
+//! Active series (`max_series`): a [`SeriesBudget`] per tenant counts the series of the sets
+//! (a target's shape) its agents used within [`ACTIVE_WINDOW`], across its connections. A set
+//! new to the tenant that would exceed the budget is refused for that connection (its samples
+//! counted as rejected, reason `max_series`); sets already admitted keep flowing, and a set
+//! unused for the window frees its series. Slowing a tenant down would not bring it under a
+//! series limit, so this one rejects.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,6 +24,80 @@ use std::time::{Duration, Instant};
 
 /// Longest a batch's ack is held for its tenant's rate; longer, it is answered `Retry`.
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
+/// A set unused this long no longer counts against its tenant's `max_series`.
+pub const ACTIVE_WINDOW: Duration = Duration::from_secs(600);
+
+/// A tenant's active-series budget (see the module docs).
+#[derive(Debug)]
+pub struct SeriesBudget {
+    max: u64,
+    window: Duration,
+    state: Mutex<Sets>,
+}
+
+#[derive(Debug, Default)]
+struct Sets {
+    /// Set hash -> (series, last used).
+    sets: HashMap<u64, (u64, Instant)>,
+    series: u64,
+    swept: Option<Instant>,
+}
+
+impl SeriesBudget {
+    pub fn new(max: u64, window: Duration) -> SeriesBudget {
+        SeriesBudget {
+            max,
+            window,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Series currently counted.
+    pub fn active(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).series
+    }
+}
+
+impl uplink_shared::codec::SeriesGate for SeriesBudget {
+    fn admit(&self, set_hash: u64, series: usize) -> bool {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if let Some(e) = g.sets.get_mut(&set_hash) {
+            e.1 = now;
+            return true;
+        }
+        // Sweep idle sets at most once a second.
+        if g.swept
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            let window = self.window;
+            let mut freed = 0;
+            g.sets.retain(|_, (n, last)| {
+                let keep = now.duration_since(*last) < window;
+                if !keep {
+                    freed += *n;
+                }
+                keep
+            });
+            g.series -= freed;
+            g.swept = Some(now);
+        }
+        let n = series as u64;
+        if g.series + n > self.max {
+            return false;
+        }
+        g.series += n;
+        g.sets.insert(set_hash, (n, now));
+        true
+    }
+
+    fn touch(&self, set_hash: u64) {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = g.sets.get_mut(&set_hash) {
+            e.1 = Instant::now();
+        }
+    }
+}
 
 use crate::config::TenancyConfig;
 
@@ -80,6 +161,20 @@ impl TenantLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_series_budget_admits_known_sets_and_frees_idle_ones() {
+        use uplink_shared::codec::SeriesGate;
+        let b = SeriesBudget::new(10, Duration::from_millis(50));
+        assert!(b.admit(1, 6));
+        assert!(!b.admit(2, 6), "over the budget");
+        assert!(b.admit(1, 6), "a known set is always admitted");
+        assert!(b.admit(3, 4));
+        assert_eq!(b.active(), 10);
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(b.admit(2, 6), "the idle sets freed their series");
+        assert_eq!(b.active(), 6);
+    }
 
     #[test]
     fn over_the_rate_a_batch_waits_its_turn_then_retries() {

@@ -248,7 +248,8 @@ async fn stamped_labels_come_from_the_certificate_only() {
 }
 
 /// Per-tenant label limits: only the series over them are held back, counted per tenant and
-/// reason, on both batch encodings (the agents' compact one and remote write 1.0).
+/// reason, on both batch encodings (the agents' compact one and remote write 1.0); and the
+/// active-series limit refuses a new target shape that would exceed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_limits_hold_back_only_the_series_over_them() {
     use std::collections::HashMap;
@@ -271,7 +272,7 @@ async fn label_limits_hold_back_only_the_series_over_them() {
         dir,
         "identity: {trust_domain: uplink.test}\n\
          tenancy: {tenants: {team-a: {max_label_names_per_series: 5, \
-         max_label_value_length: 16}}}\n",
+         max_label_value_length: 16, max_series: 4}}}\n",
     )
     .await;
     let c = connect(&s.dir, "spiffe", s.quic).await.unwrap();
@@ -295,7 +296,8 @@ async fn label_limits_hold_back_only_the_series_over_them() {
     // Compact, as an agent sends it.
     let (set, rec) = split(three(1000), 1000);
     let defs = HashMap::from([(set.id(), set.encode())]);
-    let (payload, _) = TunnelEncoder::new(1).encode(&[rec], &defs).unwrap();
+    let mut enc = TunnelEncoder::new(1);
+    let (payload, _) = enc.encode(&[rec], &defs).unwrap();
     let compact = Frame::Batch(Batch {
         first_seq: 0,
         count: 1,
@@ -323,13 +325,31 @@ async fn label_limits_hold_back_only_the_series_over_them() {
         send_batch(&c, v1.to_bytes()).await.status,
         AckStatus::Accepted
     );
+    // A new shape of two series: with the first set's three, over `max_series: 4`.
+    let (set, rec) = split(
+        vec![series("new_a", &[], 3000), series("new_b", &[], 3000)],
+        3000,
+    );
+    let defs = HashMap::from([(set.id(), set.encode())]);
+    let (payload, _) = enc.encode(&[rec], &defs).unwrap();
+    let over = Frame::Batch(Batch {
+        first_seq: 2,
+        count: 1,
+        encoding: Encoding::Compact,
+        trace: None,
+        payload,
+    });
+    assert_eq!(
+        send_batch(&c, over.to_bytes()).await.status,
+        AckStatus::Accepted
+    );
     wait_for("the accepted series", || s.capture.len() == 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = s.capture.snapshot();
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|r| get(&r.labels, "__name__") == Some("ok")));
     let m = tokio::task::block_in_place(|| harness::metrics(s.web)).unwrap();
-    for reason in ["label_count", "label_value_length"] {
+    for reason in ["label_count", "label_value_length", "max_series"] {
         let key = format!(
             "uplink_gateway_tenant_samples_rejected_total{{tenant=\"team-a\",reason=\"{reason}\"}}"
         );

@@ -783,6 +783,16 @@ struct SetDef {
     series: Vec<RefLabels>,
     /// Per series: its encoded labels, or why the label limits refuse it.
     encoded: Option<Vec<Result<Bytes, LabelReject>>>,
+    /// Hash of the set's labels, for a [`SeriesGate`] (computed with `encoded`).
+    hash: u64,
+}
+
+/// Decides whether a series set (a target's shape) may be forwarded, for an active-series
+/// limit shared by a tenant's connections: `admit` when a connection first uses a set,
+/// `touch` every time a record uses it.
+pub trait SeriesGate: Send + Sync + std::fmt::Debug {
+    fn admit(&self, set_hash: u64, series: usize) -> bool;
+    fn touch(&self, set_hash: u64);
 }
 
 /// Per-series label limits (a tenant's, at the gateway), checked on the labels as written
@@ -801,13 +811,16 @@ pub enum LabelReject {
     TooManyLabels,
     NameTooLong,
     ValueTooLong,
+    /// The [`SeriesGate`] refused the series' set (active-series limit).
+    TooManySeries,
 }
 
 impl LabelReject {
-    pub const ALL: [LabelReject; 3] = [
+    pub const ALL: [LabelReject; 4] = [
         LabelReject::TooManyLabels,
         LabelReject::NameTooLong,
         LabelReject::ValueTooLong,
+        LabelReject::TooManySeries,
     ];
 
     /// The `reason` label value of the counters.
@@ -816,6 +829,7 @@ impl LabelReject {
             LabelReject::TooManyLabels => "label_count",
             LabelReject::NameTooLong => "label_name_length",
             LabelReject::ValueTooLong => "label_value_length",
+            LabelReject::TooManySeries => "max_series",
         }
     }
 }
@@ -845,6 +859,19 @@ fn put_len_field(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.put_u8(tag);
     put_varint(out, body.len() as u64);
     out.put_slice(body);
+}
+
+/// A set's identity for a [`SeriesGate`]: the hash of its series' encoded labels.
+fn set_hash(encoded: &[Result<Bytes, LabelReject>]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    for e in encoded {
+        match e {
+            Ok(b) => b.hash(&mut h),
+            Err(r) => (*r as u8).hash(&mut h),
+        }
+    }
+    h.finish()
 }
 
 /// Encodes a series' labels as repeated `Label` fields of a remote-write `TimeSeries`, with
@@ -895,9 +922,9 @@ pub struct Decoded {
     /// The HA (cluster, replica) label values of the first series written, as sent (before
     /// any stamp), when [`TunnelDecoder::with_ha_labels`] is set and that series has both.
     pub ha: Option<(String, String)>,
-    /// Samples not written because [`TunnelDecoder::with_label_limits`] refuse their series,
-    /// by [`LabelReject`] (in [`LabelReject::ALL`] order).
-    pub rejected: [u64; 3],
+    /// Samples not written because [`TunnelDecoder::with_label_limits`] or the series gate
+    /// refuse their series, by [`LabelReject`] (in [`LabelReject::ALL`] order).
+    pub rejected: [u64; 4],
 }
 
 /// Gateway side, one per connection. Batches must be decoded in sequence order.
@@ -921,6 +948,8 @@ pub struct TunnelDecoder {
     ha_labels: Option<(String, String)>,
     /// Label limits on the series written by `decode_remote_write`.
     label_limits: Option<LabelLimits>,
+    /// Active-series limit on the sets written by `decode_remote_write`.
+    gate: Option<std::sync::Arc<dyn SeriesGate>>,
 }
 
 impl TunnelDecoder {
@@ -941,7 +970,15 @@ impl TunnelDecoder {
             stamp: None,
             ha_labels: None,
             label_limits: None,
+            gate: None,
         }
+    }
+
+    /// Asks `gate` before writing a set's series (counted in [`Decoded::rejected`] when
+    /// refused; a refused set stays refused for this connection).
+    pub fn with_series_gate(mut self, gate: Option<std::sync::Arc<dyn SeriesGate>>) -> Self {
+        self.gate = gate;
+        self
     }
 
     /// Refuses series over these limits in [`Self::decode_remote_write`] (counted in
@@ -1008,7 +1045,7 @@ impl TunnelDecoder {
         let mut sample = BytesMut::new();
         let mut written = 0u64;
         let mut skipped = 0u64;
-        let mut rejected = [0u64; 3];
+        let mut rejected = [0u64; 4];
         let mut ha = None;
         let ha_labels = self.ha_labels.take();
         let walked = self.walk(
@@ -1143,6 +1180,7 @@ impl TunnelDecoder {
             self.sets.push(SetDef {
                 series,
                 encoded: None,
+                hash: 0,
             });
             self.states.push(SetState::new(n));
         }
@@ -1159,12 +1197,20 @@ impl TunnelDecoder {
                 let strings = &self.strings;
                 let stamp = self.stamp.as_deref();
                 let limits = self.label_limits.as_ref();
-                set.encoded = Some(
-                    set.series
-                        .iter()
-                        .map(|l| encode_labels(l, strings, stamp, limits))
-                        .collect(),
-                );
+                let mut encoded: Vec<Result<Bytes, LabelReject>> = set
+                    .series
+                    .iter()
+                    .map(|l| encode_labels(l, strings, stamp, limits))
+                    .collect();
+                if let Some(gate) = &self.gate {
+                    set.hash = set_hash(&encoded);
+                    if !gate.admit(set.hash, set.series.len()) {
+                        encoded.fill(Err(LabelReject::TooManySeries));
+                    }
+                }
+                set.encoded = Some(encoded);
+            } else if want_encoded && let Some(gate) = &self.gate {
+                gate.touch(set.hash);
             }
             let ts = st.ts_decode(unzigzag(r.varint("timestamp")?));
             let n = set.series.len();
@@ -1370,7 +1416,7 @@ mod tests {
             .decode_remote_write(&payload, &mut rw, 0)
             .expect("decode");
         assert_eq!(d.samples, 1);
-        assert_eq!(d.rejected, [1, 1, 1]);
+        assert_eq!(d.rejected, [1, 1, 1, 0]);
         let req = <crate::remote_write::WriteRequest as prost::Message>::decode(rw.freeze())
             .expect("valid");
         assert_eq!(req.timeseries.len(), 1);
