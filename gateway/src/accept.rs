@@ -133,6 +133,15 @@ impl Context {
         closed
     }
 
+    /// The largest batch frame an identity may send: `limits.max_batch_bytes`, or its tenant's
+    /// `max_batch_bytes` when smaller (announced in the welcome, so agents keep to it).
+    fn max_batch_bytes(&self, identity: &str) -> u32 {
+        let global = self.limits.max_batch_bytes.get();
+        crate::metrics::tenant_of(identity)
+            .and_then(|t| self.tenancy.as_ref()?.tenants.get(t)?.max_batch_bytes)
+            .map_or(global, |t| t.min(global))
+    }
+
     /// The label limits of an identity's tenant, if it has any.
     fn label_limits(&self, identity: &str) -> Option<LabelLimits> {
         let tenant = crate::metrics::tenant_of(identity)?;
@@ -352,7 +361,9 @@ async fn session(
         return Some(CloseCode::ProtocolViolation);
     };
     let (queue_id, resume_seq) = (h.queue_id, h.resume_seq);
-    let welcome = match wire::accept_hello(hello, identity, ctx.limits.max_batch_bytes.get()) {
+    // The batch size this agent is told to keep to: the global limit, or its tenant's.
+    let max_batch = ctx.max_batch_bytes(identity);
+    let welcome = match wire::accept_hello(hello, identity, max_batch) {
         Ok(w) => w,
         Err(code) => {
             warn!(?code, "Refusing hello.");
@@ -403,7 +414,7 @@ async fn session(
             Some(code) = violation_rx.recv() => break Some(code),
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    streams.spawn(batch_stream(send, recv, ctx.clone(), (stamp.clone(), label_limits), tx.clone(), violation_tx.clone()));
+                    streams.spawn(batch_stream(send, recv, ctx.clone(), (stamp.clone(), label_limits, max_batch), tx.clone(), violation_tx.clone()));
                 }
                 Err(error) => {
                     info!(%error, "Agent disconnected.");
@@ -453,11 +464,11 @@ async fn batch_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     ctx: Arc<Context>,
-    (stamp, limits): (Option<Arc<Stamp>>, Option<LabelLimits>),
+    (stamp, limits, max_batch): (Option<Arc<Stamp>>, Option<LabelLimits>, u32),
     tx: mpsc::Sender<Pending>,
     violation: mpsc::Sender<CloseCode>,
 ) {
-    let limit = ctx.limits.max_batch_bytes.get() as usize;
+    let limit = max_batch as usize;
     let frame = match quic::read_only_frame(&mut recv, limit).await {
         Ok(f) => f,
         Err(ReadFrameError::Connection(_)) => return,

@@ -148,6 +148,9 @@ pub struct TenantConfig {
     /// Active series at most (the series of the sets its agents used in the last 10 minutes,
     /// across its connections); a new set over it is not forwarded (counted, see `limits.rs`).
     pub max_series: Option<u64>,
+    /// Largest batch frame this tenant's agents may send (at most `limits.max_batch_bytes`);
+    /// announced in the handshake, so agents size their batches to it.
+    pub max_batch_bytes: Option<u32>,
     /// Samples the tenant may send at once above its rate (default: one second's worth).
     pub burst: Option<u64>,
 }

@@ -420,3 +420,54 @@ async fn a_tenant_over_its_rate_is_slowed_and_others_are_not() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A tenant's `max_batch_bytes` is announced in the welcome (agents size batches to it) and
+/// enforced: a larger batch frame closes the connection with code 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_batch_size_is_announced_and_enforced() {
+    use uplink_shared::wire::{self, Frame};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    harness::write_certs(&path, &[]).unwrap();
+    Authority::load(&path)
+        .unwrap()
+        .issue_agent_spiffe("uplink.test", "small", "s1", 1)
+        .unwrap()
+        .write(&path, "small")
+        .unwrap();
+    let s = start_with(
+        dir,
+        "identity: {trust_domain: uplink.test}\n\
+         tenancy: {tenants: {small: {max_batch_bytes: 300}}}\n",
+    )
+    .await;
+    let c = connect(&s.dir, "small", s.quic).await.unwrap();
+    let (mut send, mut recv) = c.open_bi().await.unwrap();
+    send.write_all(&common::hello(wire::VERSION, 0))
+        .await
+        .unwrap();
+    let f = uplink_shared::quic::read_frame(&mut recv, 4096, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let Frame::Welcome(w) = f else {
+        panic!("expected welcome, got {f:?}")
+    };
+    assert_eq!(w.max_batch_bytes, 300);
+    // The common test batch is small enough; a padded one is not.
+    assert_eq!(
+        send_batch(&c, batch(0, 1, 1.0)).await.status,
+        AckStatus::Accepted
+    );
+    let big = wire::Frame::Batch(wire::Batch {
+        first_seq: 1,
+        count: 1,
+        encoding: wire::Encoding::Compact,
+        trace: None,
+        payload: bytes::Bytes::from(vec![0u8; 1000]),
+    });
+    let (mut bs, _br) = c.open_bi().await.unwrap();
+    let _ = bs.write_all(&big.to_bytes()).await;
+    let _ = bs.finish();
+    assert_eq!(common::close_code(&c).await, Some(CloseCode::FrameTooLarge));
+}
