@@ -21,6 +21,7 @@ pub mod drain;
 pub mod faults;
 pub mod fleet;
 pub mod harness;
+pub mod isolation;
 pub mod oracle;
 pub mod otlp;
 pub mod probe;

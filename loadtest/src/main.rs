@@ -28,6 +28,8 @@ enum Command {
     Chaos(uplink_loadtest::chaos::ChaosArgs),
     /// How fast a backlog drains after an outage, as a multiple of the live ingest rate.
     Drain(uplink_loadtest::drain::DrainArgs),
+    /// One tenant at ten times its rate limit beside another: the other's delivery latency.
+    Isolation(uplink_loadtest::isolation::IsolationArgs),
     /// Many sites (simulated agents, real protocol) against one gateway: connect and reconnect
     /// storms, gateway memory per connection, end-to-end latency.
     Fleet(uplink_loadtest::fleet::FleetArgs),
@@ -93,6 +95,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Drain(args) => {
             let report = uplink_loadtest::drain::run(args).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Isolation(args) => {
+            let report = uplink_loadtest::isolation::run(args).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
