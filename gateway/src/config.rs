@@ -519,6 +519,9 @@ impl Config {
                 e.to_string(),
             ));
         }
+        if let Err(message) = self.identity.check() {
+            return Err(at("names:", "identity.names".into(), message));
+        }
         if let Some(Err((field, message))) = self.ha.as_ref().map(|h| h.check()) {
             return Err(at(&format!("{field}:"), format!("ha.{field}"), message));
         }
@@ -674,6 +677,32 @@ remote_write:
         let p = dir.path().join("gateway.yml");
         std::fs::write(&p, text).expect("write");
         Config::load(&p)
+    }
+
+    #[test]
+    fn identity_names_ha_and_tracing_are_checked_with_their_location() {
+        let with = |extra: &str| format!("{GOOD}{extra}");
+        let c = load(&with(
+            "identity:\n  names:\n    - {source: dns_san, regex: '(?P<site>[a-z]+)\\.edge'}\n",
+        ))
+        .expect("valid");
+        assert_eq!(c.identity.names.len(), 1);
+        let e = load(&with(
+            "identity:\n  names:\n    - {source: cn, regex: '(?P<tenant>.*)'}\n",
+        ))
+        .expect_err("no site group")
+        .to_string();
+        assert!(e.contains("gateway.yml:11:3: identity.names"), "{e}");
+        let e = load(&with("ha: {failover_timeout: 10s, update_timeout: 10s}\n"))
+            .expect_err("failover")
+            .to_string();
+        assert!(e.contains("ha.failover_timeout"), "{e}");
+        let e = load(&with(
+            "tracing: {endpoint: otel:4318, sampling_fraction: 3}\n",
+        ))
+        .expect_err("fraction")
+        .to_string();
+        assert!(e.contains("tracing.sampling_fraction"), "{e}");
     }
 
     #[test]

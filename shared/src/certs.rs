@@ -43,6 +43,8 @@ pub struct LeafSpec {
     pub common_name: String,
     /// URI SANs (SPIFFE IDs).
     pub uris: Vec<String>,
+    /// DNS SANs.
+    pub dns: Vec<String>,
     /// The clientAuth extended key usage (serverAuth otherwise).
     pub client_auth: bool,
     /// A CA certificate used as a leaf.
@@ -58,6 +60,7 @@ impl LeafSpec {
         LeafSpec {
             common_name: site.into(),
             uris: vec![],
+            dns: vec![],
             client_auth: true,
             is_ca: false,
             not_before: now - time::Duration::days(1),
@@ -174,6 +177,10 @@ impl Authority {
         for u in &spec.uris {
             p.subject_alt_names
                 .push(SanType::URI(u.clone().try_into()?));
+        }
+        for d in &spec.dns {
+            p.subject_alt_names
+                .push(SanType::DnsName(d.clone().try_into()?));
         }
         if spec.client_auth {
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];

@@ -411,6 +411,54 @@ pub struct IdentityRules {
     pub trust_domain: Option<String>,
     /// Refuse certificates without a SPIFFE ID (no CN fallback).
     pub require_spiffe: bool,
+    /// For certificates without a SPIFFE ID: rules over the subject and DNS names, tried in
+    /// order; the first that matches gives the identity. Empty: the subject CN, else the
+    /// first DNS name, is the site.
+    pub names: Vec<NameRule>,
+}
+
+/// One `identity.names` rule: a fully anchored regex over one certificate field, whose named
+/// groups `site` (required) and `tenant` (optional) give the identity.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NameRule {
+    pub source: NameSource,
+    pub regex: String,
+}
+
+/// Where a [`NameRule`] looks.
+#[derive(Clone, Copy, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NameSource {
+    /// The subject's common name.
+    Cn,
+    /// Every DNS subject alternative name (exactly one may match).
+    DnsSan,
+    /// The subject's organization (O).
+    Organization,
+    /// The subject's organizational unit (OU).
+    OrganizationalUnit,
+}
+
+impl NameRule {
+    /// The compiled, anchored regex; an error names what is wrong.
+    pub fn compile(&self) -> Result<regex::Regex, String> {
+        let re = regex::Regex::new(&format!("^(?:{})$", self.regex)).map_err(|e| e.to_string())?;
+        if !re.capture_names().flatten().any(|n| n == "site") {
+            return Err("the regex needs a named group `site`".into());
+        }
+        Ok(re)
+    }
+}
+
+impl IdentityRules {
+    /// Checks the naming rules (for the configuration's load).
+    pub fn check(&self) -> Result<(), String> {
+        for (i, r) in self.names.iter().enumerate() {
+            r.compile().map_err(|e| format!("names[{i}]: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a verified certificate carries no usable identity (the connection is closed with code
@@ -470,12 +518,73 @@ pub fn identify(der: &[u8], rules: &IdentityRules) -> Result<Identity, IdentityE
         .unwrap_or_default();
     match spiffe.as_slice() {
         [] if rules.require_spiffe => Err(IdentityError::SpiffeRequired),
+        [] if !rules.names.is_empty() => by_rules(&cert, &rules.names),
         [] => cert_name(&cert)
             .map(|site| Identity { tenant: None, site })
             .ok_or(IdentityError::NoName),
         [id] => parse_spiffe(id, rules),
         _ => Err(IdentityError::SeveralIds),
     }
+}
+
+/// The identity from the first naming rule that matches; several different identities from
+/// that rule (two DNS names) are refused.
+fn by_rules(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    rules: &[NameRule],
+) -> Result<Identity, IdentityError> {
+    let subject = cert.subject();
+    let attr = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
+        it.filter_map(|a| a.as_str().ok().map(str::to_owned))
+            .collect::<Vec<String>>()
+    };
+    for rule in rules {
+        let Ok(re) = rule.compile() else { continue };
+        let values: Vec<String> = match rule.source {
+            NameSource::Cn => attr(&mut subject.iter_common_name()),
+            NameSource::Organization => attr(&mut subject.iter_organization()),
+            NameSource::OrganizationalUnit => attr(&mut subject.iter_organizational_unit()),
+            NameSource::DnsSan => cert
+                .subject_alternative_name()
+                .ok()
+                .flatten()
+                .map(|san| {
+                    san.value
+                        .general_names
+                        .iter()
+                        .filter_map(|g| match g {
+                            x509_parser::extensions::GeneralName::DNSName(d) => {
+                                Some((*d).to_owned())
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let mut found: Vec<Identity> = Vec::new();
+        for v in &values {
+            let Some(c) = re.captures(v) else { continue };
+            let site = c.name("site").map(|m| m.as_str().to_owned());
+            let tenant = c.name("tenant").map(|m| m.as_str().to_owned());
+            let (Some(site), true) = (
+                site.filter(|s| valid_identity(s)),
+                tenant.as_deref().is_none_or(valid_identity),
+            ) else {
+                continue;
+            };
+            let id = Identity { tenant, site };
+            if !found.contains(&id) {
+                found.push(id);
+            }
+        }
+        match found.len() {
+            0 => continue,
+            1 => return Ok(found.remove(0)),
+            _ => return Err(IdentityError::SeveralIds),
+        }
+    }
+    Err(IdentityError::NoName)
 }
 
 /// `spiffe://<trust domain>/tenant/<tenant>/site/<site>`.
@@ -574,6 +683,7 @@ mod tests {
         let rules = IdentityRules {
             trust_domain: Some("uplink.test".into()),
             require_spiffe: false,
+            names: vec![],
         };
         let good = ca
             .issue_agent_spiffe("uplink.test", "team-a", "plant-7", 3)
@@ -617,12 +727,56 @@ mod tests {
         assert_eq!(identify(&der(&cn), &rules).expect("cn").key(), "site-b");
         let strict = IdentityRules {
             require_spiffe: true,
-            ..rules
+            ..rules.clone()
         };
         assert_eq!(
             identify(&der(&cn), &strict).map_err(|e| e.reason()),
             Err("spiffe_required")
         );
+        // Naming rules over DNS names and subject fields.
+        let named = IdentityRules {
+            names: vec![
+                NameRule {
+                    source: NameSource::DnsSan,
+                    regex: r"(?P<site>[a-z0-9-]+)\.(?P<tenant>[a-z0-9-]+)\.edge\.example".into(),
+                },
+                NameRule {
+                    source: NameSource::Cn,
+                    regex: "lab-(?P<site>[0-9]+)".into(),
+                },
+            ],
+            ..rules.clone()
+        };
+        assert!(named.check().is_ok());
+        let dns = |names: &[&str], cn: &str| {
+            ca.issue_leaf(&crate::certs::LeafSpec {
+                dns: names.iter().map(|n| (*n).to_owned()).collect(),
+                ..crate::certs::LeafSpec::agent(cn, 3)
+            })
+            .expect("cert")
+        };
+        let id = identify(&der(&dns(&["plant-7.team-a.edge.example"], "x")), &named)
+            .expect("by DNS name");
+        assert_eq!(id.key(), "team-a/plant-7");
+        let id = identify(&der(&dns(&[], "lab-42")), &named).expect("by CN");
+        assert_eq!(id.key(), "42");
+        assert_eq!(
+            identify(
+                &der(&dns(&["a.t.edge.example", "b.t.edge.example"], "x")),
+                &named
+            )
+            .map_err(|e| e.reason()),
+            Err("several_ids")
+        );
+        assert_eq!(
+            identify(&der(&dns(&["other.example"], "nothing")), &named).map_err(|e| e.reason()),
+            Err("no_name")
+        );
+        let bad = NameRule {
+            source: NameSource::Cn,
+            regex: "(?P<tenant>.*)".into(),
+        };
+        assert!(bad.compile().is_err(), "no site group");
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = crate::certs::Authority::generate("expiry CA", 3).expect("ca");
         ca.write(dir.path()).expect("write");
