@@ -1,7 +1,8 @@
 //! TLS files reload without a restart: a CRL that starts revoking an agent closes that agent's
-//! open connection (code 4) and refuses its new ones, while other agents keep going; a new
-//! gateway certificate is served to new connections while open ones keep working; a bad file
-//! keeps the last good configuration and says so in a metric.
+//! open connection (code 4) and refuses its new ones (counted as `certificate_revoked`),
+//! while other agents keep going; new gateway certificates, swapped three times while agents
+//! keep connecting, fail no handshake and are served to new connections while open ones keep
+//! working; a bad file keeps the last good configuration and says so in a metric.
 //! Real QUIC, the gateway in process, rcgen certificates and CRLs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -71,17 +72,57 @@ async fn crl_and_certificates_reload_without_a_restart() {
             .is_ok(),
     };
     assert!(refused, "a revoked certificate is refused at the handshake");
+    wait_for("the refusal counted", || {
+        metric(
+            s.web,
+            "uplink_gateway_handshake_failures_total{reason=\"certificate_revoked\"}",
+        ) >= 1.0
+    })
+    .await;
     assert_eq!(
         send_batch(&good, batch(0, 1, 2.0)).await.status,
         AckStatus::Accepted
     );
 
-    // 2. A new gateway certificate: new connections get it, the open one keeps working.
-    ca.issue_gateway(&["localhost".into(), "127.0.0.1".into()], 30)
-        .unwrap()
-        .write(&path, "gateway")
-        .unwrap();
-    wait_for("the new certificate to apply", || reloads("success") >= 2.0).await;
+    // 2. New gateway certificates, three times, while agents keep handshaking: not one
+    // handshake fails (a handshake uses the configuration it started with). New connections
+    // get the new certificate, the open one keeps working.
+    let failures = || {
+        tokio::task::block_in_place(|| harness::metrics(s.web))
+            .map(|m| harness::metric_sum(&m, "uplink_gateway_handshake_failures_total"))
+            .unwrap_or(-1.0)
+    };
+    let failed_before = failures();
+    let (dir2, quic) = (s.dir.clone(), s.quic);
+    let churn = tokio::spawn(async move {
+        let mut ok = 0;
+        for _ in 0..30 {
+            let c = connect(&dir2, "good", quic)
+                .await
+                .expect("handshake during rotation");
+            let _ctl = handshake(&c).await;
+            c.close(0u32.into(), b"");
+            ok += 1;
+        }
+        ok
+    });
+    for round in 0..3u32 {
+        ca.issue_gateway(&["localhost".into(), "127.0.0.1".into()], 30)
+            .unwrap()
+            .write(&path, "gateway")
+            .unwrap();
+        let want = f64::from(2 + round);
+        wait_for("the new certificate to apply", || {
+            reloads("success") >= want
+        })
+        .await;
+    }
+    assert_eq!(churn.await.unwrap(), 30);
+    assert_eq!(
+        failures(),
+        failed_before,
+        "no handshake failed during the rotations"
+    );
     let fresh = connect(&s.dir, "good", s.quic).await.unwrap();
     assert_ne!(
         server_serial(&fresh),
