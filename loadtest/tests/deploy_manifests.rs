@@ -1,6 +1,7 @@
 //! deploy/ cannot rot: every YAML file parses (every document of multi-document files), every
 //! configuration embedded in a Kubernetes ConfigMap and every example passes the binaries'
-//! `--check-config`, and the systemd units validate their configuration before starting.
+//! `--check-config`, every kustomization names files that exist, and the systemd units
+//! validate their configuration before starting.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -74,6 +75,21 @@ fn every_manifest_parses_and_every_embedded_config_is_valid() {
         }
     }
     assert!(embedded >= 2, "no embedded configurations found");
+    // Every kustomization names files that exist.
+    for f in files.iter().filter(|f| f.ends_with("kustomization.yaml")) {
+        let k: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(f).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let dir = f.parent().unwrap();
+        let resources = k["resources"].as_sequence().cloned().unwrap_or_default();
+        let patches = k["patches"].as_sequence().cloned().unwrap_or_default();
+        let named = resources
+            .iter()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .chain(patches.iter().filter_map(|p| p["path"].as_str().map(str::to_owned)));
+        for r in named {
+            assert!(dir.join(&r).exists(), "{}: {r} does not exist", f.display());
+        }
+    }
     check(&bins.agent, &deploy().join("examples/agent.yml"));
     check(&bins.gateway, &deploy().join("examples/gateway.yml"));
     check(&bins.agent, &deploy().join("examples/relay-agent.yml"));
