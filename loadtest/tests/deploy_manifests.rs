@@ -85,7 +85,11 @@ fn every_manifest_parses_and_every_embedded_config_is_valid() {
         let named = resources
             .iter()
             .filter_map(|r| r.as_str().map(str::to_owned))
-            .chain(patches.iter().filter_map(|p| p["path"].as_str().map(str::to_owned)));
+            .chain(
+                patches
+                    .iter()
+                    .filter_map(|p| p["path"].as_str().map(str::to_owned)),
+            );
         for r in named {
             assert!(dir.join(&r).exists(), "{}: {r} does not exist", f.display());
         }
