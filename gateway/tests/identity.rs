@@ -425,7 +425,7 @@ async fn a_tenant_over_its_rate_is_slowed_and_others_are_not() {
 /// enforced: a larger batch frame closes the connection with code 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_batch_size_is_announced_and_enforced() {
-    use uplink_shared::wire::{self, Frame};
+    use uplink_shared::wire;
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
@@ -443,16 +443,7 @@ async fn a_tenant_batch_size_is_announced_and_enforced() {
     )
     .await;
     let c = connect(&s.dir, "small", s.quic).await.unwrap();
-    let (mut send, mut recv) = c.open_bi().await.unwrap();
-    send.write_all(&common::hello(wire::VERSION, 0))
-        .await
-        .unwrap();
-    let f = uplink_shared::quic::read_frame(&mut recv, 4096, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let Frame::Welcome(w) = f else {
-        panic!("expected welcome, got {f:?}")
-    };
+    let (_send, _recv, w) = common::welcome(&c, 0).await;
     assert_eq!(w.max_batch_bytes, 300);
     // The common test batch is small enough; a padded one is not.
     assert_eq!(

@@ -935,12 +935,7 @@ impl Rig {
         let bins = Bins::locate()?;
         let dir = tempfile::tempdir()?;
         write_certs(dir.path(), &[site.to_owned()])?;
-        let probe = crate::probe::Probe::start(
-            spec,
-            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-            0,
-        )
-        .await?;
+        let probe = crate::probe::Probe::start_local(spec).await?;
         let capture = crate::capture::Capture::start(free_addr()?).await?;
         let mut others = Vec::new();
         for _ in 1..opts.destinations {

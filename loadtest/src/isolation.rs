@@ -93,10 +93,9 @@ pub async fn run(args: IsolationArgs) -> anyhow::Result<IsolationReport> {
     let interval = uplink_shared::duration::PromDuration::parse(&args.interval)?.0;
     let noisy_series = per_target * noisy_spec.targets;
     let limit = noisy_series as f64 / interval.as_secs_f64() / 10.0;
-    let host = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     let (quiet_probe, noisy_probe) = (
-        Probe::start(quiet_spec, host, 0).await?,
-        Probe::start(noisy_spec, host, 0).await?,
+        Probe::start_local(quiet_spec).await?,
+        Probe::start_local(noisy_spec).await?,
     );
     let (quiet_dest, noisy_dest) = (
         Capture::start_counting(free_addr()?).await?,

@@ -255,6 +255,11 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// [`Probe::start`] on loopback, ephemeral ports: what tests and benchmarks use.
+    pub async fn start_local(spec: ProbeSpec) -> io::Result<Probe> {
+        Self::start(spec, IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0).await
+    }
+
     /// Binds one listener per target on `host`, port `base_port + t` (ephemeral ports when
     /// `base_port` is 0), and serves `GET /metrics` on each. Must run inside a Tokio runtime.
     pub async fn start(spec: ProbeSpec, host: IpAddr, base_port: u16) -> io::Result<Probe> {

@@ -104,15 +104,11 @@ async fn two_gateways_elect_one_replica_through_etcd_and_fail_over() {
         })
         .collect();
     let (gw1, gw2) = (gateways[0].web, gateways[1].web);
-    let probe = Probe::start(
-        ProbeSpec {
-            targets: 2,
-            families: 3,
-            churn_every: 0,
-        },
-        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        0,
-    )
+    let probe = Probe::start_local(ProbeSpec {
+        targets: 2,
+        families: 3,
+        churn_every: 0,
+    })
     .await
     .unwrap();
     let targets = probe.instances();

@@ -48,15 +48,11 @@ async fn one_trace_spans_agent_ship_gateway_ingest_dedupe_and_each_destination_w
     // The gateway's own fraction is 0: it exports only what an agent sampled.
     let rw = format!("{}{}", rw_entries(&[a.url(), b.url()]), tracing_yaml("0"));
     let mut gateway = block(|| start_gateway_yaml(&bins, dir.path(), &rw, "0s", "")).unwrap();
-    let probe = Probe::start(
-        ProbeSpec {
-            targets: 2,
-            families: 3,
-            churn_every: 0,
-        },
-        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        0,
-    )
+    let probe = Probe::start_local(ProbeSpec {
+        targets: 2,
+        families: 3,
+        churn_every: 0,
+    })
     .await
     .unwrap();
     let targets = probe.instances();

@@ -175,6 +175,15 @@ pub async fn handshake_at(
     conn: &quinn::Connection,
     resume_seq: u64,
 ) -> (quinn::SendStream, quinn::RecvStream, String) {
+    let (send, recv, w) = welcome(conn, resume_seq).await;
+    (send, recv, w.identity)
+}
+
+/// As [`handshake_at`], returning the whole welcome.
+pub async fn welcome(
+    conn: &quinn::Connection,
+    resume_seq: u64,
+) -> (quinn::SendStream, quinn::RecvStream, wire::Welcome) {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&hello(wire::VERSION, resume_seq))
         .await
@@ -185,7 +194,7 @@ pub async fn handshake_at(
     let Frame::Welcome(w) = f else {
         panic!("expected welcome, got {f:?}")
     };
-    (send, recv, w.identity)
+    (send, recv, w)
 }
 
 pub async fn close_code(conn: &quinn::Connection) -> Option<CloseCode> {
