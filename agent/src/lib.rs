@@ -243,17 +243,10 @@ pub async fn run(
 
 /// The certificates' expiry, for the expiry alert.
 fn publish_expiry(metrics: &Metrics, tls: &uplink_shared::tls::TlsFiles) {
-    for (file, path) in [("client", &tls.cert_file), ("ca", &tls.ca_file)] {
-        match uplink_shared::tls::earliest_expiry(path) {
-            Ok(t) => {
-                metrics
-                    .certificate_expiry
-                    .get_or_create(&vec![("file".to_owned(), file.to_owned())])
-                    .set(t);
-            }
-            Err(error) => warn!(%error, "Cannot read the certificate's expiry."),
-        }
-    }
+    uplink_shared::tls::publish_expiry(
+        &metrics.certificate_expiry,
+        &[("client", &tls.cert_file), ("ca", &tls.ca_file)],
+    );
 }
 
 /// Applies changed TLS files every `uplink.tls.reload_interval` to the next connection (the

@@ -74,15 +74,46 @@ pub struct Context {
     pub rates: crate::limits::TenantLimits,
     /// HA replica elections, if configured.
     pub ha: Option<Arc<crate::ha::Tracker>>,
-    /// Open agent connections, by quinn's stable id, with their certificate's issuer and
-    /// serial: a CRL reload closes those it revokes.
-    pub conns: Mutex<HashMap<usize, (quinn::Connection, Option<uplink_shared::tls::IssuerSerial>)>>,
-    /// Open connections per identity.
-    pub per_identity: Mutex<HashMap<String, u32>>,
+    /// Open agent connections (for the per-identity limit and CRL reloads).
+    pub conns: Mutex<OpenConns>,
     /// Handshakes in progress (for `limits.retry_above_handshakes`).
     pub handshakes: std::sync::atomic::AtomicU32,
     /// Active-series budgets of the tenants with `max_series`.
     pub series_budgets: HashMap<String, Arc<crate::limits::SeriesBudget>>,
+}
+
+/// The open agent connections: by quinn's stable id, with the certificate's issuer and serial
+/// (a CRL reload closes those it revokes), and how many each identity holds.
+#[derive(Default)]
+pub struct OpenConns {
+    by_id: HashMap<usize, (quinn::Connection, Option<uplink_shared::tls::IssuerSerial>)>,
+    per_identity: HashMap<String, u32>,
+}
+
+impl OpenConns {
+    /// Registers `conn` of `identity`, unless the identity already holds `max`; returns how
+    /// many it holds then.
+    fn open(&mut self, conn: &quinn::Connection, identity: &str, max: u32) -> Result<u32, u32> {
+        let held = self.per_identity.get(identity).copied().unwrap_or(0);
+        if held >= max {
+            return Err(held + 1);
+        }
+        self.per_identity.insert(identity.to_owned(), held + 1);
+        let cert_id = uplink_shared::tls::peer_cert(conn)
+            .and_then(|c| uplink_shared::tls::issuer_serial(c.as_ref()));
+        self.by_id.insert(conn.stable_id(), (conn.clone(), cert_id));
+        Ok(held + 1)
+    }
+
+    fn closed(&mut self, conn: &quinn::Connection, identity: &str) {
+        self.by_id.remove(&conn.stable_id());
+        if let Some(n) = self.per_identity.get_mut(identity) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_identity.remove(identity);
+            }
+        }
+    }
 }
 
 /// Per (identity, queue id): the dedupe cursor, `None` until loaded from the store.
@@ -110,7 +141,7 @@ impl Context {
             .map(|t| t.stamp(id))
             .unwrap_or_default();
         if let Some(ha) = &self.ha {
-            stamp.remove.push(ha.labels().1);
+            stamp.remove.push(ha.labels().1.to_owned());
         }
         Some(Arc::new(stamp))
     }
@@ -123,7 +154,7 @@ impl Context {
     ) -> usize {
         let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let mut closed = 0;
-        for (conn, id) in conns.values() {
+        for (conn, id) in conns.by_id.values() {
             if id.as_ref().is_some_and(|id| revoked.contains(id)) {
                 warn!(remote = %conn.remote_address(), "Agent certificate revoked; disconnecting.");
                 close(self, conn, CloseCode::Unauthorized);
@@ -262,34 +293,18 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: Cancella
             return;
         }
     };
-    let held = {
-        let mut g = ctx.per_identity.lock().unwrap_or_else(|p| p.into_inner());
-        let n = g.entry(identity.clone()).or_default();
-        *n += 1;
-        *n
-    };
-    let release = || {
-        let mut g = ctx.per_identity.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = g.get_mut(&identity) {
-            *n -= 1;
-            if *n == 0 {
-                g.remove(&identity);
-            }
-        }
-    };
-    if held > ctx.limits.max_connections_per_identity.get() {
+    let max = ctx.limits.max_connections_per_identity.get();
+    let opened = ctx
+        .conns
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .open(&conn, &identity, max);
+    if let Err(held) = opened {
         warn!(agent = %identity, held, "Too many connections for one identity; closing the new one.");
         close(&ctx, &conn, CloseCode::TooManyConnections);
-        release();
         return;
     }
     let span = info_span!("session", agent = %identity);
-    let cert_id = uplink_shared::tls::peer_cert(&conn)
-        .and_then(|c| uplink_shared::tls::issuer_serial(c.as_ref()));
-    ctx.conns
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(conn.stable_id(), (conn.clone(), cert_id));
     async {
         ctx.metrics.connections.inc();
         ctx.metrics.agents_connected.inc();
@@ -306,8 +321,7 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: Cancella
     ctx.conns
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .remove(&conn.stable_id());
-    release();
+        .closed(&conn, &identity);
 }
 
 /// A batch's content: ready to store, or still in the connection-scoped compact encoding
@@ -515,7 +529,7 @@ async fn batch_stream(
                         let (cluster, replica) = h.labels();
                         let first = &req.timeseries.first()?.labels;
                         let get = |n: &str| model::get(first, n).map(str::to_owned);
-                        get(&cluster).zip(get(&replica))
+                        get(cluster).zip(get(replica))
                     });
                     let (body, samples, rejected) =
                         to_remote_write(&ctx, req.timeseries, stamp.as_deref(), limits.as_ref());
@@ -656,7 +670,10 @@ async fn store_in_order(
         ctx.limits.max_series_per_set.get() as usize,
     )
     .with_stamp(stamp)
-    .with_ha_labels(ctx.ha.as_ref().map(|h| h.labels()))
+    .with_ha_labels(ctx.ha.as_ref().map(|h| {
+        let (cluster, replica) = h.labels();
+        (cluster.to_owned(), replica.to_owned())
+    }))
     .with_label_limits(ctx.label_limits(&identity))
     .with_series_gate(
         crate::metrics::tenant_of(&identity)

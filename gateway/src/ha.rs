@@ -185,11 +185,8 @@ impl Tracker {
     }
 
     /// The (cluster, replica) label names the decoder reports.
-    pub fn labels(&self) -> (String, String) {
-        (
-            self.cfg.cluster_label.clone(),
-            self.cfg.replica_label.clone(),
-        )
+    pub fn labels(&self) -> (&str, &str) {
+        (&self.cfg.cluster_label, &self.cfg.replica_label)
     }
 
     /// Decides a batch of `tenant` (empty without one) from `replica` of `cluster`.
@@ -200,13 +197,22 @@ impl Tracker {
         replica: &str,
     ) -> Result<Admit, HaError> {
         let key = (tenant.to_owned(), cluster.to_owned());
+        // In memory, the lock makes each decision atomic. With etcd, it is released around
+        // every etcd request (the compare-and-swap on the key's revision decides), so one
+        // election's round trip never holds up the others.
         let mut known = self.known.lock().await;
         let now = now_ms();
         let failover = self.cfg.failover_timeout.0.as_millis() as i64;
         let update = self.cfg.update_timeout.0.as_millis() as i64;
         let mut current = match known.get(&key) {
             Some(k) => Some(k.clone()),
-            None => self.read(&key).await?,
+            None if self.etcd.is_none() => None,
+            None => {
+                drop(known);
+                let read = self.read(&key).await?;
+                known = self.known.lock().await;
+                read
+            }
         };
         for _ in 0..4 {
             let (revision, elected) = match &current {
@@ -233,7 +239,15 @@ impl Tracker {
                 replica: replica.to_owned(),
                 seen_ms: now,
             };
-            match self.swap(&key, revision, &record).await? {
+            let swapped = if self.etcd.is_some() {
+                drop(known);
+                let r = self.swap(&key, revision, &record).await;
+                known = self.known.lock().await;
+                r?
+            } else {
+                self.swap(&key, revision, &record).await?
+            };
+            match swapped {
                 Ok(new_revision) => {
                     if elected != Some(replica) {
                         tracing::info!(
@@ -248,14 +262,17 @@ impl Tracker {
                             .get_or_create(&labels(&[("tenant", tenant), ("cluster", cluster)]))
                             .inc();
                     }
-                    known.insert(
-                        key,
-                        Known {
-                            record,
-                            revision: new_revision,
-                            written_ms: now,
-                        },
-                    );
+                    // Unless another task of this gateway cached a later write meanwhile.
+                    if known.get(&key).is_none_or(|k| k.revision < new_revision) {
+                        known.insert(
+                            key,
+                            Known {
+                                record,
+                                revision: new_revision,
+                                written_ms: now,
+                            },
+                        );
+                    }
                     return Ok(Admit::Accept);
                 }
                 // Someone else wrote first: decide again from what is there now.

@@ -119,7 +119,6 @@ pub async fn run(
         rates: limits::TenantLimits::new(cfg.tenancy.as_ref()),
         ha,
         conns: Default::default(),
-        per_identity: Default::default(),
         handshakes: Default::default(),
         series_budgets: cfg
             .tenancy
@@ -193,17 +192,10 @@ fn transport(l: &config::Limits) -> quinn::TransportConfig {
 
 /// The certificates' expiry, for the expiry alert.
 fn publish_expiry(metrics: &Metrics, tls: &uplink_shared::tls::TlsFiles) {
-    for (file, path) in [("server", &tls.cert_file), ("client_ca", &tls.ca_file)] {
-        match uplink_shared::tls::earliest_expiry(path) {
-            Ok(t) => {
-                metrics
-                    .certificate_expiry
-                    .get_or_create(&metrics::labels(&[("file", file)]))
-                    .set(t);
-            }
-            Err(error) => tracing::warn!(%error, "Cannot read the certificate's expiry."),
-        }
-    }
+    uplink_shared::tls::publish_expiry(
+        &metrics.certificate_expiry,
+        &[("server", &tls.cert_file), ("client_ca", &tls.ca_file)],
+    );
 }
 
 /// Applies changed TLS files every `tls.reload_interval`: new connections get the new

@@ -167,6 +167,27 @@ pub fn peer_cert(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
         .cloned()
 }
 
+/// Sets `gauge{file=<name>}` to the earliest expiry of each named certificate file (a file
+/// that cannot be read is logged and left as it was).
+pub fn publish_expiry(
+    gauge: &prometheus_client::metrics::family::Family<
+        Vec<(String, String)>,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+    files: &[(&str, &Path)],
+) {
+    for (name, path) in files {
+        match earliest_expiry(path) {
+            Ok(t) => {
+                gauge
+                    .get_or_create(&vec![("file".to_owned(), (*name).to_owned())])
+                    .set(t);
+            }
+            Err(error) => tracing::warn!(%error, "Cannot read the certificate's expiry."),
+        }
+    }
+}
+
 /// The reload metrics both binaries export (under their own prefix).
 #[derive(Clone, Debug, Default)]
 pub struct ReloadMetrics {

@@ -329,36 +329,24 @@ impl ShouldSample for Sampler {
         &self,
         parent: Option<&Context>,
         trace_id: TraceId,
-        _name: &str,
-        _kind: &opentelemetry::trace::SpanKind,
-        _attributes: &[KeyValue],
-        _links: &[opentelemetry::trace::Link],
+        name: &str,
+        kind: &opentelemetry::trace::SpanKind,
+        attributes: &[KeyValue],
+        links: &[opentelemetry::trace::Link],
     ) -> SamplingResult {
         let bits = self.0.load(Ordering::Relaxed);
-        let parent_sc = parent
-            .filter(|cx| cx.has_active_span())
-            .map(|cx| cx.span().span_context().clone());
-        let sample = if bits == OFF {
-            false
-        } else if let Some(sc) = parent_sc.as_ref().filter(|sc| sc.is_valid()) {
-            sc.is_sampled()
-        } else {
-            let f = f64::from_bits(bits);
-            // The trace id's low 63 bits against the fraction, as the SDK's ratio sampler does.
-            let x = u64::from_be_bytes(trace_id.to_bytes()[8..].try_into().unwrap_or([0; 8])) >> 1;
-            f >= 1.0 || (x as f64) < f * (1u64 << 63) as f64
-        };
-        SamplingResult {
-            decision: if sample {
-                SamplingDecision::RecordAndSample
-            } else {
-                SamplingDecision::Drop
-            },
-            attributes: Vec::new(),
-            trace_state: parent_sc
-                .map(|sc| sc.trace_state().clone())
-                .unwrap_or_default(),
+        if bits == OFF {
+            return SamplingResult {
+                decision: SamplingDecision::Drop,
+                attributes: Vec::new(),
+                trace_state: TraceState::default(),
+            };
         }
+        // The SDK's own parent-based ratio sampler, at the fraction of the moment.
+        opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+            opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(f64::from_bits(bits)),
+        ))
+        .should_sample(parent, trace_id, name, kind, attributes, links)
     }
 }
 
