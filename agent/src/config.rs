@@ -50,6 +50,33 @@ pub struct Config {
     /// OTLP traces, in Prometheus's schema.
     #[serde(default)]
     pub tracing: Option<TracingConfig>,
+    /// From `--enable-feature` (not the file).
+    #[serde(skip)]
+    pub features: Features,
+}
+
+/// The `--enable-feature` flags the agent knows, as in Prometheus.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    /// `native-histograms`: ask targets for the protobuf format first (Prometheus 2.x's flag).
+    pub native_histograms: bool,
+}
+
+impl Features {
+    /// Features from the flag's comma-separated values; unknown names are returned apart
+    /// (Prometheus logs and ignores them).
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> (Features, Vec<String>) {
+        let mut f = Features::default();
+        let mut unknown = Vec::new();
+        for n in names.into_iter().flat_map(|n| n.split(',')).map(str::trim) {
+            match n {
+                "native-histograms" => f.native_histograms = true,
+                "" => {}
+                other => unknown.push(other.to_owned()),
+            }
+        }
+        (f, unknown)
+    }
 }
 
 /// Prometheus's `global:` block.
@@ -606,11 +633,13 @@ pub struct JobLimits {
 }
 
 /// Where the configuration comes from: a Prometheus file, and optionally the `uplink:` section
-/// in a file of its own (so the user's prometheus.yml stays byte for byte unchanged).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// in a file of its own (so the user's prometheus.yml stays byte for byte unchanged), and the
+/// feature flags (applied to every load, reloads included).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Source {
     pub prometheus: PathBuf,
     pub uplink: Option<PathBuf>,
+    pub features: Features,
 }
 
 impl Config {
@@ -618,7 +647,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Self::load_from(&Source {
             prometheus: path.into(),
-            uplink: None,
+            ..Source::default()
         })
     }
 
@@ -670,6 +699,7 @@ impl Config {
             cfg.uplink.queue.directory = base.join(&cfg.uplink.queue.directory);
         }
         cfg.validate(path, &text)?;
+        cfg.features = src.features.clone();
         Ok(cfg)
     }
 

@@ -32,6 +32,10 @@ struct Flags {
     /// Log format: logfmt or json.
     #[arg(long = "log.format", default_value = "logfmt")]
     log_format: uplink_shared::telemetry::LogFormat,
+    /// Features to enable, comma-separated, as in Prometheus: `native-histograms` asks
+    /// targets for the protobuf format first.
+    #[arg(long = "enable-feature")]
+    enable_feature: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -40,9 +44,16 @@ fn main() -> ExitCode {
         listen_address: flags.web_listen_address,
         enable_remote_write_receiver: flags.enable_remote_write_receiver,
     };
+    let (features, unknown) =
+        uplink_agent::config::Features::parse(flags.enable_feature.iter().map(String::as_str));
+    for name in unknown {
+        // Logging starts later; Prometheus also only warns.
+        eprintln!("warning: unknown --enable-feature value {name:?} ignored");
+    }
     let source = uplink_agent::config::Source {
         prometheus: flags.config_file.clone(),
         uplink: flags.uplink_config_file.clone(),
+        features,
     };
     uplink_shared::telemetry::run_binary(
         "uplink-agent",

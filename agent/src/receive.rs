@@ -15,21 +15,21 @@
 //!   (after the gateway acknowledged them) or the retention budget (counted as dropped), and
 //!   series sets through `Queue::gc_sets`: exactly as for scrapes.
 //!
-//! # What is stored: float samples
-//! The queue stores float samples (stale markers bit-exact). What it cannot store is counted in
-//! `uplink_agent_remote_write_dropped_total{kind, reason}`, and handled per the specifications:
-//! - **Exemplars** are dropped without failing the request, as Prometheus's own receiver does
-//!   when it cannot store them; 2.0 senders see `X-Prometheus-Remote-Write-Exemplars-Written:
-//!   0`.
-//! - **Native histograms** are data, so they are never dropped silently: a request carrying any
-//!   is answered 400 after its float samples were queued. That is a partial write, which both
-//!   specifications allow with 4xx; a 4xx is not retried, so the queued samples are not sent
-//!   twice. The body names what was not written; for 2.0 the `*-Written` headers carry the
-//!   exact counts. Prometheus senders should keep `send_native_histograms: false` (the
-//!   default) toward the agent.
+//! # What is stored
+//! Float samples (stale markers bit-exact), native histogram samples, exemplars and metadata,
+//! so they reach the gateway as a scrape's do:
+//! - **Native histograms** are stored as extras of their record (see `uplink_shared::codec`).
+//! - **Exemplars** go with their series' newest sample in the request; an exemplar of a series
+//!   without any sample in the request cannot be placed and is counted
+//!   (`uplink_agent_remote_write_dropped_total{kind="exemplar",reason="no_sample"}`).
+//! - **Metadata**: each set carries the metadata of its series' families (2.0 sends it per
+//!   series; 1.0 in the request's `metadata`). A 1.0 request with metadata and no series (what
+//!   Prometheus sends every `metadata_config.send_interval`) becomes a record without series.
 //! - **Invalid series** (empty or repeated label name, no `__name__`, bad 2.0 symbol
-//!   reference, more labels or longer labels than the queue's series sets hold) are handled
-//!   the same way: the valid series are queued, the answer is 400 naming the first problems.
+//!   reference, more labels or longer labels than the queue's series sets hold) are not
+//!   stored: the valid series are queued, the answer is 400 naming the first problems (a
+//!   partial write, which both specifications allow with 4xx; a 4xx is not retried, so the
+//!   queued samples are not sent twice). For 2.0 the `*-Written` headers carry exact counts.
 //!
 //! A request invalid as a whole is refused before anything is stored: unsupported
 //! `Content-Type` or `Content-Encoding` 415; body, decoded size or series count over the limits
@@ -62,10 +62,10 @@ use axum::routing::post;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
-use uplink_shared::codec::{self, ScrapeRecord, SeriesSet};
+use uplink_shared::codec::{self, Extra, ScrapeRecord, SeriesSet};
 use uplink_shared::model::{self, Label, Sample};
-use uplink_shared::remote_write::DecodeError;
 use uplink_shared::remote_write::receive::{self as rw, Proto, RequestError, Unsupported};
+use uplink_shared::remote_write::{DecodeError, Exemplar, Histogram, MetricMetadata};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -260,13 +260,13 @@ impl Receiver {
             max_decoded_bytes: self.inner.limits.max_decoded_bytes.get() as usize,
             max_series: self.inner.limits.max_series_per_request.get() as usize,
         };
-        let series = rw::decode(proto, body, limits)?;
-        let prepared = prepare(series, &self.external());
+        let (series, metadata) = rw::decode_with_metadata(proto, body, limits)?;
+        let prepared = prepare(series, metadata, &self.external());
         if let Err(e) = self.inner.queue.append_many(prepared.batch()).await {
             self.inner.metrics.queue_append_errors.inc();
             return Err(e.into());
         }
-        written.samples = prepared.samples;
+        *written = prepared.written;
         self.count_queued(&prepared);
         match prepared.not_written() {
             None => Ok(()),
@@ -277,8 +277,9 @@ impl Receiver {
     /// Metrics for a request whose records were appended.
     fn count_queued(&self, prepared: &Prepared) {
         let m = &self.inner.metrics;
-        m.samples_queued.inc_by(prepared.samples);
-        m.remote_write_samples.inc_by(prepared.samples);
+        let w = prepared.written;
+        m.samples_queued.inc_by(w.samples + w.histograms);
+        m.remote_write_samples.inc_by(w.samples + w.histograms);
         let (records, bytes) = self.inner.queue.usage();
         m.queue_records.set(records as i64);
         m.queue_bytes.set(bytes as i64);
@@ -349,7 +350,8 @@ async fn write(State(r): State<Receiver>, req: Request) -> Response {
 #[derive(Debug, Default)]
 struct Prepared {
     records: Vec<(SeriesSet, ScrapeRecord)>,
-    samples: u64,
+    /// What the records hold.
+    written: Written,
     /// Items not written, by (kind, reason).
     dropped: BTreeMap<(&'static str, &'static str), u64>,
     invalid_series: u64,
@@ -383,42 +385,42 @@ impl Prepared {
         self.dropped.get(&(kind, reason)).copied().unwrap_or(0)
     }
 
-    /// The 400 message when histograms or invalid series were not written; `None` otherwise
-    /// (exemplars alone are not an error, see the module docs).
+    /// The 400 message when invalid series were not written; `None` otherwise.
     fn not_written(&self) -> Option<String> {
-        let histograms = self.dropped("histogram", "unsupported");
-        if histograms == 0 && self.invalid_series == 0 {
+        if self.invalid_series == 0 {
             return None;
         }
-        let mut parts = Vec::new();
-        if histograms > 0 {
-            parts.push(format!(
-                "{histograms} native histogram samples (not supported: the agent's queue stores \
-                 float samples only)"
-            ));
-        }
-        if self.invalid_series > 0 {
-            parts.push(format!(
-                "{} samples and {} histogram samples of {} invalid series ({})",
-                self.dropped("sample", "invalid"),
-                self.dropped("histogram", "invalid"),
-                self.invalid_series,
-                self.problems.join("; ")
-            ));
-        }
         Some(format!(
-            "wrote {} samples; not written: {}",
-            self.samples,
-            parts.join("; ")
+            "wrote {} samples and {} histogram samples; not written: {} samples and {} \
+             histogram samples of {} invalid series ({})",
+            self.written.samples,
+            self.written.histograms,
+            self.dropped("sample", "invalid"),
+            self.dropped("histogram", "invalid"),
+            self.invalid_series,
+            self.problems.join("; ")
         ))
     }
 }
 
-/// Validates series against the queue's limits, adds external labels, and groups the float
-/// samples by timestamp into records (see the module docs).
-fn prepare(series: Vec<rw::Series>, ext: &[Label]) -> Prepared {
+/// A valid received series.
+struct Valid {
+    labels: Vec<Label>,
+    samples: Vec<Sample>,
+    histograms: Vec<Histogram>,
+    exemplars: Vec<Exemplar>,
+    family: Option<String>,
+}
+
+/// Validates series against the queue's limits, adds external labels, and groups the samples
+/// by timestamp into records (see the module docs).
+fn prepare(series: Vec<rw::Series>, metadata: Vec<MetricMetadata>, ext: &[Label]) -> Prepared {
     let mut out = Prepared::default();
-    let mut valid: Vec<(Vec<Label>, Vec<Sample>)> = Vec::with_capacity(series.len());
+    let mut families: BTreeMap<String, MetricMetadata> = metadata
+        .into_iter()
+        .map(|m| (m.metric_family_name.clone(), m))
+        .collect();
+    let mut valid: Vec<Valid> = Vec::with_capacity(series.len());
     for s in series {
         let labels = s.labels.and_then(|mut labels| {
             crate::scrape::shape::add_external(&mut labels, ext);
@@ -426,25 +428,40 @@ fn prepare(series: Vec<rw::Series>, ext: &[Label]) -> Prepared {
         });
         match labels {
             Ok(labels) => {
-                out.drop_items("histogram", "unsupported", s.histograms);
-                out.drop_items("exemplar", "unsupported", s.exemplars);
-                if !s.samples.is_empty() {
-                    valid.push((labels, s.samples));
+                let family = s.metadata.map(|m| {
+                    let name = m.metric_family_name.clone();
+                    families.insert(name.clone(), m);
+                    name
+                });
+                if s.samples.is_empty() && s.histograms.is_empty() {
+                    out.drop_items("exemplar", "no_sample", s.exemplars.len() as u64);
+                    continue;
                 }
+                valid.push(Valid {
+                    labels,
+                    samples: s.samples,
+                    histograms: s.histograms,
+                    exemplars: s.exemplars,
+                    family,
+                });
             }
             Err(problem) => {
                 out.invalid_series += 1;
                 out.drop_items("sample", "invalid", s.samples.len() as u64);
-                out.drop_items("histogram", "invalid", s.histograms);
-                out.drop_items("exemplar", "invalid", s.exemplars);
+                out.drop_items("histogram", "invalid", s.histograms.len() as u64);
+                out.drop_items("exemplar", "invalid", s.exemplars.len() as u64);
                 if out.problems.len() < MAX_PROBLEMS {
                     out.problems.push(problem);
                 }
             }
         }
     }
-    out.samples = valid.iter().map(|(_, s)| s.len() as u64).sum();
-    out.records = group_by_timestamp(valid);
+    out.written = Written {
+        samples: valid.iter().map(|v| v.samples.len() as u64).sum(),
+        histograms: valid.iter().map(|v| v.histograms.len() as u64).sum(),
+        exemplars: valid.iter().map(|v| v.exemplars.len() as u64).sum(),
+    };
+    out.records = group_by_timestamp(valid, families);
     out
 }
 
@@ -472,32 +489,104 @@ fn fits_queue(labels: &[Label]) -> Result<(), String> {
 }
 
 /// One record per distinct timestamp, in timestamp order; each record's series sorted by
-/// labels (a series sent twice keeps its samples in the order sent).
+/// labels (a series sent twice keeps its samples in the order sent). A histogram sample is an
+/// extra of its record (0 as the float value); a series' exemplars go with its newest sample.
+/// Each set carries the metadata of its series' families; metadata of no series here (a 1.0
+/// sender's metadata-only request) becomes a record of its own, with no series.
 fn group_by_timestamp(
-    mut series: Vec<(Vec<Label>, Vec<Sample>)>,
+    mut series: Vec<Valid>,
+    mut families: BTreeMap<String, MetricMetadata>,
 ) -> Vec<(SeriesSet, ScrapeRecord)> {
-    series.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut groups: BTreeMap<i64, Vec<(usize, f64)>> = BTreeMap::new();
-    for (i, (_, samples)) in series.iter().enumerate() {
-        for s in samples {
-            groups.entry(s.timestamp).or_default().push((i, s.value));
-        }
+    series.sort_by(|a, b| a.labels.cmp(&b.labels));
+    enum Item<'a> {
+        Float(f64),
+        Histogram(&'a Histogram),
     }
-    groups
+    let mut groups: BTreeMap<i64, Vec<(usize, Item<'_>)>> = BTreeMap::new();
+    let mut newest: Vec<i64> = Vec::with_capacity(series.len());
+    for (i, v) in series.iter().enumerate() {
+        for s in &v.samples {
+            groups
+                .entry(s.timestamp)
+                .or_default()
+                .push((i, Item::Float(s.value)));
+        }
+        for h in &v.histograms {
+            groups
+                .entry(h.timestamp)
+                .or_default()
+                .push((i, Item::Histogram(h)));
+        }
+        let last = v.samples.iter().map(|s| s.timestamp);
+        let last = last.chain(v.histograms.iter().map(|h| h.timestamp)).max();
+        newest.push(last.unwrap_or(i64::MIN));
+    }
+    let mut out: Vec<(SeriesSet, ScrapeRecord)> = groups
         .into_iter()
         .map(|(timestamp, members)| {
+            let mut values = Vec::with_capacity(members.len());
+            let mut extras = Vec::new();
+            let mut metadata: Vec<MetricMetadata> = Vec::new();
+            for (k, (i, item)) in members.iter().enumerate() {
+                let v = &series[*i];
+                match item {
+                    Item::Float(f) => values.push(*f),
+                    Item::Histogram(h) => {
+                        values.push(0.0);
+                        extras.push(Extra::histogram(k as u32, h));
+                    }
+                }
+                if newest[*i] == timestamp {
+                    // Once per series: its newest sample's record.
+                    newest[*i] = i64::MIN;
+                    extras.extend(v.exemplars.iter().map(|e| Extra::exemplar(k as u32, e)));
+                }
+                if let Some(m) = v.family.as_ref().and_then(|f| families.get(f))
+                    && !metadata.contains(m)
+                {
+                    metadata.push(m.clone());
+                }
+            }
+            metadata.sort_by(|a, b| a.metric_family_name.cmp(&b.metric_family_name));
             let set = SeriesSet {
-                series: members.iter().map(|(i, _)| series[*i].0.clone()).collect(),
+                series: members
+                    .iter()
+                    .map(|(i, _)| series[*i].labels.clone())
+                    .collect(),
+                metadata,
             };
             let record = ScrapeRecord {
                 set_id: set.id(),
                 timestamp,
-                values: members.iter().map(|(_, v)| *v).collect(),
+                values,
                 exceptions: Vec::new(),
+                extras,
             };
             (set, record)
         })
-        .collect()
+        .collect();
+    for v in &series {
+        if let Some(f) = &v.family {
+            families.remove(f);
+        }
+    }
+    if !families.is_empty() {
+        let set = SeriesSet {
+            series: Vec::new(),
+            metadata: families.into_values().collect(),
+        };
+        let record = ScrapeRecord {
+            set_id: set.id(),
+            timestamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            values: Vec::new(),
+            exceptions: Vec::new(),
+            extras: Vec::new(),
+        };
+        out.push((set, record));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -597,12 +686,6 @@ mod tests {
         snap::raw::Encoder::new().compress_vec(raw).unwrap()
     }
 
-    /// Field `tag` (length-delimited) holding an empty message: a histogram or an exemplar,
-    /// enough for a receiver that only counts them.
-    fn empty_field(tag: u8) -> [u8; 2] {
-        [(tag << 3) | 2, 0]
-    }
-
     /// A 1.0 body; `extra[i]` is appended to series `i` (histogram or exemplar fields).
     fn v1_body(series: &[TimeSeries], extra: &[&[u8]]) -> Vec<u8> {
         let mut raw = Vec::new();
@@ -635,6 +718,7 @@ mod tests {
         TimeSeries {
             labels: labels(pairs),
             samples,
+            ..Default::default()
         }
     }
 
@@ -724,57 +808,97 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn v2_answers_204_with_written_headers_and_drops_exemplars() {
+    async fn v2_keeps_histograms_exemplars_and_metadata() {
+        use uplink_shared::remote_write::{MetricType, WriteRequest};
         let f = fixture("");
-        let ts = series(
+        let mut floats = series(
             &[("__name__", "http_requests_total"), ("code", "200")],
             vec![sample(5.0, 10), sample(7.0, 20), sample(9.0, 30)],
         );
-        let exemplar = empty_field(4);
+        let ex = Exemplar {
+            labels: labels(&[("trace_id", "abc")]),
+            value: 1.0,
+            timestamp: 25,
+        };
+        floats.exemplars = vec![ex.clone()];
+        let h = |t| Histogram {
+            count: Some(uplink_shared::remote_write::histogram::Count::CountInt(
+                t as u64,
+            )),
+            schema: 3,
+            timestamp: t,
+            ..Default::default()
+        };
+        let mut hist = series(&[("__name__", "latency_seconds")], vec![]);
+        hist.histograms = vec![h(10), h(20)];
+        let md = MetricMetadata {
+            r#type: MetricType::Counter as i32,
+            metric_family_name: "http_requests_total".into(),
+            help: "Requests.".into(),
+            unit: String::new(),
+        };
+        let raw = WriteRequest {
+            timeseries: vec![floats, hist],
+            metadata: vec![md.clone()],
+        }
+        .encode_to_vec();
+        let body = snappy(&v2::from_v1_bytes(&raw).unwrap());
         let a = post(
             &f,
-            &[
-                ("content-type", V2),
-                ("content-encoding", "snappy"),
-                ("x-prometheus-remote-write-version", "2.0.0"),
-            ],
-            v2_body(&[ts], &[&exemplar]),
+            &[("content-type", V2), ("content-encoding", "snappy")],
+            body,
         )
         .await;
         assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
         assert_eq!(a.written(rw::SAMPLES_WRITTEN), Some(3));
-        assert_eq!(a.written(rw::HISTOGRAMS_WRITTEN), Some(0));
-        assert_eq!(a.written(rw::EXEMPLARS_WRITTEN), Some(0));
-        assert_eq!(stored(&f.queue).await.len(), 3);
-        assert_eq!(dropped(&f.metrics, "exemplar", "unsupported"), 1);
+        assert_eq!(a.written(rw::HISTOGRAMS_WRITTEN), Some(2));
+        assert_eq!(a.written(rw::EXEMPLARS_WRITTEN), Some(1));
+        let stored = crate::stored_series(&f.queue).await.unwrap();
+        let hists: Vec<i64> = stored
+            .iter()
+            .flat_map(|t| t.histograms.iter().map(|h| h.timestamp))
+            .collect();
+        assert_eq!(hists, [10, 20]);
+        let exemplars: Vec<&Exemplar> = stored.iter().flat_map(|t| &t.exemplars).collect();
+        assert_eq!(exemplars, [&ex], "once, with the series' newest sample");
+        assert_eq!(f.metrics.samples_queued.get(), 5);
+        // The sets carry the family's metadata.
+        let recs = f.queue.read(0, usize::MAX, usize::MAX).await.unwrap();
+        let ids: Vec<u64> = recs
+            .iter()
+            .map(|r| ScrapeRecord::decode(&r.data).unwrap().set_id)
+            .collect();
+        let sets = f.queue.sets(ids).await.unwrap();
+        assert!(
+            sets.values()
+                .any(|d| { SeriesSet::decode(d, usize::MAX).unwrap().metadata == [md.clone()] })
+        );
     }
 
     #[tokio::test]
-    async fn histograms_are_refused_after_the_floats_are_queued() {
+    async fn a_metadata_only_request_is_queued_as_a_record_without_series() {
+        use uplink_shared::remote_write::{MetricType, WriteRequest};
         let f = fixture("");
-        let floats = series(&[("__name__", "a")], vec![sample(1.0, 5)]);
-        let hist = series(&[("__name__", "latency")], vec![]);
-        let two_histograms = [empty_field(3), empty_field(3)].concat();
-        let a = post(
-            &f,
-            &[("content-type", V2), ("content-encoding", "snappy")],
-            v2_body(&[floats.clone(), hist.clone()], &[&[], &two_histograms]),
-        )
-        .await;
-        assert_eq!(a.status, StatusCode::BAD_REQUEST);
-        assert!(a.body.contains("2 native histogram samples"), "{}", a.body);
-        assert!(a.body.starts_with("wrote 1 samples"), "{}", a.body);
-        assert_eq!(a.written(rw::SAMPLES_WRITTEN), Some(1));
-        assert_eq!(a.written(rw::HISTOGRAMS_WRITTEN), Some(0));
-        assert_eq!(stored(&f.queue).await.len(), 1);
-        assert_eq!(dropped(&f.metrics, "histogram", "unsupported"), 2);
-
-        // 1.0 (histograms are field 4 of TimeSeries there): the same rule.
-        let hist_v1 = empty_field(4);
-        let a = post(&f, &[], v1_body(&[floats, hist], &[&[], &hist_v1])).await;
-        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
-        assert!(a.body.contains("1 native histogram"), "{}", a.body);
-        assert_eq!(f.queue.usage().0, 2);
+        let md = MetricMetadata {
+            r#type: MetricType::Gauge as i32,
+            metric_family_name: "temperature".into(),
+            help: "Degrees.".into(),
+            unit: "celsius".into(),
+        };
+        let raw = WriteRequest {
+            timeseries: vec![],
+            metadata: vec![md.clone()],
+        }
+        .encode_to_vec();
+        let a = post(&f, &[], snappy(&raw)).await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
+        let recs = f.queue.read(0, usize::MAX, usize::MAX).await.unwrap();
+        assert_eq!(recs.len(), 1);
+        let rec = ScrapeRecord::decode(&recs[0].data).unwrap();
+        let sets = f.queue.sets(vec![rec.set_id]).await.unwrap();
+        let set = SeriesSet::decode(&sets[&rec.set_id], usize::MAX).unwrap();
+        assert!(set.series.is_empty());
+        assert_eq!(set.metadata, [md]);
     }
 
     #[tokio::test]
@@ -887,8 +1011,9 @@ mod tests {
                 series(&[("__name__", "b")], vec![sample(f64::NAN, 1)]),
             ];
             let body = match proto {
-                Proto::V1 => v1_body(&s, &[&empty_field(3)]),
-                Proto::V2 => v2_body(&s, &[&empty_field(4)]),
+                // An empty exemplar on the first series (field 3 in 1.0, 4 in 2.0).
+                Proto::V1 => v1_body(&s, &[&[0x1a, 0]]),
+                Proto::V2 => v2_body(&s, &[&[0x22, 0]]),
             };
             snap::raw::Decoder::new().decompress_vec(&body).unwrap()
         };
@@ -933,11 +1058,20 @@ mod tests {
     fn records_group_by_timestamp_in_order_with_stable_sets() {
         let a = labels(&[("__name__", "a")]);
         let b = labels(&[("__name__", "b")]);
-        let input = vec![
-            (b.clone(), vec![sample(1.0, 10), sample(2.0, 20)]),
-            (a.clone(), vec![sample(3.0, 10), sample(4.0, 30)]),
-        ];
-        let records = group_by_timestamp(input.clone());
+        let valid = |labels: &Vec<Label>, samples| Valid {
+            labels: labels.clone(),
+            samples,
+            histograms: vec![],
+            exemplars: vec![],
+            family: None,
+        };
+        let input = || {
+            vec![
+                valid(&b, vec![sample(1.0, 10), sample(2.0, 20)]),
+                valid(&a, vec![sample(3.0, 10), sample(4.0, 30)]),
+            ]
+        };
+        let records = group_by_timestamp(input(), BTreeMap::new());
         let got: Vec<(i64, Vec<f64>, usize)> = records
             .iter()
             .map(|(set, r)| (r.timestamp, r.values.clone(), set.series.len()))
@@ -952,7 +1086,7 @@ mod tests {
         );
         assert_eq!(records[0].0.series, vec![a.clone(), b.clone()]);
         // The same scrape sent in another order gives the same set (stored once).
-        let again = group_by_timestamp(input.into_iter().rev().collect());
+        let again = group_by_timestamp(input().into_iter().rev().collect(), BTreeMap::new());
         assert_eq!(again[0].1.set_id, records[0].1.set_id);
         // Joined back, every sample is there.
         let joined: usize = records
@@ -977,13 +1111,14 @@ mod tests {
             .map(|l| rw::Series {
                 labels: Ok(l),
                 samples: vec![sample(1.0, 1)],
-                histograms: 0,
-                exemplars: 0,
+                histograms: vec![],
+                exemplars: vec![],
+                metadata: None,
             })
             .collect();
-        let p = prepare(input, &[]);
+        let p = prepare(input, vec![], &[]);
         assert_eq!(p.invalid_series, 2);
-        assert_eq!(p.samples, 1);
+        assert_eq!(p.written.samples, 1);
         assert!(
             p.not_written()
                 .is_some_and(|m| m.contains("exceed the limit"))

@@ -103,6 +103,7 @@ fn prometheus_config_that_promtool_accepts_loads_unchanged() {
     let cfg = uplink_agent::config::Config::load_from(&uplink_agent::config::Source {
         prometheus: prom,
         uplink: Some(uplink),
+        ..Default::default()
     })
     .expect("loads");
     let node = &cfg.scrape_configs[0];

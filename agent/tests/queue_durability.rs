@@ -26,6 +26,7 @@ fn scrape(i: u64, series: usize) -> Bytes {
             .map(|s| (i as f64).mul_add(0.37, s as f64 * 1.01).sin() * 1e6)
             .collect(),
         exceptions: Vec::new(),
+        extras: Vec::new(),
     }
     .encode()
 }

@@ -78,11 +78,14 @@ async fn accept_header_goes_out_and_content_type_picks_the_parser() {
     .await;
     // The same body labelled as the text format fails to parse there (as in Prometheus).
     let text = server(Some("text/plain; version=0.0.4"), text_seen.clone()).await;
-    let configured = negotiate::accept_header(Some(&[
-        ScrapeProtocol::PrometheusProto,
-        ScrapeProtocol::OpenMetricsText1_0_0,
-        ScrapeProtocol::PrometheusText0_0_4,
-    ]));
+    let configured = negotiate::accept_header(
+        Some(&[
+            ScrapeProtocol::PrometheusProto,
+            ScrapeProtocol::OpenMetricsText1_0_0,
+            ScrapeProtocol::PrometheusText0_0_4,
+        ]),
+        false,
+    );
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
     let ctx = Context {
@@ -115,7 +118,7 @@ async fn accept_header_goes_out_and_content_type_picks_the_parser() {
     assert!(text_seen.iter().all(|a| *a == configured), "{text_seen:?}");
     assert_eq!(
         configured,
-        "application/openmetrics-text;version=1.0.0;q=0.6,text/plain;version=0.0.4;q=0.5,*/*;q=0.4"
+        "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.3"
     );
 
     // Last value and timestamp per series name and job.

@@ -335,6 +335,8 @@ enum Payload {
         ha: Option<(String, String)>,
         /// Samples the tenant's label limits refused, by reason.
         rejected: [u64; 4],
+        /// `remote_write::extras` bits of the body.
+        extras: u8,
     },
     Compact(Bytes),
 }
@@ -531,6 +533,7 @@ async fn batch_stream(
                         let get = |n: &str| model::get(first, n).map(str::to_owned);
                         get(cluster).zip(get(replica))
                     });
+                    let extras = remote_write::extras::of(&req.timeseries, &[]);
                     let (body, samples, rejected) =
                         to_remote_write(&ctx, req.timeseries, stamp.as_deref(), limits.as_ref());
                     Payload::Ready {
@@ -539,6 +542,7 @@ async fn batch_stream(
                         newest,
                         ha,
                         rejected,
+                        extras,
                     }
                 }
                 Err(e) => {
@@ -617,8 +621,8 @@ fn to_remote_write(
             )
         });
         match verdict {
-            Ok(()) => samples += ts.samples.len() as u64,
-            Err(r) => rejected[r as usize] += ts.samples.len() as u64,
+            Ok(()) => samples += ts.sample_count() as u64,
+            Err(r) => rejected[r as usize] += ts.sample_count() as u64,
         }
         verdict.is_ok()
     });
@@ -770,9 +774,9 @@ async fn store_batch(
     // Compact batches are decoded even when every record is old: the codec state needs them.
     // (body to store, its samples, newest timestamp, samples of retransmitted records, HA key,
     // samples refused by the label limits).
-    let (mut body, mut samples, newest, duplicate, ha, rejected) = match payload {
+    let (mut body, mut samples, newest, duplicate, ha, rejected, mut extras) = match payload {
         Payload::Ready { samples, .. } if skip == u64::from(count) => {
-            (Bytes::new(), 0, i64::MIN, *samples, None, [0; 4])
+            (Bytes::new(), 0, i64::MIN, *samples, None, [0; 4], 0)
         }
         Payload::Ready {
             body,
@@ -780,7 +784,16 @@ async fn store_batch(
             newest,
             ha,
             rejected,
-        } => (body.clone(), *samples, *newest, 0, ha.clone(), *rejected),
+            extras,
+        } => (
+            body.clone(),
+            *samples,
+            *newest,
+            0,
+            ha.clone(),
+            *rejected,
+            *extras,
+        ),
         Payload::Compact(data) => match decode_compact(decoder, data, skip) {
             Ok((body, d)) => {
                 ctx.metrics.samples_received.inc_by(d.samples);
@@ -791,6 +804,7 @@ async fn store_batch(
                     d.skipped,
                     d.ha,
                     d.rejected,
+                    d.extras,
                 )
             }
             Err(error) => {
@@ -849,7 +863,7 @@ async fn store_batch(
                     ]))
                     .inc_by(samples);
                 span.record("uplink.ha_dropped", true);
-                (body, samples) = (Bytes::new(), 0);
+                (body, samples, extras) = (Bytes::new(), 0, 0);
             }
             Err(error) => {
                 ctx.metrics.ha_errors.inc();
@@ -881,10 +895,12 @@ async fn store_batch(
         identity: site.clone(),
         queue_id,
         next_seq: end,
-        entry: (samples > 0).then_some(Entry {
+        // A batch of metadata alone (a sidecar's metadata-only request) is stored too.
+        entry: (samples > 0 || extras & remote_write::extras::METADATA != 0).then_some(Entry {
             samples,
             body,
             trace,
+            extras,
         }),
     };
     let started = Instant::now();

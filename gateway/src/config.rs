@@ -313,10 +313,12 @@ pub struct RemoteWriteConfig {
     pub queue_config: QueueConfig,
     #[serde(default)]
     pub metadata_config: MetadataConfig,
-    /// Accepted for compatibility: the tunnel carries no exemplars yet.
+    /// Send exemplars (off by default, as in Prometheus).
     #[serde(default)]
     pub send_exemplars: bool,
-    /// Accepted for compatibility: the tunnel carries no native histograms yet.
+    /// Send native histogram samples with remote write 1.0 (off by default, as in Prometheus;
+    /// 2.0 always carries them). When off, they are left out and counted
+    /// (`reason="native_histograms_off"`).
     #[serde(default)]
     pub send_native_histograms: bool,
     /// Which message to send: `prometheus.WriteRequest` (remote write 1.0, the default) or
@@ -371,7 +373,11 @@ pub enum Action {
     Fallback,
 }
 
-/// Prometheus's `metadata_config`. Accepted; metadata does not travel through the tunnel yet.
+/// Prometheus's `metadata_config`. `send`: with remote write 1.0, a family's metadata (TYPE,
+/// HELP, UNIT) goes in the `metadata` field of the request holding the first batch of a target's
+/// shape on an agent connection (so again after a change or a reconnect) instead of every
+/// `send_interval`; 2.0 always carries it inline, on every series of the family. The other
+/// fields are accepted for compatibility.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetadataConfig {

@@ -59,7 +59,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
 use uplink_shared::relabel::{self, RelabelConfig};
-use uplink_shared::remote_write::{self, Label, TimeSeries, WriteRequest};
+use uplink_shared::remote_write::{self, Label, MetricMetadata, TimeSeries, WriteRequest, extras};
 use uplink_shared::traces;
 
 use crate::config::{RemoteWriteConfig, TenancyConfig};
@@ -101,6 +101,10 @@ pub struct Forwarder {
     pub write_relabel: Vec<RelabelConfig>,
     /// Oldest sample the destination takes, as an age (`sample_age_limit`).
     pub age_limit: Option<Duration>,
+    /// What the destination takes besides float samples (`remote_write::extras` bits):
+    /// native histograms (`send_native_histograms`; always with 2.0), exemplars
+    /// (`send_exemplars`), metadata (`metadata_config.send`; always with 2.0, inline).
+    pub takes: u8,
 }
 
 /// A request built from consecutive entries.
@@ -129,6 +133,8 @@ enum Payload {
 struct Sited {
     series: Vec<TimeSeries>,
     sites: Vec<Arc<str>>,
+    /// Metadata sent with the series (each half of a split request gets all of it).
+    metadata: Vec<MetricMetadata>,
 }
 
 impl Sited {
@@ -142,13 +148,14 @@ impl Sited {
     }
 
     fn samples(&self) -> u64 {
-        self.series.iter().map(|t| t.samples.len() as u64).sum()
+        self.series.iter().map(|t| t.sample_count() as u64).sum()
     }
 
     fn split_off(&mut self, at: usize) -> Sited {
         Sited {
             series: self.series.split_off(at),
             sites: self.sites.split_off(at),
+            metadata: self.metadata.clone(),
         }
     }
 }
@@ -252,6 +259,7 @@ impl Forwarder {
             paused_retry: rw.paused_retry_interval.0,
             write_relabel: rw.write_relabel_configs.clone(),
             age_limit: Some(q.sample_age_limit.0).filter(|a| !a.is_zero()),
+            takes: takes(rw),
         }
     }
 
@@ -336,6 +344,12 @@ impl Forwarder {
         !self.write_relabel.is_empty() || self.age_limit.is_some() || self.destination.refused.any()
     }
 
+    /// Whether an entry holds something the destination does not take (then it is decoded and
+    /// that part left out).
+    fn strips(&self, e: &Stored) -> bool {
+        e.meta.extras & !self.takes != 0
+    }
+
     /// Requests in flight for a read of `samples`: one per `max_samples_per_send`, within
     /// `min_shards..=max_shards`.
     fn shard_count(&self, samples: u64) -> usize {
@@ -382,7 +396,7 @@ impl Forwarder {
     fn prepare_part(&self, entries: &[&Stored]) -> Vec<Vec<Payload>> {
         let samples: u64 = entries.iter().map(|e| e.meta.samples).sum();
         let n = self.shard_count(samples);
-        if self.decodes() {
+        if self.decodes() || entries.iter().any(|e| self.strips(e)) {
             let (decoded, held) = self.decode(entries);
             let mut own: Vec<Vec<Payload>> = Vec::new();
             if held.len() > 0 {
@@ -454,7 +468,7 @@ impl Forwarder {
             .map(|a| store::now_ms() - a.as_millis() as i64);
         let (mut out, mut held) = (Sited::default(), Sited::default());
         let known_refused = self.destination.refused.any();
-        let (mut too_old, mut relabeled) = (0u64, 0u64);
+        let (mut too_old, mut relabeled, mut not_taken) = (0u64, 0u64, 0u64);
         for e in entries {
             let req = match remote_write::decode_snappy::<WriteRequest>(&e.body, MAX_MERGED_BYTES) {
                 Ok(r) => r,
@@ -468,21 +482,32 @@ impl Forwarder {
                     continue;
                 }
             };
+            if self.takes & extras::METADATA != 0 {
+                out.metadata.extend(req.metadata);
+            }
             for mut ts in req.timeseries {
-                let before = ts.samples.len() as u64;
+                if self.takes & extras::EXEMPLARS == 0 {
+                    ts.exemplars.clear();
+                }
+                if self.takes & extras::HISTOGRAMS == 0 && !ts.histograms.is_empty() {
+                    not_taken += ts.histograms.len() as u64;
+                    ts.histograms.clear();
+                }
+                let before = ts.sample_count() as u64;
                 if let Some(min) = min_ts {
                     ts.samples.retain(|s| s.timestamp >= min);
-                    let gone = before - ts.samples.len() as u64;
+                    ts.histograms.retain(|h| h.timestamp >= min);
+                    let gone = before - ts.sample_count() as u64;
                     if gone > 0 {
                         too_old += gone;
                         self.ledger.dropped(&e.meta.site, gone);
                     }
                 }
-                if ts.samples.is_empty() {
+                if ts.sample_count() == 0 {
                     continue;
                 }
                 if !self.write_relabel.is_empty() && !relabel_series(&mut ts, &self.write_relabel) {
-                    relabeled += ts.samples.len() as u64;
+                    relabeled += ts.sample_count() as u64;
                     continue;
                 }
                 if known_refused && self.destination.refused.contains(hash_labels(&ts)) {
@@ -496,15 +521,21 @@ impl Forwarder {
             self.destination
                 .dropped(too_old, "too_old", "older than sample_age_limit");
         }
-        if relabeled > 0 {
-            self.metrics
-                .samples_dropped
-                .get_or_create(&labels(&[
-                    ("destination", &self.destination.name),
-                    ("reason", "write_relabel"),
-                ]))
-                .inc_by(relabeled);
+        for (n, reason) in [
+            (relabeled, "write_relabel"),
+            (not_taken, "native_histograms_off"),
+        ] {
+            if n > 0 {
+                self.metrics
+                    .samples_dropped
+                    .get_or_create(&labels(&[
+                        ("destination", &self.destination.name),
+                        ("reason", reason),
+                    ]))
+                    .inc_by(n);
+            }
         }
+        held.metadata = out.metadata.clone();
         (out, held)
     }
 
@@ -637,7 +668,11 @@ impl Forwarder {
     async fn send(&self, p: &Payload, headers: Option<&Arc<HeaderMap>>) -> Outcome {
         match p {
             Payload::Raw { body, .. } => self.destination.send_raw(body, headers).await,
-            Payload::Series(v) => self.destination.send_series(&v.series, headers).await,
+            Payload::Series(v) => {
+                self.destination
+                    .send_series(&v.series, &v.metadata, headers)
+                    .await
+            }
         }
     }
 
@@ -663,7 +698,10 @@ impl Forwarder {
             } => match remote_write::decode_snappy::<WriteRequest>(&body, MAX_MERGED_BYTES) {
                 Ok(req) => {
                     // A merged body's series are in entry order; give each its entry's site.
-                    let mut out = Sited::default();
+                    let mut out = Sited {
+                        metadata: req.metadata,
+                        ..Sited::default()
+                    };
                     let mut sites = sites.into_iter();
                     let mut current = sites.next();
                     for ts in req.timeseries {
@@ -674,7 +712,7 @@ impl Forwarder {
                         }
                         let site = match &mut current {
                             Some((site, left)) => {
-                                *left = left.saturating_sub(ts.samples.len() as u64);
+                                *left = left.saturating_sub(ts.sample_count() as u64);
                                 site.clone()
                             }
                             None => Arc::from(""),
@@ -712,7 +750,7 @@ impl Forwarder {
             }
             Payload::Series(v) => {
                 for (ts, site) in v.series.iter().zip(&v.sites) {
-                    add(site, ts.samples.len() as u64);
+                    add(site, ts.sample_count() as u64);
                 }
             }
         }
@@ -739,7 +777,7 @@ impl Forwarder {
                 .remember(refused.series.iter().map(hash_labels));
         }
         for (ts, site) in refused.series.iter().zip(&refused.sites) {
-            self.ledger.dropped(site, ts.samples.len() as u64);
+            self.ledger.dropped(site, ts.sample_count() as u64);
             if let Some(t) = crate::metrics::tenant_of(site) {
                 self.metrics
                     .tenant_dropped
@@ -748,7 +786,7 @@ impl Forwarder {
                         ("destination", &self.destination.name),
                         ("reason", reason),
                     ]))
-                    .inc_by(ts.samples.len() as u64);
+                    .inc_by(ts.sample_count() as u64);
             }
         }
         self.quarantine
@@ -919,6 +957,22 @@ fn single(e: &Stored) -> Request {
     }
 }
 
+/// What a destination configured by `rw` takes besides float samples (`extras` bits).
+fn takes(rw: &RemoteWriteConfig) -> u8 {
+    let v2 = rw.protobuf_message == crate::config::ProtobufMessage::V2;
+    let mut bits = 0;
+    if v2 || rw.send_native_histograms {
+        bits |= extras::HISTOGRAMS;
+    }
+    if rw.send_exemplars {
+        bits |= extras::EXEMPLARS;
+    }
+    if v2 || rw.metadata_config.send {
+        bits |= extras::METADATA;
+    }
+    bits
+}
+
 /// Per destination: its name and retention budget.
 #[derive(Clone, Debug)]
 pub struct Budget {
@@ -1016,6 +1070,7 @@ mod tests {
                         value: *v,
                         timestamp: seq as i64,
                     }],
+                    ..Default::default()
                 })
                 .collect(),
             metadata: vec![],
@@ -1029,6 +1084,7 @@ mod tests {
                 bytes: body.len() as u64,
                 site: site.into(),
                 trace: None,
+                extras: 0,
             },
             body,
         }

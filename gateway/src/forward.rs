@@ -40,7 +40,8 @@ use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tracing::{info, warn};
 use uplink_shared::http_client::HttpClient;
-use uplink_shared::remote_write::{self, TimeSeries};
+use uplink_shared::remote_write::v2::Families;
+use uplink_shared::remote_write::{self, MetricMetadata, TimeSeries};
 
 use crate::config::{Action, ProtobufMessage, RemoteWriteConfig};
 use crate::metrics::{Metrics, labels};
@@ -423,6 +424,8 @@ pub struct Destination {
     svc: BoxCloneSyncService<Encoded, (), BoxError>,
     /// Configured for 2.0 and not fallen back.
     v2: Arc<AtomicBool>,
+    /// Metadata seen in this destination's requests, so 2.0 series carry it in every request.
+    families: Arc<std::sync::RwLock<Families>>,
     metrics: Metrics,
 }
 
@@ -493,6 +496,7 @@ impl Destination {
             pauses: Arc::default(),
             svc: BoxCloneSyncService::new(svc),
             v2: Arc::new(AtomicBool::new(v2)),
+            families: Arc::default(),
             metrics,
         })
     }
@@ -516,7 +520,7 @@ impl Destination {
         let converted = snap::raw::Decoder::new()
             .decompress_vec(body)
             .ok()
-            .and_then(|raw| remote_write::v2::from_v1_bytes(&raw).ok())
+            .and_then(|raw| self.to_v2(&raw))
             .and_then(|v2| snap::raw::Encoder::new().compress_vec(&v2).ok());
         let Some(v2) = converted else {
             // Undecodable: the receiver says what it thinks of it (and the caller counts).
@@ -538,11 +542,12 @@ impl Destination {
     pub async fn send_series(
         &self,
         series: &[TimeSeries],
+        metadata: &[MetricMetadata],
         tenant: Option<&Arc<HeaderMap>>,
     ) -> Outcome {
         let v2 = self.sends_v2();
         let encoded = Encoded {
-            body: encode(series, v2),
+            body: self.encode(series, metadata, v2),
             v2,
             tenant_headers: tenant.cloned(),
         };
@@ -550,7 +555,7 @@ impl Destination {
             // The destination takes 1.0 only, from now on: the same series again.
             None => self
                 .send(Encoded {
-                    body: encode(series, false),
+                    body: self.encode(series, metadata, false),
                     v2: false,
                     tenant_headers: tenant.cloned(),
                 })
@@ -558,6 +563,36 @@ impl Destination {
                 .unwrap_or_else(fallen_back_twice),
             Some(o) => o,
         }
+    }
+
+    /// An uncompressed 1.0 request as 2.0, its series given the metadata of their family
+    /// from this request or an earlier one.
+    fn to_v2(&self, raw: &[u8]) -> Option<Vec<u8>> {
+        let found = Families::read(raw);
+        if !found.is_empty()
+            && let Ok(mut f) = self.families.write()
+        {
+            f.learn(found);
+        }
+        let known = self.families.read().ok()?;
+        remote_write::v2::from_v1_bytes_with(raw, Some(&known)).ok()
+    }
+
+    /// Series and metadata as a snappy 1.0 `WriteRequest`, or 2.0 `Request` (see
+    /// [`Destination::to_v2`]).
+    fn encode(&self, series: &[TimeSeries], metadata: &[MetricMetadata], v2: bool) -> Bytes {
+        let raw = encode_raw(series, metadata);
+        let raw = if v2 {
+            // The bytes were just encoded from valid messages.
+            self.to_v2(&raw).unwrap_or_default()
+        } else {
+            raw
+        };
+        Bytes::from(
+            snap::raw::Encoder::new()
+                .compress_vec(&raw)
+                .unwrap_or_default(),
+        )
     }
 
     /// Sends one encoded request; `None` when a 2.0 request made the destination fall back to
@@ -654,22 +689,30 @@ fn fallen_back_twice() -> Outcome {
     Outcome::Failed("fallback reported for a remote write 1.0 request".into())
 }
 
-/// Encodes series as a snappy 1.0 `WriteRequest` or 2.0 `Request`.
+/// Encodes series and metadata as an uncompressed 1.0 `WriteRequest`: its series are
+/// repeated field 1, its metadata field 3, encoded in place.
+fn encode_raw(series: &[TimeSeries], metadata: &[MetricMetadata]) -> Vec<u8> {
+    let len: usize = series
+        .iter()
+        .map(|t| prost::encoding::message::encoded_len(1, t))
+        .sum();
+    let mut raw = Vec::with_capacity(len);
+    for t in series {
+        prost::encoding::message::encode(1, t, &mut raw);
+    }
+    for m in metadata {
+        prost::encoding::message::encode(3, m, &mut raw);
+    }
+    raw
+}
+
+/// Encodes series as a snappy 1.0 `WriteRequest` or 2.0 `Request`, without metadata.
 pub fn encode(series: &[TimeSeries], v2: bool) -> Bytes {
-    let raw = if v2 {
-        prost::Message::encode_to_vec(&remote_write::v2::from_v1(series))
-    } else {
-        // A `WriteRequest` is its series as repeated field 1: encode them in place.
-        let len: usize = series
-            .iter()
-            .map(|t| prost::encoding::message::encoded_len(1, t))
-            .sum();
-        let mut raw = Vec::with_capacity(len);
-        for t in series {
-            prost::encoding::message::encode(1, t, &mut raw);
-        }
-        raw
-    };
+    let mut raw = encode_raw(series, &[]);
+    if v2 {
+        // The bytes were just encoded from valid messages.
+        raw = remote_write::v2::from_v1_bytes(&raw).unwrap_or_default();
+    }
     Bytes::from(
         snap::raw::Encoder::new()
             .compress_vec(&raw)
@@ -725,6 +768,7 @@ mod tests {
                     value: f64::from(i),
                     timestamp: 5,
                 }],
+                ..Default::default()
             })
             .collect();
         let v1 = remote_write::WriteRequest {

@@ -222,6 +222,7 @@ impl Ledger {
                         value,
                         timestamp: now_ms,
                     }],
+                    ..Default::default()
                 });
             };
             push("uplink_site_up", if s.connections > 0 { 1.0 } else { 0.0 });
@@ -321,7 +322,7 @@ async fn write_loop(
             let samples = group.len() as u64;
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                o = destination.send_series(&group, headers.as_ref()) => o,
+                o = destination.send_series(&group, &[], headers.as_ref()) => o,
             };
             match outcome {
                 Outcome::Accepted | Outcome::Done(_) => {

@@ -156,6 +156,7 @@ mod tests {
                     timestamp: 8,
                 },
             ],
+            ..Default::default()
         };
         q.record("prom:9090", "invalid", 400, "bad", vec![ts.clone()])
             .await;

@@ -106,6 +106,8 @@ pub struct Meta {
     pub site: Arc<str>,
     /// The gateway's ingest span of the batch, when sampled: destination writes join its trace.
     pub trace: Option<Box<TraceContext>>,
+    /// What the body holds besides float samples (`remote_write::extras` bits).
+    pub extras: u8,
 }
 
 /// One entry read back for delivery.
@@ -134,6 +136,8 @@ pub struct Entry {
     /// Snappy-compressed remote-write 1.0 `WriteRequest`.
     pub body: Bytes,
     pub trace: Option<TraceContext>,
+    /// `remote_write::extras` bits of the body.
+    pub extras: u8,
 }
 
 /// A destination's backlog.
@@ -299,9 +303,13 @@ fn encode_meta(m: &Meta) -> Bytes {
     let site = &m.site.as_bytes()[..m.site.len().min(u16::MAX as usize)];
     b.put_u16(site.len() as u16);
     b.put_slice(site);
-    // Optional and last, so headers written before traces existed still decode.
+    // Optional and last, so headers written before traces existed still decode; then the
+    // extras bits when there are some (one byte, so the lengths stay distinct).
     if let Some(t) = &m.trace {
         t.put(&mut b);
+    }
+    if m.extras != 0 {
+        b.put_u8(m.extras);
     }
     b.freeze()
 }
@@ -317,8 +325,13 @@ fn decode_meta(mut v: &[u8], sites: &mut HashMap<String, Arc<str>>) -> Option<Me
     let site = std::str::from_utf8(v.get(..n)?).ok()?;
     let mut rest = &v[n..];
     let trace = match rest.len() {
-        0 => None,
-        TraceContext::LEN => TraceContext::get(&mut rest).map(Box::new),
+        0 | 1 => None,
+        TraceContext::LEN | EXTRAS_AFTER_TRACE => TraceContext::get(&mut rest).map(Box::new),
+        _ => return None,
+    };
+    let extras = match rest {
+        [] => 0,
+        [b] => *b,
         _ => return None,
     };
     let site = sites
@@ -331,8 +344,12 @@ fn decode_meta(mut v: &[u8], sites: &mut HashMap<String, Arc<str>>) -> Option<Me
         bytes,
         site,
         trace,
+        extras,
     })
 }
+
+/// Header tail length with both a trace context and the extras byte.
+const EXTRAS_AFTER_TRACE: usize = TraceContext::LEN + 1;
 
 fn u64_at(v: &[u8], at: usize) -> Option<u64> {
     v.get(at..at + 8)?.try_into().ok().map(u64::from_be_bytes)
@@ -773,6 +790,7 @@ fn write_group<'a>(
                 bytes: e.body.len() as u64,
                 site: c.identity.clone(),
                 trace: e.trace.map(Box::new),
+                extras: e.extras,
             };
             wb.put(seq_key(BODY, next), &e.body);
             wb.put(seq_key(HEADER, next), encode_meta(&meta));
@@ -820,6 +838,7 @@ mod tests {
                 samples: b.len() as u64,
                 body: Bytes::copy_from_slice(b.as_bytes()),
                 trace: None,
+                extras: 0,
             }),
         }
     }
@@ -844,6 +863,7 @@ mod tests {
             bytes: 9,
             site: "t/s".into(),
             trace: None,
+            extras: 0,
         };
         let mut sites = HashMap::new();
         let plain = encode_meta(&meta);
@@ -855,8 +875,18 @@ mod tests {
             flags: 1,
         }));
         let traced = encode_meta(&meta);
-        assert_eq!(decode_meta(&traced, &mut sites), Some(meta));
+        assert_eq!(decode_meta(&traced, &mut sites), Some(meta.clone()));
         assert_eq!(decode_meta(&traced[..traced.len() - 1], &mut sites), None);
+        // The extras byte, after a trace context or without one.
+        meta.extras = 5;
+        assert_eq!(
+            decode_meta(&encode_meta(&meta), &mut sites),
+            Some(meta.clone())
+        );
+        meta.trace = None;
+        let extras = encode_meta(&meta);
+        assert_eq!(extras.len(), 27 + 3 + 1);
+        assert_eq!(decode_meta(&extras, &mut sites), Some(meta));
     }
 
     #[tokio::test]

@@ -217,6 +217,7 @@ async fn stamped_labels_come_from_the_certificate_only() {
                     value: 1.0,
                     timestamp: 1000,
                 }],
+                ..Default::default()
             }],
             metadata: vec![],
         };
@@ -285,6 +286,7 @@ async fn label_limits_hold_back_only_the_series_over_them() {
             value: 1.0,
             timestamp: ts,
         }],
+        ..Default::default()
     };
     let three = |ts: i64| {
         vec![

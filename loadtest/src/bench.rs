@@ -66,6 +66,7 @@ pub fn probe_scrape(spec: &ProbeSpec, t: usize, n: u64) -> Vec<TimeSeries> {
                     value,
                     timestamp: ts,
                 }],
+                ..Default::default()
             }
         })
         .collect()

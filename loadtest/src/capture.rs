@@ -24,8 +24,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use uplink_shared::remote_write::Label;
 use uplink_shared::remote_write::receive::{self, Proto};
+use uplink_shared::remote_write::{Exemplar, Histogram, Label, MetricMetadata};
 
 pub use crate::faults::Scripted;
 use crate::faults::{self, FaultCounts, Rules, lock};
@@ -73,9 +73,24 @@ pub struct CaptureReport {
     pub label_order_violations: u64,
 }
 
+/// What a capture received besides float samples (not kept in counting mode).
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    /// Native histogram samples, with their series' labels, in arrival order.
+    pub histograms: Vec<(Vec<Label>, Histogram)>,
+    pub exemplars: Vec<(Vec<Label>, Exemplar)>,
+    /// By family name, the last received.
+    pub metadata: std::collections::BTreeMap<String, MetricMetadata>,
+    /// 2.0 series carrying both float samples and histograms (the spec forbids it).
+    pub mixed_series: u64,
+    /// Requests that carried any metadata.
+    pub metadata_requests: u64,
+}
+
 #[derive(Default)]
 struct Store {
     samples: Vec<Received>,
+    extras: Extras,
     seen: HashSet<(Vec<Label>, i64)>,
     series: HashSet<Vec<Label>>,
     report: CaptureReport,
@@ -139,7 +154,35 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
                     .push((now - s.timestamp).clamp(0, u32::MAX as i64) as u32);
             }
         }
-        return written(proto, broken_v1, in_request);
+        return written(proto, broken_v1, [in_request, 0, 0]);
+    }
+    let limits = receive::Limits {
+        max_decoded_bytes: MAX_BODY,
+        max_series: usize::MAX,
+    };
+    let (mut histograms, mut exemplars) = (0u64, 0u64);
+    if let Ok((full, metadata)) = receive::decode_with_metadata(proto, &body, limits) {
+        let x = &mut store.extras;
+        let with_metadata = !metadata.is_empty() || full.iter().any(|s| s.metadata.is_some());
+        x.metadata_requests += u64::from(with_metadata);
+        for m in metadata {
+            x.metadata.insert(m.metric_family_name.clone(), m);
+        }
+        for s in full {
+            let Ok(labels) = s.labels else { continue };
+            if proto == Proto::V2 && !s.samples.is_empty() && !s.histograms.is_empty() {
+                x.mixed_series += 1;
+            }
+            if let Some(m) = s.metadata {
+                x.metadata.insert(m.metric_family_name.clone(), m);
+            }
+            histograms += s.histograms.len() as u64;
+            exemplars += s.exemplars.len() as u64;
+            x.histograms
+                .extend(s.histograms.into_iter().map(|h| (labels.clone(), h)));
+            x.exemplars
+                .extend(s.exemplars.into_iter().map(|e| (labels.clone(), e)));
+        }
     }
     for (mut labels, samples) in series {
         let ordered = labels.windows(2).all(|w| w[0].name < w[1].name);
@@ -163,17 +206,18 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
             }
         }
     }
-    written(proto, broken_v1, in_request)
+    written(proto, broken_v1, [in_request, histograms, exemplars])
 }
 
-/// 204, with the 2.0 `*-Written` headers for a 2.0 request (unless playing a broken receiver).
-fn written(proto: Proto, broken_v1: bool, samples: u64) -> Response {
+/// 204, with the 2.0 `*-Written` headers (samples, histograms, exemplars) for a 2.0 request
+/// (unless playing a broken receiver).
+fn written(proto: Proto, broken_v1: bool, [samples, histograms, exemplars]: [u64; 3]) -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
     if proto == Proto::V2 && !broken_v1 {
         let h = resp.headers_mut();
         h.insert(receive::SAMPLES_WRITTEN, samples.into());
-        h.insert(receive::HISTOGRAMS_WRITTEN, 0u64.into());
-        h.insert(receive::EXEMPLARS_WRITTEN, 0u64.into());
+        h.insert(receive::HISTOGRAMS_WRITTEN, histograms.into());
+        h.insert(receive::EXEMPLARS_WRITTEN, exemplars.into());
     }
     resp
 }
@@ -278,6 +322,11 @@ impl Capture {
     }
 
     /// The counters `GET /report` serves.
+    /// Histograms, exemplars and metadata received so far.
+    pub fn extras(&self) -> Extras {
+        self.inner.store().extras.clone()
+    }
+
     pub fn report(&self) -> CaptureReport {
         current_report(&self.inner)
     }

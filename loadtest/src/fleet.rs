@@ -160,6 +160,7 @@ async fn site_loop(
                         timestamp: now_ms(),
                         values: (0..site.series).map(|k| (n * (k as u64 + 1)) as f64).collect(),
                         exceptions: vec![],
+                        extras: vec![],
                     };
                     let Ok((payload, _)) = encoder.encode(std::slice::from_ref(&record), &defs) else { break };
                     let batch = Batch { first_seq: seq, count: 1, encoding: Encoding::Compact, trace: None, payload };
@@ -243,6 +244,7 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<FleetReport> {
                     ]
                 })
                 .collect(),
+            metadata: vec![],
         };
         let site = Site {
             client: tls::quic_client(&files, transport())?,

@@ -526,6 +526,11 @@ pub fn installed(bin: &str) -> bool {
 
 /// Starts `prometheus` with an empty scrape configuration, TSDB under `dir/prometheus`.
 pub fn start_prometheus(dir: &Path) -> anyhow::Result<Prometheus> {
+    start_prometheus_args(dir, &[])
+}
+
+/// [`start_prometheus`] with more flags (`--enable-feature=...`).
+pub fn start_prometheus_args(dir: &Path, args: &[&str]) -> anyhow::Result<Prometheus> {
     let web = free_addr()?;
     let cfg = dir.join("prometheus.yml");
     std::fs::write(&cfg, "global:\n  scrape_interval: 15s\n")?;
@@ -538,7 +543,8 @@ pub fn start_prometheus(dir: &Path) -> anyhow::Result<Prometheus> {
                 dir.join("prometheus").display()
             ))
             .arg(format!("--web.listen-address={web}"))
-            .arg("--web.enable-remote-write-receiver"),
+            .arg("--web.enable-remote-write-receiver")
+            .args(args),
         &dir.join("prometheus.log"),
     )?;
     wait_ready(web, Duration::from_secs(60))?;
@@ -589,6 +595,41 @@ pub fn start_prometheus_agent(
     )?;
     wait_ready(web, Duration::from_secs(60))?;
     Ok(Prometheus { proc, web })
+}
+
+/// Starts `uplink-agent` on an unchanged Prometheus file `prometheus_yml`, beside a Prometheus
+/// agent in the parity tests: its uplink settings in a file of their own (identity
+/// `<name>.crt`, queue `<name>-queue`, 200 ms batches, no self-scrape), shipping to `gateway`,
+/// with `args` added. Returns the process and its web address.
+pub fn start_agent_beside(
+    bins: &Bins,
+    dir: &Path,
+    name: &str,
+    prometheus_yml: &Path,
+    gateway: SocketAddr,
+    args: &[&str],
+) -> anyhow::Result<(Proc, SocketAddr)> {
+    let uplink_file = dir.join("uplink.yml");
+    std::fs::write(
+        &uplink_file,
+        format!(
+            "gateways: ['{gateway}']\nserver_name: localhost\n\
+             tls: {{cert_file: {name}.crt, key_file: {name}.key, ca_file: ca.crt}}\n\
+             queue: {{directory: {name}-queue, sync: interval}}\nshipper: {{batch_delay: 200ms}}\n\
+             self_scrape: {{enabled: false}}\n"
+        ),
+    )?;
+    let web = free_addr()?;
+    let proc = Proc::spawn(
+        "uplink-agent",
+        Command::new(&bins.agent)
+            .arg(format!("--config.file={}", prometheus_yml.display()))
+            .arg(format!("--uplink.config.file={}", uplink_file.display()))
+            .arg(format!("--web.listen-address={web}"))
+            .args(args),
+        &dir.join("uplink-agent.log"),
+    )?;
+    Ok((proc, web))
 }
 
 /// Every raw sample of the range-vector selector `selector` (e.g. `{site="a"}[1h]`) from a

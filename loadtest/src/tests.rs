@@ -39,6 +39,7 @@ fn request(probe: &Probe, scrapes: u64) -> WriteRequest {
                         value,
                         timestamp: ts,
                     }],
+                    ..Default::default()
                 });
             }
             let mut up = vec![
@@ -53,6 +54,7 @@ fn request(probe: &Probe, scrapes: u64) -> WriteRequest {
                     value: 1.0,
                     timestamp: ts,
                 }],
+                ..Default::default()
             });
         }
     }
@@ -262,6 +264,7 @@ async fn round_trip() {
                 value: 1.0,
                 timestamp: 5,
             }],
+            ..Default::default()
         }],
         metadata: vec![],
     };

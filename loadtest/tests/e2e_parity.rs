@@ -323,25 +323,8 @@ async fn uplink_agent_and_prometheus_agent_write_the_same_series() {
     // uplink-agent on the same scrape configuration; its uplink settings in a file of their own.
     let ucfg = d.join("uplink-prom.yml");
     std::fs::write(&ucfg, scrape_config("uplink", a, &sd)).unwrap();
-    let uplink_file = d.join("uplink.yml");
-    std::fs::write(
-        &uplink_file,
-        format!(
-            "gateways: ['{}']\nserver_name: localhost\ntls: {{cert_file: parity.crt, key_file: parity.key, ca_file: ca.crt}}\nqueue: {{directory: parity-queue, sync: interval}}\nshipper: {{batch_delay: 200ms}}\nself_scrape: {{enabled: false}}\n",
-            gateway.quic
-        ),
-    )
-    .unwrap();
-    let uweb = harness::free_addr().unwrap();
-    let uagent = Proc::spawn(
-        "uplink-agent",
-        Command::new(&bins.agent)
-            .arg(format!("--config.file={}", ucfg.display()))
-            .arg(format!("--uplink.config.file={}", uplink_file.display()))
-            .arg(format!("--web.listen-address={uweb}")),
-        &d.join("uplink-agent.log"),
-    )
-    .unwrap();
+    let (uagent, uweb) =
+        harness::start_agent_beside(&bins, d, "parity", &ucfg, gateway.quic, &[]).unwrap();
     block(|| harness::wait_ready(pweb, Duration::from_secs(60))).unwrap();
     block(|| harness::wait_ready(uweb, Duration::from_secs(20))).unwrap();
     // Prometheus's remote write skips samples older than its WAL watcher's start, so the

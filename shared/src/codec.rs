@@ -28,6 +28,18 @@
 //! sent earlier *on the same connection*, so after a reconnect, a gateway restart or a failover
 //! the agent simply starts again from empty state (ADR 002).
 //!
+//! # Histograms, exemplars, metadata
+//! A series' native histogram sample or exemplars are *extras* of its record ([`Extra`]: the
+//! series index and the remote-write protobuf of the `Histogram` or `Exemplar`, kept encoded
+//! so that neither the queue nor the shipper decodes them); a histogram series has 0 as its
+//! float value. A set may carry its families' metadata ([`SeriesSet::metadata`]). On disk both
+//! are a trailer written only when present, so float-only records and sets keep the encoding
+//! (and set ids) they had before. On the wire a batch flag says that its set definitions carry
+//! metadata and its scrapes carry extras (set only when some do, so float-only batches still
+//! decode on older gateways); the decoder validates every extra's protobuf, writes histograms
+//! and exemplars into their series, and writes a set's metadata once per connection, with the
+//! batch that first uses the set.
+//!
 //! # Limits
 //! The decoder checks every declared count against the bytes that remain before allocating,
 //! bounds the decompressed size, the number of sets per connection and series per set, and
@@ -38,7 +50,7 @@ use std::hash::{Hash, Hasher};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::remote_write::{Label, Sample, TimeSeries};
+use crate::remote_write::{Label, MetricMetadata, Sample, TimeSeries};
 
 /// Version byte of [`ScrapeRecord`].
 pub const RECORD_VERSION: u8 = 2;
@@ -168,10 +180,14 @@ impl<'a> Reader<'a> {
 // ---------------------------------------------------------------------------------------------
 // Series sets and scrape records (the queue's format).
 
-/// The ordered label sets of one target's scrape.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// The ordered label sets of one target's scrape, and the metadata (TYPE, HELP, UNIT) of its
+/// metric families.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SeriesSet {
     pub series: Vec<Vec<Label>>,
+    /// Empty for most sets; encoded after the series only when present, so sets without
+    /// metadata keep the encoding (and id) they had before metadata was carried.
+    pub metadata: Vec<MetricMetadata>,
 }
 
 impl SeriesSet {
@@ -187,7 +203,18 @@ impl SeriesSet {
                 l.value.hash(&mut h);
             }
         }
+        if !self.metadata.is_empty() {
+            self.metadata.hash(&mut h);
+        }
         h.finish()
+    }
+
+    /// A set of series without metadata.
+    pub fn of(series: Vec<Vec<Label>>) -> SeriesSet {
+        SeriesSet {
+            series,
+            metadata: Vec::new(),
+        }
     }
 
     pub fn encode(&self) -> Bytes {
@@ -201,6 +228,9 @@ impl SeriesSet {
                 put_varint(&mut out, l.value.len() as u64);
                 out.put_slice(l.value.as_bytes());
             }
+        }
+        if !self.metadata.is_empty() {
+            put_messages(&mut out, &self.metadata);
         }
         out.freeze()
     }
@@ -227,8 +257,113 @@ impl SeriesSet {
             }
             series.push(labels);
         }
-        Ok(SeriesSet { series })
+        let metadata = if r.is_empty() {
+            Vec::new()
+        } else {
+            read_messages(r, "metadata")?
+        };
+        Ok(SeriesSet { series, metadata })
     }
+}
+
+/// A count, then each message length-delimited.
+fn put_messages<M: prost::Message>(out: &mut BytesMut, items: &[M]) {
+    put_varint(out, items.len() as u64);
+    for m in items {
+        put_varint(out, m.encoded_len() as u64);
+        m.encode_raw(out);
+    }
+}
+
+fn read_messages<M: prost::Message + Default>(
+    r: &mut Reader<'_>,
+    what: &'static str,
+) -> Result<Vec<M>, CodecError> {
+    let n = r.count(what, 1, u32::MAX as u64)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = r.count(what, 1, u32::MAX as u64)?;
+        out.push(M::decode(r.bytes(len, what)?).map_err(|_| CodecError::Invalid { what })?);
+    }
+    Ok(out)
+}
+
+/// What a series carries besides its float sample, in a [`ScrapeRecord`] and on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExtraKind {
+    /// A native histogram sample (`prompb.Histogram`); the series' float value is unused.
+    Histogram = 1,
+    /// An exemplar (`prompb.Exemplar`) of the series' sample.
+    Exemplar = 2,
+}
+
+impl ExtraKind {
+    fn from_u8(b: u8) -> Result<ExtraKind, CodecError> {
+        match b {
+            1 => Ok(ExtraKind::Histogram),
+            2 => Ok(ExtraKind::Exemplar),
+            _ => Err(CodecError::Invalid { what: "extra kind" }),
+        }
+    }
+}
+
+/// A histogram sample or an exemplar of series `index`, kept protobuf-encoded (the message it
+/// is forwarded as), so neither the queue nor the shipper decodes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extra {
+    pub index: u32,
+    pub kind: ExtraKind,
+    pub body: Bytes,
+}
+
+impl Extra {
+    pub fn histogram(index: u32, h: &crate::remote_write::Histogram) -> Extra {
+        Extra {
+            index,
+            kind: ExtraKind::Histogram,
+            body: Bytes::from(prost::Message::encode_to_vec(h)),
+        }
+    }
+    pub fn exemplar(index: u32, e: &crate::remote_write::Exemplar) -> Extra {
+        Extra {
+            index,
+            kind: ExtraKind::Exemplar,
+            body: Bytes::from(prost::Message::encode_to_vec(e)),
+        }
+    }
+}
+
+fn put_extras(out: &mut BytesMut, extras: &[Extra]) {
+    put_varint(out, extras.len() as u64);
+    for e in extras {
+        put_varint(out, u64::from(e.index));
+        out.put_u8(e.kind as u8);
+        put_varint(out, e.body.len() as u64);
+        out.put_slice(&e.body);
+    }
+}
+
+/// Reads extras of a scrape of `n` series: (index, kind, body), in input order.
+fn read_extras<'a>(
+    r: &mut Reader<'a>,
+    n: usize,
+    out: &mut Vec<(usize, ExtraKind, &'a [u8])>,
+) -> Result<(), CodecError> {
+    let count = r.count("extra count", 3, u32::MAX as u64)?;
+    for _ in 0..count {
+        let i = r.varint("extra index")?;
+        let i = usize::try_from(i)
+            .ok()
+            .filter(|i| *i < n)
+            .ok_or(CodecError::Invalid {
+                what: "extra index",
+            })?;
+        let kind = ExtraKind::from_u8(r.u8("extra kind")?)?;
+        let len = r.count("extra body", 1, u32::MAX as u64)?;
+        out.push((i, kind, r.bytes(len, "extra body")?));
+    }
+    Ok(())
 }
 
 /// One scrape as stored in the queue: which set, when, and the values in set order.
@@ -240,6 +375,9 @@ pub struct ScrapeRecord {
     pub values: Vec<f64>,
     /// Samples with their own timestamp: (index into `values`, timestamp ms).
     pub exceptions: Vec<(u32, i64)>,
+    /// Histogram samples and exemplars, by series index (encoded after the exceptions only
+    /// when present).
+    pub extras: Vec<Extra>,
 }
 
 impl ScrapeRecord {
@@ -256,6 +394,9 @@ impl ScrapeRecord {
         for (i, ts) in &self.exceptions {
             put_varint(&mut out, u64::from(*i));
             put_varint(&mut out, zigzag(*ts));
+        }
+        if !self.extras.is_empty() {
+            put_extras(&mut out, &self.extras);
         }
         out.freeze()
     }
@@ -285,6 +426,19 @@ impl ScrapeRecord {
             }
             exceptions.push((i as u32, unzigzag(r.varint("exception timestamp")?)));
         }
+        let mut extras = Vec::new();
+        if !r.is_empty() {
+            let mut found = Vec::new();
+            read_extras(&mut r, n, &mut found)?;
+            extras = found
+                .into_iter()
+                .map(|(index, kind, body)| Extra {
+                    index: index as u32,
+                    kind,
+                    body: Bytes::copy_from_slice(body),
+                })
+                .collect();
+        }
         if !r.is_empty() {
             return Err(CodecError::Trailing { what: "record" });
         }
@@ -293,6 +447,7 @@ impl ScrapeRecord {
             timestamp,
             values,
             exceptions,
+            extras,
         })
     }
 
@@ -313,28 +468,54 @@ impl ScrapeRecord {
 }
 
 /// Splits a scrape (one sample per series) into its set and record. `timestamp` is the scrape's
-/// default timestamp; samples with another one become exceptions.
+/// default timestamp; samples with another one become exceptions. A series with a histogram
+/// sample keeps it (and its timestamp) as an extra, with 0 as its float value; exemplars
+/// become extras.
 pub fn split(series: Vec<TimeSeries>, timestamp: i64) -> (SeriesSet, ScrapeRecord) {
+    split_with(series, Vec::new(), timestamp)
+}
+
+/// [`split`], with the metadata of the scrape's families in the set.
+pub fn split_with(
+    series: Vec<TimeSeries>,
+    metadata: Vec<MetricMetadata>,
+    timestamp: i64,
+) -> (SeriesSet, ScrapeRecord) {
     let mut set = Vec::with_capacity(series.len());
     let mut values = Vec::with_capacity(series.len());
     let mut exceptions = Vec::new();
+    let mut extras = Vec::new();
     for (i, ts) in series.into_iter().enumerate() {
-        let s = ts.samples.first().copied().unwrap_or(Sample {
-            value: f64::NAN,
-            timestamp,
-        });
+        let s = match ts.histograms.first() {
+            Some(h) => {
+                extras.push(Extra::histogram(i as u32, h));
+                Sample {
+                    value: 0.0,
+                    timestamp: h.timestamp,
+                }
+            }
+            None => ts.samples.first().copied().unwrap_or(Sample {
+                value: f64::NAN,
+                timestamp,
+            }),
+        };
+        extras.extend(ts.exemplars.iter().map(|e| Extra::exemplar(i as u32, e)));
         if s.timestamp != timestamp {
             exceptions.push((i as u32, s.timestamp));
         }
         values.push(s.value);
         set.push(ts.labels);
     }
-    let set = SeriesSet { series: set };
+    let set = SeriesSet {
+        series: set,
+        metadata,
+    };
     let record = ScrapeRecord {
         set_id: set.id(),
         timestamp,
         values,
         exceptions,
+        extras,
     };
     (set, record)
 }
@@ -350,12 +531,14 @@ pub fn join(set: &SeriesSet, rec: &ScrapeRecord) -> Result<Vec<TimeSeries>, Code
         .series
         .iter()
         .zip(&rec.values)
-        .map(|(labels, v)| TimeSeries {
-            labels: labels.clone(),
-            samples: vec![Sample {
-                value: *v,
-                timestamp: rec.timestamp,
-            }],
+        .map(|(labels, v)| {
+            TimeSeries::floats(
+                labels.clone(),
+                vec![Sample {
+                    value: *v,
+                    timestamp: rec.timestamp,
+                }],
+            )
         })
         .collect();
     for (i, ts) in &rec.exceptions {
@@ -363,7 +546,32 @@ pub fn join(set: &SeriesSet, rec: &ScrapeRecord) -> Result<Vec<TimeSeries>, Code
             s.timestamp = *ts;
         }
     }
+    for e in &rec.extras {
+        let Some(ts) = out.get_mut(e.index as usize) else {
+            return Err(CodecError::Invalid {
+                what: "extra index",
+            });
+        };
+        attach(ts, e.kind, &e.body)?;
+    }
     Ok(out)
+}
+
+/// Adds a decoded extra to its series: a histogram replaces the float sample.
+fn attach(ts: &mut TimeSeries, kind: ExtraKind, body: &[u8]) -> Result<(), CodecError> {
+    match kind {
+        ExtraKind::Histogram => {
+            let h = <crate::remote_write::Histogram as prost::Message>::decode(body)
+                .map_err(|_| CodecError::Invalid { what: "histogram" })?;
+            ts.samples.clear();
+            ts.histograms.push(h);
+        }
+        ExtraKind::Exemplar => ts.exemplars.push(
+            <crate::remote_write::Exemplar as prost::Message>::decode(body)
+                .map_err(|_| CodecError::Invalid { what: "exemplar" })?,
+        ),
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -618,6 +826,9 @@ const RESET_STRING_BYTES: usize = 16 << 20;
 const RESET_SETS: usize = 50_000;
 
 const FLAG_RESET: u8 = 1;
+/// Set definitions carry metadata and scrapes carry extras (histograms, exemplars). Only set
+/// when the batch has some, so float-only batches stay readable by older gateways.
+const FLAG_EXTRAS: u8 = 2;
 
 /// Agent side, one per connection.
 #[derive(Debug)]
@@ -702,8 +913,14 @@ impl TunnelEncoder {
             }
         }
 
+        let extras = new_sets.iter().any(|(_, s)| !s.metadata.is_empty())
+            || records.iter().any(|r| !r.extras.is_empty());
         let mut body = BytesMut::new();
-        body.put_u8(if self.pending_reset { FLAG_RESET } else { 0 });
+        let mut flags = if self.pending_reset { FLAG_RESET } else { 0 };
+        if extras {
+            flags |= FLAG_EXTRAS;
+        }
+        body.put_u8(flags);
         self.pending_reset = false;
         // New strings, then definitions referring to them.
         let mut strings_out = BytesMut::new();
@@ -733,6 +950,9 @@ impl TunnelEncoder {
                     }
                 }
             }
+            if extras {
+                put_messages(&mut defs_out, &set.metadata);
+            }
         }
         put_varint(&mut body, n_strings);
         body.put_slice(&strings_out);
@@ -749,6 +969,9 @@ impl TunnelEncoder {
             for (i, ts) in &r.exceptions {
                 put_varint(&mut body, u64::from(*i));
                 put_varint(&mut body, zigzag(*ts));
+            }
+            if extras {
+                put_extras(&mut body, &r.extras);
             }
             for (v, slot) in r.values.iter().zip(st.slots.iter_mut()) {
                 encode_value(&mut body, *v, slot);
@@ -785,6 +1008,8 @@ struct SetDef {
     encoded: Option<Vec<Result<Bytes, LabelReject>>>,
     /// Hash of the set's labels, for a [`SeriesGate`] (computed with `encoded`).
     hash: u64,
+    /// The metadata of its families (usually none).
+    metadata: Vec<MetricMetadata>,
 }
 
 /// Decides whether a series set (a target's shape) may be forwarded, for an active-series
@@ -925,6 +1150,9 @@ pub struct Decoded {
     /// Samples not written because [`TunnelDecoder::with_label_limits`] or the series gate
     /// refuse their series, by [`LabelReject`] (in [`LabelReject::ALL`] order).
     pub rejected: [u64; 4],
+    /// What the written request holds besides float samples ([`crate::remote_write::extras`]
+    /// bits).
+    pub extras: u8,
 }
 
 /// Gateway side, one per connection. Batches must be decoded in sequence order.
@@ -950,6 +1178,9 @@ pub struct TunnelDecoder {
     label_limits: Option<LabelLimits>,
     /// Active-series limit on the sets written by `decode_remote_write`.
     gate: Option<std::sync::Arc<dyn SeriesGate>>,
+    /// Sets whose labels were encoded (first used) in the last walk: their metadata is
+    /// written with that batch.
+    fresh: Vec<usize>,
 }
 
 impl TunnelDecoder {
@@ -971,6 +1202,7 @@ impl TunnelDecoder {
             ha_labels: None,
             label_limits: None,
             gate: None,
+            fresh: Vec::new(),
         }
     }
 
@@ -1009,23 +1241,34 @@ impl TunnelDecoder {
     pub fn decode(&mut self, payload: &[u8]) -> Result<(Vec<TimeSeries>, u64), CodecError> {
         let mut out = Vec::new();
         let stamp = self.stamp.clone();
-        let samples = self.walk(payload, false, |set, strings, _, i, value, timestamp| {
-            let mut labels: Vec<Label> = set.series[i]
-                .iter()
-                .map(|(n, v)| Label {
-                    name: strings[*n as usize].clone(),
-                    value: strings[*v as usize].clone(),
-                })
-                .collect();
-            if let Some(s) = &stamp {
-                s.apply(&mut labels);
-            }
-            out.push(TimeSeries {
-                labels,
-                samples: vec![Sample { value, timestamp }],
-            });
-        })?;
-        Ok((out, samples))
+        let mut bad = None;
+        let samples = self.walk(
+            payload,
+            false,
+            |set, strings, _, i, value, timestamp, extras| {
+                let mut labels: Vec<Label> = set.series[i]
+                    .iter()
+                    .map(|(n, v)| Label {
+                        name: strings[*n as usize].clone(),
+                        value: strings[*v as usize].clone(),
+                    })
+                    .collect();
+                if let Some(s) = &stamp {
+                    s.apply(&mut labels);
+                }
+                let mut ts = TimeSeries::floats(labels, vec![Sample { value, timestamp }]);
+                for (_, kind, body) in extras {
+                    if let Err(e) = attach(&mut ts, *kind, body) {
+                        bad = Some(e);
+                    }
+                }
+                out.push(ts);
+            },
+        )?;
+        match bad {
+            Some(e) => Err(e),
+            None => Ok((out, samples)),
+        }
     }
 
     /// Decodes one batch straight into the protobuf encoding of a remote-write 1.0
@@ -1047,11 +1290,12 @@ impl TunnelDecoder {
         let mut skipped = 0u64;
         let mut rejected = [0u64; 4];
         let mut ha = None;
+        let mut found = 0u8;
         let ha_labels = self.ha_labels.take();
         let walked = self.walk(
             payload,
             true,
-            |set, strings, scrape, i, value, timestamp| {
+            |set, strings, scrape, i, value, timestamp, extras| {
                 if scrape < skip {
                     skipped += 1;
                     return;
@@ -1080,22 +1324,48 @@ impl TunnelDecoder {
                 if let Some(l) = labels {
                     ts_body.put_slice(l);
                 }
-                sample.clear();
-                sample.put_u8(0x09);
-                sample.put_u64_le(value.to_bits());
-                sample.put_u8(0x10);
-                put_varint(&mut sample, timestamp as u64);
-                put_len_field(&mut ts_body, 0x12, &sample);
+                // TimeSeries: samples (2), exemplars (3), histograms (4). A histogram replaces
+                // the float sample.
+                let histogram = extras.iter().find(|e| e.1 == ExtraKind::Histogram);
+                if histogram.is_none() {
+                    sample.clear();
+                    sample.put_u8(0x09);
+                    sample.put_u64_le(value.to_bits());
+                    sample.put_u8(0x10);
+                    put_varint(&mut sample, timestamp as u64);
+                    put_len_field(&mut ts_body, 0x12, &sample);
+                }
+                for (_, kind, body) in extras {
+                    if *kind == ExtraKind::Exemplar {
+                        put_len_field(&mut ts_body, 0x1a, body);
+                        found |= crate::remote_write::extras::EXEMPLARS;
+                    }
+                }
+                if let Some((_, _, body)) = histogram {
+                    put_len_field(&mut ts_body, 0x22, body);
+                    found |= crate::remote_write::extras::HISTOGRAMS;
+                }
                 put_len_field(out, 0x0a, &ts_body);
             },
         );
         self.ha_labels = ha_labels;
         walked?;
+        // WriteRequest.metadata (3) of the sets first used on this connection.
+        let mut md = BytesMut::new();
+        for &local in &self.fresh {
+            for m in &self.sets[local].metadata {
+                md.clear();
+                prost::Message::encode_raw(m, &mut md);
+                put_len_field(out, 0x1a, &md);
+                found |= crate::remote_write::extras::METADATA;
+            }
+        }
         Ok(Decoded {
             samples: written,
             skipped,
             ha,
             rejected,
+            extras: found,
         })
     }
 
@@ -1106,14 +1376,15 @@ impl TunnelDecoder {
         &mut self,
         payload: &[u8],
         want_encoded: bool,
-        mut f: impl FnMut(&SetDef, &[String], u64, usize, f64, i64),
+        mut f: impl FnMut(&SetDef, &[String], u64, usize, f64, i64, &[(usize, ExtraKind, &[u8])]),
     ) -> Result<u64, CodecError> {
         let body = zstd::bulk::decompress(payload, self.max_body)
             .map_err(|e| CodecError::Zstd(e.to_string()))?;
         let mut r = Reader::new(&body);
         self.newest = i64::MIN;
+        self.fresh.clear();
         let flags = r.u8("flags")?;
-        if flags & !FLAG_RESET != 0 {
+        if flags & !(FLAG_RESET | FLAG_EXTRAS) != 0 {
             return Err(CodecError::Invalid { what: "flags" });
         }
         if flags & FLAG_RESET != 0 {
@@ -1177,16 +1448,23 @@ impl TunnelDecoder {
                 }
                 series.push(labels);
             }
+            let metadata = if flags & FLAG_EXTRAS != 0 {
+                read_messages(&mut r, "metadata")?
+            } else {
+                Vec::new()
+            };
             self.sets.push(SetDef {
                 series,
                 encoded: None,
                 hash: 0,
+                metadata,
             });
             self.states.push(SetState::new(n));
         }
         let ns = r.count("scrape count", 3, u32::MAX as u64)?;
         let mut samples = 0u64;
         let mut exceptions: Vec<(usize, i64)> = Vec::new();
+        let mut extras: Vec<(usize, ExtraKind, &[u8])> = Vec::new();
         for scrape in 0..ns as u64 {
             let local = r.varint("set id")? as usize;
             let (Some(set), Some(st)) = (self.sets.get_mut(local), self.states.get_mut(local))
@@ -1209,6 +1487,7 @@ impl TunnelDecoder {
                     }
                 }
                 set.encoded = Some(encoded);
+                self.fresh.push(local);
             } else if want_encoded && let Some(gate) = &self.gate {
                 gate.touch(set.hash);
             }
@@ -1227,6 +1506,25 @@ impl TunnelDecoder {
                     })?;
                 exceptions.push((i, ets));
             }
+            extras.clear();
+            if flags & FLAG_EXTRAS != 0 {
+                read_extras(&mut r, n, &mut extras)?;
+                for (_, kind, b) in &extras {
+                    let valid = match kind {
+                        ExtraKind::Histogram => {
+                            <crate::remote_write::Histogram as prost::Message>::decode(*b).is_ok()
+                        }
+                        ExtraKind::Exemplar => {
+                            <crate::remote_write::Exemplar as prost::Message>::decode(*b).is_ok()
+                        }
+                    };
+                    if !valid {
+                        return Err(CodecError::Invalid { what: "extra body" });
+                    }
+                }
+                extras.sort_by_key(|e| e.0);
+            }
+            let mut next_extra = 0;
             let mut next_exc = 0;
             exceptions.sort_unstable();
             for (i, slot) in st.slots.iter_mut().enumerate() {
@@ -1242,7 +1540,19 @@ impl TunnelDecoder {
                     next_exc += 1;
                 }
                 self.newest = self.newest.max(t);
-                f(set, &self.strings, scrape, i, value, t);
+                let first = next_extra;
+                while extras.get(next_extra).is_some_and(|e| e.0 == i) {
+                    next_extra += 1;
+                }
+                f(
+                    set,
+                    &self.strings,
+                    scrape,
+                    i,
+                    value,
+                    t,
+                    &extras[first..next_extra],
+                );
             }
             samples += n as u64;
         }
@@ -1282,6 +1592,7 @@ mod tests {
                         value,
                         timestamp: 1_700_000_000_000 + n as i64 * 15_000 + (n as i64 % 3),
                     }],
+                    ..Default::default()
                 }
             })
             .collect()
@@ -1342,6 +1653,91 @@ mod tests {
             }
             assert!(same(&req.timeseries, &sorted), "remote-write batch {batch}");
         }
+    }
+
+    #[test]
+    fn histograms_exemplars_and_metadata_roundtrip_through_disk_and_wire() {
+        use crate::remote_write::{BucketSpan, Exemplar, Histogram, MetricType, WriteRequest};
+        let hist = |n: u64, ts: i64| Histogram {
+            count: Some(crate::remote_write::histogram::Count::CountInt(n)),
+            sum: n as f64 * 0.5,
+            schema: 2,
+            zero_threshold: 1e-128,
+            positive_spans: vec![BucketSpan {
+                offset: 1,
+                length: 2,
+            }],
+            positive_deltas: vec![n as i64, -1],
+            timestamp: ts,
+            ..Default::default()
+        };
+        let metadata = vec![MetricMetadata {
+            r#type: MetricType::Histogram as i32,
+            metric_family_name: "lat".into(),
+            help: "latency".into(),
+            unit: "seconds".into(),
+        }];
+        let mut enc = TunnelEncoder::new(3);
+        let mut dec = TunnelDecoder::new(1 << 24, 1000, 10_000);
+        let mut rw_dec = TunnelDecoder::new(1 << 24, 1000, 10_000);
+        let mut defs = HashMap::new();
+        for n in 0..4u64 {
+            let ts = 1_700_000_000_000 + n as i64 * 1000;
+            let mut series = scrape(0, n, 3);
+            series[1].samples.clear();
+            series[1].histograms = vec![hist(n, if n == 2 { ts - 5 } else { ts })];
+            series[1].labels[0].value = "lat".into();
+            series[2].samples[0].value = 1.5; // not a NaN, so that series compare equal
+            series[2].exemplars = vec![Exemplar {
+                labels: vec![Label::new("trace_id", format!("{n:032x}"))],
+                value: 0.25,
+                timestamp: ts - 1,
+            }];
+            for s in &mut series {
+                s.samples.iter_mut().for_each(|x| x.timestamp = ts);
+            }
+            let (set, rec) = split_with(series.clone(), metadata.clone(), ts);
+            assert_eq!(rec.exceptions.len(), usize::from(n == 2));
+            let rec = ScrapeRecord::decode(&rec.encode()).expect("record roundtrip");
+            let set = SeriesSet::decode(&set.encode(), 100).expect("set roundtrip");
+            assert_eq!(set.metadata, metadata);
+            assert_eq!(join(&set, &rec).expect("joins"), series);
+            defs.insert(set.id(), set.encode());
+            let (payload, samples) = enc.encode(&[rec], &defs).expect("encode");
+            assert_eq!(samples, 3);
+            let (got, _) = dec.decode(&payload).expect("decode");
+            assert_eq!(got, series);
+            let mut rw = BytesMut::new();
+            rw_dec
+                .decode_remote_write(&payload, &mut rw, 0)
+                .expect("decodes");
+            let req = <WriteRequest as prost::Message>::decode(rw.freeze()).expect("protobuf");
+            assert_eq!(req.timeseries, series);
+            // Metadata goes with the batch that first uses the set on the connection.
+            let want: &[MetricMetadata] = if n == 0 { &metadata } else { &[] };
+            assert_eq!(req.metadata, want);
+        }
+        // A set without metadata keeps the id and encoding it had before metadata existed.
+        let (plain, _) = split(scrape(0, 0, 2), 0);
+        let mut legacy = BytesMut::new();
+        put_varint(&mut legacy, 2);
+        for s in &plain.series {
+            put_varint(&mut legacy, s.len() as u64);
+            for l in s {
+                for t in [&l.name, &l.value] {
+                    put_varint(&mut legacy, t.len() as u64);
+                    legacy.put_slice(t.as_bytes());
+                }
+            }
+        }
+        assert_eq!(plain.encode(), legacy.freeze());
+        // Float-only batches do not set the extras flag (older gateways read them).
+        let mut enc = TunnelEncoder::new(1);
+        let defs = HashMap::from([(plain.id(), plain.encode())]);
+        let (_, rec) = split(scrape(0, 0, 2), 0);
+        let (payload, _) = enc.encode(&[rec], &defs).expect("encode");
+        let body = zstd::bulk::decompress(&payload, 1 << 20).expect("zstd");
+        assert_eq!(body[0], 0);
     }
 
     #[test]

@@ -34,6 +34,115 @@ pub struct TimeSeries {
     /// In timestamp order.
     #[prost(message, repeated, tag = "2")]
     pub samples: Vec<Sample>,
+    #[prost(message, repeated, tag = "3")]
+    pub exemplars: Vec<Exemplar>,
+    /// Native histogram samples, in timestamp order. A series carries floats or histograms.
+    #[prost(message, repeated, tag = "4")]
+    pub histograms: Vec<Histogram>,
+}
+
+impl TimeSeries {
+    /// A series with float samples only.
+    pub fn floats(labels: Vec<Label>, samples: Vec<Sample>) -> TimeSeries {
+        TimeSeries {
+            labels,
+            samples,
+            exemplars: Vec::new(),
+            histograms: Vec::new(),
+        }
+    }
+
+    /// Float samples plus histogram samples.
+    pub fn sample_count(&self) -> usize {
+        self.samples.len() + self.histograms.len()
+    }
+}
+
+/// An exemplar: a sample of one observation, usually with a `trace_id` label.
+#[derive(Clone, PartialEq, Message)]
+pub struct Exemplar {
+    #[prost(message, repeated, tag = "1")]
+    pub labels: Vec<Label>,
+    #[prost(double, tag = "2")]
+    pub value: f64,
+    /// Milliseconds since the Unix epoch.
+    #[prost(int64, tag = "3")]
+    pub timestamp: i64,
+}
+
+/// A native (sparse, exponential-bucket) histogram sample, as `prompb.Histogram`: integer
+/// histograms carry bucket counts as deltas, float histograms as absolute counts. The same
+/// message (and field numbers) serves remote write 2.0; `custom_values` only travels there.
+#[derive(Clone, PartialEq, Message)]
+pub struct Histogram {
+    #[prost(oneof = "histogram::Count", tags = "1, 2")]
+    pub count: Option<histogram::Count>,
+    #[prost(double, tag = "3")]
+    pub sum: f64,
+    /// Resolution: buckets are powers of `2^(2^-schema)`.
+    #[prost(sint32, tag = "4")]
+    pub schema: i32,
+    #[prost(double, tag = "5")]
+    pub zero_threshold: f64,
+    #[prost(oneof = "histogram::ZeroCount", tags = "6, 7")]
+    pub zero_count: Option<histogram::ZeroCount>,
+    #[prost(message, repeated, tag = "8")]
+    pub negative_spans: Vec<BucketSpan>,
+    #[prost(sint64, repeated, tag = "9")]
+    pub negative_deltas: Vec<i64>,
+    #[prost(double, repeated, tag = "10")]
+    pub negative_counts: Vec<f64>,
+    #[prost(message, repeated, tag = "11")]
+    pub positive_spans: Vec<BucketSpan>,
+    #[prost(sint64, repeated, tag = "12")]
+    pub positive_deltas: Vec<i64>,
+    #[prost(double, repeated, tag = "13")]
+    pub positive_counts: Vec<f64>,
+    #[prost(enumeration = "histogram::ResetHint", tag = "14")]
+    pub reset_hint: i32,
+    /// Milliseconds since the Unix epoch.
+    #[prost(int64, tag = "15")]
+    pub timestamp: i64,
+    #[prost(double, repeated, tag = "16")]
+    pub custom_values: Vec<f64>,
+}
+
+/// Types nested in [`Histogram`].
+pub mod histogram {
+    #[derive(Clone, Copy, PartialEq, prost::Oneof)]
+    pub enum Count {
+        #[prost(uint64, tag = "1")]
+        CountInt(u64),
+        #[prost(double, tag = "2")]
+        CountFloat(f64),
+    }
+
+    #[derive(Clone, Copy, PartialEq, prost::Oneof)]
+    pub enum ZeroCount {
+        #[prost(uint64, tag = "6")]
+        ZeroCountInt(u64),
+        #[prost(double, tag = "7")]
+        ZeroCountFloat(f64),
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum ResetHint {
+        Unknown = 0,
+        Yes = 1,
+        No = 2,
+        Gauge = 3,
+    }
+}
+
+/// A run of consecutive buckets: `offset` from the end of the previous span (or from zero for
+/// the first), then `length` buckets.
+#[derive(Clone, Copy, PartialEq, Eq, Message)]
+pub struct BucketSpan {
+    #[prost(sint32, tag = "1")]
+    pub offset: i32,
+    #[prost(uint32, tag = "2")]
+    pub length: u32,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Message)]
@@ -53,7 +162,7 @@ pub struct Sample {
     pub timestamp: i64,
 }
 
-#[derive(Clone, PartialEq, Message)]
+#[derive(Clone, PartialEq, Eq, Hash, Message)]
 pub struct MetricMetadata {
     #[prost(enumeration = "MetricType", tag = "1")]
     pub r#type: i32,
@@ -84,6 +193,31 @@ impl Label {
             name: name.into(),
             value: value.into(),
         }
+    }
+}
+
+/// Bits saying what a request holds besides float samples, so a sender knows without decoding
+/// whether a destination that does not take some of it needs the request rewritten.
+pub mod extras {
+    pub const HISTOGRAMS: u8 = 1;
+    pub const EXEMPLARS: u8 = 2;
+    pub const METADATA: u8 = 4;
+
+    /// The bits of decoded series and metadata.
+    pub fn of(series: &[super::TimeSeries], metadata: &[super::MetricMetadata]) -> u8 {
+        let mut bits = 0;
+        for ts in series {
+            if !ts.histograms.is_empty() {
+                bits |= HISTOGRAMS;
+            }
+            if !ts.exemplars.is_empty() {
+                bits |= EXEMPLARS;
+            }
+        }
+        if !metadata.is_empty() {
+            bits |= METADATA;
+        }
+        bits
     }
 }
 
@@ -125,50 +259,130 @@ pub fn decode_snappy<M: Message + Default>(body: &[u8], limit: usize) -> Result<
 mod tests {
     use super::*;
 
+    fn hist(ts: i64) -> Histogram {
+        Histogram {
+            count: Some(histogram::Count::CountInt(5)),
+            sum: 12.5,
+            schema: 3,
+            zero_threshold: 1e-128,
+            zero_count: Some(histogram::ZeroCount::ZeroCountInt(1)),
+            positive_spans: vec![BucketSpan {
+                offset: -2,
+                length: 2,
+            }],
+            positive_deltas: vec![3, -2],
+            timestamp: ts,
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn v1_bytes_convert_to_the_same_v2_message() {
-        let req = WriteRequest {
-            timeseries: (0..4)
-                .map(|i| TimeSeries {
-                    labels: vec![
-                        Label::new("__name__", "up"),
-                        Label::new("job", if i % 2 == 0 { "a" } else { "b" }),
-                        Label::new("i", i.to_string()),
-                    ],
-                    samples: vec![
+    fn v1_bytes_convert_to_v2_with_histograms_exemplars_and_metadata() {
+        let labels = |name: &str, i: u32| {
+            vec![
+                Label::new("__name__", name),
+                Label::new("i", i.to_string()),
+                Label::new("job", if i % 2 == 0 { "a" } else { "b" }),
+            ]
+        };
+        let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+        let mut timeseries: Vec<TimeSeries> = (0..4)
+            .map(|i| {
+                TimeSeries::floats(
+                    labels("up", i),
+                    vec![
                         Sample {
                             value: f64::from(i),
                             timestamp: 7,
                         },
                         Sample {
-                            value: f64::from_bits(0x7ff0_0000_0000_0002),
+                            value: stale,
                             timestamp: 8,
                         },
                     ],
-                })
-                .collect(),
-            metadata: vec![MetricMetadata {
-                r#type: MetricType::Gauge as i32,
-                metric_family_name: "up".into(),
-                help: "h".into(),
-                unit: String::new(),
+                )
+            })
+            .collect();
+        timeseries.push(TimeSeries {
+            labels: labels("req_seconds", 9),
+            histograms: vec![hist(7)],
+            exemplars: vec![Exemplar {
+                labels: vec![Label::new("trace_id", "abc")],
+                value: 0.3,
+                timestamp: 6,
             }],
+            ..Default::default()
+        });
+        // Mixed: becomes two 2.0 series, the exemplar and metadata stay with the floats.
+        timeseries.push(TimeSeries {
+            labels: labels("req_seconds_count", 1),
+            samples: vec![Sample {
+                value: 5.0,
+                timestamp: 7,
+            }],
+            histograms: vec![hist(8)],
+            exemplars: vec![Exemplar {
+                labels: vec![],
+                value: 1.0,
+                timestamp: 7,
+            }],
+        });
+        let req = WriteRequest {
+            timeseries,
+            metadata: vec![
+                MetricMetadata {
+                    r#type: MetricType::Gauge as i32,
+                    metric_family_name: "up".into(),
+                    help: "h".into(),
+                    unit: String::new(),
+                },
+                MetricMetadata {
+                    r#type: MetricType::Histogram as i32,
+                    metric_family_name: "req_seconds".into(),
+                    help: "latency".into(),
+                    unit: "seconds".into(),
+                },
+            ],
         };
         let raw = req.encode_to_vec();
-        let fast = v2::from_v1_bytes(&raw).expect("converts");
-        let decoded = v2::Request::decode(fast.as_slice()).expect("valid 2.0");
-        let want = v2::from_v1(&req.timeseries);
-        assert_eq!(decoded.symbols, want.symbols);
-        assert_eq!(decoded.timeseries.len(), want.timeseries.len());
-        for (a, b) in decoded.timeseries.iter().zip(&want.timeseries) {
-            assert_eq!(a.labels_refs, b.labels_refs);
-            let bits = |s: &[Sample]| {
-                s.iter()
-                    .map(|x| (x.value.to_bits(), x.timestamp))
-                    .collect::<Vec<_>>()
-            };
-            assert_eq!(bits(&a.samples), bits(&b.samples));
+        let v2 = v2::Request::decode(v2::from_v1_bytes(&raw).expect("converts").as_slice())
+            .expect("valid 2.0");
+        assert_eq!(v2.symbols[0], "");
+        let sym = |i: u32| v2.symbols[i as usize].as_str();
+        let resolve = |refs: &[u32]| -> Vec<Label> {
+            refs.chunks(2)
+                .map(|p| Label::new(sym(p[0]), sym(p[1])))
+                .collect()
+        };
+        assert_eq!(v2.timeseries.len(), 7);
+        for (i, ts) in v2.timeseries[..4].iter().enumerate() {
+            assert_eq!(resolve(&ts.labels_refs), labels("up", i as u32));
+            let bits: Vec<u64> = ts.samples.iter().map(|s| s.value.to_bits()).collect();
+            assert_eq!(bits, [f64::from(i as u32).to_bits(), stale.to_bits()]);
+            let md = ts.metadata.expect("metadata");
+            assert_eq!((md.r#type, sym(md.help_ref), md.unit_ref), (2, "h", 0));
         }
+        let h = &v2.timeseries[4];
+        assert!(h.samples.is_empty());
+        assert_eq!(h.histograms, [hist(7)]);
+        assert_eq!(h.exemplars.len(), 1);
+        assert_eq!(
+            resolve(&h.exemplars[0].labels_refs),
+            [Label::new("trace_id", "abc")]
+        );
+        assert_eq!((h.exemplars[0].value, h.exemplars[0].timestamp), (0.3, 6));
+        let md = h.metadata.expect("metadata");
+        assert_eq!((sym(md.help_ref), sym(md.unit_ref)), ("latency", "seconds"));
+        let (floats, hists) = (&v2.timeseries[5], &v2.timeseries[6]);
+        assert_eq!(floats.labels_refs, hists.labels_refs);
+        assert_eq!((floats.samples.len(), floats.histograms.len()), (1, 0));
+        assert_eq!((hists.samples.len(), hists.histograms.len()), (0, 1));
+        assert_eq!((floats.exemplars.len(), hists.exemplars.len()), (1, 0));
+        assert!(floats.metadata.is_some() && hists.metadata.is_none());
+        // Without metadata in the request, from_v1 on the series gives the same message.
+        let plain = v2::from_v1(&req.timeseries);
+        assert_eq!(plain.timeseries.len(), 7);
+        assert!(plain.timeseries.iter().all(|t| t.metadata.is_none()));
         assert!(v2::from_v1_bytes(&raw[..raw.len() - 3]).is_err());
         assert!(v2::from_v1_bytes(b"\x0a\xff\x01").is_err());
     }
@@ -182,6 +396,7 @@ mod tests {
                     value: 1.0,
                     timestamp: 7,
                 }],
+                ..Default::default()
             }],
             metadata: vec![],
         };
@@ -222,14 +437,29 @@ pub mod v2 {
         pub labels_refs: Vec<u32>,
         #[prost(message, repeated, tag = "2")]
         pub samples: Vec<Sample>,
+        #[prost(message, repeated, tag = "3")]
+        pub histograms: Vec<Histogram>,
+        #[prost(message, repeated, tag = "4")]
+        pub exemplars: Vec<Exemplar>,
         #[prost(message, optional, tag = "5")]
         pub metadata: Option<Metadata>,
         #[prost(int64, tag = "6")]
         pub created_timestamp: i64,
     }
 
-    /// 2.0 samples have the same fields and numbers as 1.0's.
-    pub use super::Sample;
+    /// 2.0 samples and histograms have the same fields and numbers as 1.0's.
+    pub use super::{Histogram, Sample};
+
+    #[derive(Clone, PartialEq, Message)]
+    pub struct Exemplar {
+        /// Pairs of symbol indexes, as a series' labels.
+        #[prost(uint32, repeated, tag = "1")]
+        pub labels_refs: Vec<u32>,
+        #[prost(double, tag = "2")]
+        pub value: f64,
+        #[prost(int64, tag = "3")]
+        pub timestamp: i64,
+    }
 
     #[derive(Clone, Copy, PartialEq, Message)]
     pub struct Metadata {
@@ -241,37 +471,17 @@ pub mod v2 {
         pub unit_ref: u32,
     }
 
-    /// Builds a 2.0 request from 1.0 series, interning every string once.
+    /// Builds a 2.0 request from 1.0 series (no metadata), as [`from_v1_bytes`] does.
     pub fn from_v1(series: &[super::TimeSeries]) -> Request {
-        let mut symbols = vec![String::new()];
-        let mut index = std::collections::HashMap::<String, u32>::new();
-        index.insert(String::new(), 0);
-        let mut intern = |s: &str| -> u32 {
-            if let Some(i) = index.get(s) {
-                return *i;
-            }
-            let i = symbols.len() as u32;
-            symbols.push(s.to_owned());
-            index.insert(s.to_owned(), i);
-            i
-        };
-        let timeseries = series
-            .iter()
-            .map(|ts| TimeSeries {
-                labels_refs: ts
-                    .labels
-                    .iter()
-                    .flat_map(|l| [intern(&l.name), intern(&l.value)])
-                    .collect(),
-                samples: ts.samples.clone(),
-                metadata: None,
-                created_timestamp: 0,
-            })
-            .collect();
-        Request {
-            symbols,
-            timeseries,
+        let mut raw = Vec::new();
+        for ts in series {
+            prost::encoding::message::encode(1, ts, &mut raw);
         }
+        // The bytes were just encoded from valid messages.
+        from_v1_bytes(&raw)
+            .ok()
+            .and_then(|b| Request::decode(b.as_slice()).ok())
+            .unwrap_or_default()
     }
 
     /// Encoded size of a request.
@@ -280,17 +490,41 @@ pub mod v2 {
     }
 
     /// Converts an uncompressed 1.0 `WriteRequest` straight into an uncompressed 2.0
-    /// `Request` with the same series and samples, without decoding labels into owned strings:
-    /// names and values are interned as byte slices of `raw`, samples are copied as encoded
-    /// (1.0 and 2.0 samples share field numbers). Metadata and unknown fields are dropped.
-    /// Gives the same message as [`from_v1`] on the decoded request.
+    /// `Request`, without decoding labels into owned strings: names and values are interned
+    /// as byte slices of `raw`; samples and histograms are copied as encoded (their messages
+    /// are the same in both versions); exemplars get their labels interned.
+    ///
+    /// Metadata: the request's `metadata` entries (wherever they appear; merged requests
+    /// carry them between series) are attached to every series of their family: the series
+    /// name itself, else the name without a `_bucket`, `_count`, `_sum`, `_total`,
+    /// `_created`, `_info`, `_gcount` or `_gsum` suffix. A series with both float and
+    /// histogram samples becomes two series (2.0 forbids mixing). Unknown fields are dropped.
     pub fn from_v1_bytes(raw: &[u8]) -> Result<Vec<u8>, ConvertError> {
-        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        from_v1_bytes_with(raw, None)
+    }
+
+    /// [`from_v1_bytes`], also taking the metadata of families the request has none for from
+    /// `known` (metadata seen in earlier requests: a sender's cache, see [`Families`]).
+    pub fn from_v1_bytes_with<'a>(
+        raw: &'a [u8],
+        known: Option<&'a Families>,
+    ) -> Result<Vec<u8>, ConvertError> {
+        use prost::encoding::{WireType, encode_key, encode_varint};
         let mut symbols: Vec<&[u8]> = vec![b""];
         let mut index: std::collections::HashMap<&[u8], u32> =
             std::collections::HashMap::from([(&b""[..], 0)]);
+        // Pass 1: metadata by family name (type, help, unit as slices of `raw`).
+        let mut families: std::collections::HashMap<&[u8], Meta<'_>> =
+            std::collections::HashMap::new();
+        for_each_metadata(raw, |name, m| {
+            families.insert(name, m);
+        })?;
+
         let mut series = Vec::with_capacity(raw.len());
-        let (mut refs, mut samples, mut ts_buf) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut refs, mut samples, mut hists, mut exemplars) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut ts_buf, mut ex_buf, mut md_buf) = (Vec::new(), Vec::new(), Vec::new());
+        let mut ex_refs = Vec::new();
         let mut buf = raw;
         while !buf.is_empty() {
             let (tag, wt) = key(&mut buf)?;
@@ -301,51 +535,84 @@ pub mod v2 {
             let mut ts = delimited(&mut buf)?;
             refs.clear();
             samples.clear();
+            hists.clear();
+            exemplars.clear();
+            let mut metric: &[u8] = b"";
             while !ts.is_empty() {
                 let (tag, wt) = key(&mut ts)?;
                 match (tag, wt) {
                     (1, 2) => {
-                        let mut label = delimited(&mut ts)?;
-                        let (mut name, mut value): (&[u8], &[u8]) = (b"", b"");
-                        while !label.is_empty() {
-                            let (tag, wt) = key(&mut label)?;
-                            match (tag, wt) {
-                                (1, 2) => name = delimited(&mut label)?,
-                                (2, 2) => value = delimited(&mut label)?,
-                                _ => skip(&mut label, wt)?,
-                            }
+                        let (name, value) = label(delimited(&mut ts)?)?;
+                        if name == b"__name__" {
+                            metric = value;
                         }
-                        for s in [name, value] {
-                            let next = symbols.len() as u32;
-                            let i = *index.entry(s).or_insert_with(|| {
-                                symbols.push(s);
-                                next
-                            });
-                            refs.push(i);
-                        }
+                        refs.push(symbol(name, &mut symbols, &mut index));
+                        refs.push(symbol(value, &mut symbols, &mut index));
                     }
                     (2, 2) => samples.push(delimited(&mut ts)?),
+                    (3, 2) => exemplars.push(delimited(&mut ts)?),
+                    (4, 2) => hists.push(delimited(&mut ts)?),
                     _ => skip(&mut ts, wt)?,
                 }
             }
-            // TimeSeries (2.0): labels_refs (1, packed), samples (2).
-            ts_buf.clear();
-            let packed: usize = refs.iter().map(|r| encoded_len_varint(u64::from(*r))).sum();
-            if !refs.is_empty() {
-                encode_key(1, WireType::LengthDelimited, &mut ts_buf);
-                encode_varint(packed as u64, &mut ts_buf);
-                for r in &refs {
-                    encode_varint(u64::from(*r), &mut ts_buf);
+            // Metadata (2.0 field 5): type, help_ref, unit_ref.
+            md_buf.clear();
+            if let Some((ty, help, unit)) = family(&families, known, metric) {
+                if ty != 0 {
+                    encode_key(1, WireType::Varint, &mut md_buf);
+                    encode_varint(ty, &mut md_buf);
+                }
+                for (tag, s) in [(3, help), (4, unit)] {
+                    if !s.is_empty() {
+                        encode_key(tag, WireType::Varint, &mut md_buf);
+                        encode_varint(u64::from(symbol(s, &mut symbols, &mut index)), &mut md_buf);
+                    }
                 }
             }
-            for s in &samples {
-                encode_key(2, WireType::LengthDelimited, &mut ts_buf);
-                encode_varint(s.len() as u64, &mut ts_buf);
-                ts_buf.extend_from_slice(s);
+            // Exemplars (2.0 field 4): labels_refs (1, packed), then value and timestamp as
+            // encoded (same numbers).
+            ex_buf.clear();
+            for ex in &exemplars {
+                let mut e = *ex;
+                ex_refs.clear();
+                let mut rest = Vec::new();
+                while !e.is_empty() {
+                    let before = e;
+                    let (tag, wt) = key(&mut e)?;
+                    if (tag, wt) == (1, 2) {
+                        let (name, value) = label(delimited(&mut e)?)?;
+                        ex_refs.push(symbol(name, &mut symbols, &mut index));
+                        ex_refs.push(symbol(value, &mut symbols, &mut index));
+                    } else {
+                        skip(&mut e, wt)?;
+                        if tag == 2 || tag == 3 {
+                            rest.extend_from_slice(&before[..before.len() - e.len()]);
+                        }
+                    }
+                }
+                let mut one = Vec::new();
+                packed_refs(1, &ex_refs, &mut one);
+                one.extend_from_slice(&rest);
+                encode_key(4, WireType::LengthDelimited, &mut ex_buf);
+                encode_varint(one.len() as u64, &mut ex_buf);
+                ex_buf.extend_from_slice(&one);
             }
-            encode_key(5, WireType::LengthDelimited, &mut series);
-            encode_varint(ts_buf.len() as u64, &mut series);
-            series.extend_from_slice(&ts_buf);
+            // TimeSeries (2.0): labels_refs (1), samples (2), histograms (3), exemplars (4),
+            // metadata (5). Floats and histograms go in separate series; exemplars and
+            // metadata stay with the floats when there are both.
+            let mixed = !samples.is_empty() && !hists.is_empty();
+            if hists.is_empty() || mixed {
+                let extras = [&ex_buf[..], &md_buf[..]];
+                series_v2(&refs, &samples, 2, extras, &mut ts_buf, &mut series);
+            }
+            if !hists.is_empty() {
+                let extras = if mixed {
+                    [&[][..]; 2]
+                } else {
+                    [&ex_buf[..], &md_buf[..]]
+                };
+                series_v2(&refs, &hists, 3, extras, &mut ts_buf, &mut series);
+            }
         }
         let mut out =
             Vec::with_capacity(series.len() + symbols.iter().map(|s| s.len() + 2).sum::<usize>());
@@ -356,6 +623,184 @@ pub mod v2 {
         }
         out.extend_from_slice(&series);
         Ok(out)
+    }
+
+    /// Calls `f(family name, (type, help, unit))` for every `metadata` entry of a 1.0
+    /// request (the series are skipped, not parsed).
+    fn for_each_metadata<'a>(
+        raw: &'a [u8],
+        mut f: impl FnMut(&'a [u8], Meta<'a>),
+    ) -> Result<(), ConvertError> {
+        let mut buf = raw;
+        while !buf.is_empty() {
+            let (tag, wt) = key(&mut buf)?;
+            if tag != 3 || wt != 2 {
+                skip(&mut buf, wt)?;
+                continue;
+            }
+            let mut md = delimited(&mut buf)?;
+            let (mut ty, mut name, mut help, mut unit) = (0u64, &b""[..], &b""[..], &b""[..]);
+            while !md.is_empty() {
+                let (tag, wt) = key(&mut md)?;
+                match (tag, wt) {
+                    (1, 0) => ty = prost::encoding::decode_varint(&mut md)?,
+                    (2, 2) => name = delimited(&mut md)?,
+                    (4, 2) => help = delimited(&mut md)?,
+                    (5, 2) => unit = delimited(&mut md)?,
+                    _ => skip(&mut md, wt)?,
+                }
+            }
+            f(name, (ty, help, unit));
+        }
+        Ok(())
+    }
+
+    /// Metadata a sender has seen, by family name, so 2.0 series get it inline in every
+    /// request although the stored 1.0 requests carry it only when it is new. Bounded: past
+    /// [`Families::MAX`] families it starts over (the next metadata seen fills it again).
+    #[derive(Debug, Default)]
+    pub struct Families {
+        map: std::collections::HashMap<Vec<u8>, OwnedMeta>,
+    }
+
+    /// A family's metadata as slices of a request: (type, help, unit).
+    type Meta<'a> = (u64, &'a [u8], &'a [u8]);
+    /// A family's metadata, owned: (type, help, unit).
+    pub type OwnedMeta = (u64, Vec<u8>, Vec<u8>);
+
+    impl Families {
+        pub const MAX: usize = 100_000;
+
+        /// The metadata of a 1.0 request, to [`Families::learn`] (without holding a lock).
+        pub fn read(raw: &[u8]) -> Vec<(Vec<u8>, OwnedMeta)> {
+            let mut out = Vec::new();
+            // A request that does not parse is refused by the conversion itself.
+            let _ = for_each_metadata(raw, |name, (ty, help, unit)| {
+                out.push((name.to_vec(), (ty, help.to_vec(), unit.to_vec())));
+            });
+            out
+        }
+
+        pub fn learn(&mut self, found: Vec<(Vec<u8>, OwnedMeta)>) {
+            if self.map.len() + found.len() > Self::MAX {
+                self.map.clear();
+            }
+            self.map.extend(found);
+        }
+
+        pub fn len(&self) -> usize {
+            self.map.len()
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.map.is_empty()
+        }
+    }
+
+    /// Appends one 2.0 `TimeSeries` (field 5 of the request) to `out`: label refs, `items`
+    /// under field `tag` (samples 2, histograms 3), then the encoded exemplars (field 4) and
+    /// metadata (its body, wrapped here as field 5).
+    fn series_v2(
+        refs: &[u32],
+        items: &[&[u8]],
+        tag: u32,
+        [exemplars, metadata]: [&[u8]; 2],
+        ts_buf: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) {
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        ts_buf.clear();
+        packed_refs(1, refs, ts_buf);
+        for s in items {
+            encode_key(tag, WireType::LengthDelimited, ts_buf);
+            encode_varint(s.len() as u64, ts_buf);
+            ts_buf.extend_from_slice(s);
+        }
+        ts_buf.extend_from_slice(exemplars);
+        if !metadata.is_empty() {
+            encode_key(5, WireType::LengthDelimited, ts_buf);
+            encode_varint(metadata.len() as u64, ts_buf);
+            ts_buf.extend_from_slice(metadata);
+        }
+        encode_key(5, WireType::LengthDelimited, out);
+        encode_varint(ts_buf.len() as u64, out);
+        out.extend_from_slice(ts_buf);
+    }
+
+    /// The metadata of the family a series name belongs to: from the request, else from
+    /// `known`; by the name itself, else by the name without a type suffix.
+    fn family<'a>(
+        families: &std::collections::HashMap<&'a [u8], Meta<'a>>,
+        known: Option<&'a Families>,
+        metric: &[u8],
+    ) -> Option<Meta<'a>> {
+        const SUFFIXES: [&[u8]; 8] = [
+            b"_bucket",
+            b"_count",
+            b"_sum",
+            b"_total",
+            b"_created",
+            b"_info",
+            b"_gcount",
+            b"_gsum",
+        ];
+        let known = known.filter(|k| !k.is_empty());
+        if families.is_empty() && known.is_none() {
+            return None;
+        }
+        let get = |name: &[u8]| {
+            families.get(name).copied().or_else(|| {
+                known
+                    .and_then(|k| k.map.get(name))
+                    .map(|(t, h, u)| (*t, h.as_slice(), u.as_slice()))
+            })
+        };
+        get(metric).or_else(|| {
+            SUFFIXES
+                .iter()
+                .filter_map(|s| metric.strip_suffix(*s))
+                .find_map(get)
+        })
+    }
+
+    fn symbol<'a>(
+        s: &'a [u8],
+        symbols: &mut Vec<&'a [u8]>,
+        index: &mut std::collections::HashMap<&'a [u8], u32>,
+    ) -> u32 {
+        let next = symbols.len() as u32;
+        *index.entry(s).or_insert_with(|| {
+            symbols.push(s);
+            next
+        })
+    }
+
+    /// A 1.0 `Label`'s name and value.
+    fn label(mut l: &[u8]) -> Result<(&[u8], &[u8]), ConvertError> {
+        let (mut name, mut value): (&[u8], &[u8]) = (b"", b"");
+        while !l.is_empty() {
+            let (tag, wt) = key(&mut l)?;
+            match (tag, wt) {
+                (1, 2) => name = delimited(&mut l)?,
+                (2, 2) => value = delimited(&mut l)?,
+                _ => skip(&mut l, wt)?,
+            }
+        }
+        Ok((name, value))
+    }
+
+    /// A packed repeated `uint32` field (nothing when empty).
+    fn packed_refs(tag: u32, refs: &[u32], out: &mut Vec<u8>) {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        if refs.is_empty() {
+            return;
+        }
+        let len: usize = refs.iter().map(|r| encoded_len_varint(u64::from(*r))).sum();
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(len as u64, out);
+        for r in refs {
+            encode_varint(u64::from(*r), out);
+        }
     }
 
     /// Why a 1.0 body could not be converted.

@@ -26,7 +26,7 @@ use uplink_shared::model::Label;
 
 use super::target::{self, Job, Populated};
 use super::{Context, Health, Stop, Target, run_target};
-use crate::config::{Config, ScrapeConfig, ScrapeProtocol};
+use crate::config::{Config, ScrapeConfig};
 use crate::discovery::{LabelSet, TargetGroup};
 use crate::http_client::HttpClient;
 
@@ -407,17 +407,11 @@ fn same_settings(new: &Target, old: &Target) -> bool {
 }
 
 /// The job's `Accept` header from its effective `scrape_protocols` (its own, else the global
-/// list); warns when `PrometheusProto`, which the agent cannot parse, is the preferred one.
+/// list, else Prometheus 2.42's, with protobuf first under `--enable-feature=native-histograms`).
 fn accept_header(cfg: &Config, sc: &ScrapeConfig) -> String {
     let protocols = sc
         .scrape_protocols
         .as_deref()
         .or(cfg.global.scrape_protocols.as_deref());
-    if protocols.and_then(<[ScrapeProtocol]>::first) == Some(&ScrapeProtocol::PrometheusProto) {
-        warn!(
-            job = %sc.job_name,
-            "scrape_protocols prefers PrometheusProto, which the agent does not parse yet; it is left out of the Accept header."
-        );
-    }
-    super::negotiate::accept_header(protocols)
+    super::negotiate::accept_header(protocols, cfg.features.native_histograms)
 }

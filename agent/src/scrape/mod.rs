@@ -23,6 +23,7 @@ pub mod manager;
 pub mod negotiate;
 pub mod openmetrics;
 pub mod parse;
+pub mod protobuf;
 pub mod shape;
 pub mod target;
 
@@ -92,6 +93,9 @@ pub enum ScrapeError {
     /// The body does not parse as OpenMetrics.
     #[error("OpenMetrics parse error: {0}")]
     OpenMetrics(#[from] openmetrics::ParseError),
+    /// The body does not parse as the protobuf format.
+    #[error("protobuf parse error: {0}")]
+    Protobuf(#[from] protobuf::ParseError),
     /// Metric relabeling removed `__name__` from a series.
     #[error("__name__ label is mandatory (removed by metric_relabel_configs)")]
     NameMissing,
@@ -112,14 +116,14 @@ pub enum ScrapeError {
 /// A scraped body and the parser its `Content-Type` selected.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Body {
-    pub text: String,
+    pub data: Vec<u8>,
     pub format: Format,
 }
 
 impl Body {
-    /// Parses the body in its format.
+    /// Parses the body in its format (the text formats must be UTF-8).
     pub fn parse(&self, limits: &parse::Limits) -> Result<parse::Exposition, ScrapeError> {
-        self.format.parse(&self.text, limits)
+        self.format.parse(&self.data, limits)
     }
 }
 
@@ -127,7 +131,7 @@ impl Body {
 impl From<String> for Body {
     fn from(text: String) -> Self {
         Body {
-            text,
+            data: text.into_bytes(),
             format: Format::Text,
         }
     }
@@ -371,8 +375,7 @@ async fn scrape_once(t: &Target) -> Result<Body, ScrapeError> {
                 return Err(ScrapeError::BodyTooLarge(limit));
             }
         }
-        let text = String::from_utf8(body).map_err(|_| ScrapeError::Utf8)?;
-        Ok(Body { text, format })
+        Ok(Body { data: body, format })
     };
     match tokio::time::timeout(t.timeout, fut).await {
         Err(_) => Err(ScrapeError::Timeout(t.timeout)),

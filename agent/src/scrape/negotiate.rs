@@ -5,15 +5,14 @@
 //!
 //! Without `scrape_protocols` (job or global), every scrape sends Prometheus 2.42's header,
 //! [`DEFAULT_ACCEPT`]: OpenMetrics 1.0.0, then 0.0.1 (q=0.75), then the text format 0.0.4
-//! (q=0.5), then anything (q=0.1).
+//! (q=0.5), then anything (q=0.1); with `--enable-feature=native-histograms`, the protobuf
+//! format comes first, as in Prometheus 2.42 ([`NATIVE_HISTOGRAMS_ACCEPT`]).
 //!
 //! With `scrape_protocols` (Prometheus ≥ 2.49 syntax; a job's list replaces the global one),
 //! the header is built as Prometheus builds it: each protocol's media range in list order,
 //! with `q=0.<w>` where `w` starts at the number of protocol names (5) plus one and drops by
 //! one per entry, then `*/*` with the next weight. Deviations:
 //!
-//! * `PrometheusProto` is left out (the agent does not parse protobuf yet), without using up a
-//!   weight; a warning is logged when it comes first (see `scrape::manager`).
 //! * `PrometheusText1.0.0` is asked for with `escaping=underscores`, so that a target escapes
 //!   UTF-8 metric and label names into the legacy names the text parser reads. Other ranges
 //!   carry no escaping parameter, as in Prometheus 2.x.
@@ -25,9 +24,8 @@
 //! `application/openmetrics-text` (any case, any parameters), the body is OpenMetrics
 //! ([`super::openmetrics`]). Anything else — another type, a missing header, or one Go fails to
 //! parse (an empty parameter value, a duplicate parameter, stray text) — selects the text format
-//! 0.0.4 ([`super::parse`]). Deviation: Prometheus 2.42 parses
-//! `application/vnd.google.protobuf` bodies as protobuf; here they go to the text parser
-//! (and fail), but no such body is asked for.
+//! 0.0.4 ([`super::parse`]), except `application/vnd.google.protobuf`, which selects the
+//! protobuf format ([`super::protobuf`]), as in Prometheus 2.42.
 
 use std::collections::HashSet;
 
@@ -37,6 +35,14 @@ use super::{ScrapeError, openmetrics, parse};
 
 /// Prometheus 2.42's `Accept` header (`scrapeAcceptHeader` in `scrape/scrape.go`).
 pub const DEFAULT_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// The media range of the protobuf format.
+const PROTOBUF_RANGE: &str =
+    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
+
+/// Prometheus 2.42's `Accept` header with `--enable-feature=native-histograms`
+/// (`scrapeAcceptHeaderWithProtobuf`): protobuf first.
+pub const NATIVE_HISTOGRAMS_ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
 /// How many protocol names `scrape_protocols` knows (Prometheus's `ScrapeProtocolsHeaders`).
 const KNOWN_PROTOCOLS: u32 = 5;
@@ -52,6 +58,8 @@ pub enum Format {
     Text,
     /// OpenMetrics 1.0 ([`super::openmetrics`]).
     OpenMetrics,
+    /// The delimited protobuf format ([`super::protobuf`]).
+    Protobuf,
 }
 
 impl Format {
@@ -59,44 +67,53 @@ impl Format {
     pub fn from_content_type(content_type: Option<&str>) -> Format {
         match content_type.and_then(go_media_type) {
             Some(t) if t == OPENMETRICS => Format::OpenMetrics,
+            Some(t) if t == super::protobuf::MEDIA_TYPE => Format::Protobuf,
             _ => Format::Text,
         }
     }
 
-    /// Parses `text` in this format.
+    /// Parses a body in this format; the text formats must be UTF-8.
     pub fn parse(
         self,
-        text: &str,
+        data: &[u8],
         limits: &parse::Limits,
     ) -> Result<parse::Exposition, ScrapeError> {
+        if self == Format::Protobuf {
+            return Ok(super::protobuf::parse(data, limits)?);
+        }
+        let text = std::str::from_utf8(data).map_err(|_| ScrapeError::Utf8)?;
         Ok(match self {
-            Format::Text => parse::parse(text, limits)?,
             Format::OpenMetrics => openmetrics::parse(text, limits)?,
+            _ => parse::parse(text, limits)?,
         })
     }
 }
 
-/// The media range asked for a protocol; `None` for the ones the agent cannot parse.
-fn media_range(p: ScrapeProtocol) -> Option<&'static str> {
+/// The media range asked for a protocol.
+fn media_range(p: ScrapeProtocol) -> &'static str {
     match p {
-        ScrapeProtocol::PrometheusProto => None,
-        ScrapeProtocol::PrometheusText0_0_4 => Some("text/plain;version=0.0.4"),
-        ScrapeProtocol::PrometheusText1_0_0 => {
-            Some("text/plain;version=1.0.0;escaping=underscores")
-        }
-        ScrapeProtocol::OpenMetricsText0_0_1 => Some("application/openmetrics-text;version=0.0.1"),
-        ScrapeProtocol::OpenMetricsText1_0_0 => Some("application/openmetrics-text;version=1.0.0"),
+        ScrapeProtocol::PrometheusProto => PROTOBUF_RANGE,
+        ScrapeProtocol::PrometheusText0_0_4 => "text/plain;version=0.0.4",
+        ScrapeProtocol::PrometheusText1_0_0 => "text/plain;version=1.0.0;escaping=underscores",
+        ScrapeProtocol::OpenMetricsText0_0_1 => "application/openmetrics-text;version=0.0.1",
+        ScrapeProtocol::OpenMetricsText1_0_0 => "application/openmetrics-text;version=1.0.0",
     }
 }
 
-/// The `Accept` header for a job's effective `scrape_protocols` (`None`: not configured).
-pub fn accept_header(protocols: Option<&[ScrapeProtocol]>) -> String {
+/// The `Accept` header for a job's effective `scrape_protocols` (`None`: not configured, then
+/// Prometheus 2.42's header, with protobuf first when native histograms are enabled).
+pub fn accept_header(protocols: Option<&[ScrapeProtocol]>, native_histograms: bool) -> String {
     let Some(protocols) = protocols else {
-        return DEFAULT_ACCEPT.to_owned();
+        return if native_histograms {
+            NATIVE_HISTOGRAMS_ACCEPT
+        } else {
+            DEFAULT_ACCEPT
+        }
+        .to_owned();
     };
     let mut weight = KNOWN_PROTOCOLS + 1;
     let mut parts = Vec::with_capacity(protocols.len() + 1);
-    for range in protocols.iter().filter_map(|p| media_range(*p)) {
+    for range in protocols.iter().map(|p| media_range(*p)) {
         parts.push(format!("{range};q=0.{weight}"));
         weight = weight.saturating_sub(1);
     }
@@ -219,7 +236,8 @@ mod tests {
 
     #[test]
     fn default_header_is_prometheus_2_42s() {
-        assert_eq!(accept_header(None), DEFAULT_ACCEPT);
+        assert_eq!(accept_header(None, false), DEFAULT_ACCEPT);
+        assert_eq!(accept_header(None, true), NATIVE_HISTOGRAMS_ACCEPT);
         assert_eq!(
             DEFAULT_ACCEPT,
             "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
@@ -229,27 +247,28 @@ mod tests {
     #[test]
     fn configured_protocols_in_order() {
         assert_eq!(
-            accept_header(Some(&[
-                OpenMetricsText1_0_0,
-                OpenMetricsText0_0_1,
-                PrometheusText0_0_4
-            ])),
+            accept_header(
+                Some(&[
+                    OpenMetricsText1_0_0,
+                    OpenMetricsText0_0_1,
+                    PrometheusText0_0_4
+                ]),
+                false
+            ),
             "application/openmetrics-text;version=1.0.0;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.3"
         );
         assert_eq!(
-            accept_header(Some(&[PrometheusText0_0_4])),
+            accept_header(Some(&[PrometheusText0_0_4]), false),
             "text/plain;version=0.0.4;q=0.6,*/*;q=0.5"
         );
-        // Protobuf is skipped and uses no weight.
+        // The configured list wins over the feature flag.
         assert_eq!(
-            accept_header(Some(&[
-                PrometheusProto,
-                PrometheusText1_0_0,
-                OpenMetricsText1_0_0
-            ])),
-            "text/plain;version=1.0.0;escaping=underscores;q=0.6,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.4"
+            accept_header(
+                Some(&[PrometheusProto, PrometheusText1_0_0, OpenMetricsText1_0_0]),
+                true
+            ),
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,text/plain;version=1.0.0;escaping=underscores;q=0.5,application/openmetrics-text;version=1.0.0;q=0.4,*/*;q=0.3"
         );
-        assert_eq!(accept_header(Some(&[PrometheusProto])), "*/*;q=0.6");
         let all = [
             PrometheusProto,
             PrometheusText0_0_4,
@@ -257,7 +276,7 @@ mod tests {
             OpenMetricsText0_0_1,
             OpenMetricsText1_0_0,
         ];
-        assert!(accept_header(Some(&all)).ends_with(",*/*;q=0.2"));
+        assert!(accept_header(Some(&all), false).ends_with(",*/*;q=0.1"));
     }
 
     #[test]

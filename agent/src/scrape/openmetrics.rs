@@ -86,13 +86,14 @@
 //! [`super::parse::ERROR_SNIPPET_CHARS`]. The unit tests run it on many mutations of every seed
 //! body under `agent/tests/fixtures/openmetrics/`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use uplink_shared::remote_write::{Label, MetricType};
 
 use super::parse::{
-    self, Exposition, FloatError, Limits, ParsedSample, check_label_names, check_limits,
-    is_label_char, is_label_start, is_name_char, is_name_start, parse_go_float, snippet, unescape,
+    self, Exposition, FloatError, Limits, ParsedExemplar, ParsedSample, check_label_names,
+    check_limits, is_label_char, is_label_start, is_name_char, is_name_start, parse_go_float,
+    snippet, unescape,
 };
 
 /// Most characters (names plus values) an exemplar's labels may have: the OpenMetrics limit,
@@ -300,12 +301,12 @@ pub fn parse(input: &str, limits: &Limits) -> Result<Exposition, ParseError> {
 /// One line other than `# EOF`, without its `\n`.
 fn parse_line(text: &str, limits: &Limits, out: &mut Exposition) -> Result<(), Kind> {
     match text.as_bytes().first() {
-        Some(b'#') => metadata(text, &mut out.types),
+        Some(b'#') => metadata(text, out),
         Some(&c) if is_name_start(c) => {
             let (sample, exemplar) = sample(text)?;
             check_label_names(&sample.labels)?;
             check_limits(&sample, limits, out.samples.len())?;
-            if exemplar == Some(true) {
+            if matches!(exemplar, Some(Some(_))) {
                 out.exemplars += 1;
             }
             out.samples.push(sample);
@@ -318,7 +319,7 @@ fn parse_line(text: &str, limits: &Limits, out: &mut Exposition) -> Result<(), K
 }
 
 /// A `# HELP`, `# TYPE` or `# UNIT` line.
-fn metadata(text: &str, types: &mut HashMap<String, MetricType>) -> Result<(), Kind> {
+fn metadata(text: &str, out: &mut Exposition) -> Result<(), Kind> {
     let invalid = || Kind::InvalidComment {
         found: format!("{:?}", snippet(text)),
     };
@@ -344,10 +345,16 @@ fn metadata(text: &str, types: &mut HashMap<String, MetricType>) -> Result<(), K
     let text = c.rest();
     match keyword {
         "TYPE" => {
-            types.insert(name.to_owned(), metric_type(text)?);
+            out.types.insert(name.to_owned(), metric_type(text)?);
         }
-        "UNIT" => check_unit(name, text)?,
-        _ => {}
+        "UNIT" => {
+            check_unit(name, text)?;
+            out.units.insert(name.to_owned(), text.to_owned());
+        }
+        _ => {
+            out.help
+                .insert(name.to_owned(), parse::unescape_help(text, true));
+        }
     }
     Ok(())
 }
@@ -386,8 +393,11 @@ fn check_unit(name: &str, unit: &str) -> Result<(), Kind> {
     }
 }
 
-/// A sample line; the flag says whether it had an exemplar and whether that one is storable.
-fn sample(text: &str) -> Result<(ParsedSample, Option<bool>), Kind> {
+/// An exemplar after a sample: `None` inside when it is well-formed but not storable.
+type Stored = Option<Box<ParsedExemplar>>;
+
+/// A sample line, and its exemplar if it had one.
+fn sample(text: &str) -> Result<(ParsedSample, Option<Stored>), Kind> {
     let mut c = Cursor::new(text);
     let name = c.take_while(is_name_char);
     let mut labels = Vec::new();
@@ -407,6 +417,8 @@ fn sample(text: &str) -> Result<(ParsedSample, Option<bool>), Kind> {
         labels,
         value,
         timestamp_ms,
+        exemplar: exemplar.clone().flatten(),
+        histogram: None,
     };
     Ok((sample, exemplar))
 }
@@ -587,7 +599,7 @@ impl<'a> Cursor<'a> {
     /// What may follow a sample's value: nothing, a timestamp, an exemplar, or both (in that
     /// order). Returns the timestamp in milliseconds and, when there was an exemplar, whether
     /// it is storable.
-    fn after_value(&mut self, metric: &str) -> Result<(Option<i64>, Option<bool>), Kind> {
+    fn after_value(&mut self, metric: &str) -> Result<(Option<i64>, Option<Stored>), Kind> {
         if self.starts_exemplar() {
             return Ok((None, Some(self.exemplar(metric)?)));
         }
@@ -611,8 +623,8 @@ impl<'a> Cursor<'a> {
         Ok((Some(ms), None))
     }
 
-    /// An exemplar (at ` # {`) through the end of the line; whether it is storable.
-    fn exemplar(&mut self, metric: &str) -> Result<bool, Kind> {
+    /// An exemplar (at ` # {`) through the end of the line, kept when it is storable.
+    fn exemplar(&mut self, metric: &str) -> Result<Stored, Kind> {
         if !(metric.ends_with("_total") || metric.ends_with("_bucket")) {
             return Err(Kind::ExemplarNotAllowed {
                 metric: snippet(metric),
@@ -624,17 +636,19 @@ impl<'a> Cursor<'a> {
             let found = self.found();
             return Err(Kind::MissingExemplarValue { found });
         };
-        if parse_go_float(raw).is_err() {
+        let Ok(value) = parse_go_float(raw) else {
             return Err(Kind::InvalidExemplarValue {
                 value: snippet(raw),
             });
-        }
+        };
+        let mut timestamp_ms = None;
         if !self.at_end() {
             let Some(raw) = self.token() else {
                 let found = self.found();
                 return Err(Kind::ExpectedEndOfExemplar { found });
             };
-            if seconds_to_ms(raw).is_none() {
+            timestamp_ms = seconds_to_ms(raw);
+            if timestamp_ms.is_none() {
                 return Err(Kind::InvalidExemplarTimestamp {
                     value: snippet(raw),
                 });
@@ -644,7 +658,22 @@ impl<'a> Cursor<'a> {
                 return Err(Kind::ExpectedEndOfExemplar { found });
             }
         }
-        Ok(exemplar_storable(&labels))
+        if !exemplar_storable(&labels) {
+            return Ok(None);
+        }
+        // Kept as Prometheus 2.42 stores it: empty-valued labels removed, sorted by name,
+        // values as written (not unescaped).
+        let mut labels: Vec<Label> = labels
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(n, v)| Label::new(*n, *v))
+            .collect();
+        labels.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Some(Box::new(ParsedExemplar {
+            labels,
+            value,
+            timestamp_ms,
+        })))
     }
 }
 

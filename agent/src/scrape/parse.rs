@@ -94,6 +94,20 @@ pub struct ParsedSample {
     pub value: f64,
     /// Explicit timestamp in milliseconds since the epoch, if the line had one.
     pub timestamp_ms: Option<i64>,
+    /// The exemplar of the sample, when the format has them and Prometheus would store it.
+    pub exemplar: Option<Box<ParsedExemplar>>,
+    /// A native histogram sample (protobuf format only); `value` is then unused.
+    pub histogram: Option<Box<uplink_shared::remote_write::Histogram>>,
+}
+
+/// An exemplar as scraped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedExemplar {
+    /// Sorted by name, no empty values.
+    pub labels: Vec<Label>,
+    pub value: f64,
+    /// Its own timestamp; without one it takes the sample's (as in Prometheus).
+    pub timestamp_ms: Option<i64>,
 }
 
 /// Everything a successfully parsed body contains.
@@ -103,6 +117,10 @@ pub struct Exposition {
     pub samples: Vec<ParsedSample>,
     /// Metric family name → type from `# TYPE` lines (`untyped` is [`MetricType::Unknown`]).
     pub types: HashMap<String, MetricType>,
+    /// Metric family name → text of its `# HELP` line, unescaped.
+    pub help: HashMap<String, String>,
+    /// Metric family name → its `# UNIT` (OpenMetrics only).
+    pub units: HashMap<String, String>,
     /// Exemplars seen that Prometheus would store (OpenMetrics only; see
     /// [`super::openmetrics`]). They are validated and counted, not kept.
     pub exemplars: usize,
@@ -305,7 +323,7 @@ pub fn parse(input: &str, limits: &Limits) -> Result<Exposition, ParseError> {
             continue;
         }
         match p.peek() {
-            Some(b'#') => p.comment(&mut out.types)?,
+            Some(b'#') => p.comment(&mut out)?,
             Some(c) if is_name_start(c) => {
                 let line = p.line;
                 let sample = p.sample()?;
@@ -447,7 +465,7 @@ impl<'a> Parser<'a> {
     }
 
     /// A line starting with `#` (at `pos`).
-    fn comment(&mut self, types: &mut HashMap<String, MetricType>) -> Result<(), ParseError> {
+    fn comment(&mut self, out: &mut Exposition) -> Result<(), ParseError> {
         self.pos += 1;
         if matches!(self.peek(), Some(b' ' | b'\t')) {
             self.skip_ws();
@@ -463,7 +481,7 @@ impl<'a> Parser<'a> {
                 && matches!(self.peek_at(4), Some(b' ' | b'\t'))
             {
                 self.pos += 4;
-                return self.metadata(keyword, types);
+                return self.metadata(keyword, out);
             }
         }
         self.rest_of_line();
@@ -472,11 +490,7 @@ impl<'a> Parser<'a> {
     }
 
     /// The part of a `# HELP`/`# TYPE` line after the keyword's whitespace (at `pos`).
-    fn metadata(
-        &mut self,
-        keyword: &'static str,
-        types: &mut HashMap<String, MetricType>,
-    ) -> Result<(), ParseError> {
+    fn metadata(&mut self, keyword: &'static str, out: &mut Exposition) -> Result<(), ParseError> {
         self.skip_ws();
         if !self.peek().is_some_and(is_name_start) {
             let found = self.found();
@@ -507,7 +521,9 @@ impl<'a> Parser<'a> {
                     return Err(self.err(ParseErrorKind::InvalidMetricType { found }));
                 }
             };
-            types.insert(name.to_owned(), ty);
+            out.types.insert(name.to_owned(), ty);
+        } else {
+            out.help.insert(name.to_owned(), unescape_help(text, false));
         }
         self.consume_eol();
         Ok(())
@@ -578,6 +594,8 @@ impl<'a> Parser<'a> {
             labels,
             value,
             timestamp_ms,
+            exemplar: None,
+            histogram: None,
         })
     }
 
@@ -648,6 +666,29 @@ impl<'a> Parser<'a> {
 }
 
 /// Replaces `\\`, `\"` and `\n`; keeps any other backslash sequence as it is.
+/// HELP text unescaped in one pass as Prometheus does: `\\` and `\n`, and `\"` too in
+/// OpenMetrics (`quotes`); any other backslash is kept.
+pub(super) fn unescape_help(raw: &str, quotes: bool) -> String {
+    if !raw.contains('\\') {
+        return raw.to_owned();
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some('\\')) => out.push('\\'),
+            ('\\', Some('n')) => out.push('\n'),
+            ('\\', Some('"')) if quotes => out.push('"'),
+            _ => {
+                out.push(c);
+                continue;
+            }
+        }
+        chars.next();
+    }
+    out
+}
+
 pub(super) fn unescape(raw: &str) -> String {
     if !raw.contains('\\') {
         return raw.to_owned();

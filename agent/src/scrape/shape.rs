@@ -26,8 +26,9 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use uplink_shared::codec::{self, ScrapeRecord, SeriesSet};
+use uplink_shared::codec::{self, Extra, ScrapeRecord, SeriesSet};
 use uplink_shared::model::{self, Label, METRIC_NAME, Sample, TimeSeries};
+use uplink_shared::remote_write::{Exemplar, MetricMetadata};
 
 use super::target::Job;
 use super::{Body, ScrapeError, Target, parse};
@@ -80,7 +81,7 @@ pub struct Shaper {
 /// Fingerprint of a scrape's shape: two independent 64-bit SipHashes over every sample's
 /// name and labels, in order. An accidental collision (about 2^-128) is the only way a changed
 /// shape could be mistaken for the remembered one.
-fn fingerprint(samples: &[parse::ParsedSample]) -> u128 {
+fn fingerprint(samples: &[parse::ParsedSample], metadata: &[MetricMetadata]) -> u128 {
     use std::hash::{Hash, Hasher};
     let mut a = std::collections::hash_map::DefaultHasher::new();
     let mut b = std::collections::hash_map::DefaultHasher::new();
@@ -95,6 +96,7 @@ fn fingerprint(samples: &[parse::ParsedSample]) -> u128 {
                 l.value.hash(h);
             }
         }
+        metadata.hash(h);
     }
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
@@ -133,7 +135,8 @@ impl Shaper {
             Err(error) => return self.failed(t, ext, error, ts, duration),
         };
         let scraped = exp.samples.len();
-        let shape = fingerprint(&exp.samples);
+        let metadata = metadata(&exp);
+        let shape = fingerprint(&exp.samples, &metadata);
         if self.shape == Some(shape) {
             return self.fast(t, exp.samples, ts, duration);
         }
@@ -150,7 +153,9 @@ impl Shaper {
         // Every series counts as seen; only those stamped with the scrape's time (or all, with
         // track_timestamps_staleness) can go stale. Usually both are the same set: compress once.
         let tracked = |s: &TimeSeries| {
-            t.job.track_timestamps_staleness || s.samples.first().is_some_and(|x| x.timestamp == ts)
+            let own = s.samples.first().map(|x| x.timestamp);
+            let own = own.or_else(|| s.histograms.first().map(|h| h.timestamp));
+            t.job.track_timestamps_staleness || own == Some(ts)
         };
         let live = &series[..post];
         self.seen = compress(live.iter().map(|s| s.labels.clone()).collect());
@@ -164,7 +169,7 @@ impl Shaper {
                     .collect(),
             )
         };
-        let (set, record) = codec::split(series, ts);
+        let (set, record) = codec::split_with(series, metadata, ts);
         if stale == 0 {
             self.shape = Some(shape);
             self.set_id = record.set_id;
@@ -193,13 +198,28 @@ impl Shaper {
         let honor = t.job.honor_timestamps;
         let mut values = Vec::with_capacity(scraped + REPORT.len());
         let mut exceptions = Vec::new();
+        let mut extras = Vec::new();
         let mut push = |s: &parse::ParsedSample| {
-            if let Some(ms) = s.timestamp_ms.filter(|_| honor)
-                && ms != ts
-            {
-                exceptions.push((values.len() as u32, ms));
+            let i = values.len() as u32;
+            let mut sample_ts = ts;
+            if let Some(ms) = s.timestamp_ms.filter(|_| honor) {
+                sample_ts = ms;
+                if ms != ts {
+                    exceptions.push((i, ms));
+                }
             }
-            values.push(s.value);
+            match &s.histogram {
+                Some(h) => {
+                    let mut h = (**h).clone();
+                    h.timestamp = sample_ts;
+                    extras.push(Extra::histogram(i, &h));
+                    values.push(0.0);
+                }
+                None => values.push(s.value),
+            }
+            if let Some(e) = &s.exemplar {
+                extras.push(Extra::exemplar(i, &exemplar((**e).clone(), sample_ts)));
+            }
         };
         match &self.kept {
             None => samples.iter().for_each(&mut push),
@@ -213,6 +233,7 @@ impl Shaper {
                 timestamp: ts,
                 values,
                 exceptions,
+                extras,
             },
             set: None,
             scraped,
@@ -271,6 +292,7 @@ impl Shaper {
         series.extend(gone.into_iter().map(|labels| TimeSeries {
             labels,
             samples: vec![stale_sample(ts)],
+            ..Default::default()
         }));
         n
     }
@@ -309,7 +331,7 @@ fn compress(series: Vec<Vec<Label>>) -> Option<Bytes> {
     if series.is_empty() {
         return None;
     }
-    let raw = SeriesSet { series }.encode();
+    let raw = SeriesSet::of(series).encode();
     zstd::bulk::compress(&raw, 1).ok().map(Bytes::from)
 }
 
@@ -367,13 +389,21 @@ fn build(
             Some(ms) if job.honor_timestamps => ms,
             _ => ts,
         };
-        out.push(TimeSeries {
-            labels,
-            samples: vec![Sample {
+        let mut series = TimeSeries::floats(labels, Vec::new());
+        match s.histogram {
+            Some(mut h) => {
+                h.timestamp = timestamp;
+                series.histograms.push(*h);
+            }
+            None => series.samples.push(Sample {
                 value: s.value,
                 timestamp,
-            }],
-        });
+            }),
+        }
+        if let Some(e) = s.exemplar {
+            series.exemplars.push(exemplar(*e, timestamp));
+        }
+        out.push(series);
         kept.push(i as u32);
     }
     let limit = job.limits.sample_limit;
@@ -381,6 +411,37 @@ fn build(
         return Err(ScrapeError::SampleLimit(limit));
     }
     Ok((out, kept))
+}
+
+/// A scraped exemplar as sent: without its own timestamp it takes its sample's.
+fn exemplar(e: parse::ParsedExemplar, sample_ts: i64) -> Exemplar {
+    Exemplar {
+        labels: e.labels,
+        value: e.value,
+        timestamp: e.timestamp_ms.unwrap_or(sample_ts),
+    }
+}
+
+/// The metadata of a body's families (from `# TYPE`, `# HELP` and `# UNIT`, or the protobuf
+/// format's family fields), sorted by family name; a family without a type is `unknown`.
+pub fn metadata(exp: &parse::Exposition) -> Vec<MetricMetadata> {
+    let mut names: Vec<&String> = exp
+        .types
+        .keys()
+        .chain(exp.help.keys())
+        .chain(exp.units.keys())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| MetricMetadata {
+            r#type: exp.types.get(name).map_or(0, |t| *t as i32),
+            metric_family_name: name.clone(),
+            help: exp.help.get(name).cloned().unwrap_or_default(),
+            unit: exp.units.get(name).cloned().unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// Prometheus's `verifyLabelLimits`, on a series' labels after relabeling (target labels
@@ -464,6 +525,7 @@ fn report(t: &Target, ext: &[Label], values: [f64; REPORT.len()], ts: i64) -> Ve
                     value,
                     timestamp: ts,
                 }],
+                ..Default::default()
             }
         })
         .collect()

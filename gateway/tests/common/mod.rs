@@ -214,6 +214,7 @@ pub fn batch(first_seq: u64, count: u32, value: f64) -> Bytes {
                 value,
                 timestamp: 1000 + first_seq as i64,
             }],
+            ..Default::default()
         }],
         metadata: vec![],
     };

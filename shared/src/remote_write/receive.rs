@@ -14,9 +14,11 @@
 //! the decoded-bytes limit, and the top-level series are counted on the raw protobuf before
 //! prost builds them. Never panics on any input.
 //!
-//! What is decoded is what a float-sample store needs: every series' labels and float samples,
-//! plus the *number* of native histograms and exemplars it carried (their contents are skipped
-//! without copying), so the caller can say exactly what it did not write. Metadata is ignored.
+//! Every series' labels, float samples, native histograms and exemplars (2.0 exemplar labels
+//! resolved through the symbol table), and its metadata: in 2.0 its own; in 1.0 the request's
+//! `metadata` entry of its family (the series name, or the name without a `_bucket`, `_sum`,
+//! `_count`, `_gsum`, `_gcount`, `_total`, `_created` or `_info` suffix). A 2.0 series'
+//! metadata is named after its family the same way: the suffix its type implies is removed.
 //!
 //! # Validation (per series, [`Series::labels`])
 //! Labels with an empty value are dropped (Prometheus treats them as absent). An empty label
@@ -29,7 +31,7 @@
 
 use prost::Message;
 
-use super::{DecodeError, Label, Sample};
+use super::{DecodeError, Exemplar, Histogram, Label, MetricMetadata, MetricType, Sample};
 use crate::model::METRIC_NAME;
 
 /// `X-Prometheus-Remote-Write-Version`.
@@ -151,14 +153,26 @@ pub struct Series {
     pub labels: Result<Vec<Label>, String>,
     /// Float samples, as sent (stale-marker NaN bits included).
     pub samples: Vec<Sample>,
-    /// Native histogram samples the series carried (not decoded).
-    pub histograms: u64,
-    /// Exemplars the series carried (not decoded).
-    pub exemplars: u64,
+    /// Native histogram samples.
+    pub histograms: Vec<Histogram>,
+    /// Exemplars (labels resolved).
+    pub exemplars: Vec<Exemplar>,
+    /// The metadata of the series' family, when the request gave it.
+    pub metadata: Option<MetricMetadata>,
 }
 
 /// Decodes a snappy-compressed body carrying `proto`.
 pub fn decode(proto: Proto, body: &[u8], limits: Limits) -> Result<Vec<Series>, RequestError> {
+    decode_with_metadata(proto, body, limits).map(|(series, _)| series)
+}
+
+/// [`decode`], plus a 1.0 request's own `metadata` entries, all of them (Prometheus sends them
+/// in requests of their own, without series); empty for 2.0, whose metadata is per series.
+pub fn decode_with_metadata(
+    proto: Proto,
+    body: &[u8],
+    limits: Limits,
+) -> Result<(Vec<Series>, Vec<MetricMetadata>), RequestError> {
     let size = snap::raw::decompress_len(body).map_err(DecodeError::from)?;
     if size > limits.max_decoded_bytes {
         return Err(DecodeError::TooLarge {
@@ -182,10 +196,15 @@ pub fn decode(proto: Proto, body: &[u8], limits: Limits) -> Result<Vec<Series>, 
         });
     }
     match proto {
-        Proto::V1 => Ok(from_v1(
-            V1Request::decode(raw.as_slice()).map_err(DecodeError::from)?,
+        Proto::V1 => {
+            let mut req = V1Request::decode(raw.as_slice()).map_err(DecodeError::from)?;
+            let metadata = std::mem::take(&mut req.metadata);
+            Ok((from_v1(req, &metadata), metadata))
+        }
+        Proto::V2 => Ok((
+            from_v2(V2Request::decode(raw.as_slice()).map_err(DecodeError::from)?)?,
+            Vec::new(),
         )),
-        Proto::V2 => from_v2(V2Request::decode(raw.as_slice()).map_err(DecodeError::from)?),
     }
 }
 
@@ -222,27 +241,7 @@ fn count_field(mut buf: &[u8], field: u64) -> usize {
     n
 }
 
-/// A message whose content is skipped: only its presence is counted.
-#[derive(Clone, Copy, PartialEq, Message)]
-struct Skipped {}
-
-#[derive(Clone, PartialEq, Message)]
-struct V1Request {
-    #[prost(message, repeated, tag = "1")]
-    timeseries: Vec<V1Series>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct V1Series {
-    #[prost(message, repeated, tag = "1")]
-    labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    samples: Vec<Sample>,
-    #[prost(message, repeated, tag = "3")]
-    exemplars: Vec<Skipped>,
-    #[prost(message, repeated, tag = "4")]
-    histograms: Vec<Skipped>,
-}
+type V1Request = super::WriteRequest;
 
 #[derive(Clone, PartialEq, Message)]
 struct V2Request {
@@ -259,23 +258,59 @@ struct V2Series {
     #[prost(message, repeated, tag = "2")]
     samples: Vec<Sample>,
     #[prost(message, repeated, tag = "3")]
-    histograms: Vec<Skipped>,
+    histograms: Vec<Histogram>,
     #[prost(message, repeated, tag = "4")]
-    exemplars: Vec<Skipped>,
+    exemplars: Vec<super::v2::Exemplar>,
     #[prost(message, optional, tag = "5")]
     metadata: Option<super::v2::Metadata>,
 }
 
-fn from_v1(req: V1Request) -> Vec<Series> {
+/// Suffixes a series name may add to its family's.
+const SUFFIXES: [&str; 8] = [
+    "_bucket", "_count", "_sum", "_total", "_created", "_info", "_gcount", "_gsum",
+];
+
+fn from_v1(req: V1Request, metadata: &[MetricMetadata]) -> Vec<Series> {
+    let families: std::collections::HashMap<&str, &MetricMetadata> = metadata
+        .iter()
+        .map(|m| (m.metric_family_name.as_str(), m))
+        .collect();
+    let family = |labels: &[Label]| -> Option<MetricMetadata> {
+        let name = crate::model::get(labels, METRIC_NAME)?;
+        families
+            .get(name)
+            .or_else(|| {
+                SUFFIXES
+                    .iter()
+                    .filter_map(|s| name.strip_suffix(s))
+                    .find_map(|base| families.get(base))
+            })
+            .map(|m| (*m).clone())
+    };
     req.timeseries
         .into_iter()
         .map(|ts| Series {
+            metadata: family(&ts.labels),
             labels: validate(ts.labels),
             samples: ts.samples,
-            histograms: ts.histograms.len() as u64,
-            exemplars: ts.exemplars.len() as u64,
+            histograms: ts.histograms,
+            exemplars: ts.exemplars,
         })
         .collect()
+}
+
+/// The family a series of this type belongs to: its name without the suffix the type implies.
+fn family_name(name: &str, ty: i32) -> &str {
+    let suffixes: &[&str] = match ty {
+        t if t == MetricType::Histogram as i32 => &["_bucket", "_sum", "_count"],
+        t if t == MetricType::Gaugehistogram as i32 => &["_bucket", "_gsum", "_gcount"],
+        t if t == MetricType::Summary as i32 => &["_sum", "_count"],
+        _ => &[],
+    };
+    suffixes
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name)
 }
 
 fn from_v2(req: V2Request) -> Result<Vec<Series>, RequestError> {
@@ -288,13 +323,66 @@ fn from_v2(req: V2Request) -> Result<Vec<Series>, RequestError> {
     Ok(req
         .timeseries
         .into_iter()
-        .map(|ts| Series {
-            labels: resolve(symbols, &ts).and_then(validate),
-            samples: ts.samples,
-            histograms: ts.histograms.len() as u64,
-            exemplars: ts.exemplars.len() as u64,
+        .map(|ts| {
+            let labels = resolve(symbols, &ts).and_then(validate);
+            let exemplars = ts
+                .exemplars
+                .iter()
+                .map(|e| {
+                    Ok(Exemplar {
+                        labels: resolve_refs(symbols, &e.labels_refs)?,
+                        value: e.value,
+                        timestamp: e.timestamp,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>();
+            let (labels, exemplars) = match (labels, exemplars) {
+                (Ok(l), Ok(e)) => (Ok(l), e),
+                (Err(p), _) | (_, Err(p)) => (Err(p), Vec::new()),
+            };
+            let metadata = match (&labels, ts.metadata) {
+                (Ok(l), Some(m)) => crate::model::get(l, METRIC_NAME).map(|name| MetricMetadata {
+                    r#type: m.r#type,
+                    metric_family_name: family_name(name, m.r#type).to_owned(),
+                    // References checked by `resolve`.
+                    help: symbols
+                        .get(m.help_ref as usize)
+                        .cloned()
+                        .unwrap_or_default(),
+                    unit: symbols
+                        .get(m.unit_ref as usize)
+                        .cloned()
+                        .unwrap_or_default(),
+                }),
+                _ => None,
+            };
+            Series {
+                labels,
+                samples: ts.samples,
+                histograms: ts.histograms,
+                exemplars,
+                metadata,
+            }
         })
         .collect())
+}
+
+/// Pairs of symbol references as labels.
+fn resolve_refs(symbols: &[String], refs: &[u32]) -> Result<Vec<Label>, String> {
+    let symbol = |r: u32| {
+        symbols.get(r as usize).ok_or_else(|| {
+            format!(
+                "symbol reference {r} outside the table of {}",
+                symbols.len()
+            )
+        })
+    };
+    if refs.len() % 2 != 0 {
+        return Err("odd number of label references".into());
+    }
+    refs.chunks_exact(2)
+        .map(|pair| Ok(Label::new(symbol(pair[0])?, symbol(pair[1])?)))
+        .collect()
 }
 
 /// A 2.0 series' labels from the symbol table.
@@ -307,17 +395,11 @@ fn resolve(symbols: &[String], ts: &V2Series) -> Result<Vec<Label>, String> {
             )
         })
     };
-    if ts.labels_refs.len() % 2 != 0 {
-        return Err("odd number of label references".into());
-    }
     if let Some(m) = &ts.metadata {
         symbol(m.help_ref)?;
         symbol(m.unit_ref)?;
     }
-    ts.labels_refs
-        .chunks_exact(2)
-        .map(|pair| Ok(Label::new(symbol(pair[0])?, symbol(pair[1])?)))
-        .collect()
+    resolve_refs(symbols, &ts.labels_refs)
 }
 
 /// Validates and sorts one series' labels (see the module docs).
@@ -393,21 +475,39 @@ mod tests {
     }
 
     #[test]
-    fn v1_counts_histograms_and_exemplars_and_keeps_nan_bits() {
+    fn v1_keeps_histograms_exemplars_metadata_and_nan_bits() {
         let stale = f64::from_bits(0x7ff0_0000_0000_0002);
-        // A 1.0 series with labels out of order, a stale marker, one exemplar, two histograms.
+        // A 1.0 series with labels out of order, a stale marker, one exemplar, two histograms;
+        // metadata for its family.
         let mut raw = Vec::new();
-        let series = V1Series {
-            labels: vec![Label::new("job", "a"), Label::new("__name__", "x")],
+        let h = |t| Histogram {
+            schema: 1,
+            timestamp: t,
+            ..Default::default()
+        };
+        let ex = Exemplar {
+            labels: vec![Label::new("trace_id", "t")],
+            value: 1.0,
+            timestamp: 4,
+        };
+        let series = super::super::TimeSeries {
+            labels: vec![Label::new("job", "a"), Label::new("__name__", "x_bucket")],
             samples: vec![Sample {
                 value: stale,
                 timestamp: 5,
             }],
-            exemplars: vec![Skipped {}],
-            histograms: vec![Skipped {}, Skipped {}],
+            exemplars: vec![ex.clone()],
+            histograms: vec![h(6), h(7)],
+        };
+        let md = MetricMetadata {
+            r#type: MetricType::Histogram as i32,
+            metric_family_name: "x".into(),
+            help: "h".into(),
+            unit: String::new(),
         };
         V1Request {
             timeseries: vec![series],
+            metadata: vec![md.clone()],
         }
         .encode(&mut raw)
         .expect("encodes");
@@ -415,10 +515,56 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(
             got[0].labels,
-            Ok(vec![Label::new("__name__", "x"), Label::new("job", "a")])
+            Ok(vec![
+                Label::new("__name__", "x_bucket"),
+                Label::new("job", "a")
+            ])
         );
         assert_eq!(got[0].samples[0].value.to_bits(), stale.to_bits());
-        assert_eq!((got[0].histograms, got[0].exemplars), (2, 1));
+        assert_eq!(got[0].histograms, [h(6), h(7)]);
+        assert_eq!(got[0].exemplars, [ex]);
+        assert_eq!(got[0].metadata, Some(md));
+    }
+
+    #[test]
+    fn v2_keeps_histograms_exemplars_and_metadata() {
+        let req = V2Request {
+            symbols: [
+                "", "__name__", "lat_sum", "help", "seconds", "trace_id", "t",
+            ]
+            .map(String::from)
+            .to_vec(),
+            timeseries: vec![V2Series {
+                labels_refs: vec![1, 2],
+                histograms: vec![Histogram {
+                    schema: 2,
+                    ..Default::default()
+                }],
+                exemplars: vec![super::super::v2::Exemplar {
+                    labels_refs: vec![5, 6],
+                    value: 0.5,
+                    timestamp: 9,
+                }],
+                metadata: Some(super::super::v2::Metadata {
+                    r#type: MetricType::Histogram as i32,
+                    help_ref: 3,
+                    unit_ref: 4,
+                }),
+                ..Default::default()
+            }],
+        };
+        let got = decode(Proto::V2, &snappy(&req.encode_to_vec()), LIMITS).expect("decodes");
+        assert_eq!(got[0].histograms.len(), 1);
+        assert_eq!(got[0].exemplars[0].labels, [Label::new("trace_id", "t")]);
+        let md = got[0].metadata.as_ref().expect("metadata");
+        assert_eq!(
+            (
+                md.metric_family_name.as_str(),
+                md.help.as_str(),
+                md.unit.as_str()
+            ),
+            ("lat", "help", "seconds")
+        );
     }
 
     #[test]
@@ -480,7 +626,8 @@ mod tests {
     #[test]
     fn limits_are_checked_before_building() {
         let req = V1Request {
-            timeseries: vec![V1Series::default(); 101],
+            timeseries: vec![super::super::TimeSeries::default(); 101],
+            metadata: vec![],
         };
         let body = snappy(&req.encode_to_vec());
         assert!(matches!(
@@ -510,7 +657,7 @@ mod tests {
             rng
         };
         let valid = V1Request {
-            timeseries: vec![V1Series {
+            timeseries: vec![super::super::TimeSeries {
                 labels: vec![Label::new("__name__", "x")],
                 samples: vec![Sample {
                     value: 1.0,
@@ -518,6 +665,7 @@ mod tests {
                 }],
                 ..Default::default()
             }],
+            metadata: vec![],
         }
         .encode_to_vec();
         for i in 0..5000 {
