@@ -13,7 +13,7 @@ export CARGO_TARGET_DIR="$cache/target-fuzz"
 export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks"
-targets=(wire_frames tunnel_batches tunnel_bodies remote_write)
+targets=(wire_frames tunnel_batches tunnel_bodies remote_write scrape_bodies)
 # An explicit --target keeps RUSTFLAGS off build scripts (as cargo-fuzz does).
 host="$(rustc -vV | sed -n 's/^host: //p')"
 cargo build --manifest-path fuzz/Cargo.toml --release --locked --target "$host" \

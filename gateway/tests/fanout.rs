@@ -35,6 +35,7 @@ fn entry(ts: i64, series: &[&str]) -> Entry {
                     value: ts as f64,
                     timestamp: ts,
                 }],
+                ..Default::default()
             })
             .collect(),
         metadata: vec![],
@@ -43,6 +44,7 @@ fn entry(ts: i64, series: &[&str]) -> Entry {
         samples: series.len() as u64,
         body: remote_write::encode_snappy(&req),
         trace: None,
+        extras: 0,
     }
 }
 
@@ -451,4 +453,120 @@ async fn tenants_are_routed_and_get_their_own_headers() {
     let fwd =
         "uplink_gateway_tenant_samples_forwarded_total{tenant=\"team-a\",destination=\"capture\"}";
     assert_eq!(rig.metric(fwd), 6.0, "per-tenant counts");
+}
+
+/// Histograms, exemplars and metadata per destination, as Prometheus's `send_*` settings
+/// say: 1.0 leaves out what is off (native histograms counted), 2.0 always carries histograms
+/// and metadata inline (remembered from an earlier request), and every read is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histograms_exemplars_and_metadata_follow_each_destinations_settings() {
+    use uplink_shared::remote_write::{
+        Exemplar, Histogram, MetricMetadata, MetricType, Sample, TimeSeries, extras,
+    };
+    let mut rig = Rig::new().await;
+    let md = MetricMetadata {
+        r#type: MetricType::Histogram as i32,
+        metric_family_name: "lat".into(),
+        help: "Latency.".into(),
+        unit: "seconds".into(),
+    };
+    // Entry 1: metadata, a histogram series, a float series with an exemplar. Entry 2: the
+    // same series again, without metadata (as the agent sends it after the first batch).
+    let batch = |ts: i64, with_md: bool| {
+        let req = WriteRequest {
+            timeseries: vec![
+                TimeSeries {
+                    labels: vec![Label::new("__name__", "lat"), Label::new("s", "h")],
+                    histograms: vec![Histogram {
+                        schema: 1,
+                        timestamp: ts,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                TimeSeries {
+                    labels: vec![Label::new("__name__", "lat_count"), Label::new("s", "f")],
+                    samples: vec![Sample {
+                        value: 1.0,
+                        timestamp: ts,
+                    }],
+                    exemplars: vec![Exemplar {
+                        labels: vec![Label::new("trace_id", "t")],
+                        value: 0.5,
+                        timestamp: ts,
+                    }],
+                    ..Default::default()
+                },
+            ],
+            metadata: if with_md { vec![md.clone()] } else { vec![] },
+        };
+        Entry {
+            samples: 2,
+            body: remote_write::encode_snappy(&req),
+            trace: None,
+            extras: extras::of(&req.timeseries, &req.metadata),
+        }
+    };
+    let commit = |rig: &mut Rig, ts, with_md| {
+        let c = Commit {
+            identity: "a".into(),
+            queue_id: 1,
+            next_seq: rig.next + 1,
+            entry: Some(batch(ts, with_md)),
+        };
+        rig.next += 1;
+        c
+    };
+    let c = commit(&mut rig, 1, true);
+    rig.store.commit(c).await.unwrap();
+    let c = commit(&mut rig, 2, false);
+    rig.store.commit(c).await.unwrap();
+
+    // 1.0 with Prometheus's defaults: floats and metadata only; the histograms counted.
+    rig.drain("").await;
+    let x = rig.capture.extras();
+    assert_eq!(rig.received(), pairs(&[("f", 1), ("f", 2)]));
+    assert!(x.histograms.is_empty() && x.exemplars.is_empty());
+    assert_eq!(x.metadata.get("lat"), Some(&md));
+    assert_eq!(
+        rig.metric(
+            "uplink_gateway_remote_write_samples_dropped_total{destination=\"capture\",reason=\"native_histograms_off\"}"
+        ),
+        2.0
+    );
+
+    // 1.0 with everything on, metadata off.
+    rig.capture.clear();
+    for ts in [3, 4] {
+        let c = commit(&mut rig, ts, ts == 3);
+        rig.store.commit(c).await.unwrap();
+    }
+    rig.drain(
+        "send_exemplars: true\nsend_native_histograms: true\nmetadata_config: {send: false}\n",
+    )
+    .await;
+    let x = rig.capture.extras();
+    assert_eq!(x.histograms.len(), 2);
+    assert_eq!(x.exemplars.len(), 2);
+    assert!(x.metadata.is_empty());
+
+    // 2.0: histograms always, metadata inline on every request (the second entry, a request
+    // of its own, has none: the destination remembers it); never a series with both floats
+    // and histograms.
+    rig.capture.clear();
+    for ts in [5, 6] {
+        let c = commit(&mut rig, ts, ts == 5);
+        rig.store.commit(c).await.unwrap();
+    }
+    rig.drain(
+        "protobuf_message: io.prometheus.write.v2.Request\nsend_exemplars: true\n\
+         queue_config: {max_samples_per_send: 2}\n",
+    )
+    .await;
+    let x = rig.capture.extras();
+    assert_eq!((x.histograms.len(), x.exemplars.len()), (2, 2));
+    assert_eq!(x.mixed_series, 0);
+    assert_eq!(x.metadata.get("lat"), Some(&md));
+    assert_eq!(rig.capture.report().v2_requests, 2);
+    assert_eq!(x.metadata_requests, 2, "metadata inline in both requests");
 }
