@@ -410,6 +410,7 @@ struct Valid {
     histograms: Vec<Histogram>,
     exemplars: Vec<Exemplar>,
     family: Option<String>,
+    created: i64,
 }
 
 /// Validates series against the queue's limits, adds external labels, and groups the samples
@@ -443,6 +444,7 @@ fn prepare(series: Vec<rw::Series>, metadata: Vec<MetricMetadata>, ext: &[Label]
                     histograms: s.histograms,
                     exemplars: s.exemplars,
                     family,
+                    created: s.created_timestamp,
                 });
             }
             Err(problem) => {
@@ -535,6 +537,9 @@ fn group_by_timestamp(
                         values.push(0.0);
                         extras.push(Extra::histogram(k as u32, h));
                     }
+                }
+                if v.created != 0 {
+                    extras.push(Extra::created(k as u32, v.created));
                 }
                 if newest[*i] == timestamp {
                     // Once per series: its newest sample's record.
@@ -821,6 +826,7 @@ mod tests {
             timestamp: 25,
         };
         floats.exemplars = vec![ex.clone()];
+        floats.created_timestamp = 3;
         let h = |t| Histogram {
             count: Some(uplink_shared::remote_write::histogram::Count::CountInt(
                 t as u64,
@@ -861,6 +867,12 @@ mod tests {
         assert_eq!(hists, [10, 20]);
         let exemplars: Vec<&Exemplar> = stored.iter().flat_map(|t| &t.exemplars).collect();
         assert_eq!(exemplars, [&ex], "once, with the series' newest sample");
+        let created: Vec<i64> = stored
+            .iter()
+            .filter(|t| t.histograms.is_empty())
+            .map(|t| t.created_timestamp)
+            .collect();
+        assert_eq!(created, [3, 3, 3], "every record of the series carries it");
         assert_eq!(f.metrics.samples_queued.get(), 5);
         // The sets carry the family's metadata.
         let recs = f.queue.read(0, usize::MAX, usize::MAX).await.unwrap();
@@ -1064,6 +1076,7 @@ mod tests {
             histograms: vec![],
             exemplars: vec![],
             family: None,
+            created: 0,
         };
         let input = || {
             vec![
@@ -1114,6 +1127,7 @@ mod tests {
                 histograms: vec![],
                 exemplars: vec![],
                 metadata: None,
+                created_timestamp: 0,
             })
             .collect();
         let p = prepare(input, vec![], &[]);

@@ -103,7 +103,8 @@ pub struct Forwarder {
     pub age_limit: Option<Duration>,
     /// What the destination takes besides float samples (`remote_write::extras` bits):
     /// native histograms (`send_native_histograms`; always with 2.0), exemplars
-    /// (`send_exemplars`), metadata (`metadata_config.send`; always with 2.0, inline).
+    /// (`send_exemplars`), metadata (`metadata_config.send`; always with 2.0, inline), created
+    /// timestamps (2.0 only: 1.0 requests never carry Uplink's field for them).
     pub takes: u8,
 }
 
@@ -488,6 +489,9 @@ impl Forwarder {
             for mut ts in req.timeseries {
                 if self.takes & extras::EXEMPLARS == 0 {
                     ts.exemplars.clear();
+                }
+                if self.takes & extras::CREATED == 0 {
+                    ts.created_timestamp = 0;
                 }
                 if self.takes & extras::HISTOGRAMS == 0 && !ts.histograms.is_empty() {
                     not_taken += ts.histograms.len() as u64;
@@ -969,6 +973,9 @@ fn takes(rw: &RemoteWriteConfig) -> u8 {
     }
     if v2 || rw.metadata_config.send {
         bits |= extras::METADATA;
+    }
+    if v2 {
+        bits |= extras::CREATED;
     }
     bits
 }

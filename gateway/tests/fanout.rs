@@ -495,6 +495,7 @@ async fn histograms_exemplars_and_metadata_follow_each_destinations_settings() {
                         value: 0.5,
                         timestamp: ts,
                     }],
+                    created_timestamp: 1_000,
                     ..Default::default()
                 },
             ],
@@ -527,6 +528,10 @@ async fn histograms_exemplars_and_metadata_follow_each_destinations_settings() {
     let x = rig.capture.extras();
     assert_eq!(rig.received(), pairs(&[("f", 1), ("f", 2)]));
     assert!(x.histograms.is_empty() && x.exemplars.is_empty());
+    assert!(
+        x.created.is_empty(),
+        "1.0 requests never carry created timestamps"
+    );
     assert_eq!(x.metadata.get("lat"), Some(&md));
     assert_eq!(
         rig.metric(
@@ -549,6 +554,7 @@ async fn histograms_exemplars_and_metadata_follow_each_destinations_settings() {
     assert_eq!(x.histograms.len(), 2);
     assert_eq!(x.exemplars.len(), 2);
     assert!(x.metadata.is_empty());
+    assert!(x.created.is_empty());
 
     // 2.0: histograms always, metadata inline on every request (the second entry, a request
     // of its own, has none: the destination remembers it); never a series with both floats
@@ -569,4 +575,6 @@ async fn histograms_exemplars_and_metadata_follow_each_destinations_settings() {
     assert_eq!(x.metadata.get("lat"), Some(&md));
     assert_eq!(rig.capture.report().v2_requests, 2);
     assert_eq!(x.metadata_requests, 2, "metadata inline in both requests");
+    let created: Vec<i64> = x.created.iter().map(|c| c.1).collect();
+    assert_eq!(created, [1_000, 1_000], "2.0 carries created timestamps");
 }

@@ -85,6 +85,8 @@ pub struct Extras {
     pub mixed_series: u64,
     /// Requests that carried any metadata.
     pub metadata_requests: u64,
+    /// Created timestamps of series that carried one, in arrival order.
+    pub created: Vec<(Vec<Label>, i64)>,
 }
 
 #[derive(Default)]
@@ -175,6 +177,9 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
             }
             if let Some(m) = s.metadata {
                 x.metadata.insert(m.metric_family_name.clone(), m);
+            }
+            if s.created_timestamp != 0 {
+                x.created.push((labels.clone(), s.created_timestamp));
             }
             histograms += s.histograms.len() as u64;
             exemplars += s.exemplars.len() as u64;

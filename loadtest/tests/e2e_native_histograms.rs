@@ -71,6 +71,8 @@ mod dto {
         pub value: Option<f64>,
         #[prost(message, optional, tag = "2")]
         pub exemplar: Option<Exemplar>,
+        #[prost(message, optional, tag = "3")]
+        pub created_timestamp: Option<Timestamp>,
     }
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Summary {
@@ -250,6 +252,10 @@ fn body(ts: i64, with_histogram: bool) -> Vec<u8> {
             counter: Some(dto::Counter {
                 value: Some(n as f64),
                 exemplar: Some(exemplar(format!("{n:016x}"), 1.0, ts - 100)),
+                created_timestamp: Some(dto::Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 5_000_000,
+                }),
             }),
             timestamp_ms: Some(ts),
             ..Default::default()
@@ -606,6 +612,14 @@ async fn native_histograms_exemplars_and_metadata_match_prometheus_agent() {
     assert_eq!(
         x.mixed_series, 0,
         "no 2.0 series mixes floats and histograms"
+    );
+    assert!(!x.created.is_empty());
+    assert!(
+        x.created
+            .iter()
+            .all(|(l, ms)| l.iter().any(|l| l.value == "jobs_total") && *ms == 1_700_000_000_005),
+        "created timestamps of the counter: {:?}",
+        x.created.first()
     );
     assert!(
         x.histograms

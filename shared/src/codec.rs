@@ -296,6 +296,8 @@ pub enum ExtraKind {
     Histogram = 1,
     /// An exemplar (`prompb.Exemplar`) of the series' sample.
     Exemplar = 2,
+    /// The series' created (start) timestamp, ms, 8 bytes little-endian.
+    Created = 3,
 }
 
 impl ExtraKind {
@@ -303,6 +305,7 @@ impl ExtraKind {
         match b {
             1 => Ok(ExtraKind::Histogram),
             2 => Ok(ExtraKind::Exemplar),
+            3 => Ok(ExtraKind::Created),
             _ => Err(CodecError::Invalid { what: "extra kind" }),
         }
     }
@@ -323,6 +326,13 @@ impl Extra {
             index,
             kind: ExtraKind::Histogram,
             body: Bytes::from(prost::Message::encode_to_vec(h)),
+        }
+    }
+    pub fn created(index: u32, ms: i64) -> Extra {
+        Extra {
+            index,
+            kind: ExtraKind::Created,
+            body: Bytes::copy_from_slice(&ms.to_le_bytes()),
         }
     }
     pub fn exemplar(index: u32, e: &crate::remote_write::Exemplar) -> Extra {
@@ -500,6 +510,9 @@ pub fn split_with(
             }),
         };
         extras.extend(ts.exemplars.iter().map(|e| Extra::exemplar(i as u32, e)));
+        if ts.created_timestamp != 0 {
+            extras.push(Extra::created(i as u32, ts.created_timestamp));
+        }
         if s.timestamp != timestamp {
             exceptions.push((i as u32, s.timestamp));
         }
@@ -570,8 +583,18 @@ fn attach(ts: &mut TimeSeries, kind: ExtraKind, body: &[u8]) -> Result<(), Codec
             <crate::remote_write::Exemplar as prost::Message>::decode(body)
                 .map_err(|_| CodecError::Invalid { what: "exemplar" })?,
         ),
+        ExtraKind::Created => ts.created_timestamp = created(body)?,
     }
     Ok(())
+}
+
+/// A created-timestamp extra's value.
+fn created(body: &[u8]) -> Result<i64, CodecError> {
+    <[u8; 8]>::try_from(body)
+        .map(i64::from_le_bytes)
+        .map_err(|_| CodecError::Invalid {
+            what: "created timestamp",
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1324,8 +1347,8 @@ impl TunnelDecoder {
                 if let Some(l) = labels {
                     ts_body.put_slice(l);
                 }
-                // TimeSeries: samples (2), exemplars (3), histograms (4). A histogram replaces
-                // the float sample.
+                // TimeSeries: samples (2), exemplars (3), histograms (4), created (1001). A
+                // histogram replaces the float sample.
                 let histogram = extras.iter().find(|e| e.1 == ExtraKind::Histogram);
                 if histogram.is_none() {
                     sample.clear();
@@ -1344,6 +1367,17 @@ impl TunnelDecoder {
                 if let Some((_, _, body)) = histogram {
                     put_len_field(&mut ts_body, 0x22, body);
                     found |= crate::remote_write::extras::HISTOGRAMS;
+                }
+                // Uplink's created timestamp (field 1001, varint; validated by `walk`).
+                if let Some(ms) = extras
+                    .iter()
+                    .find(|e| e.1 == ExtraKind::Created)
+                    .and_then(|e| created(e.2).ok())
+                    && ms != 0
+                {
+                    put_varint(&mut ts_body, (1001 << 3) as u64);
+                    put_varint(&mut ts_body, ms as u64);
+                    found |= crate::remote_write::extras::CREATED;
                 }
                 put_len_field(out, 0x0a, &ts_body);
             },
@@ -1517,6 +1551,7 @@ impl TunnelDecoder {
                         ExtraKind::Exemplar => {
                             <crate::remote_write::Exemplar as prost::Message>::decode(*b).is_ok()
                         }
+                        ExtraKind::Created => created(b).is_ok(),
                     };
                     if !valid {
                         return Err(CodecError::Invalid { what: "extra body" });
@@ -1688,6 +1723,7 @@ mod tests {
             series[1].histograms = vec![hist(n, if n == 2 { ts - 5 } else { ts })];
             series[1].labels[0].value = "lat".into();
             series[2].samples[0].value = 1.5; // not a NaN, so that series compare equal
+            series[0].created_timestamp = 1_600_000_000_000 + n as i64;
             series[2].exemplars = vec![Exemplar {
                 labels: vec![Label::new("trace_id", format!("{n:032x}"))],
                 value: 0.25,

@@ -39,6 +39,11 @@ pub struct TimeSeries {
     /// Native histogram samples, in timestamp order. A series carries floats or histograms.
     #[prost(message, repeated, tag = "4")]
     pub histograms: Vec<Histogram>,
+    /// Uplink's own field, not in `prompb`: the series' created (start) timestamp in ms, 0 for
+    /// none, kept in the gateway's stored 1.0 bodies so that 2.0 requests can carry it
+    /// (`created_timestamp`). Requests to 1.0 destinations leave it out (see `extras`).
+    #[prost(int64, tag = "1001")]
+    pub created_timestamp: i64,
 }
 
 impl TimeSeries {
@@ -49,6 +54,7 @@ impl TimeSeries {
             samples,
             exemplars: Vec::new(),
             histograms: Vec::new(),
+            created_timestamp: 0,
         }
     }
 
@@ -202,6 +208,8 @@ pub mod extras {
     pub const HISTOGRAMS: u8 = 1;
     pub const EXEMPLARS: u8 = 2;
     pub const METADATA: u8 = 4;
+    /// Created timestamps (Uplink's field 1001 of the stored 1.0 series).
+    pub const CREATED: u8 = 8;
 
     /// The bits of decoded series and metadata.
     pub fn of(series: &[super::TimeSeries], metadata: &[super::MetricMetadata]) -> u8 {
@@ -212,6 +220,9 @@ pub mod extras {
             }
             if !ts.exemplars.is_empty() {
                 bits |= EXEMPLARS;
+            }
+            if ts.created_timestamp != 0 {
+                bits |= CREATED;
             }
         }
         if !metadata.is_empty() {
@@ -326,6 +337,7 @@ mod tests {
                 value: 1.0,
                 timestamp: 7,
             }],
+            created_timestamp: 1_000,
         });
         let req = WriteRequest {
             timeseries,
@@ -379,6 +391,11 @@ mod tests {
         assert_eq!((hists.samples.len(), hists.histograms.len()), (0, 1));
         assert_eq!((floats.exemplars.len(), hists.exemplars.len()), (1, 0));
         assert!(floats.metadata.is_some() && hists.metadata.is_none());
+        assert_eq!(
+            (floats.created_timestamp, hists.created_timestamp),
+            (1_000, 1_000)
+        );
+        assert_eq!(v2.timeseries[0].created_timestamp, 0);
         // Without metadata in the request, from_v1 on the series gives the same message.
         let plain = v2::from_v1(&req.timeseries);
         assert_eq!(plain.timeseries.len(), 7);
@@ -492,7 +509,8 @@ pub mod v2 {
     /// Converts an uncompressed 1.0 `WriteRequest` straight into an uncompressed 2.0
     /// `Request`, without decoding labels into owned strings: names and values are interned
     /// as byte slices of `raw`; samples and histograms are copied as encoded (their messages
-    /// are the same in both versions); exemplars get their labels interned.
+    /// are the same in both versions); exemplars get their labels interned; Uplink's created
+    /// timestamp (field 1001) becomes the 2.0 `created_timestamp`.
     ///
     /// Metadata: the request's `metadata` entries (wherever they appear; merged requests
     /// carry them between series) are attached to every series of their family: the series
@@ -538,6 +556,7 @@ pub mod v2 {
             hists.clear();
             exemplars.clear();
             let mut metric: &[u8] = b"";
+            let mut created = 0u64;
             while !ts.is_empty() {
                 let (tag, wt) = key(&mut ts)?;
                 match (tag, wt) {
@@ -552,6 +571,7 @@ pub mod v2 {
                     (2, 2) => samples.push(delimited(&mut ts)?),
                     (3, 2) => exemplars.push(delimited(&mut ts)?),
                     (4, 2) => hists.push(delimited(&mut ts)?),
+                    (1001, 0) => created = prost::encoding::decode_varint(&mut ts)?,
                     _ => skip(&mut ts, wt)?,
                 }
             }
@@ -603,7 +623,15 @@ pub mod v2 {
             let mixed = !samples.is_empty() && !hists.is_empty();
             if hists.is_empty() || mixed {
                 let extras = [&ex_buf[..], &md_buf[..]];
-                series_v2(&refs, &samples, 2, extras, &mut ts_buf, &mut series);
+                series_v2(
+                    &refs,
+                    &samples,
+                    2,
+                    extras,
+                    created,
+                    &mut ts_buf,
+                    &mut series,
+                );
             }
             if !hists.is_empty() {
                 let extras = if mixed {
@@ -611,7 +639,7 @@ pub mod v2 {
                 } else {
                     [&ex_buf[..], &md_buf[..]]
                 };
-                series_v2(&refs, &hists, 3, extras, &mut ts_buf, &mut series);
+                series_v2(&refs, &hists, 3, extras, created, &mut ts_buf, &mut series);
             }
         }
         let mut out =
@@ -699,12 +727,13 @@ pub mod v2 {
 
     /// Appends one 2.0 `TimeSeries` (field 5 of the request) to `out`: label refs, `items`
     /// under field `tag` (samples 2, histograms 3), then the encoded exemplars (field 4) and
-    /// metadata (its body, wrapped here as field 5).
+    /// metadata (its body, wrapped here as field 5), and the created timestamp (6, when not 0).
     fn series_v2(
         refs: &[u32],
         items: &[&[u8]],
         tag: u32,
         [exemplars, metadata]: [&[u8]; 2],
+        created: u64,
         ts_buf: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) {
@@ -721,6 +750,10 @@ pub mod v2 {
             encode_key(5, WireType::LengthDelimited, ts_buf);
             encode_varint(metadata.len() as u64, ts_buf);
             ts_buf.extend_from_slice(metadata);
+        }
+        if created != 0 {
+            encode_key(6, WireType::Varint, ts_buf);
+            encode_varint(created, ts_buf);
         }
         encode_key(5, WireType::LengthDelimited, out);
         encode_varint(ts_buf.len() as u64, out);

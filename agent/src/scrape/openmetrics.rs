@@ -419,6 +419,7 @@ fn sample(text: &str) -> Result<(ParsedSample, Option<Stored>), Kind> {
         timestamp_ms,
         exemplar: exemplar.clone().flatten(),
         histogram: None,
+        created_ms: None,
     };
     Ok((sample, exemplar))
 }

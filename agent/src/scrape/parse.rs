@@ -98,6 +98,8 @@ pub struct ParsedSample {
     pub exemplar: Option<Box<ParsedExemplar>>,
     /// A native histogram sample (protobuf format only); `value` is then unused.
     pub histogram: Option<Box<uplink_shared::remote_write::Histogram>>,
+    /// The series' created (start) timestamp, ms (protobuf format only).
+    pub created_ms: Option<i64>,
 }
 
 /// An exemplar as scraped.
@@ -596,6 +598,7 @@ impl<'a> Parser<'a> {
             timestamp_ms,
             exemplar: None,
             histogram: None,
+            created_ms: None,
         })
     }
 

@@ -133,6 +133,8 @@ struct Counter {
     value: Option<f64>,
     #[prost(message, optional, tag = "2")]
     exemplar: Option<Exemplar>,
+    #[prost(message, optional, tag = "3")]
+    created_timestamp: Option<Timestamp>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -151,6 +153,8 @@ struct Summary {
     sample_sum: Option<f64>,
     #[prost(message, repeated, tag = "3")]
     quantile: Vec<Quantile>,
+    #[prost(message, optional, tag = "4")]
+    created_timestamp: Option<Timestamp>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -183,6 +187,8 @@ struct Histogram {
     positive_delta: Vec<i64>,
     #[prost(double, repeated, packed = "false", tag = "14")]
     positive_count: Vec<f64>,
+    #[prost(message, optional, tag = "15")]
+    created_timestamp: Option<Timestamp>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -302,12 +308,14 @@ fn family_samples(
             timestamp_ms,
             exemplar: None,
             histogram: None,
+            created_ms: None,
         };
         match ty {
             COUNTER => {
                 let c = m.counter.unwrap_or_default();
                 let mut s = sample(name.clone(), labels, c.value.unwrap_or(0.0));
                 s.exemplar = c.exemplar.as_ref().map(exemplar).transpose()?;
+                s.created_ms = ms(c.created_timestamp.as_ref());
                 push(out, s)?;
             }
             GAUGE => {
@@ -320,10 +328,15 @@ fn family_samples(
             }
             SUMMARY => {
                 let s = m.summary.unwrap_or_default();
+                let created_ms = ms(s.created_timestamp.as_ref());
                 let count = s.sample_count.unwrap_or(0) as f64;
-                push(out, sample(format!("{name}_count"), labels.clone(), count))?;
+                let mut c = sample(format!("{name}_count"), labels.clone(), count);
+                c.created_ms = created_ms;
+                push(out, c)?;
                 let sum = s.sample_sum.unwrap_or(0.0);
-                push(out, sample(format!("{name}_sum"), labels.clone(), sum))?;
+                let mut c = sample(format!("{name}_sum"), labels.clone(), sum);
+                c.created_ms = created_ms;
+                push(out, c)?;
                 for q in &s.quantile {
                     let mut l = labels.clone();
                     l.push(Label::new("quantile", go_float(q.quantile.unwrap_or(0.0))));
@@ -340,10 +353,16 @@ fn family_samples(
                     .map(exemplar)
                     .transpose()?;
                 s.histogram = Some(Box::new(to_native(&h, ty == GAUGE_HISTOGRAM)));
+                s.created_ms = ms(h.created_timestamp.as_ref());
                 push(out, s)?;
             }
             _ => {
                 let h = m.histogram.unwrap_or_default();
+                let created_ms = ms(h.created_timestamp.as_ref());
+                let sample = |name, labels, value| ParsedSample {
+                    created_ms,
+                    ..sample(name, labels, value)
+                };
                 let count = match h.sample_count_float.filter(|c| *c > 0.0) {
                     Some(c) => c,
                     None => h.sample_count.unwrap_or(0) as f64,
@@ -449,6 +468,15 @@ fn labels(pairs: &[LabelPair]) -> Result<Vec<Label>, ParseErrorKind> {
         .collect()
 }
 
+/// A protobuf timestamp in ms.
+fn ms(t: Option<&Timestamp>) -> Option<i64> {
+    t.map(|t| {
+        t.seconds
+            .wrapping_mul(1000)
+            .wrapping_add(i64::from(t.nanos / 1_000_000))
+    })
+}
+
 /// An exemplar as Prometheus 2.42 takes it from protobuf: labels sorted, kept as sent.
 fn exemplar(e: &Exemplar) -> Result<Box<ParsedExemplar>, ParseErrorKind> {
     let mut labels = labels(&e.label)?;
@@ -456,11 +484,7 @@ fn exemplar(e: &Exemplar) -> Result<Box<ParsedExemplar>, ParseErrorKind> {
     Ok(Box::new(ParsedExemplar {
         labels,
         value: e.value.unwrap_or(0.0),
-        timestamp_ms: e.timestamp.as_ref().map(|t| {
-            t.seconds
-                .wrapping_mul(1000)
-                .wrapping_add(i64::from(t.nanos / 1_000_000))
-        }),
+        timestamp_ms: ms(e.timestamp.as_ref()),
     }))
 }
 

@@ -220,6 +220,9 @@ impl Shaper {
             if let Some(e) = &s.exemplar {
                 extras.push(Extra::exemplar(i, &exemplar((**e).clone(), sample_ts)));
             }
+            if let Some(ms) = s.created_ms.filter(|ms| *ms != 0) {
+                extras.push(Extra::created(i, ms));
+            }
         };
         match &self.kept {
             None => samples.iter().for_each(&mut push),
@@ -403,6 +406,7 @@ fn build(
         if let Some(e) = s.exemplar {
             series.exemplars.push(exemplar(*e, timestamp));
         }
+        series.created_timestamp = s.created_ms.unwrap_or(0);
         out.push(series);
         kept.push(i as u32);
     }

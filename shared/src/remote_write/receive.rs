@@ -159,6 +159,8 @@ pub struct Series {
     pub exemplars: Vec<Exemplar>,
     /// The metadata of the series' family, when the request gave it.
     pub metadata: Option<MetricMetadata>,
+    /// The series' created (start) timestamp, ms; 0 for none (2.0, or Uplink's 1.0 field).
+    pub created_timestamp: i64,
 }
 
 /// Decodes a snappy-compressed body carrying `proto`.
@@ -263,6 +265,8 @@ struct V2Series {
     exemplars: Vec<super::v2::Exemplar>,
     #[prost(message, optional, tag = "5")]
     metadata: Option<super::v2::Metadata>,
+    #[prost(int64, tag = "6")]
+    created_timestamp: i64,
 }
 
 /// Suffixes a series name may add to its family's.
@@ -295,6 +299,8 @@ fn from_v1(req: V1Request, metadata: &[MetricMetadata]) -> Vec<Series> {
             samples: ts.samples,
             histograms: ts.histograms,
             exemplars: ts.exemplars,
+            // Only Uplink's own field (1001) carries it in 1.0.
+            created_timestamp: ts.created_timestamp,
         })
         .collect()
 }
@@ -362,6 +368,7 @@ fn from_v2(req: V2Request) -> Result<Vec<Series>, RequestError> {
                 histograms: ts.histograms,
                 exemplars,
                 metadata,
+                created_timestamp: ts.created_timestamp,
             }
         })
         .collect())
@@ -498,6 +505,7 @@ mod tests {
             }],
             exemplars: vec![ex.clone()],
             histograms: vec![h(6), h(7)],
+            created_timestamp: 0,
         };
         let md = MetricMetadata {
             r#type: MetricType::Histogram as i32,
@@ -550,12 +558,14 @@ mod tests {
                     help_ref: 3,
                     unit_ref: 4,
                 }),
+                created_timestamp: 77,
                 ..Default::default()
             }],
         };
         let got = decode(Proto::V2, &snappy(&req.encode_to_vec()), LIMITS).expect("decodes");
         assert_eq!(got[0].histograms.len(), 1);
         assert_eq!(got[0].exemplars[0].labels, [Label::new("trace_id", "t")]);
+        assert_eq!(got[0].created_timestamp, 77);
         let md = got[0].metadata.as_ref().expect("metadata");
         assert_eq!(
             (

@@ -79,6 +79,10 @@ fn every_type_yields_prometheus_2_42s_samples() {
                 counter: Some(Counter {
                     value: Some(7.0),
                     exemplar: Some(ex("t1", 1.0, None)),
+                    created_timestamp: Some(Timestamp {
+                        seconds: 1_700_000_000,
+                        nanos: 250_000_000,
+                    }),
                 }),
                 timestamp_ms: Some(1234),
                 ..Default::default()
@@ -119,6 +123,7 @@ fn every_type_yields_prometheus_2_42s_samples() {
                             value: Some(0.9),
                         },
                     ],
+                    created_timestamp: None,
                 }),
                 ..Default::default()
             }],
@@ -182,6 +187,9 @@ fn every_type_yields_prometheus_2_42s_samples() {
         values[..12],
         [7.0, -2.5, 3.0, 10.0, 2.0, 0.1, 0.9, 5.0, 1.5, 2.0, 4.0, 5.0]
     );
+    // Created timestamps go with the counter.
+    assert_eq!(e.samples[0].created_ms, Some(1_700_000_000_250));
+    assert_eq!(e.samples[1].created_ms, None);
     // Timestamps: set, and 0 meaning unset.
     assert_eq!(e.samples[0].timestamp_ms, Some(1234));
     assert_eq!(e.samples[2].timestamp_ms, None);
