@@ -906,29 +906,33 @@ fn merge(entries: &[&Stored]) -> Request {
     if entries.len() == 1 {
         return single(first);
     }
-    let mut raw = Vec::new();
-    let mut taken = 0;
-    let mut decoder = snap::raw::Decoder::new();
-    for e in entries {
-        // Each entry decompresses straight into its place at the end of the request.
-        let Ok(n) = snap::raw::decompress_len(&e.body) else {
-            break;
-        };
-        let start = raw.len();
-        if start + n > MAX_MERGED_BYTES && taken > 0 {
-            break;
+    // The merged protobuf is built in this thread's reused buffer; only the compressed body
+    // is a new allocation.
+    let merged = crate::scratch::with(|s| {
+        let mut taken = 0;
+        for e in entries {
+            // Each entry decompresses straight into its place at the end of the request.
+            let Ok(n) = snap::raw::decompress_len(&e.body) else {
+                break;
+            };
+            let start = s.raw.len();
+            if start + n > MAX_MERGED_BYTES && taken > 0 {
+                break;
+            }
+            s.raw.resize(start + n, 0);
+            if s.decoder.decompress(&e.body, &mut s.raw[start..]).is_err() {
+                s.raw.truncate(start);
+                break;
+            }
+            taken += 1;
         }
-        raw.resize(start + n, 0);
-        if decoder.decompress(&e.body, &mut raw[start..]).is_err() {
-            raw.truncate(start);
-            break;
+        if taken <= 1 {
+            return None;
         }
-        taken += 1;
-    }
-    if taken <= 1 {
-        return single(first);
-    }
-    let Ok(body) = snap::raw::Encoder::new().compress_vec(&raw) else {
+        let body = s.encoder.compress_vec(&s.raw).ok()?;
+        Some((body, taken))
+    });
+    let Some((body, taken)) = merged else {
         return single(first);
     };
     let used = &entries[..taken];

@@ -517,11 +517,13 @@ impl Destination {
         if !self.sends_v2() {
             return self.send(as_v1()).await.unwrap_or_else(fallen_back_twice);
         }
-        let converted = snap::raw::Decoder::new()
-            .decompress_vec(body)
-            .ok()
-            .and_then(|raw| self.to_v2(&raw))
-            .and_then(|v2| snap::raw::Encoder::new().compress_vec(&v2).ok());
+        // Decompressed and converted in this thread's reused buffers.
+        let converted = crate::scratch::with(|s| {
+            let n = snap::raw::decompress_len(body).ok()?;
+            s.raw.resize(n, 0);
+            s.decoder.decompress(body, &mut s.raw).ok()?;
+            self.to_v2(s).then(|| s.encoder.compress_vec(&s.v2).ok())?
+        });
         let Some(v2) = converted else {
             // Undecodable: the receiver says what it thinks of it (and the caller counts).
             return self.send(as_v1()).await.unwrap_or_else(fallen_back_twice);
@@ -565,34 +567,31 @@ impl Destination {
         }
     }
 
-    /// An uncompressed 1.0 request as 2.0, its series given the metadata of their family
-    /// from this request or an earlier one.
-    fn to_v2(&self, raw: &[u8]) -> Option<Vec<u8>> {
-        let found = Families::read(raw);
+    /// The uncompressed 1.0 request in `s.raw` as 2.0 in `s.v2`, its series given the
+    /// metadata of their family from this request or an earlier one; false if it does not
+    /// convert.
+    fn to_v2(&self, s: &mut crate::scratch::Scratch) -> bool {
+        let found = Families::read(&s.raw);
         if !found.is_empty()
             && let Ok(mut f) = self.families.write()
         {
             f.learn(found);
         }
-        let known = self.families.read().ok()?;
-        remote_write::v2::from_v1_bytes_with(raw, Some(&known)).ok()
+        let Ok(known) = self.families.read() else {
+            return false;
+        };
+        remote_write::v2::from_v1_into(&s.raw, Some(&known), &mut s.v2, &mut s.series).is_ok()
     }
 
     /// Series and metadata as a snappy 1.0 `WriteRequest`, or 2.0 `Request` (see
     /// [`Destination::to_v2`]).
     fn encode(&self, series: &[TimeSeries], metadata: &[MetricMetadata], v2: bool) -> Bytes {
-        let raw = encode_raw(series, metadata);
-        let raw = if v2 {
-            // The bytes were just encoded from valid messages.
-            self.to_v2(&raw).unwrap_or_default()
-        } else {
-            raw
-        };
-        Bytes::from(
-            snap::raw::Encoder::new()
-                .compress_vec(&raw)
-                .unwrap_or_default(),
-        )
+        crate::scratch::with(|s| {
+            encode_raw(series, metadata, &mut s.raw);
+            // The bytes were just encoded from valid messages: they convert.
+            let raw = if v2 && self.to_v2(s) { &s.v2 } else { &s.raw };
+            Bytes::from(s.encoder.compress_vec(raw).unwrap_or_default())
+        })
     }
 
     /// Sends one encoded request; `None` when a 2.0 request made the destination fall back to
@@ -691,24 +690,24 @@ fn fallen_back_twice() -> Outcome {
 
 /// Encodes series and metadata as an uncompressed 1.0 `WriteRequest`: its series are
 /// repeated field 1, its metadata field 3, encoded in place.
-fn encode_raw(series: &[TimeSeries], metadata: &[MetricMetadata]) -> Vec<u8> {
+fn encode_raw(series: &[TimeSeries], metadata: &[MetricMetadata], raw: &mut Vec<u8>) {
     let len: usize = series
         .iter()
         .map(|t| prost::encoding::message::encoded_len(1, t))
         .sum();
-    let mut raw = Vec::with_capacity(len);
+    raw.reserve(len);
     for t in series {
-        prost::encoding::message::encode(1, t, &mut raw);
+        prost::encoding::message::encode(1, t, raw);
     }
     for m in metadata {
-        prost::encoding::message::encode(3, m, &mut raw);
+        prost::encoding::message::encode(3, m, raw);
     }
-    raw
 }
 
 /// Encodes series as a snappy 1.0 `WriteRequest` or 2.0 `Request`, without metadata.
 pub fn encode(series: &[TimeSeries], v2: bool) -> Bytes {
-    let mut raw = encode_raw(series, &[]);
+    let mut raw = Vec::new();
+    encode_raw(series, &[], &mut raw);
     if v2 {
         // The bytes were just encoded from valid messages.
         raw = remote_write::v2::from_v1_bytes(&raw).unwrap_or_default();

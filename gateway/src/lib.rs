@@ -28,6 +28,7 @@ pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod quarantine;
+pub mod scratch;
 pub mod status;
 pub mod store;
 

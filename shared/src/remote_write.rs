@@ -527,7 +527,22 @@ pub mod v2 {
         raw: &'a [u8],
         known: Option<&'a Families>,
     ) -> Result<Vec<u8>, ConvertError> {
+        let mut out = Vec::new();
+        from_v1_into(raw, known, &mut out, &mut Vec::new())?;
+        Ok(out)
+    }
+
+    /// [`from_v1_bytes_with`] into `out` (cleared first), with `series` as scratch space:
+    /// a sender converting request after request reuses both buffers.
+    pub fn from_v1_into<'a>(
+        raw: &'a [u8],
+        known: Option<&'a Families>,
+        out: &mut Vec<u8>,
+        series: &mut Vec<u8>,
+    ) -> Result<(), ConvertError> {
         use prost::encoding::{WireType, encode_key, encode_varint};
+        out.clear();
+        series.clear();
         let mut symbols: Vec<&[u8]> = vec![b""];
         let mut index: std::collections::HashMap<&[u8], u32> =
             std::collections::HashMap::from([(&b""[..], 0)]);
@@ -538,7 +553,7 @@ pub mod v2 {
             families.insert(name, m);
         })?;
 
-        let mut series = Vec::with_capacity(raw.len());
+        series.reserve(raw.len());
         let (mut refs, mut samples, mut hists, mut exemplars) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut ts_buf, mut ex_buf, mut md_buf) = (Vec::new(), Vec::new(), Vec::new());
@@ -623,15 +638,7 @@ pub mod v2 {
             let mixed = !samples.is_empty() && !hists.is_empty();
             if hists.is_empty() || mixed {
                 let extras = [&ex_buf[..], &md_buf[..]];
-                series_v2(
-                    &refs,
-                    &samples,
-                    2,
-                    extras,
-                    created,
-                    &mut ts_buf,
-                    &mut series,
-                );
+                series_v2(&refs, &samples, 2, extras, created, &mut ts_buf, series);
             }
             if !hists.is_empty() {
                 let extras = if mixed {
@@ -639,18 +646,17 @@ pub mod v2 {
                 } else {
                     [&ex_buf[..], &md_buf[..]]
                 };
-                series_v2(&refs, &hists, 3, extras, created, &mut ts_buf, &mut series);
+                series_v2(&refs, &hists, 3, extras, created, &mut ts_buf, series);
             }
         }
-        let mut out =
-            Vec::with_capacity(series.len() + symbols.iter().map(|s| s.len() + 2).sum::<usize>());
+        out.reserve(series.len() + symbols.iter().map(|s| s.len() + 2).sum::<usize>());
         for s in &symbols {
-            encode_key(4, WireType::LengthDelimited, &mut out);
-            encode_varint(s.len() as u64, &mut out);
+            encode_key(4, WireType::LengthDelimited, out);
+            encode_varint(s.len() as u64, out);
             out.extend_from_slice(s);
         }
-        out.extend_from_slice(&series);
-        Ok(out)
+        out.extend_from_slice(series);
+        Ok(())
     }
 
     /// Calls `f(family name, (type, help, unit))` for every `metadata` entry of a 1.0
