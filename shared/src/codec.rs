@@ -1753,6 +1753,19 @@ mod tests {
             let want: &[MetricMetadata] = if n == 0 { &metadata } else { &[] };
             assert_eq!(req.metadata, want);
         }
+        // Metadata alone (a sidecar's metadata-only request): a set without series.
+        let (only, rec) = split_with(vec![], metadata.clone(), 5);
+        let defs = HashMap::from([(only.id(), only.encode())]);
+        let (payload, samples) = enc.encode(&[rec], &defs).expect("encode");
+        assert_eq!(samples, 0);
+        let mut rw = BytesMut::new();
+        let d = rw_dec
+            .decode_remote_write(&payload, &mut rw, 0)
+            .expect("decodes");
+        assert_eq!(d.extras, crate::remote_write::extras::METADATA);
+        let req = <WriteRequest as prost::Message>::decode(rw.freeze()).expect("protobuf");
+        assert!(req.timeseries.is_empty());
+        assert_eq!(req.metadata, metadata);
         // A set without metadata keeps the id and encoding it had before metadata existed.
         let (plain, _) = split(scrape(0, 0, 2), 0);
         let mut legacy = BytesMut::new();
