@@ -599,6 +599,9 @@ pub struct ShipperConfig {
     /// Reconnect backoff bounds (jittered exponential).
     pub min_backoff: PromDuration,
     pub max_backoff: PromDuration,
+    /// How often the connection's series sets are defined again (with their metadata), so
+    /// every destination, even one added since, gets metadata; 0 disables.
+    pub redefine_interval: PromDuration,
 }
 
 impl Default for ShipperConfig {
@@ -616,6 +619,7 @@ impl Default for ShipperConfig {
             ack_timeout: PromDuration(Duration::from_secs(60)),
             min_backoff: PromDuration(Duration::from_millis(200)),
             max_backoff: PromDuration(Duration::from_secs(30)),
+            redefine_interval: PromDuration(Duration::from_secs(600)),
         }
     }
 }

@@ -240,6 +240,7 @@ impl Shipper {
         let mut drain_deadline: Option<Instant> = None;
         // Connection-scoped codec state: starts empty with every connection (ADR 002).
         let mut encoder = TunnelEncoder::new(self.cfg.zstd_level);
+        let mut defined_at = Instant::now();
         let mut acks_since_gc = 0u32;
         let max_records = self.cfg.max_batch_records.get() as usize;
         let batch_delay = self.cfg.batch_delay.0;
@@ -267,6 +268,11 @@ impl Shipper {
                 // The queue holds a contiguous suffix, so the read starts at the cursor.
                 let count = (last.seq - first_seq + 1) as u32;
                 cursor = last.seq + 1;
+                let redefine = self.cfg.redefine_interval.0;
+                if !redefine.is_zero() && defined_at.elapsed() >= redefine {
+                    encoder.reset_next();
+                    defined_at = Instant::now();
+                }
                 let (payload, samples) = self.encode(&mut encoder, &records).await?;
                 // A root span per batch (exported only when tracing samples it); its context
                 // travels with the batch so the gateway's spans join this trace.

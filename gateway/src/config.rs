@@ -375,7 +375,8 @@ pub enum Action {
 
 /// Prometheus's `metadata_config`. `send`: with remote write 1.0, a family's metadata (TYPE,
 /// HELP, UNIT) goes in the `metadata` field of the request holding the first batch of a target's
-/// shape on an agent connection (so again after a change or a reconnect) instead of every
+/// shape on an agent connection (so again after a change, a reconnect, or the agent's
+/// `shipper.redefine_interval`) instead of every
 /// `send_interval`; 2.0 always carries it inline, on every series of the family. The other
 /// fields are accepted for compatibility.
 #[derive(Clone, Debug, Deserialize, PartialEq)]

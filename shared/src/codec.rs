@@ -1006,6 +1006,14 @@ impl TunnelEncoder {
         Ok((Bytes::from(compressed), samples))
     }
 
+    /// Makes the next batch reset both sides' state and define every set it uses again (so
+    /// the gateway writes their metadata again): the shipper calls it every
+    /// `redefine_interval`, so a destination added later gets metadata too.
+    pub fn reset_next(&mut self) {
+        self.reset();
+        self.pending_reset = true;
+    }
+
     /// Call before looking up definitions for a batch: when the connection's tables have grown
     /// past their thresholds, the next batch resets them (both sides) and defines everything
     /// it uses again. Returns whether it will.
@@ -1753,6 +1761,17 @@ mod tests {
             let want: &[MetricMetadata] = if n == 0 { &metadata } else { &[] };
             assert_eq!(req.metadata, want);
         }
+        // After `reset_next`, the sets are defined again and their metadata written again.
+        enc.reset_next();
+        let (set, rec) = split_with(scrape(0, 9, 3), metadata.clone(), 9);
+        defs.insert(set.id(), set.encode());
+        let (payload, _) = enc.encode(&[rec], &defs).expect("encode");
+        let mut rw = BytesMut::new();
+        rw_dec
+            .decode_remote_write(&payload, &mut rw, 0)
+            .expect("decodes after a reset");
+        let req = <WriteRequest as prost::Message>::decode(rw.freeze()).expect("protobuf");
+        assert_eq!(req.metadata, metadata);
         // Metadata alone (a sidecar's metadata-only request): a set without series.
         let (only, rec) = split_with(vec![], metadata.clone(), 5);
         let defs = HashMap::from([(only.id(), only.encode())]);
