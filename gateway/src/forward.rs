@@ -568,8 +568,8 @@ impl Destination {
     }
 
     /// The uncompressed 1.0 request in `s.raw` as 2.0 in `s.v2`, its series given the
-    /// metadata of their family from this request or an earlier one; false if it does not
-    /// convert.
+    /// metadata of their family from this request or an earlier one (learned first, so the
+    /// conversion reads it from the cache alone); false if it does not convert.
     fn to_v2(&self, s: &mut crate::scratch::Scratch) -> bool {
         let found = Families::read(&s.raw);
         if !found.is_empty()

@@ -632,25 +632,42 @@ pub fn start_agent_beside(
     Ok((proc, web))
 }
 
+/// The `data` of a Prometheus HTTP API answer (`path` e.g. `/api/v1/query`), which must have
+/// succeeded.
+pub async fn prometheus_api(
+    web: SocketAddr,
+    path: &str,
+    query: &[(&str, &str)],
+) -> anyhow::Result<serde_json::Value> {
+    let text = reqwest::Client::new()
+        .get(format!("http://{web}{path}"))
+        .query(query)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let mut v: serde_json::Value = serde_json::from_str(&text)?;
+    anyhow::ensure!(v["status"] == "success", "unexpected answer: {v}");
+    Ok(v["data"].take())
+}
+
+/// How many series an instant PromQL query returns now (stale series are absent).
+pub async fn prometheus_live(web: SocketAddr, query: &str) -> anyhow::Result<usize> {
+    let data = prometheus_api(web, "/api/v1/query", &[("query", query)]).await?;
+    Ok(data["result"].as_array().map_or(0, Vec::len))
+}
+
 /// Every raw sample of the range-vector selector `selector` (e.g. `{site="a"}[1h]`) from a
 /// Prometheus server's HTTP API, evaluated now.
 pub async fn prometheus_samples(
     web: SocketAddr,
     selector: &str,
 ) -> anyhow::Result<Vec<crate::capture::Received>> {
-    let url = format!("http://{web}/api/v1/query");
-    let text = reqwest::Client::new()
-        .get(&url)
-        .query(&[("query", selector)])
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    let resp: serde_json::Value = serde_json::from_str(&text)?;
-    let result = resp["data"]["result"]
+    let data = prometheus_api(web, "/api/v1/query", &[("query", selector)]).await?;
+    let result = data["result"]
         .as_array()
-        .with_context(|| format!("unexpected answer: {resp}"))?;
+        .with_context(|| format!("unexpected answer: {data}"))?;
     let mut out = Vec::new();
     for series in result {
         let labels = json_labels(&series["metric"])?;
@@ -888,16 +905,8 @@ pub fn start_global_view(dir: &Path, tickets_url: &str, t: &Timings) -> anyhow::
 
 /// Value of an instant PromQL query returning one series, if any.
 pub async fn prometheus_value(web: SocketAddr, query: &str) -> anyhow::Result<Option<f64>> {
-    let text = reqwest::Client::new()
-        .get(format!("http://{web}/api/v1/query"))
-        .query(&[("query", query)])
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    let v: serde_json::Value = serde_json::from_str(&text)?;
-    Ok(v["data"]["result"][0]["value"][1]
+    let data = prometheus_api(web, "/api/v1/query", &[("query", query)]).await?;
+    Ok(data["result"][0]["value"][1]
         .as_str()
         .and_then(|s| s.parse().ok()))
 }

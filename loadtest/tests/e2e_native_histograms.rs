@@ -358,18 +358,8 @@ fn scrape_config(via: &str, target: SocketAddr) -> String {
 }
 
 async fn api(prom: SocketAddr, path: &str, query: &[(&str, String)]) -> serde_json::Value {
-    let text = reqwest::Client::new()
-        .get(format!("http://{prom}{path}"))
-        .query(query)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["status"], "success", "{v}");
-    v["data"].clone()
+    let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    harness::prometheus_api(prom, path, &query).await.unwrap()
 }
 
 /// Every native histogram sample of `rpc_duration_seconds{via}` in the last 10 minutes, by
@@ -445,8 +435,7 @@ async fn exemplars(prom: SocketAddr, via: &str) -> BTreeSet<(String, String, Str
 }
 
 async fn live(prom: SocketAddr, query: &str) -> usize {
-    let data = api(prom, "/api/v1/query", &[("query", query.to_owned())]).await;
-    data["result"].as_array().map_or(0, Vec::len)
+    harness::prometheus_live(prom, query).await.unwrap()
 }
 
 /// The entries of `a` and `b` at keys both have; panics on any difference.

@@ -205,20 +205,9 @@ async fn view(prom: SocketAddr, via: &str) -> BTreeMap<String, BTreeSet<String>>
     out
 }
 
-/// Series names present now (instant query, so stale series are absent).
+/// Series present now (instant query, so stale series are absent).
 async fn live(prom: SocketAddr, query: &str) -> usize {
-    let url = format!("http://{prom}/api/v1/query");
-    let v: serde_json::Value = reqwest::Client::new()
-        .get(&url)
-        .query(&[("query", query)])
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .map(|t| serde_json::from_str(&t).unwrap())
-        .unwrap();
-    v["data"]["result"].as_array().map_or(0, Vec::len)
+    harness::prometheus_live(prom, query).await.unwrap()
 }
 
 /// Active targets as (pool, labels, discovered labels, health) and dropped targets'

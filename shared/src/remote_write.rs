@@ -202,6 +202,12 @@ impl Label {
     }
 }
 
+/// Suffixes a series name may add to its metric family's name (histogram, summary, counter,
+/// info and gauge-histogram series): how metadata, given per family, is found for a series.
+pub(crate) const FAMILY_SUFFIXES: [&str; 8] = [
+    "_bucket", "_count", "_sum", "_total", "_created", "_info", "_gcount", "_gsum",
+];
+
 /// Bits saying what a request holds besides float samples, so a sender knows without decoding
 /// whether a destination that does not take some of it needs the request rewritten.
 pub mod extras {
@@ -518,22 +524,15 @@ pub mod v2 {
     /// `_created`, `_info`, `_gcount` or `_gsum` suffix. A series with both float and
     /// histogram samples becomes two series (2.0 forbids mixing). Unknown fields are dropped.
     pub fn from_v1_bytes(raw: &[u8]) -> Result<Vec<u8>, ConvertError> {
-        from_v1_bytes_with(raw, None)
-    }
-
-    /// [`from_v1_bytes`], also taking the metadata of families the request has none for from
-    /// `known` (metadata seen in earlier requests: a sender's cache, see [`Families`]).
-    pub fn from_v1_bytes_with<'a>(
-        raw: &'a [u8],
-        known: Option<&'a Families>,
-    ) -> Result<Vec<u8>, ConvertError> {
         let mut out = Vec::new();
-        from_v1_into(raw, known, &mut out, &mut Vec::new())?;
+        from_v1_into(raw, None, &mut out, &mut Vec::new())?;
         Ok(out)
     }
 
-    /// [`from_v1_bytes_with`] into `out` (cleared first), with `series` as scratch space:
-    /// a sender converting request after request reuses both buffers.
+    /// [`from_v1_bytes`] into `out` (cleared first), with `series` as scratch space, so a
+    /// sender converting request after request reuses both buffers. With `known` (a sender's
+    /// metadata cache, see [`Families`]), metadata comes from it alone: the caller has already
+    /// learned this request's own ([`Families::learn`]), so it is not read again here.
     pub fn from_v1_into<'a>(
         raw: &'a [u8],
         known: Option<&'a Families>,
@@ -546,12 +545,15 @@ pub mod v2 {
         let mut symbols: Vec<&[u8]> = vec![b""];
         let mut index: std::collections::HashMap<&[u8], u32> =
             std::collections::HashMap::from([(&b""[..], 0)]);
-        // Pass 1: metadata by family name (type, help, unit as slices of `raw`).
+        // Pass 1, without a cache: metadata by family name (type, help, unit as slices of
+        // `raw`).
         let mut families: std::collections::HashMap<&[u8], Meta<'_>> =
             std::collections::HashMap::new();
-        for_each_metadata(raw, |name, m| {
-            families.insert(name, m);
-        })?;
+        if known.is_none() {
+            for_each_metadata(raw, |name, m| {
+                families.insert(name, m);
+            })?;
+        }
 
         series.reserve(raw.len());
         let (mut refs, mut samples, mut hists, mut exemplars) =
@@ -766,23 +768,13 @@ pub mod v2 {
         out.extend_from_slice(ts_buf);
     }
 
-    /// The metadata of the family a series name belongs to: from the request, else from
-    /// `known`; by the name itself, else by the name without a type suffix.
+    /// The metadata of the family a series name belongs to, from the request's (`families`)
+    /// or the cache (`known`): by the name itself, else by the name without a type suffix.
     fn family<'a>(
         families: &std::collections::HashMap<&'a [u8], Meta<'a>>,
         known: Option<&'a Families>,
         metric: &[u8],
     ) -> Option<Meta<'a>> {
-        const SUFFIXES: [&[u8]; 8] = [
-            b"_bucket",
-            b"_count",
-            b"_sum",
-            b"_total",
-            b"_created",
-            b"_info",
-            b"_gcount",
-            b"_gsum",
-        ];
         let known = known.filter(|k| !k.is_empty());
         if families.is_empty() && known.is_none() {
             return None;
@@ -795,9 +787,9 @@ pub mod v2 {
             })
         };
         get(metric).or_else(|| {
-            SUFFIXES
+            super::FAMILY_SUFFIXES
                 .iter()
-                .filter_map(|s| metric.strip_suffix(*s))
+                .filter_map(|s| metric.strip_suffix(s.as_bytes()))
                 .find_map(get)
         })
     }

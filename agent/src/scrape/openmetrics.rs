@@ -413,13 +413,8 @@ fn sample(text: &str) -> Result<(ParsedSample, Option<Stored>), Kind> {
     let value = value(raw)?;
     let (timestamp_ms, exemplar) = c.after_value(name)?;
     let sample = ParsedSample {
-        name: name.to_owned(),
-        labels,
-        value,
-        timestamp_ms,
         exemplar: exemplar.clone().flatten(),
-        histogram: None,
-        created_ms: None,
+        ..ParsedSample::new(name.to_owned(), labels, value, timestamp_ms)
     };
     Ok((sample, exemplar))
 }

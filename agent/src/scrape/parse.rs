@@ -102,6 +102,21 @@ pub struct ParsedSample {
     pub created_ms: Option<i64>,
 }
 
+impl ParsedSample {
+    /// A float sample, without exemplar, histogram or created timestamp.
+    pub fn new(name: String, labels: Vec<Label>, value: f64, timestamp_ms: Option<i64>) -> Self {
+        ParsedSample {
+            name,
+            labels,
+            value,
+            timestamp_ms,
+            exemplar: None,
+            histogram: None,
+            created_ms: None,
+        }
+    }
+}
+
 /// An exemplar as scraped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedExemplar {
@@ -591,15 +606,12 @@ impl<'a> Parser<'a> {
         }
         self.consume_eol();
 
-        Ok(ParsedSample {
-            name: name.to_owned(),
+        Ok(ParsedSample::new(
+            name.to_owned(),
             labels,
             value,
             timestamp_ms,
-            exemplar: None,
-            histogram: None,
-            created_ms: None,
-        })
+        ))
     }
 
     /// The inside of `{…}` (at the first character after `{`), through the closing `}`.

@@ -301,14 +301,8 @@ fn family_samples(
         let labels = labels(&m.label)?;
         // proto3 habits: 0 means no timestamp.
         let timestamp_ms = m.timestamp_ms.filter(|t| *t != 0);
-        let sample = |name: String, labels: Vec<Label>, value: f64| ParsedSample {
-            name,
-            labels,
-            value,
-            timestamp_ms,
-            exemplar: None,
-            histogram: None,
-            created_ms: None,
+        let sample = |name: String, labels: Vec<Label>, value: f64| {
+            ParsedSample::new(name, labels, value, timestamp_ms)
         };
         match ty {
             COUNTER => {

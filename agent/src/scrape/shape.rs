@@ -79,16 +79,19 @@ pub struct Shaper {
 }
 
 /// Fingerprint of a scrape's shape: two independent 64-bit SipHashes over every sample's
-/// name and labels, in order. An accidental collision (about 2^-128) is the only way a changed
-/// shape could be mistaken for the remembered one.
-fn fingerprint(samples: &[parse::ParsedSample], metadata: &[MetricMetadata]) -> u128 {
+/// name and labels, in order, and the families' metadata (so a changed HELP text redefines
+/// the set). An accidental collision (about 2^-128) is the only way a changed shape could be
+/// mistaken for the remembered one. Hashes the exposition's maps in name order, without
+/// building the metadata the fast path does not need.
+fn fingerprint(exp: &parse::Exposition) -> u128 {
     use std::hash::{Hash, Hasher};
+    let names = family_names(exp);
     let mut a = std::collections::hash_map::DefaultHasher::new();
     let mut b = std::collections::hash_map::DefaultHasher::new();
     0xa5u8.hash(&mut b);
     for h in [&mut a, &mut b] {
-        samples.len().hash(h);
-        for s in samples {
+        exp.samples.len().hash(h);
+        for s in &exp.samples {
             s.name.hash(h);
             s.labels.len().hash(h);
             for l in &s.labels {
@@ -96,9 +99,27 @@ fn fingerprint(samples: &[parse::ParsedSample], metadata: &[MetricMetadata]) -> 
                 l.value.hash(h);
             }
         }
-        metadata.hash(h);
+        for n in &names {
+            n.hash(h);
+            exp.types.get(*n).map(|t| *t as i32).hash(h);
+            exp.help.get(*n).hash(h);
+            exp.units.get(*n).hash(h);
+        }
     }
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
+}
+
+/// The names of the families a body has metadata for, sorted, deduplicated.
+fn family_names(exp: &parse::Exposition) -> Vec<&String> {
+    let mut names: Vec<&String> = exp
+        .types
+        .keys()
+        .chain(exp.help.keys())
+        .chain(exp.units.keys())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 fn stale_sample(ts: i64) -> Sample {
@@ -135,11 +156,11 @@ impl Shaper {
             Err(error) => return self.failed(t, ext, error, ts, duration),
         };
         let scraped = exp.samples.len();
-        let metadata = metadata(&exp);
-        let shape = fingerprint(&exp.samples, &metadata);
+        let shape = fingerprint(&exp);
         if self.shape == Some(shape) {
             return self.fast(t, exp.samples, ts, duration);
         }
+        let metadata = metadata(&exp);
         let (series, kept) = match build(t, ext, exp.samples, ts) {
             Ok(b) => b,
             Err(error) => return self.failed(t, ext, error, ts, duration),
@@ -429,15 +450,7 @@ fn exemplar(e: parse::ParsedExemplar, sample_ts: i64) -> Exemplar {
 /// The metadata of a body's families (from `# TYPE`, `# HELP` and `# UNIT`, or the protobuf
 /// format's family fields), sorted by family name; a family without a type is `unknown`.
 pub fn metadata(exp: &parse::Exposition) -> Vec<MetricMetadata> {
-    let mut names: Vec<&String> = exp
-        .types
-        .keys()
-        .chain(exp.help.keys())
-        .chain(exp.units.keys())
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    names
+    family_names(exp)
         .into_iter()
         .map(|name| MetricMetadata {
             r#type: exp.types.get(name).map_or(0, |t| *t as i32),

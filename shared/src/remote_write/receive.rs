@@ -269,11 +269,6 @@ struct V2Series {
     created_timestamp: i64,
 }
 
-/// Suffixes a series name may add to its family's.
-const SUFFIXES: [&str; 8] = [
-    "_bucket", "_count", "_sum", "_total", "_created", "_info", "_gcount", "_gsum",
-];
-
 fn from_v1(req: V1Request, metadata: &[MetricMetadata]) -> Vec<Series> {
     let families: std::collections::HashMap<&str, &MetricMetadata> = metadata
         .iter()
@@ -284,7 +279,7 @@ fn from_v1(req: V1Request, metadata: &[MetricMetadata]) -> Vec<Series> {
         families
             .get(name)
             .or_else(|| {
-                SUFFIXES
+                super::FAMILY_SUFFIXES
                     .iter()
                     .filter_map(|s| name.strip_suffix(s))
                     .find_map(|base| families.get(base))
