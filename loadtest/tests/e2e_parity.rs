@@ -309,15 +309,11 @@ async fn uplink_agent_and_prometheus_agent_write_the_same_series() {
     )
     .unwrap();
 
-    // uplink-agent on the same scrape configuration; its uplink settings in a file of their own.
-    let ucfg = d.join("uplink-prom.yml");
-    std::fs::write(&ucfg, scrape_config("uplink", a, &sd)).unwrap();
-    let (uagent, uweb) =
-        harness::start_agent_beside(&bins, d, "parity", &ucfg, gateway.quic, &[]).unwrap();
     block(|| harness::wait_ready(pweb, Duration::from_secs(60))).unwrap();
-    block(|| harness::wait_ready(uweb, Duration::from_secs(20))).unwrap();
     // Prometheus's remote write skips samples older than its WAL watcher's start, so the
-    // explicit timestamp is exposed only from now on.
+    // explicit timestamp is exposed only from now on; and the uplink agent starts only now,
+    // so that neither side scrapes a body without it (a scrape before would count 2 samples
+    // fewer in `scrape_samples_scraped` on one side only).
     ts_ms.store(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -325,6 +321,12 @@ async fn uplink_agent_and_prometheus_agent_write_the_same_series() {
             .as_millis() as i64,
         Ordering::SeqCst,
     );
+    // uplink-agent on the same scrape configuration; its uplink settings in a file of their own.
+    let ucfg = d.join("uplink-prom.yml");
+    std::fs::write(&ucfg, scrape_config("uplink", a, &sd)).unwrap();
+    let (uagent, uweb) =
+        harness::start_agent_beside(&bins, d, "parity", &ucfg, gateway.quic, &[]).unwrap();
+    block(|| harness::wait_ready(uweb, Duration::from_secs(20))).unwrap();
     let sides = [
         Side {
             via: "prometheus",
