@@ -22,7 +22,10 @@
 //! while it stores a batch. Records below the cursor were stored before (on this connection, an
 //! earlier one, or before a restart) and are acknowledged without being stored again. A
 //! connection that ends never abandons a commit half-way: its storing task finishes the batches
-//! already released before it lets the lane go.
+//! already released before it lets the lane go. With `dedupe.etcd`, the lane also follows the
+//! cursor several gateways share (`dedupe.rs`): read when a connection stores its first batch,
+//! raised before any batch is acknowledged, so a resend to another gateway after a lost ack is
+//! skipped there too.
 //!
 //! # Shutdown
 //! New connections are refused; each session stops accepting batch streams, finishes the
@@ -74,6 +77,8 @@ pub struct Context {
     pub rates: crate::limits::TenantLimits,
     /// HA replica elections, if configured.
     pub ha: Option<Arc<crate::ha::Tracker>>,
+    /// Dedupe cursors shared with other gateways, if configured.
+    pub shared_cursors: Option<Arc<crate::dedupe::SharedCursors>>,
     /// Open agent connections (for the per-identity limit and CRL reloads).
     pub conns: Mutex<OpenConns>,
     /// Handshakes in progress (for `limits.retry_above_handshakes`).
@@ -116,9 +121,18 @@ impl OpenConns {
     }
 }
 
-/// Per (identity, queue id): the dedupe cursor, `None` until loaded from the store.
+/// Per (identity, queue id): the dedupe lane.
 pub type Lanes = Mutex<HashMap<(String, u64), Lane>>;
-type Lane = Arc<tokio::sync::Mutex<Option<u64>>>;
+type Lane = Arc<tokio::sync::Mutex<LaneState>>;
+
+/// What a lane knows.
+#[derive(Default)]
+pub struct LaneState {
+    /// The dedupe cursor; `None` until loaded from the store.
+    floor: Option<u64>,
+    /// The shared cursor as last read or written (with `dedupe.etcd`).
+    shared: crate::dedupe::Shared,
+}
 
 impl Context {
     /// With `ack: delivered`, waits until everything stored so far has been answered by every
@@ -684,15 +698,17 @@ async fn store_in_order(
             .and_then(|t| ctx.series_budgets.get(t))
             .map(|b| b.clone() as Arc<dyn uplink_shared::codec::SeriesGate>),
     );
+    // Whether this connection has read the shared cursor yet (with `dedupe.etcd`).
+    let mut refreshed = false;
+    // Batches stored (or found stored before) whose acks wait for the shared cursor.
+    let mut accepted: Vec<Pending> = Vec::new();
     while let Some(p) = rx.recv().await {
         let (first, count) = (p.first_seq, p.count);
         match seq.offer(first, count, p) {
             Offered::Queued => {}
             Offered::Duplicate(p) => {
                 ctx.metrics.batches_duplicate.inc();
-                ctx.delivered().await;
-                let a = ack(&p, AckStatus::Accepted, String::new());
-                let _ = p.reply.send(a);
+                accepted.push(p);
             }
             Offered::Retry(p) => {
                 let a = ack(&p, AckStatus::Retry, "an earlier batch failed".into());
@@ -703,6 +719,7 @@ async fn store_in_order(
                     first,
                     count, "Batch overlaps an earlier one; closing connection."
                 );
+                acknowledge(&ctx, &lane, (&site, queue_id), &mut accepted).await;
                 let _ = violation.try_send(CloseCode::ProtocolViolation);
                 return;
             }
@@ -717,7 +734,7 @@ async fn store_in_order(
             );
             let stored = store_batch(
                 &ctx,
-                &lane,
+                (&lane, &mut refreshed),
                 &mut decoder,
                 (&site, queue_id),
                 (first, count),
@@ -726,12 +743,9 @@ async fn store_in_order(
             .instrument(dedupe)
             .await;
             match stored {
-                Ok(()) => {
-                    ctx.delivered().await;
-                    let a = ack(&p, AckStatus::Accepted, String::new());
-                    let _ = p.reply.send(a);
-                }
+                Ok(()) => accepted.push(p),
                 Err(Refusal::Close(code)) => {
+                    acknowledge(&ctx, &lane, (&site, queue_id), &mut accepted).await;
                     let _ = violation.try_send(code);
                     return;
                 }
@@ -745,30 +759,109 @@ async fn store_in_order(
                 }
             }
         }
+        acknowledge(&ctx, &lane, (&site, queue_id), &mut accepted).await;
+    }
+}
+
+/// Answers the batches stored (or stored before): `Accepted` once the shared cursor covers
+/// them (with `dedupe.etcd`) and, with `ack: delivered`, once delivered; `Retry` when the
+/// shared cursor cannot be raised (they are stored; the resend is skipped locally and
+/// acknowledged when etcd answers).
+async fn acknowledge(
+    ctx: &Context,
+    lane: &Lane,
+    (site, queue_id): (&Arc<str>, u64),
+    accepted: &mut Vec<Pending>,
+) {
+    if accepted.is_empty() {
+        return;
+    }
+    let answer = match publish(ctx, lane, site, queue_id).await {
+        Ok(()) => {
+            ctx.delivered().await;
+            (AckStatus::Accepted, String::new())
+        }
+        Err(message) => (AckStatus::Retry, message),
+    };
+    for p in accepted.drain(..) {
+        let a = ack(&p, answer.0, answer.1.clone());
+        let _ = p.reply.send(a);
+    }
+}
+
+/// Raises the lane's shared cursor to its dedupe cursor (with `dedupe.etcd`).
+async fn publish(ctx: &Context, lane: &Lane, site: &str, queue_id: u64) -> Result<(), String> {
+    let Some(shared) = &ctx.shared_cursors else {
+        return Ok(());
+    };
+    let mut state = lane.lock().await;
+    let Some(floor) = state.floor else {
+        return Ok(());
+    };
+    if state.shared.cursor >= floor {
+        return Ok(());
+    }
+    let started = Instant::now();
+    match shared.raise(site, queue_id, state.shared, floor).await {
+        Ok(now) => {
+            state.shared = now;
+            ctx.metrics
+                .shared_cursor_duration
+                .observe(started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Err(error) => {
+            ctx.metrics
+                .shared_cursor_errors
+                .get_or_create(&labels(&[("op", "raise")]))
+                .inc();
+            warn!(%error, site, queue_id, "Cannot raise the shared dedupe cursor; the agent will resend.");
+            Err(format!("shared dedupe cursor: {error}"))
+        }
     }
 }
 
 /// Decodes one batch and stores the records not stored before, under the lane's lock.
 async fn store_batch(
     ctx: &Context,
-    lane: &Lane,
+    (lane, refreshed): (&Lane, &mut bool),
     decoder: &mut TunnelDecoder,
     (site, queue_id): (&Arc<str>, u64),
     (first, count): (u64, u32),
     (payload, trace): (&Payload, Option<TraceContext>),
 ) -> Result<(), Refusal> {
-    let mut floor = lane.lock().await;
-    let cursor = match *floor {
+    let mut state = lane.lock().await;
+    let mut cursor = match state.floor {
         Some(c) => c,
         None => {
             let loaded = ctx.store.dedupe_cursor(site, queue_id).await;
             let c = loaded
                 .map_err(|e| store_failed(ctx, "dedupe", e))?
                 .unwrap_or(0);
-            *floor = Some(c);
+            state.floor = Some(c);
             c
         }
     };
+    if let Some(shared) = &ctx.shared_cursors
+        && !*refreshed
+    {
+        // What other gateways stored of this queue since this one last served it.
+        let now = shared.read(site, queue_id).await.map_err(|error| {
+            ctx.metrics
+                .shared_cursor_errors
+                .get_or_create(&labels(&[("op", "read")]))
+                .inc();
+            warn!(%error, %site, queue_id, "Cannot read the shared dedupe cursor; the agent will resend.");
+            Refusal::Retry(format!("shared dedupe cursor: {error}"))
+        })?;
+        if now.cursor > cursor {
+            debug!(%site, queue_id, local = cursor, shared = now.cursor, "Another gateway stored part of this queue.");
+            cursor = now.cursor;
+            state.floor = Some(cursor);
+        }
+        state.shared = now;
+        *refreshed = true;
+    }
     let end = first + u64::from(count);
     let skip = cursor.saturating_sub(first).min(u64::from(count));
     // Compact batches are decoded even when every record is old: the codec state needs them.
@@ -911,8 +1004,8 @@ async fn store_batch(
     ctx.metrics
         .store_commit_duration
         .observe(started.elapsed().as_secs_f64());
-    *floor = Some(end);
-    drop(floor);
+    state.floor = Some(end);
+    drop(state);
     ctx.ledger.accepted(site, samples, newest);
     if let Some(t) = tenant {
         ctx.metrics

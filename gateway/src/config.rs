@@ -43,6 +43,10 @@ pub struct Config {
     /// HA-pair dedupe: one elected replica per (tenant, cluster) (see `ha.rs`).
     #[serde(default)]
     pub ha: Option<crate::ha::HaConfig>,
+    /// Dedupe cursors shared by several gateways, so a batch resent to another gateway after
+    /// a lost ack is not stored twice (see `dedupe.rs`). Unset: each gateway's own.
+    #[serde(default)]
+    pub dedupe: Option<crate::dedupe::DedupeConfig>,
     /// OTLP traces, in Prometheus's `tracing:` schema (see `uplink_shared::traces`).
     #[serde(default)]
     pub tracing: Option<uplink_shared::traces::TracingConfig>,
@@ -532,6 +536,9 @@ impl Config {
         if let Some(Err((field, message))) = self.ha.as_ref().map(|h| h.check()) {
             return Err(at(&format!("{field}:"), format!("ha.{field}"), message));
         }
+        if let Some(Err((field, message))) = self.dedupe.as_ref().map(|d| d.etcd.check()) {
+            return Err(at(&format!("{field}:"), format!("dedupe.{field}"), message));
+        }
         if self.remote_write.is_empty() {
             return Err(at(
                 "remote_write",
@@ -704,6 +711,16 @@ remote_write:
             .expect_err("failover")
             .to_string();
         assert!(e.contains("ha.failover_timeout"), "{e}");
+        let c = load(&with(
+            "dedupe:\n  etcd: {endpoints: ['http://etcd:2379'], prefix: /x/}\n",
+        ))
+        .expect("valid");
+        let etcd = c.dedupe.expect("dedupe").etcd;
+        assert_eq!(etcd.prefix.as_deref(), Some("/x/"));
+        let e = load(&with("dedupe:\n  etcd: {endpoints: []}\n"))
+            .expect_err("no endpoints")
+            .to_string();
+        assert!(e.contains("gateway.yml:11:3: dedupe.etcd"), "{e}");
         let e = load(&with(
             "tracing: {endpoint: otel:4318, sampling_fraction: 3}\n",
         ))

@@ -34,11 +34,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use uplink_shared::duration::PromDuration;
-use uplink_shared::http_client::{HttpClient, HttpClientConfig, TlsConfig};
+
+use crate::etcd::{Etcd, EtcdConfig, Kv};
 
 use crate::metrics::{Metrics, labels};
 use crate::store::now_ms;
@@ -64,21 +63,6 @@ pub struct HaConfig {
     pub etcd: Option<EtcdConfig>,
 }
 
-/// `ha.etcd`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct EtcdConfig {
-    /// Client URLs (`http://etcd-0:2379`), tried in order.
-    pub endpoints: Vec<String>,
-    #[serde(default = "default_prefix")]
-    pub prefix: String,
-    /// Per request.
-    #[serde(default = "default_etcd_timeout")]
-    pub timeout: PromDuration,
-    #[serde(default)]
-    pub tls_config: TlsConfig,
-}
-
 fn default_cluster_label() -> String {
     "cluster".into()
 }
@@ -91,12 +75,8 @@ fn default_failover() -> PromDuration {
 fn default_update() -> PromDuration {
     PromDuration(Duration::from_secs(15))
 }
-fn default_prefix() -> String {
-    "/uplink/ha/".into()
-}
-fn default_etcd_timeout() -> PromDuration {
-    PromDuration(Duration::from_secs(5))
-}
+/// The default `ha.etcd.prefix`.
+pub const DEFAULT_PREFIX: &str = "/uplink/ha/";
 
 impl HaConfig {
     /// Cross-field rules: (field, message).
@@ -119,12 +99,10 @@ impl HaConfig {
                 ),
             ));
         }
-        if let Some(e) = &self.etcd
-            && e.endpoints.is_empty()
-        {
-            return Err(("etcd", "endpoints must not be empty".into()));
+        match &self.etcd {
+            Some(e) => e.check(),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -173,7 +151,7 @@ pub struct Tracker {
 impl Tracker {
     pub fn new(cfg: &HaConfig, metrics: Metrics) -> anyhow::Result<Tracker> {
         let etcd = match &cfg.etcd {
-            Some(e) => Some(Etcd::new(e)?),
+            Some(e) => Some(Etcd::new(e, DEFAULT_PREFIX)?),
             None => None,
         };
         Ok(Tracker {
@@ -285,7 +263,10 @@ impl Tracker {
     async fn read(&self, key: &(String, String)) -> Result<Option<Known>, HaError> {
         match &self.etcd {
             None => Ok(None),
-            Some(e) => e.get(&self.etcd_key(key)).await,
+            Some(e) => match e.get(&self.etcd_key(key)).await {
+                Ok(kv) => kv.map(known_of).transpose(),
+                Err(error) => Err(HaError::Etcd(error.0)),
+            },
         }
     }
 
@@ -299,153 +280,33 @@ impl Tracker {
     ) -> Result<Result<i64, Option<Known>>, HaError> {
         match &self.etcd {
             None => Ok(Ok(revision + 1)),
-            Some(e) => e.put_if(&self.etcd_key(key), revision, record).await,
+            Some(e) => {
+                let value = serde_json::to_vec(record).map_err(|e| HaError::Etcd(e.to_string()))?;
+                match e.put_if(&self.etcd_key(key), revision, &value).await {
+                    Ok(Ok(rev)) => Ok(Ok(rev)),
+                    Ok(Err(now)) => Ok(Err(now.map(known_of).transpose()?)),
+                    Err(error) => Err(HaError::Etcd(error.0)),
+                }
+            }
         }
     }
 
     fn etcd_key(&self, (tenant, cluster): &(String, String)) -> String {
         let prefix = self.etcd.as_ref().map_or("", |e| e.prefix.as_str());
         // Tenant ids hold no '/' (validated); a cluster value may: escape it.
-        format!(
-            "{prefix}{tenant}/{}",
-            cluster.replace('%', "%25").replace('/', "%2F")
-        )
+        format!("{prefix}{tenant}/{}", crate::etcd::segment(cluster))
     }
 }
 
-/// A minimal etcd v3 client over its JSON gateway.
-struct Etcd {
-    client: HttpClient,
-    endpoints: Vec<String>,
-    prefix: String,
-    timeout: Duration,
-}
-
-impl Etcd {
-    fn new(cfg: &EtcdConfig) -> anyhow::Result<Etcd> {
-        let client = HttpClient::new(
-            &HttpClientConfig {
-                tls_config: cfg.tls_config.clone(),
-                compression: false,
-                ..HttpClientConfig::default()
-            },
-            concat!("uplink-gateway/", env!("CARGO_PKG_VERSION")),
-        )?;
-        Ok(Etcd {
-            client,
-            endpoints: cfg
-                .endpoints
-                .iter()
-                .map(|e| e.trim_end_matches('/').to_owned())
-                .collect(),
-            prefix: cfg.prefix.clone(),
-            timeout: cfg.timeout.0,
-        })
-    }
-
-    /// POSTs `body` to `path` on the first endpoint that answers.
-    async fn call(
-        &self,
-        path: &str,
-        body: serde_json::Value,
-    ) -> Result<serde_json::Value, HaError> {
-        let mut last = String::new();
-        for ep in &self.endpoints {
-            let url = match reqwest::Url::parse(&format!("{ep}{path}")) {
-                Ok(u) => u,
-                Err(e) => {
-                    last = format!("{ep}: {e}");
-                    continue;
-                }
-            };
-            let sent = async {
-                let resp = self
-                    .client
-                    .post(url)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body.to_string())
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let status = resp.status();
-                let text = resp.text().await.map_err(|e| e.to_string())?;
-                if !status.is_success() {
-                    return Err(format!("{status}: {text}"));
-                }
-                serde_json::from_str(&text).map_err(|e| format!("answer: {e}"))
-            };
-            match tokio::time::timeout(self.timeout, sent).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => last = format!("{ep}: {e}"),
-                Err(_) => last = format!("{ep}: no answer within {:?}", self.timeout),
-            }
-        }
-        Err(HaError::Etcd(last))
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<Known>, HaError> {
-        let v = self
-            .call(
-                "/v3/kv/range",
-                serde_json::json!({ "key": B64.encode(key) }),
-            )
-            .await?;
-        Ok(first_kv(&v))
-    }
-
-    async fn put_if(
-        &self,
-        key: &str,
-        revision: i64,
-        record: &Record,
-    ) -> Result<Result<i64, Option<Known>>, HaError> {
-        let k = B64.encode(key);
-        let compare = if revision == 0 {
-            serde_json::json!({"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"})
-        } else {
-            serde_json::json!({"key": k, "target": "MOD", "result": "EQUAL", "mod_revision": revision.to_string()})
-        };
-        let value = serde_json::to_vec(record).map_err(|e| HaError::Etcd(e.to_string()))?;
-        let body = serde_json::json!({
-            "compare": [compare],
-            "success": [{"request_put": {"key": k, "value": B64.encode(value)}}],
-            "failure": [{"request_range": {"key": k}}],
-        });
-        let v = self.call("/v3/kv/txn", body).await?;
-        // Protobuf JSON leaves out false and zero fields.
-        if v.get("succeeded").and_then(|s| s.as_bool()) == Some(true) {
-            let rev = int(v.pointer("/header/revision"))
-                .ok_or_else(|| HaError::Etcd("txn answer without a revision".into()))?;
-            return Ok(Ok(rev));
-        }
-        let range = v
-            .pointer("/responses/0/response_range")
-            .cloned()
-            .unwrap_or_default();
-        Ok(Err(first_kv(&range)))
-    }
-}
-
-/// The first key-value of a range answer, decoded.
-fn first_kv(range: &serde_json::Value) -> Option<Known> {
-    let kv = range.pointer("/kvs/0")?;
-    let value = B64.decode(kv.get("value")?.as_str()?).ok()?;
-    let record: Record = serde_json::from_slice(&value).ok()?;
-    Some(Known {
+/// An election as etcd holds it.
+fn known_of(kv: Kv) -> Result<Known, HaError> {
+    let record: Record = serde_json::from_slice(&kv.value)
+        .map_err(|e| HaError::Etcd(format!("election record: {e}")))?;
+    Ok(Known {
         record,
-        revision: int(kv.get("mod_revision"))?,
+        revision: kv.revision,
         written_ms: 0,
     })
-}
-
-/// An int64 as protobuf JSON writes it (a string), or a number.
-fn int(v: Option<&serde_json::Value>) -> Option<i64> {
-    match v? {
-        serde_json::Value::String(s) => s.parse().ok(),
-        n => n.as_i64(),
-    }
 }
 
 #[cfg(test)]
@@ -500,9 +361,9 @@ mod tests {
             update_timeout: PromDuration(Duration::from_secs(15)),
             etcd: Some(EtcdConfig {
                 endpoints: vec!["http://127.0.0.1:2379".into()],
-                prefix: "/uplink/ha/".into(),
+                prefix: None,
                 timeout: PromDuration(Duration::from_secs(5)),
-                tls_config: TlsConfig::default(),
+                tls_config: Default::default(),
             }),
         };
         assert!(cfg.check().is_ok());
@@ -519,17 +380,22 @@ mod tests {
     }
 
     #[test]
-    fn etcd_answers_decode() {
-        let range = serde_json::json!({"kvs": [{
-            "key": B64.encode("k"),
-            "value": B64.encode(br#"{"replica":"a","seen_ms":5}"#),
-            "mod_revision": "42"
-        }]});
-        let k = first_kv(&range).expect("kv");
+    fn election_records_decode() {
+        let k = known_of(Kv {
+            value: br#"{"replica":"a","seen_ms":5}"#.to_vec(),
+            revision: 42,
+        })
+        .expect("record");
         assert_eq!(
             (k.record.replica.as_str(), k.record.seen_ms, k.revision),
             ("a", 5, 42)
         );
-        assert!(first_kv(&serde_json::json!({"header": {}})).is_none());
+        assert!(
+            known_of(Kv {
+                value: b"{".to_vec(),
+                revision: 1
+            })
+            .is_err()
+        );
     }
 }

@@ -21,6 +21,8 @@
 pub mod accept;
 pub mod certs_cmd;
 pub mod config;
+pub mod dedupe;
+pub mod etcd;
 pub mod fanout;
 pub mod forward;
 pub mod ha;
@@ -108,6 +110,12 @@ pub async fn run(
         )),
         None => None,
     };
+    let shared_cursors = match &cfg.dedupe {
+        Some(d) => Some(Arc::new(
+            dedupe::SharedCursors::new(d).context("building the shared dedupe cursors")?,
+        )),
+        None => None,
+    };
     let ctx = Arc::new(accept::Context {
         limits: cfg.limits.clone(),
         store: store.clone(),
@@ -119,6 +127,7 @@ pub async fn run(
         tenancy: cfg.tenancy.clone(),
         rates: limits::TenantLimits::new(cfg.tenancy.as_ref()),
         ha,
+        shared_cursors,
         conns: Default::default(),
         handshakes: Default::default(),
         series_budgets: cfg

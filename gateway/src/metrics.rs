@@ -52,6 +52,8 @@ pub struct Metrics {
     pub ha_elections: Family<Labels, Counter>,
     pub ha_samples_dropped: Family<Labels, Counter>,
     pub ha_errors: Counter,
+    pub shared_cursor_duration: Histogram,
+    pub shared_cursor_errors: Family<Labels, Counter>,
     pub tls: uplink_shared::tls::ReloadMetrics,
     pub revoked_disconnects: Counter,
     pub handshake_retries: Counter,
@@ -102,6 +104,8 @@ impl Default for Metrics {
             ha_elections: Family::default(),
             ha_samples_dropped: Family::default(),
             ha_errors: Counter::default(),
+            shared_cursor_duration: write_buckets(),
+            shared_cursor_errors: Family::default(),
             tls: Default::default(),
             revoked_disconnects: Counter::default(),
             handshake_retries: Counter::default(),
@@ -275,6 +279,18 @@ impl Metrics {
             "HA elections that could not be decided (etcd unreachable or contended); the batch \
              was answered retry.",
             self.ha_errors.clone(),
+        );
+        r.register(
+            "shared_cursor_write_duration_seconds",
+            "Time to raise an agent queue's shared dedupe cursor in etcd (dedupe.etcd) before \
+             acknowledging; a crash inside it lets another gateway store the resend again.",
+            self.shared_cursor_duration.clone(),
+        );
+        r.register(
+            "shared_cursor_errors",
+            "Shared dedupe cursors that could not be read or raised (etcd unreachable or \
+             contended), by op (read, raise); the batches were answered retry.",
+            self.shared_cursor_errors.clone(),
         );
         self.tls.register(r);
         r.register(

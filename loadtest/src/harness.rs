@@ -107,6 +107,17 @@ pub fn write_certs(dir: &Path, sites: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `dir/name`, created, with a copy of the gateway's certificates from `dir` (for a second
+/// gateway of the same test).
+pub fn gateway_subdir(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let sub = dir.join(name);
+    std::fs::create_dir_all(&sub)?;
+    for f in ["ca.crt", "gateway.crt", "gateway.key"] {
+        std::fs::copy(dir.join(f), sub.join(f))?;
+    }
+    Ok(sub)
+}
+
 /// A child process killed (SIGKILL) on drop unless it already exited.
 pub struct Proc {
     pub name: String,
@@ -500,6 +511,14 @@ pub fn metric_sum(m: &HashMap<String, f64>, name: &str) -> f64 {
         .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
         .map(|(_, v)| v)
         .sum()
+}
+
+/// [`metric_sum`] of the process serving `/metrics` on `web`, from async tests; 0 when
+/// unreachable.
+pub fn metric_at(web: SocketAddr, name: &str) -> f64 {
+    block(|| metrics(web))
+        .map(|m| metric_sum(&m, name))
+        .unwrap_or(0.0)
 }
 
 /// A real Prometheus server with the remote-write receiver enabled.

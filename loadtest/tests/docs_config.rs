@@ -21,6 +21,8 @@ const SOURCES: &[&str] = &[
     "agent/src/discovery/kubernetes/config.rs",
     "gateway/src/config.rs",
     "gateway/src/ha.rs",
+    "gateway/src/etcd.rs",
+    "gateway/src/dedupe.rs",
     "shared/src/tls.rs",
     "shared/src/traces.rs",
 ];

@@ -20,21 +20,12 @@ use std::time::Duration;
 
 use uplink_loadtest::capture::Capture;
 use uplink_loadtest::harness::{
-    Bins, Proc, block, etcd_installed, free_addr, metric_sum, metrics, prometheus_installed,
-    prometheus_samples, rw_entries, start_etcd, start_gateway_yaml, start_prometheus, wait_for,
-    wait_ready, write_certs,
+    Bins, Proc, block, etcd_installed, free_addr, gateway_subdir, metric_at, metric_sum, metrics,
+    prometheus_installed, prometheus_samples, rw_entries, start_etcd, start_gateway_yaml,
+    start_prometheus, wait_for, wait_ready, write_certs,
 };
 use uplink_loadtest::probe::{Probe, ProbeSpec};
 use uplink_shared::model;
-
-fn gateway_dir(dir: &Path, name: &str) -> std::path::PathBuf {
-    let sub = dir.join(name);
-    std::fs::create_dir_all(&sub).unwrap();
-    for f in ["ca.crt", "gateway.crt", "gateway.key"] {
-        std::fs::copy(dir.join(f), sub.join(f)).unwrap();
-    }
-    sub
-}
 
 /// A replica: same targets and external labels as its twin but `__replica__`.
 fn start_replica(
@@ -74,12 +65,6 @@ fn start_replica(
     (proc, web)
 }
 
-fn sum(web: std::net::SocketAddr, name: &str) -> f64 {
-    block(|| metrics(web))
-        .map(|m| metric_sum(&m, name))
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_elect_one_replica_through_etcd_and_fail_over() {
     if !etcd_installed() || !prometheus_installed() {
@@ -99,7 +84,7 @@ async fn two_gateways_elect_one_replica_through_etcd_and_fail_over() {
     let mut gateways: Vec<_> = ["gw1", "gw2"]
         .iter()
         .map(|g| {
-            let sub = gateway_dir(dir.path(), g);
+            let sub = gateway_subdir(dir.path(), g).unwrap();
             block(|| start_gateway_yaml(&bins, &sub, &rw, "0s", "")).unwrap()
         })
         .collect();
@@ -118,13 +103,13 @@ async fn two_gateways_elect_one_replica_through_etcd_and_fail_over() {
     wait_for("r1's data", Duration::from_secs(30), || !capture.is_empty()).await;
     let (mut r2, _) = start_replica(&bins, dir.path(), "r2", gateways[1].quic, &targets);
     wait_for("r2's batches dropped", Duration::from_secs(30), || {
-        sum(gw2, "uplink_gateway_ha_samples_dropped_total") > 0.0
+        metric_at(gw2, "uplink_gateway_ha_samples_dropped_total") > 0.0
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let forwarded = "uplink_gateway_remote_write_samples_total";
     assert_eq!(
-        sum(gw2, forwarded),
+        metric_at(gw2, forwarded),
         0.0,
         "the standby's gateway forwards nothing"
     );
@@ -134,10 +119,10 @@ async fn two_gateways_elect_one_replica_through_etcd_and_fail_over() {
     // r1 dies; r2 takes over through etcd.
     block(|| r1.kill9());
     wait_for("the failover", Duration::from_secs(30), || {
-        sum(gw2, forwarded) > 0.0
+        metric_at(gw2, forwarded) > 0.0
     })
     .await;
-    assert_eq!(sum(gw2, "uplink_gateway_ha_elections_total"), 1.0);
+    assert_eq!(metric_at(gw2, "uplink_gateway_ha_elections_total"), 1.0);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(block(|| r2.terminate(Duration::from_secs(30))));
     for g in &mut gateways {
