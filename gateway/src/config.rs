@@ -337,6 +337,31 @@ pub struct RemoteWriteConfig {
     /// Uplink: how often a destination paused by a `pause` status (401, 403) is tried again.
     #[serde(default = "default_paused_retry")]
     pub paused_retry_interval: PromDuration,
+    /// Uplink: how a backlog is delivered after an outage (see `fanout.rs`).
+    #[serde(default)]
+    pub replay: ReplayConfig,
+}
+
+/// `remote_write[].replay`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    /// The destination accepts out-of-order samples (a Prometheus or Mimir with an
+    /// `out_of_order_time_window`, VictoriaMetrics): once it is further behind than
+    /// `split_after`, what is stored from then on is delivered first, the backlog behind it.
+    /// Off: strict log order (per-series order for any receiver).
+    pub live_first: bool,
+    /// How old the oldest undelivered entry must be before live data goes first.
+    pub split_after: PromDuration,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            live_first: false,
+            split_after: PromDuration(Duration::from_secs(30)),
+        }
+    }
 }
 
 fn default_remote_timeout() -> PromDuration {
@@ -607,6 +632,15 @@ impl Config {
                     "must not exceed max_backoff".into(),
                 ));
             }
+            if rw.replay.live_first && rw.replay.split_after.0 < Duration::from_secs(1) {
+                return Err(at(
+                    "split_after",
+                    format!("remote_write[{i}].replay.split_after"),
+                    "must be at least 1s: a destination that is only a scrape behind is not \
+                     an outage"
+                        .into(),
+                ));
+            }
         }
         if let Some(t) = &self.tenancy {
             let known: std::collections::HashSet<String> =
@@ -721,6 +755,13 @@ remote_write:
             .expect_err("no endpoints")
             .to_string();
         assert!(e.contains("gateway.yml:11:3: dedupe.etcd"), "{e}");
+        let e = load(&GOOD.replace(
+            "remote_timeout: 10s",
+            "remote_timeout: 10s\n    replay: {live_first: true, split_after: 0s}",
+        ))
+        .expect_err("split_after")
+        .to_string();
+        assert!(e.contains("remote_write[0].replay.split_after"), "{e}");
         let e = load(&with(
             "tracing: {endpoint: otel:4318, sampling_fraction: 3}\n",
         ))

@@ -8,6 +8,15 @@
 //! order, and the log holds each agent queue's records in sequence order: per-series order
 //! survives.
 //!
+//! # Live data first (`replay.live_first`)
+//! For a destination that accepts out-of-order samples, a forwarder that finds its oldest
+//! undelivered entry older than `replay.split_after` starts a *live lane* at the head
+//! ([`Store::split`]): from then on each turn delivers one read of the live lane (entries
+//! stored since), then one read of the backlog below it. Live data is late by at most one
+//! backlog read; the backlog drains with whatever the destination has left. Each lane keeps
+//! log order (so per-series order within it) and its own in-flight mark; when the backlog
+//! reaches the lane's start the lanes merge (see `store.rs`). Without it, strict log order.
+//!
 //! Requests of one read:
 //! - Fast path (no relabeling or age limit): consecutive entries are merged without decoding
 //!   into requests of up to `max_samples_per_send` samples; a 2.0 destination gets them
@@ -67,7 +76,7 @@ use crate::forward::{Destination, Outcome};
 use crate::ledger::Ledger;
 use crate::metrics::{Labels, Metrics, labels};
 use crate::quarantine::Quarantine;
-use crate::store::{self, Skipped, Store, Stored};
+use crate::store::{self, Lane, Skipped, Store, Stored};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -106,6 +115,9 @@ pub struct Forwarder {
     /// (`send_exemplars`), metadata (`metadata_config.send`; always with 2.0, inline), created
     /// timestamps (2.0 only: 1.0 requests never carry Uplink's field for them).
     pub takes: u8,
+    /// Live data first after an outage, if the destination takes out-of-order samples: the
+    /// backlog's age that starts a live lane (`replay.split_after`); `None`: strict order.
+    pub live_first_after: Option<Duration>,
 }
 
 /// A request built from consecutive entries.
@@ -261,6 +273,7 @@ impl Forwarder {
             write_relabel: rw.write_relabel_configs.clone(),
             age_limit: Some(q.sample_age_limit.0).filter(|a| !a.is_zero()),
             takes: takes(rw),
+            live_first_after: rw.replay.live_first.then_some(rw.replay.split_after.0),
         }
     }
 
@@ -268,17 +281,26 @@ impl Forwarder {
     /// empty backlog) or `stop`.
     pub async fn run(self, drain: CancellationToken, stop: CancellationToken) {
         let mut head = self.store.subscribe();
-        let (cursor, inflight) = self.store.cursor(self.index);
-        // After a crash: first resend exactly the request that was in flight.
-        let mut replay = (inflight > cursor).then_some(inflight);
-        if replay.is_some() {
-            info!(destination = %self.destination.name, entries = inflight - cursor,
+        let at = self.store.position(self.index);
+        // After a crash: first resend exactly the requests that were in flight, per lane.
+        let mut replay_backlog = (at.inflight > at.cursor).then_some(at.inflight);
+        let mut replay_live = at
+            .live
+            .and_then(|l| (l.inflight > l.cursor).then_some(l.inflight));
+        if replay_backlog.is_some() || replay_live.is_some() {
+            info!(destination = %self.destination.name,
                 "Resending the request that was in flight when the gateway stopped.");
         }
         loop {
             let visible = *head.borrow_and_update();
-            let (cursor, _) = self.store.cursor(self.index);
-            if cursor >= visible {
+            let at = self.store.position(self.index);
+            self.metrics
+                .live_first
+                .get_or_create(&labels(&[("destination", &self.destination.name)]))
+                .set(i64::from(at.live.is_some()));
+            let live = at.live.filter(|l| l.cursor < visible);
+            let backlog_end = at.live.map_or(visible, |l| l.from);
+            if live.is_none() && at.cursor >= backlog_end {
                 if drain.is_cancelled() {
                     return;
                 }
@@ -289,30 +311,83 @@ impl Forwarder {
                 }
                 continue;
             }
-            let until = replay.take().unwrap_or(u64::MAX);
-            let budget = self.max_samples * self.max_shards as u64;
-            let entries = match self.store.read(cursor, until, budget, MAX_READ_BYTES).await {
-                Ok(e) if !e.is_empty() => e,
-                Ok(_) => continue,
-                Err(error) => {
-                    self.store_error("read", &error);
-                    if pause(&stop, self.pause).await {
-                        return;
-                    }
-                    continue;
+            if at.live.is_none() && self.split(at.cursor, visible).await {
+                continue;
+            }
+            // The live lane first (everything it has, up to one read), then one read of the
+            // backlog: the backlog drains at the destination's pace without delaying live data
+            // by more than one read.
+            if let Some(l) = live {
+                let until = replay_live.take().unwrap_or(u64::MAX);
+                if self
+                    .read_and_deliver(Lane::Live, l.cursor, until, &stop)
+                    .await
+                    .is_err()
+                {
+                    return;
                 }
-            };
-            let requests = self.prepare(&entries);
-            let span = self.write_span(&entries);
-            if self
-                .deliver(requests, &stop)
-                .instrument(span)
-                .await
-                .is_err()
-            {
-                return;
+            }
+            if at.cursor < backlog_end {
+                let until = replay_backlog.take().unwrap_or(u64::MAX).min(backlog_end);
+                if self
+                    .read_and_deliver(Lane::Backlog, at.cursor, until, &stop)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
             }
         }
+    }
+
+    /// With `replay.live_first`, starts a live lane at `head` when the oldest undelivered entry
+    /// is older than `split_after`: what is stored from now on goes first. Whether it did.
+    async fn split(&self, cursor: u64, head: u64) -> bool {
+        let Some(after) = self.live_first_after else {
+            return false;
+        };
+        let Some(stored) = self.store.stored_ms(cursor) else {
+            return false;
+        };
+        if store::now_ms() - stored < after.as_millis() as i64 {
+            return false;
+        }
+        match self.store.split(self.index, head).await {
+            Ok(()) => {
+                info!(destination = %self.destination.name, backlog = head - cursor,
+                    "Behind by more than replay.split_after: new data goes first, the backlog behind it.");
+                true
+            }
+            Err(error) => {
+                self.store_error("split", &error);
+                false
+            }
+        }
+    }
+
+    /// Reads one batch of entries of `lane` from `from` (up to `until`) and delivers it.
+    async fn read_and_deliver(
+        &self,
+        lane: Lane,
+        from: u64,
+        until: u64,
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        let budget = self.max_samples * self.max_shards as u64;
+        let entries = match self.store.read(from, until, budget, MAX_READ_BYTES).await {
+            Ok(e) if !e.is_empty() => e,
+            Ok(_) => return Ok(()),
+            Err(error) => {
+                self.store_error("read", &error);
+                return match pause(stop, self.pause).await {
+                    true => Err(Stopped),
+                    false => Ok(()),
+                };
+            }
+        };
+        let requests = self.prepare(&entries);
+        let span = self.write_span(&entries);
+        self.deliver(lane, requests, stop).instrument(span).await
     }
 
     /// The `uplink.gateway.write` span of a read, when one of its entries was traced: a child
@@ -547,10 +622,11 @@ impl Forwarder {
     /// then moves the cursor past them.
     async fn deliver(
         &self,
+        lane: Lane,
         (shards, end): (Vec<Shard>, u64),
         stop: &CancellationToken,
     ) -> Result<(), Stopped> {
-        if let Err(error) = self.store.set_inflight(self.index, end).await {
+        if let Err(error) = self.store.set_inflight(self.index, lane, end).await {
             // Only the exactness of a resend after a crash depends on it.
             self.store_error("inflight", &error);
         }
@@ -568,7 +644,7 @@ impl Forwarder {
         if results.iter().any(Result::is_err) {
             return Err(Stopped);
         }
-        self.commit(end).await;
+        self.commit(lane, end).await;
         Ok(())
     }
 
@@ -805,9 +881,9 @@ impl Forwarder {
     }
 
     /// Moves the cursor past a request the destination answered.
-    async fn commit(&self, end: u64) {
+    async fn commit(&self, lane: Lane, end: u64) {
         let answered = Instant::now();
-        match self.store.advance(self.index, end).await {
+        match self.store.advance(self.index, lane, end).await {
             Ok(_) => self
                 .metrics
                 .cursor_commit_duration

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub paused: Family<Labels, Gauge>,
     pub protocol: Family<Labels, Gauge>,
     pub shards: Family<Labels, Gauge>,
+    pub live_first: Family<Labels, Gauge>,
     pub request_duration: Family<Labels, Histogram>,
     pub queue_entries: Family<Labels, Gauge>,
     pub queue_bytes: Family<Labels, Gauge>,
@@ -87,6 +88,7 @@ impl Default for Metrics {
             paused: Family::default(),
             protocol: Family::default(),
             shards: Family::default(),
+            live_first: Family::default(),
             request_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.005, 2.0, 12))
             }),
@@ -226,6 +228,12 @@ impl Metrics {
             "remote_write_shards",
             "Requests in flight in the last send, by destination.",
             self.shards.clone(),
+        );
+        r.register(
+            "remote_write_live_first",
+            "1 while a destination's new data goes ahead of its backlog (replay.live_first), by \
+             destination.",
+            self.live_first.clone(),
         );
         r.register(
             "remote_write_request_duration_seconds",

@@ -13,7 +13,8 @@
 //! - `c` + destination name: the destination's cursor, 16 bytes: the next seq to deliver, then
 //!   the end of the request in flight (equal to the cursor when none). After a crash the first
 //!   request covers exactly the entries of the request that was in flight, so a resend carries
-//!   nothing new (see `fanout.rs`).
+//!   nothing new (see `fanout.rs`). While the destination has a live lane ([`Live`]), 40
+//!   bytes: then the lane's start, its cursor and the end of its request in flight.
 //! - `a` + identity length (u16) + identity + queue id (u64): the agent queue's dedupe
 //!   cursor, one past the last record stored.
 //! - `m:next`: the next entry seq; entries are numbered without gaps and numbers never repeat.
@@ -29,6 +30,11 @@
 //! - Entries become visible to readers ([`Store::head`]) only after their write returned, in seq
 //!   order, with no gaps below the head.
 //! - A destination's cursor only moves forward ([`Store::advance`], [`Store::enforce_retention`]).
+//! - A live lane splits a destination's undelivered entries in two: the backlog
+//!   `[cursor, live.from)` and the live lane `[live.cursor, head)`; `[live.from, live.cursor)`
+//!   is delivered and kept (the cursor is below it) until the backlog reaches `live.from`, when
+//!   the lanes merge and the cursor jumps to `live.cursor`. So `cursor < live.from <=
+//!   live.cursor <= head` while a lane exists, and deletion still follows the cursor alone.
 //!   Entries below every destination's cursor are deleted in the same write batch as the cursor
 //!   move that frees them. Cursor moves are not synced: a process crash keeps them (the WAL is
 //!   in the page cache), a power loss may roll one back to the last synced write, which resends
@@ -174,12 +180,60 @@ pub struct Removed {
     pub samples: u64,
 }
 
+/// A destination's live lane: entries from `from` on are delivered in their own order, ahead
+/// of the backlog below `from` (`remote_write[].replay.live_first`, see `fanout.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Live {
+    /// The first entry of the lane.
+    pub from: u64,
+    /// The next entry of the lane to deliver.
+    pub cursor: u64,
+    /// The end of the lane's request in flight (equal to `cursor` when none).
+    pub inflight: u64,
+}
+
+/// A destination's position in the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    /// The next entry to deliver (of the backlog, while there is a live lane).
+    pub cursor: u64,
+    /// The end of the request in flight from `cursor`.
+    pub inflight: u64,
+    pub live: Option<Live>,
+}
+
+/// Which of a destination's lanes an operation moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// From the cursor: the whole backlog, or the part below the live lane.
+    Backlog,
+    /// The live lane.
+    Live,
+}
+
 #[derive(Debug)]
 struct DestState {
     name: String,
     cursor: u64,
     inflight: u64,
+    /// Bytes of the entries not yet delivered.
     bytes: u64,
+    live: Option<Live>,
+}
+
+impl DestState {
+    /// Whether entry `seq` is still to be delivered.
+    fn pending(&self, seq: u64) -> bool {
+        seq >= self.cursor && !self.live.is_some_and(|l| seq >= l.from && seq < l.cursor)
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            cursor: self.cursor,
+            inflight: self.inflight,
+            live: self.live,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -277,11 +331,40 @@ fn cursor_key(name: &str) -> Vec<u8> {
     k
 }
 
-fn cursor_value(cursor: u64, inflight: u64) -> [u8; 16] {
-    let mut v = [0u8; 16];
-    v[..8].copy_from_slice(&cursor.to_be_bytes());
-    v[8..].copy_from_slice(&inflight.to_be_bytes());
+fn cursor_value(p: &Position) -> Vec<u8> {
+    let mut v = Vec::with_capacity(40);
+    v.extend_from_slice(&p.cursor.to_be_bytes());
+    v.extend_from_slice(&p.inflight.to_be_bytes());
+    if let Some(l) = p.live {
+        for x in [l.from, l.cursor, l.inflight] {
+            v.extend_from_slice(&x.to_be_bytes());
+        }
+    }
     v
+}
+
+/// A stored cursor value, clamped to `head`. A live lane that does not fit its invariant
+/// (`cursor < from <= live cursor`) is dropped: its delivered entries are sent again
+/// (duplicates, never loss).
+fn decode_cursor(v: &[u8], head: u64) -> Option<Position> {
+    let (cursor, inflight) = (u64_at(v, 0)?.min(head), u64_at(v, 8)?.min(head));
+    let live = match v.len() {
+        16 => None,
+        40 => {
+            let (from, lc, lf) = (u64_at(v, 16)?, u64_at(v, 24)?, u64_at(v, 32)?);
+            (cursor < from && from <= lc && lc <= head).then_some(Live {
+                from,
+                cursor: lc,
+                inflight: lf.clamp(lc, head),
+            })
+        }
+        _ => return None,
+    };
+    Some(Position {
+        cursor,
+        inflight: inflight.max(cursor),
+        live,
+    })
 }
 
 fn dedupe_key(identity: &str, queue_id: u64) -> Vec<u8> {
@@ -401,17 +484,15 @@ impl Store {
             metas.push((seq, meta));
         }
         // Cursors: configured ones kept (new ones start at the head), others removed.
-        let mut stored: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut stored: HashMap<String, Position> = HashMap::new();
         for item in db.iterator(IteratorMode::From(&[CURSOR], Direction::Forward)) {
             let (k, v) = item.map_err(db_err)?;
             if k.first() != Some(&CURSOR) {
                 break;
             }
             let name = String::from_utf8_lossy(&k[1..]).into_owned();
-            let (Some(c), Some(f)) = (u64_at(&v, 0), u64_at(&v, 8)) else {
-                return Err(corrupt("destination cursor"));
-            };
-            stored.insert(name, (c.min(head), f.min(head)));
+            let p = decode_cursor(&v, head).ok_or_else(|| corrupt("destination cursor"))?;
+            stored.insert(name, p);
         }
         let mut wb = WriteBatch::default();
         let reset_key = match db.get(RESET_KEY).map_err(db_err)? {
@@ -425,21 +506,27 @@ impl Store {
         };
         let mut dests = Vec::new();
         for name in destinations {
-            let (cursor, inflight) = stored.remove(name).unwrap_or_else(|| {
-                wb.put(cursor_key(name), cursor_value(head, head));
-                (head, head)
+            let p = stored.remove(name).unwrap_or_else(|| {
+                let p = Position {
+                    cursor: head,
+                    inflight: head,
+                    live: None,
+                };
+                wb.put(cursor_key(name), cursor_value(&p));
+                p
             });
             dests.push(DestState {
                 name: name.clone(),
-                cursor,
-                inflight: inflight.max(cursor),
+                cursor: p.cursor,
+                inflight: p.inflight,
                 bytes: 0,
+                live: p.live,
             });
         }
         let mut removed = Vec::new();
-        for (name, (cursor, _)) in stored {
+        for (name, p) in stored {
             wb.delete(cursor_key(&name));
-            let left = metas.iter().filter(|(s, _)| *s >= cursor);
+            let left = metas.iter().filter(|(s, _)| *s >= p.cursor);
             removed.push(Removed {
                 entries: left.clone().count() as u64,
                 samples: left.map(|(_, m)| m.samples).sum(),
@@ -466,7 +553,7 @@ impl Store {
                 return Err(corrupt("log (gap in entry numbers)"));
             }
             for d in &mut state.dests {
-                if seq >= d.cursor {
+                if d.pending(seq) {
                     d.bytes += meta.bytes;
                 }
             }
@@ -548,8 +635,51 @@ impl Store {
 
     /// Destination `dest`'s cursor and the end of its request in flight.
     pub fn cursor(&self, dest: usize) -> (u64, u64) {
+        let p = self.position(dest);
+        (p.cursor, p.inflight)
+    }
+
+    /// Destination `dest`'s cursor, request in flight and live lane.
+    pub fn position(&self, dest: usize) -> Position {
         let s = self.inner.state();
-        s.dests.get(dest).map_or((0, 0), |d| (d.cursor, d.inflight))
+        s.dests
+            .get(dest)
+            .map_or_else(Position::default, DestState::position)
+    }
+
+    /// When entry `seq` was stored, if it is still in the store.
+    pub fn stored_ms(&self, seq: u64) -> Option<i64> {
+        self.inner.state().meta(seq).map(|m| m.stored_ms)
+    }
+
+    /// Starts a live lane for destination `dest` at entry `from` (which must be above its
+    /// cursor, at most the head): entries from there on may be delivered before the backlog
+    /// below it. A no-op when the destination has a lane already or `from` does not fit.
+    pub async fn split(&self, dest: usize, from: u64) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = inner.state();
+            let head = s.head;
+            let Some(d) = s.dests.get_mut(dest) else {
+                return Ok(());
+            };
+            if d.live.is_some() || from <= d.cursor || from > head {
+                return Ok(());
+            }
+            let mut p = d.position();
+            p.live = Some(Live {
+                from,
+                cursor: from,
+                inflight: from,
+            });
+            inner
+                .db
+                .put(cursor_key(&d.name), cursor_value(&p))
+                .map_err(|e| inner.db_err(e))?;
+            d.live = p.live;
+            Ok(())
+        })
+        .await?
     }
 
     /// Destination `dest`'s backlog.
@@ -559,7 +689,10 @@ impl Store {
             return Usage::default();
         };
         Usage {
-            entries: s.head - d.cursor,
+            entries: match d.live {
+                None => s.head - d.cursor,
+                Some(l) => (l.from - d.cursor) + (s.head - l.cursor),
+            },
             bytes: d.bytes,
             oldest_ms: s.meta(d.cursor).map(|m| m.stored_ms),
         }
@@ -619,36 +752,44 @@ impl Store {
         .await?
     }
 
-    /// Records that destination `dest` is about to send entries up to `end` (exclusive), so that
-    /// after a crash the first request covers exactly those entries again.
-    pub async fn set_inflight(&self, dest: usize, end: u64) -> Result<(), StoreError> {
+    /// Records that destination `dest` is about to send entries of `lane` up to `end`
+    /// (exclusive), so that after a crash the lane's first request covers exactly those entries
+    /// again.
+    pub async fn set_inflight(&self, dest: usize, lane: Lane, end: u64) -> Result<(), StoreError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut s = inner.state();
             let Some(d) = s.dests.get_mut(dest) else {
                 return Ok(());
             };
-            if end <= d.cursor || end == d.inflight {
-                return Ok(());
+            let mut p = d.position();
+            match (lane, &mut p.live) {
+                (Lane::Backlog, _) if end > p.cursor && end != p.inflight => p.inflight = end,
+                (Lane::Live, Some(l)) if end > l.cursor && end != l.inflight => l.inflight = end,
+                _ => return Ok(()),
             }
             inner
                 .db
-                .put(cursor_key(&d.name), cursor_value(d.cursor, end))
+                .put(cursor_key(&d.name), cursor_value(&p))
                 .map_err(|e| inner.db_err(e))?;
-            d.inflight = end;
+            (d.inflight, d.live) = (p.inflight, p.live);
             Ok(())
         })
         .await?
     }
 
-    /// Moves destination `dest`'s cursor forward to `to` (entries below it were delivered or
-    /// refused), deleting entries no destination needs any more, in one write. Returns what the
-    /// move passed over (nothing when the cursor was already there).
-    pub async fn advance(&self, dest: usize, to: u64) -> Result<Skipped, StoreError> {
+    /// Moves `lane` of destination `dest` forward to `to` (entries below it were delivered or
+    /// refused). The backlog lane deletes entries no destination needs any more, in the same
+    /// write, and merges into the live lane when it reaches it. Returns what the move passed
+    /// over (nothing when the lane was already there).
+    pub async fn advance(&self, dest: usize, lane: Lane, to: u64) -> Result<Skipped, StoreError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut s = inner.state();
-            advance_locked(&inner, &mut s, dest, to)
+            match lane {
+                Lane::Backlog => advance_locked(&inner, &mut s, dest, to),
+                Lane::Live => advance_live(&inner, &mut s, dest, to),
+            }
         })
         .await?
     }
@@ -671,7 +812,9 @@ impl Store {
             let (cursor, mut left) = (d.cursor, d.bytes);
             let (mut by_bytes, mut by_age) = (cursor, cursor);
             let mut seq = cursor;
-            while seq + 1 < s.head {
+            // The newest entry is kept; with a live lane, the backlog below it may all go.
+            let end = d.live.map_or(s.head.saturating_sub(1), |l| l.from);
+            while seq < end {
                 let Some(m) = s.meta(seq) else { break };
                 if max_bytes > 0 && left > max_bytes {
                     by_bytes = seq + 1;
@@ -707,6 +850,35 @@ impl Store {
     }
 }
 
+/// Moves a live lane forward (no deletion: the backlog's cursor is below it).
+fn advance_live(inner: &Inner, s: &mut State, dest: usize, to: u64) -> Result<Skipped, StoreError> {
+    let head = s.head;
+    let Some(d) = s.dests.get(dest) else {
+        return Ok(Skipped::default());
+    };
+    let Some(mut live) = d.live else {
+        return Ok(Skipped::default());
+    };
+    let (from, to) = (live.cursor, to.min(head));
+    if to <= from {
+        return Ok(Skipped::default());
+    }
+    live.cursor = to;
+    live.inflight = live.inflight.max(to);
+    let mut p = d.position();
+    p.live = Some(live);
+    inner
+        .db
+        .put(cursor_key(&d.name), cursor_value(&p))
+        .map_err(|e| inner.db_err(e))?;
+    let skipped = s.skipped(from, to);
+    let freed: u64 = (from..to).filter_map(|q| s.meta(q)).map(|m| m.bytes).sum();
+    let d = &mut s.dests[dest];
+    d.live = Some(live);
+    d.bytes -= freed.min(d.bytes);
+    Ok(skipped)
+}
+
 fn advance_locked(
     inner: &Inner,
     s: &mut State,
@@ -717,12 +889,27 @@ fn advance_locked(
     let Some(d) = s.dests.get(dest) else {
         return Ok(Skipped::default());
     };
-    let (from, to) = (d.cursor, to.min(head));
+    // The backlog lane ends where the live lane starts.
+    let (from, to) = (d.cursor, to.min(d.live.map_or(head, |l| l.from)));
     if to <= from {
         return Ok(Skipped::default());
     }
-    let inflight = d.inflight.max(to);
     let skipped = s.skipped(from, to);
+    let freed: u64 = (from..to).filter_map(|q| s.meta(q)).map(|m| m.bytes).sum();
+    // Reaching the live lane merges the lanes: the cursor jumps past what the lane delivered.
+    let p = match d.live {
+        Some(l) if to == l.from => Position {
+            cursor: l.cursor,
+            inflight: l.inflight,
+            live: None,
+        },
+        live => Position {
+            cursor: to,
+            inflight: d.inflight.max(to),
+            live,
+        },
+    };
+    let to = p.cursor;
     let new_min = s
         .dests
         .iter()
@@ -731,16 +918,14 @@ fn advance_locked(
         .min()
         .unwrap_or(to);
     let mut wb = WriteBatch::default();
-    wb.put(cursor_key(&s.dests[dest].name), cursor_value(to, inflight));
+    wb.put(cursor_key(&s.dests[dest].name), cursor_value(&p));
     if new_min > s.front {
         wb.delete_range(seq_key(BODY, s.front), seq_key(BODY, new_min));
         wb.delete_range(seq_key(HEADER, s.front), seq_key(HEADER, new_min));
     }
     inner.db.write(wb).map_err(|e| inner.db_err(e))?;
-    let freed: u64 = (from..to).filter_map(|q| s.meta(q)).map(|m| m.bytes).sum();
     let d = &mut s.dests[dest];
-    d.cursor = to;
-    d.inflight = inflight;
+    (d.cursor, d.inflight, d.live) = (p.cursor, p.inflight, p.live);
     d.bytes -= freed.min(d.bytes);
     while s.front < new_min && s.metas.pop_front().is_some() {
         s.front += 1;
@@ -922,15 +1107,18 @@ mod tests {
         assert_eq!(s.read(1, 2, 100, 100).await.expect("read").len(), 1);
 
         // Destination a delivers two entries; b none: nothing is deleted yet.
-        let skipped = s.advance(0, 2).await.expect("advance");
+        let skipped = s.advance(0, Lane::Backlog, 2).await.expect("advance");
         assert_eq!((skipped.entries, skipped.samples), (2, 3));
         assert_eq!(s.usage(0).entries, 1);
         assert_eq!(s.usage(0).bytes, 3);
         assert_eq!(s.usage(1).entries, 3);
         // Cursors never move back.
-        assert_eq!(s.advance(0, 1).await.expect("advance"), Skipped::default());
+        assert_eq!(
+            s.advance(0, Lane::Backlog, 1).await.expect("advance"),
+            Skipped::default()
+        );
         assert_eq!(s.cursor(0), (2, 2));
-        s.set_inflight(1, 2).await.expect("inflight");
+        s.set_inflight(1, Lane::Backlog, 2).await.expect("inflight");
         drop(s);
 
         let (s, _) = open(dir.path(), &["a", "b"]).await;
@@ -940,8 +1128,8 @@ mod tests {
         assert_eq!(s.cursor(1), (0, 2), "the request in flight is remembered");
         assert_eq!(s.usage(1).bytes, 6);
         // b catches up: every entry is delivered everywhere and deleted.
-        s.advance(1, 3).await.expect("advance");
-        s.advance(0, 3).await.expect("advance");
+        s.advance(1, Lane::Backlog, 3).await.expect("advance");
+        s.advance(0, Lane::Backlog, 3).await.expect("advance");
         assert_eq!(s.usage(0), Usage::default());
         drop(s);
         let (s, _) = open(dir.path(), &["a", "b"]).await;
@@ -1017,7 +1205,9 @@ mod tests {
                 .await
                 .expect("commit");
         }
-        s.advance(0, 10).await.expect("up delivers everything");
+        s.advance(0, Lane::Backlog, 10)
+            .await
+            .expect("up delivers everything");
         // 100 bytes waiting for "down"; a budget of 35 keeps the newest 3 entries.
         let d = s.enforce_retention(1, 35, None).await.expect("retention");
         assert_eq!((d.bytes.entries, d.bytes.samples), (7, 70));
@@ -1061,8 +1251,10 @@ mod tests {
                 .await
                 .expect("commit");
         }
-        s.advance(1, 4).await.expect("kept delivers");
-        s.advance(0, 1).await.expect("old delivers one");
+        s.advance(1, Lane::Backlog, 4).await.expect("kept delivers");
+        s.advance(0, Lane::Backlog, 1)
+            .await
+            .expect("old delivers one");
         drop(s);
         let (s, removed) = open(dir.path(), &["kept", "new"]).await;
         assert_eq!(
@@ -1087,15 +1279,16 @@ mod tests {
         assert_eq!(s.usage(1).entries, 1);
     }
 
-    /// A deterministic model check: random commits, reads, advances, retention and reopens
-    /// against an in-memory model of the log and cursors.
+    /// A deterministic model check: random commits, reads, advances of both lanes, live-lane
+    /// splits, retention and reopens against an in-memory model of the log and positions.
     #[tokio::test]
     async fn matches_model_under_random_operations() {
         let dir = tempfile::tempdir().expect("tempdir");
         let dests = ["a", "b", "c"];
         let (mut s, _) = open(dir.path(), &dests).await;
         let mut log: Vec<Vec<u8>> = Vec::new();
-        let mut cursors = [0u64; 3];
+        // Per destination: the cursor and the live lane (start, cursor).
+        let mut model = [(0u64, None::<(u64, u64)>); 3];
         let mut rng = 0x2545_f491_4f6c_dd1du64;
         let mut next = || {
             rng ^= rng << 13;
@@ -1103,8 +1296,18 @@ mod tests {
             rng ^= rng << 17;
             rng
         };
-        for step in 0..500u64 {
+        // The backlog reached the live lane: the lanes merge.
+        let merge = |m: &mut (u64, Option<(u64, u64)>)| {
+            if let Some((from, lc)) = m.1
+                && m.0 == from
+            {
+                *m = (lc, None);
+            }
+        };
+        for step in 0..800u64 {
             let d = (next() % 3) as usize;
+            let head = log.len() as u64;
+            let m = &mut model[d];
             match next() % 10 {
                 0..=3 => {
                     let body = format!("s{step}");
@@ -1113,39 +1316,154 @@ mod tests {
                         .expect("commit");
                     log.push(body.into_bytes());
                 }
-                4..=5 => {
-                    let head = log.len() as u64;
-                    let to = cursors[d] + next() % (head - cursors[d] + 1);
-                    s.advance(d, to).await.expect("advance");
-                    cursors[d] = to;
+                4 => {
+                    let end = m.1.map_or(head, |l| l.0);
+                    let to = m.0 + next() % (end - m.0 + 1);
+                    s.advance(d, Lane::Backlog, to).await.expect("advance");
+                    m.0 = to;
+                    merge(m);
                 }
+                5 => match m.1 {
+                    Some((from, lc)) => {
+                        let to = lc + next() % (head - lc + 1);
+                        s.advance(d, Lane::Live, to).await.expect("advance live");
+                        m.1 = Some((from, to));
+                    }
+                    None if m.0 < head => {
+                        let from = m.0 + 1 + next() % (head - m.0);
+                        s.split(d, from).await.expect("split");
+                        m.1 = Some((from, from));
+                    }
+                    None => {}
+                },
                 6 => {
                     let r = s.enforce_retention(d, 12, None).await.expect("retention");
-                    cursors[d] += r.bytes.entries;
+                    m.0 += r.bytes.entries;
+                    merge(m);
                 }
                 7 => {
                     drop(s);
                     s = open(dir.path(), &dests).await.0;
                 }
                 _ => {
-                    let got = s
-                        .read(cursors[d], u64::MAX, u64::MAX, u64::MAX)
-                        .await
-                        .expect("read");
-                    let want: Vec<(u64, &[u8])> = log
-                        .iter()
-                        .enumerate()
-                        .skip(cursors[d] as usize)
-                        .map(|(i, b)| (i as u64, &b[..]))
-                        .collect();
-                    assert_eq!(bodies(&got), want, "step {step}");
+                    let end = m.1.map_or(u64::MAX, |l| l.0);
+                    let lanes = [(m.0, end)].into_iter().chain(m.1.map(|l| (l.1, u64::MAX)));
+                    for (from, until) in lanes {
+                        let got = s.read(from, until, u64::MAX, u64::MAX).await.expect("read");
+                        let want: Vec<(u64, &[u8])> = log
+                            .iter()
+                            .enumerate()
+                            .take(until.min(log.len() as u64) as usize)
+                            .skip(from as usize)
+                            .map(|(i, b)| (i as u64, &b[..]))
+                            .collect();
+                        assert_eq!(bodies(&got), want, "step {step}");
+                    }
                 }
             }
-            for (i, c) in cursors.iter().enumerate() {
-                assert_eq!(s.cursor(i).0, *c, "step {step}");
-                let bytes: u64 = log[*c as usize..].iter().map(|b| b.len() as u64).sum();
+            for (i, (c, live)) in model.iter().enumerate() {
+                let p = s.position(i);
+                assert_eq!(
+                    (p.cursor, p.live.map(|l| (l.from, l.cursor))),
+                    (*c, *live),
+                    "step {step}"
+                );
+                let pending = |q: &u64| *q >= *c && !live.is_some_and(|(f, lc)| *q >= f && *q < lc);
+                let seqs = (0..log.len() as u64).filter(pending);
+                let bytes: u64 = seqs.clone().map(|q| log[q as usize].len() as u64).sum();
                 assert_eq!(s.usage(i).bytes, bytes, "step {step}");
+                assert_eq!(s.usage(i).entries, seqs.count() as u64, "step {step}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_live_lane_goes_first_survives_a_reopen_and_merges() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (s, _) = open(dir.path(), &["d"]).await;
+        for i in 0..4 {
+            s.commit(commit("site", 1, i + 1, Some(&format!("b{i}"))))
+                .await
+                .expect("commit");
+        }
+        // Entries 0..4 are the backlog; the lane starts at the head.
+        s.split(0, 4).await.expect("split");
+        for i in 4..6 {
+            s.commit(commit("site", 1, i + 1, Some(&format!("l{i}"))))
+                .await
+                .expect("commit");
+        }
+        s.set_inflight(0, Lane::Live, 6).await.expect("inflight");
+        s.advance(0, Lane::Live, 6).await.expect("live delivered");
+        s.set_inflight(0, Lane::Backlog, 2).await.expect("inflight");
+        drop(s);
+        let (s, _) = open(dir.path(), &["d"]).await;
+        let p = s.position(0);
+        assert_eq!(
+            p,
+            Position {
+                cursor: 0,
+                inflight: 2,
+                live: Some(Live {
+                    from: 4,
+                    cursor: 6,
+                    inflight: 6
+                })
+            }
+        );
+        assert_eq!(s.usage(0).entries, 4);
+        // The backlog lane stops at the lane's start, then the lanes merge.
+        s.advance(0, Lane::Backlog, 100).await.expect("backlog");
+        assert_eq!(
+            s.position(0),
+            Position {
+                cursor: 6,
+                inflight: 6,
+                live: None
+            }
+        );
+        assert_eq!(s.usage(0), Usage::default());
+        // A store of an earlier release (16-byte cursors) still opens; a lane that does not
+        // fit is dropped (resent, never lost).
+        assert_eq!(decode_cursor(&[0; 16], 9), Some(Position::default()));
+        let mut v = cursor_value(&Position {
+            cursor: 5,
+            inflight: 5,
+            live: Some(Live {
+                from: 3,
+                cursor: 4,
+                inflight: 4,
+            }),
+        });
+        assert_eq!(decode_cursor(&v, 9).expect("decodes").live, None);
+        v.pop();
+        assert_eq!(decode_cursor(&v, 9), None);
+    }
+
+    #[tokio::test]
+    async fn retention_drops_the_backlog_behind_a_live_lane_and_merges() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (s, _) = open(dir.path(), &["d"]).await;
+        for i in 0..3 {
+            s.commit(commit("site", 1, i + 1, Some("xxxxxxxxxx")))
+                .await
+                .expect("commit");
+        }
+        s.split(0, 3).await.expect("split");
+        s.commit(commit("site", 1, 4, Some("yyyyyyyyyy")))
+            .await
+            .expect("commit");
+        // Over 5 bytes: the whole backlog may go (the live lane keeps the newest), then merge.
+        let r = s.enforce_retention(0, 5, None).await.expect("retention");
+        assert_eq!(r.bytes.entries, 3);
+        assert_eq!(
+            s.position(0),
+            Position {
+                cursor: 3,
+                inflight: 3,
+                live: None
+            }
+        );
+        assert_eq!(s.usage(0).entries, 1);
     }
 }

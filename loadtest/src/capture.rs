@@ -124,10 +124,11 @@ pub struct Capture {
 }
 
 async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (proto, series) = match faults::screen(&inner.rules, &inner.counts, &headers, &body) {
-        Ok(accepted) => accepted,
-        Err(refusal) => return refusal,
-    };
+    let (proto, series) =
+        match faults::screen_after_delay(&inner.rules, &inner.counts, &headers, &body).await {
+            Ok(accepted) => accepted,
+            Err(refusal) => return refusal,
+        };
     let broken_v1 = lock(&inner.rules).broken_v1;
     let org = headers
         .get("x-scope-orgid")

@@ -105,11 +105,8 @@ pub async fn run(args: DrainArgs) -> anyhow::Result<DrainReport> {
     tokio::task::block_in_place(|| rig.agent.proc.terminate(Duration::from_secs(30)));
     tokio::task::block_in_place(|| rig.gateway.wait_drained(Duration::from_secs(120)));
     let received = rig.capture.snapshot();
-    let report = oracle::check(&spec, &rig.probe.addrs, &rig.oracle_labels(), &received);
-    let mut missing = 0;
-    for t in 0..spec.targets {
-        missing += report.missing_scrapes(t, rig.probe.served(t)).len() as u64;
-    }
+    let (report, missing) = oracle::check_served(&rig.probe, &rig.oracle_labels(), &received);
+    let missing = missing.len() as u64;
     Ok(DrainReport {
         series: crate::probe::spec_series_count(&spec) * spec.targets,
         outage_seconds,

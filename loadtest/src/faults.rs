@@ -71,6 +71,23 @@ pub struct Rules {
     pub v1_only: bool,
     /// Read every body as 1.0 and answer 204 without `Written` headers.
     pub broken_v1: bool,
+    /// Wait this long before handling each request (a slow receiver).
+    pub delay: std::time::Duration,
+}
+
+/// Waits [`Rules::delay`], then [`screen`]s the request.
+#[allow(clippy::result_large_err)]
+pub async fn screen_after_delay(
+    rules: &Mutex<Rules>,
+    counts: &Mutex<FaultCounts>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Proto, Vec<Decoded>), Response> {
+    let delay = lock(rules).delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    screen(rules, counts, headers, body)
 }
 
 impl Rules {
@@ -305,7 +322,7 @@ impl Drop for FaultProxy {
 }
 
 async fn relay(State(s): State<Arc<ProxyState>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refusal) = screen(&s.rules, &s.counts, &headers, &body) {
+    if let Err(refusal) = screen_after_delay(&s.rules, &s.counts, &headers, &body).await {
         return refusal;
     }
     let mut req = s.client.post(&s.upstream).body(body);

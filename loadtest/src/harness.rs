@@ -550,9 +550,18 @@ pub fn start_prometheus(dir: &Path) -> anyhow::Result<Prometheus> {
 
 /// [`start_prometheus`] with more flags (`--enable-feature=...`).
 pub fn start_prometheus_args(dir: &Path, args: &[&str]) -> anyhow::Result<Prometheus> {
+    start_prometheus_config(dir, "global:\n  scrape_interval: 15s\n", args)
+}
+
+/// [`start_prometheus_args`] with the given `prometheus.yml` (e.g. a `storage.tsdb` section).
+pub fn start_prometheus_config(
+    dir: &Path,
+    config: &str,
+    args: &[&str],
+) -> anyhow::Result<Prometheus> {
     let web = free_addr()?;
     let cfg = dir.join("prometheus.yml");
-    std::fs::write(&cfg, "global:\n  scrape_interval: 15s\n")?;
+    std::fs::write(&cfg, config)?;
     let proc = Proc::spawn(
         "prometheus",
         Command::new("prometheus")

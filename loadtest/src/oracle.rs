@@ -73,6 +73,25 @@ impl Report {
     }
 }
 
+/// [`check`] against a running probe, and the scrapes it served of which nothing arrived, as
+/// (target, scrape number).
+pub fn check_served(
+    probe: &crate::probe::Probe,
+    extra_labels: &[Label],
+    samples: &[Received],
+) -> (Report, Vec<(usize, u64)>) {
+    let report = check(&probe.spec, &probe.addrs, extra_labels, samples);
+    let missing = (0..probe.addrs.len())
+        .flat_map(|t| {
+            report
+                .missing_scrapes(t, probe.served(t))
+                .into_iter()
+                .map(move |n| (t, n))
+        })
+        .collect();
+    (report, missing)
+}
+
 fn sorted(mut labels: Vec<Label>) -> Vec<Label> {
     labels.sort();
     labels

@@ -153,16 +153,11 @@ async fn a_resend_to_another_gateway_after_lost_acks_is_not_forwarded_twice() {
         assert!(block(|| g.wait_drained(Duration::from_secs(30))));
     }
     let received = capture.snapshot();
-    let report = oracle::check(
-        &spec,
-        &probe.addrs,
+    let (report, missing) = oracle::check_served(
+        &probe,
         &[Label::new("job", "probe"), Label::new("site", "site1")],
         &received,
     );
-    let mut missing = Vec::new();
-    for t in 0..spec.targets {
-        missing.extend(report.missing_scrapes(t, probe.served(t)));
-    }
     println!(
         "capture: {} samples, {} duplicates; gateway 1 forwarded {} and skipped {}, gateway 2 \
          forwarded {} and skipped {}; missing scrapes {missing:?}",
