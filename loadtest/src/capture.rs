@@ -92,6 +92,11 @@ pub struct Extras {
 #[derive(Default)]
 struct Store {
     samples: Vec<Received>,
+    /// See [`Capture::mark`]: the timestamp, and how many samples older than it arrived.
+    mark: Option<i64>,
+    before_mark: u64,
+    /// The newest sample timestamp received.
+    newest: i64,
     extras: Extras,
     seen: HashSet<(Vec<Label>, i64)>,
     series: HashSet<Vec<Label>>,
@@ -202,6 +207,10 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
         for s in samples {
             if store.seen.insert((labels.clone(), s.timestamp)) {
                 store.report.samples += 1;
+                store.newest = store.newest.max(s.timestamp);
+                if store.mark.is_some_and(|m| s.timestamp < m) {
+                    store.before_mark += 1;
+                }
                 store.samples.push(Received {
                     labels: labels.clone(),
                     timestamp: s.timestamp,
@@ -350,6 +359,24 @@ impl Capture {
     /// Series sent with unsorted or repeated label names.
     pub fn label_order_violations(&self) -> u64 {
         self.inner.store().report.label_order_violations
+    }
+
+    /// From now on, counts the samples older than `ts` (those received so far included), for
+    /// [`Capture::before_mark`]: e.g. how much of a backlog has arrived.
+    pub fn mark(&self, ts: i64) {
+        let mut store = self.inner.store();
+        store.before_mark = store.samples.iter().filter(|r| r.timestamp < ts).count() as u64;
+        store.mark = Some(ts);
+    }
+
+    /// Samples received older than the [`Capture::mark`] (0 without one).
+    pub fn before_mark(&self) -> u64 {
+        self.inner.store().before_mark
+    }
+
+    /// The newest sample timestamp received (ms; 0 before any).
+    pub fn newest_timestamp(&self) -> i64 {
+        self.inner.store().newest
     }
 
     /// Samples recorded.

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::Rng;
@@ -26,6 +26,7 @@ use uplink_shared::wire::{self, AckStatus, Batch, Encoding, Frame, Hello};
 
 use crate::capture::Capture;
 use crate::compare::cpu_seconds;
+use crate::harness::now_ms;
 use crate::harness::{self, Bins};
 
 /// Settings of a fleet run.
@@ -80,12 +81,6 @@ fn rss_mib(pid: u32) -> f64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 struct Site {

@@ -513,6 +513,13 @@ pub fn metric_sum(m: &HashMap<String, f64>, name: &str) -> f64 {
         .sum()
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// [`metric_sum`] of the process serving `/metrics` on `web`, from async tests; 0 when
 /// unreachable.
 pub fn metric_at(web: SocketAddr, name: &str) -> f64 {
@@ -955,6 +962,9 @@ pub struct RigOptions<'a> {
     /// Extra keys for the `tls:` mappings of both the gateway and the agent (e.g.
     /// `reload_interval: 200ms`).
     pub tls_extra: &'a str,
+    /// Extra YAML lines for every `remote_write` entry (indented by four spaces, each ending
+    /// in a newline, e.g. `"    replay: {live_first: true}\n"`).
+    pub rw_extra: &'a str,
 }
 
 impl Default for RigOptions<'_> {
@@ -966,6 +976,7 @@ impl Default for RigOptions<'_> {
             gateway_storage_extra: "",
             self_scrape: false,
             tls_extra: "",
+            rw_extra: "",
         }
     }
 }
@@ -1023,7 +1034,10 @@ impl Rig {
             .chain(&others)
             .map(|c| c.url())
             .collect();
-        let rw = rw_entries(&urls);
+        let rw: String = urls
+            .iter()
+            .map(|u| rw_entries(std::slice::from_ref(u)) + opts.rw_extra)
+            .collect();
         let gateway = tokio::task::block_in_place(|| {
             start_gateway_full(
                 &bins,

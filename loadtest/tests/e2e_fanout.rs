@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use uplink_loadtest::capture::{Capture, Received};
 use uplink_loadtest::harness::{Rig, RigOptions, metrics};
@@ -15,14 +15,7 @@ use uplink_loadtest::oracle;
 use uplink_loadtest::probe::ProbeSpec;
 use uplink_shared::model::Label;
 
-use uplink_loadtest::harness::block;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use uplink_loadtest::harness::{block, now_ms};
 
 /// How far behind now the newest sample a receiver holds is, in ms.
 fn lag_ms(c: &Capture) -> i64 {

@@ -20,19 +20,12 @@ use std::time::Duration;
 use uplink_loadtest::capture::Capture;
 use uplink_loadtest::faults::FaultProxy;
 use uplink_loadtest::harness::{
-    AgentSpec, Bins, block, free_addr, metric_at, prometheus_installed, prometheus_samples,
+    AgentSpec, Bins, block, free_addr, metric_at, now_ms, prometheus_installed, prometheus_samples,
     start_agent_with, start_gateway_yaml, start_prometheus_config, wait_for, write_certs,
 };
 use uplink_loadtest::oracle;
 use uplink_loadtest::probe::{Probe, ProbeSpec};
 use uplink_shared::model::Label;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_outage_live_data_goes_ahead_of_the_backlog() {
