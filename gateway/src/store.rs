@@ -544,7 +544,11 @@ impl Store {
         // Entries no destination needs (left by a removed destination).
         wb.delete_range(seq_key(BODY, 0), seq_key(BODY, front));
         wb.delete_range(seq_key(HEADER, 0), seq_key(HEADER, front));
-        db.write(wb).map_err(db_err)?;
+        // Synced whatever `fsync` says: it runs once per start, and the reset key must not
+        // change under agents after a power loss.
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        db.write_opt(wb, &wo).map_err(db_err)?;
 
         state.front = front;
         let mut expect = front;
