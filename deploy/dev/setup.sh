@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, the demo and the tests need on Debian, if missing:
-#   clang, libclang-dev  RocksDB's bindings (bindgen needs libclang)
+#   clang, libclang-dev  RocksDB's bindings (bindgen needs libclang); clang also builds the
+#                        power-loss emulation's LD_PRELOAD library (loadtest/powerloss)
 #   prometheus           the real global view (also ships promtool)
 #   prometheus-alertmanager  the global alerting (amtool validates its config)
 #   openssl              tests that certificates from a user's own PKI work

@@ -431,6 +431,37 @@ pub fn start_agent_full(
     })
 }
 
+/// A probe exporter with `spec` and an agent of `site` scraping it every `interval` as job
+/// `probe`, shipping to `gateway`, with extra `uplink.shipper` keys (see [`start_agent_with`]).
+pub async fn start_probed_agent(
+    bins: &Bins,
+    dir: &Path,
+    site: &str,
+    gateway: SocketAddr,
+    (spec, interval): (crate::probe::ProbeSpec, &str),
+    shipper_extra: &str,
+) -> anyhow::Result<(crate::probe::Probe, Agent)> {
+    let probe = crate::probe::Probe::start_local(spec).await?;
+    let targets = probe.instances();
+    let agent = block(|| {
+        start_agent_with(
+            bins,
+            dir,
+            &AgentSpec {
+                self_scrape: false,
+                site,
+                gateway,
+                targets: &targets,
+                interval,
+                job: "probe",
+            },
+            "",
+            shipper_extra,
+        )
+    })?;
+    Ok((probe, agent))
+}
+
 impl Agent {
     /// Starts the same agent again (same config, same queue) after it stopped.
     pub fn restart(&mut self, bins: &Bins, dir: &Path) -> anyhow::Result<()> {

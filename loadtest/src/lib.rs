@@ -24,6 +24,7 @@ pub mod harness;
 pub mod isolation;
 pub mod oracle;
 pub mod otlp;
+pub mod powerloss;
 pub mod probe;
 pub mod progress;
 pub mod proxy;

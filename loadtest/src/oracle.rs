@@ -73,6 +73,15 @@ impl Report {
     }
 }
 
+/// The labels besides `instance` of the probe series an agent of `site` scrapes as job `probe`
+/// (what the harness starts).
+pub fn probe_labels(site: &str) -> [Label; 2] {
+    [
+        Label::new("job", "probe"),
+        Label::new("site", site.to_owned()),
+    ]
+}
+
 /// [`check`] against a running probe, and the scrapes it served of which nothing arrived, as
 /// (target, scrape number).
 pub fn check_served(

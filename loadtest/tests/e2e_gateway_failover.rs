@@ -30,7 +30,6 @@ use uplink_loadtest::harness::{
 use uplink_loadtest::oracle;
 use uplink_loadtest::probe::{Probe, ProbeSpec};
 use uplink_loadtest::proxy::UdpProxy;
-use uplink_shared::model::Label;
 
 const DEDUPED: &str = "uplink_gateway_samples_deduplicated_total";
 const FORWARDED: &str = "uplink_gateway_remote_write_samples_total";
@@ -153,11 +152,7 @@ async fn a_resend_to_another_gateway_after_lost_acks_is_not_forwarded_twice() {
         assert!(block(|| g.wait_drained(Duration::from_secs(30))));
     }
     let received = capture.snapshot();
-    let (report, missing) = oracle::check_served(
-        &probe,
-        &[Label::new("job", "probe"), Label::new("site", "site1")],
-        &received,
-    );
+    let (report, missing) = oracle::check_served(&probe, &oracle::probe_labels("site1"), &received);
     println!(
         "capture: {} samples, {} duplicates; gateway 1 forwarded {} and skipped {}, gateway 2 \
          forwarded {} and skipped {}; missing scrapes {missing:?}",

@@ -20,12 +20,11 @@ use std::time::Duration;
 use uplink_loadtest::capture::Capture;
 use uplink_loadtest::faults::FaultProxy;
 use uplink_loadtest::harness::{
-    AgentSpec, Bins, block, free_addr, metric_at, now_ms, prometheus_installed, prometheus_samples,
-    start_agent_with, start_gateway_yaml, start_prometheus_config, wait_for, write_certs,
+    Bins, block, free_addr, metric_at, now_ms, prometheus_installed, prometheus_samples,
+    start_gateway_yaml, start_probed_agent, start_prometheus_config, wait_for, write_certs,
 };
 use uplink_loadtest::oracle;
-use uplink_loadtest::probe::{Probe, ProbeSpec};
-use uplink_shared::model::Label;
+use uplink_loadtest::probe::ProbeSpec;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_outage_live_data_goes_ahead_of_the_backlog() {
@@ -64,25 +63,16 @@ async fn after_an_outage_live_data_goes_ahead_of_the_backlog() {
         families: 10,
         churn_every: 0,
     };
-    let probe = Probe::start_local(spec).await.unwrap();
-    let targets = probe.instances();
     // One scrape per batch, so one per stored entry: the backlog is many requests.
-    let mut agent = block(|| {
-        start_agent_with(
-            &bins,
-            dir.path(),
-            &AgentSpec {
-                self_scrape: false,
-                site: "site1",
-                gateway: gateway.quic,
-                targets: &targets,
-                interval: "500ms",
-                job: "probe",
-            },
-            "",
-            "max_batch_records: 1",
-        )
-    })
+    let (probe, mut agent) = start_probed_agent(
+        &bins,
+        dir.path(),
+        "site1",
+        gateway.quic,
+        (spec, "500ms"),
+        "max_batch_records: 1",
+    )
+    .await
     .unwrap();
     let forwarded = "uplink_gateway_remote_write_samples_total";
     wait_for("data flowing", Duration::from_secs(30), || {
@@ -121,11 +111,7 @@ async fn after_an_outage_live_data_goes_ahead_of_the_backlog() {
 
     // Exact at the capture.
     let received = capture.snapshot();
-    let (report, missing) = oracle::check_served(
-        &probe,
-        &[Label::new("job", "probe"), Label::new("site", "site1")],
-        &received,
-    );
+    let (report, missing) = oracle::check_served(&probe, &oracle::probe_labels("site1"), &received);
     assert_eq!(report.wrong, 0);
     assert_eq!(report.missing_in_scrape, 0);
     assert!(missing.is_empty(), "missing scrapes {missing:?}");
