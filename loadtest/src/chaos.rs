@@ -9,8 +9,10 @@
 //! Scenarios: `kill-loop` (kill -9 the agent repeatedly at random points), `gateway-kill` (kill
 //! -9 the gateway repeatedly at random points and restart it on its store), `partition` (drop
 //! every packet for a while, repeatedly), `lost-acks` (drop only gateway-to-agent packets),
-//! `loss30` (30% loss both ways), `outage` (the destination answers 503; the gateway's store
-//! absorbs it), `all`.
+//! `loss30` (30% loss both ways), `delay` (300 ms each way), `reorder` (each packet delayed by
+//! a random 0 to 40 ms, so packets overtake each other), `flap` (the link up 1 s, down 1 s),
+//! `outage` (the destination answers 503; the gateway's store absorbs it), `link` (every link
+//! scenario), `all`.
 //!
 //! Verdict rules: nothing may be wrong or missing inside a scrape; scrapes may only be missing
 //! in `kill-loop`, at most one per target per kill (the scrape in progress when killed, never
@@ -27,7 +29,8 @@ use crate::probe::ProbeSpec;
 /// Settings of a chaos run.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ChaosArgs {
-    /// kill-loop, gateway-kill, partition, lost-acks, loss30, outage, or all.
+    /// kill-loop, gateway-kill, partition, lost-acks, loss30, delay, reorder, flap, outage,
+    /// link (the link scenarios), or all.
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// Fault cycles per scenario.
@@ -98,11 +101,13 @@ async fn scenario(args: &ChaosArgs, name: &str, rng: &mut u64) -> anyhow::Result
                 tokio::time::sleep(args.fault.0.saturating_sub(at)).await;
                 rig.restart_gateway()?;
             }
-            "partition" | "lost-acks" | "loss30" => {
+            "partition" | "lost-acks" | "loss30" | "delay" | "reorder" => {
                 let f = &rig.link.faults;
                 match name {
                     "partition" => f.blackhole.store(true, Ordering::Relaxed),
                     "lost-acks" => f.down_loss_ppm.store(1_000_000, Ordering::Relaxed),
+                    "delay" => f.delay_us.store(300_000, Ordering::Relaxed),
+                    "reorder" => f.jitter_us.store(40_000, Ordering::Relaxed),
                     _ => {
                         f.up_loss_ppm.store(300_000, Ordering::Relaxed);
                         f.down_loss_ppm.store(300_000, Ordering::Relaxed);
@@ -112,6 +117,19 @@ async fn scenario(args: &ChaosArgs, name: &str, rng: &mut u64) -> anyhow::Result
                 f.blackhole.store(false, Ordering::Relaxed);
                 f.up_loss_ppm.store(0, Ordering::Relaxed);
                 f.down_loss_ppm.store(0, Ordering::Relaxed);
+                f.delay_us.store(0, Ordering::Relaxed);
+                f.jitter_us.store(0, Ordering::Relaxed);
+            }
+            "flap" => {
+                let f = &rig.link.faults;
+                let until = Instant::now() + args.fault.0;
+                let mut down = true;
+                while Instant::now() < until {
+                    f.blackhole.store(down, Ordering::Relaxed);
+                    down = !down;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                f.blackhole.store(false, Ordering::Relaxed);
             }
             "outage" => {
                 rig.capture.set_fail_next(u32::MAX, 503);
@@ -155,6 +173,16 @@ async fn scenario(args: &ChaosArgs, name: &str, rng: &mut u64) -> anyhow::Result
     })
 }
 
+/// The scenarios that disturb the agent-gateway link.
+pub const LINK: &[&str] = &[
+    "partition",
+    "lost-acks",
+    "loss30",
+    "delay",
+    "reorder",
+    "flap",
+];
+
 /// Runs the chosen scenarios; prints one verdict line each.
 pub async fn run(args: ChaosArgs) -> anyhow::Result<Vec<Verdict>> {
     println!(
@@ -163,14 +191,8 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<Vec<Verdict>> {
     );
     Bins::locate()?;
     let names: Vec<&str> = match args.scenario.as_str() {
-        "all" => vec![
-            "kill-loop",
-            "gateway-kill",
-            "partition",
-            "lost-acks",
-            "loss30",
-            "outage",
-        ],
+        "all" => [&["kill-loop", "gateway-kill"][..], LINK, &["outage"]].concat(),
+        "link" => LINK.to_vec(),
         one => vec![one],
     };
     let mut rng = args.seed.max(1);

@@ -4,7 +4,8 @@
 //! - [`UdpProxy`]: between an agent and a gateway (QUIC). Counts datagrams and payload bytes per
 //!   direction, so benchmarks see everything on the UDP socket, QUIC and TLS overhead
 //!   included. Faults are set at run time through [`Faults`]: a loss rate per direction, a
-//!   fixed delay, or a blackhole (partition), so tests can simulate links without netem.
+//!   fixed delay, a random per-packet delay (reordering), or a blackhole (partition), so tests
+//!   can simulate links without netem.
 //! - [`TcpProxy`]: between a remote-write sender and a receiver. Counts bytes per direction
 //!   (HTTP headers included).
 
@@ -49,6 +50,17 @@ pub struct Faults {
     pub down_loss_ppm: AtomicU64,
     /// Delay added to every packet, in microseconds.
     pub delay_us: AtomicU64,
+    /// A further random delay per packet, up to this many microseconds: packets overtake each
+    /// other (reordering).
+    pub jitter_us: AtomicU64,
+}
+
+impl Faults {
+    /// This packet's delay.
+    fn delay(&self) -> u64 {
+        let jitter = self.jitter_us.load(Ordering::Relaxed);
+        self.delay_us.load(Ordering::Relaxed) + if jitter > 0 { rand_u64() % jitter } else { 0 }
+    }
 }
 
 /// A UDP relay for one client.
@@ -116,13 +128,7 @@ impl UdpProxy {
                     }
                     c.up_packets.fetch_add(1, Ordering::Relaxed);
                     c.up_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                    send_later(
-                        &back,
-                        None,
-                        buf[..n].to_vec(),
-                        f.delay_us.load(Ordering::Relaxed),
-                    )
-                    .await;
+                    send_later(&back, None, buf[..n].to_vec(), f.delay()).await;
                 }
             });
         }
@@ -152,13 +158,7 @@ impl UdpProxy {
                     }
                     c.down_packets.fetch_add(1, Ordering::Relaxed);
                     c.down_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                    send_later(
-                        &front,
-                        Some(to),
-                        buf[..n].to_vec(),
-                        f.delay_us.load(Ordering::Relaxed),
-                    )
-                    .await;
+                    send_later(&front, Some(to), buf[..n].to_vec(), f.delay()).await;
                 }
             });
         }
