@@ -66,6 +66,9 @@ pub struct DrainReport {
     /// Until the destination received the first sample scraped after the heal.
     pub first_live_seconds: f64,
     pub missing_scrapes: u64,
+    /// Scrapes the agent counted as failed (e.g. timed out on a busy machine): served by the
+    /// probe, never stored, so missing without any delivery loss.
+    pub scrape_failures: u64,
     pub wrong: u64,
 }
 
@@ -157,6 +160,9 @@ pub async fn run(args: DrainArgs) -> anyhow::Result<DrainReport> {
     };
     let ingest = (queued_at_heal - queued_before) / outage_seconds;
     let drain_rate = backlog / drain_seconds;
+    let scrape_failures = rig
+        .agent_metric("uplink_agent_scrape_failures_total")
+        .max(0.0) as u64;
     tokio::task::block_in_place(|| rig.agent.proc.terminate(Duration::from_secs(30)));
     tokio::task::block_in_place(|| rig.gateway.wait_drained(Duration::from_secs(120)));
     let received = rig.capture.snapshot();
@@ -177,6 +183,7 @@ pub async fn run(args: DrainArgs) -> anyhow::Result<DrainReport> {
         delivered_to_ingest: backlog / delivered_seconds / ingest,
         first_live_seconds: first_live.unwrap_or(f64::NAN),
         missing_scrapes: missing,
+        scrape_failures,
         wrong: report.wrong,
     })
 }
