@@ -11,8 +11,10 @@
 //! every packet for a while, repeatedly), `lost-acks` (drop only gateway-to-agent packets),
 //! `loss30` (30% loss both ways), `delay` (300 ms each way), `reorder` (each packet delayed by
 //! a random 0 to 40 ms, so packets overtake each other), `flap` (the link up 1 s, down 1 s),
-//! `outage` (the destination answers 503; the gateway's store absorbs it), `link` (every link
-//! scenario), `all`.
+//! `outage` (the destination answers 503; the gateway's store absorbs it), `throttled` (the
+//! destination answers 429 with `Retry-After: 1`), `link` (every link scenario), `all`. For the
+//! destination scenarios the verdict also gives the gateway's resident memory at the fault's
+//! start, its peak during the fault, and at the end: the backlog waits on disk, not in memory.
 //!
 //! Verdict rules: nothing may be wrong or missing inside a scrape; scrapes may only be missing
 //! in `kill-loop`, at most one per target per kill (the scrape in progress when killed, never
@@ -22,7 +24,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Bins, Rig};
+use crate::harness::{Bins, Rig, status_mib};
 use crate::oracle;
 use crate::probe::ProbeSpec;
 
@@ -58,6 +60,9 @@ pub struct Verdict {
     pub missing_in_scrape: u64,
     pub wrong: u64,
     pub duplicates_dropped_by_receiver: u64,
+    /// Gateway RSS (MiB) at the first fault's start, its peak during the faults, at the end
+    /// (destination scenarios).
+    pub gateway_rss_mib: Option<[f64; 3]>,
     pub passed: bool,
     pub seconds: f64,
 }
@@ -81,6 +86,7 @@ async fn scenario(args: &ChaosArgs, name: &str, rng: &mut u64) -> anyhow::Result
         *rng
     };
     let mut kills = 0u64;
+    let mut rss: Option<[f64; 3]> = None;
     for cycle in 0..args.cycles {
         tokio::time::sleep(args.heal.0).await;
         eprintln!("[{name}] fault {} of {}", cycle + 1, args.cycles);
@@ -131,9 +137,30 @@ async fn scenario(args: &ChaosArgs, name: &str, rng: &mut u64) -> anyhow::Result
                 }
                 f.blackhole.store(false, Ordering::Relaxed);
             }
-            "outage" => {
-                rig.capture.set_fail_next(u32::MAX, 503);
-                tokio::time::sleep(args.fault.0).await;
+            "outage" | "throttled" => {
+                if name == "outage" {
+                    rig.capture.set_fail_next(u32::MAX, 503);
+                } else {
+                    rig.capture.rules(|r| {
+                        r.fail_next(0, 429);
+                        r.script.push_back((
+                            crate::faults::Scripted {
+                                status: 429,
+                                retry_after: Some("1".into()),
+                                message: "rate limited".into(),
+                            },
+                            u32::MAX,
+                        ));
+                    });
+                }
+                let pid = rig.gateway.proc.child.id();
+                let until = Instant::now() + args.fault.0;
+                while Instant::now() < until {
+                    let now = status_mib(pid, "VmRSS");
+                    let r = rss.get_or_insert([now, now, now]);
+                    r[1] = r[1].max(now);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
                 rig.capture.set_fail_next(0, 503);
             }
             other => anyhow::bail!("unknown scenario {other}"),
@@ -148,6 +175,9 @@ async fn scenario(args: &ChaosArgs, name: &str, rng: &mut u64) -> anyhow::Result
     block(|| rig.agent.proc.terminate(Duration::from_secs(30)));
     // The gateway acked what it stored; let it deliver its own backlog (the outage scenario).
     rig.wait_gateway_drained(Duration::from_secs(60)).await;
+    if let Some(r) = rss.as_mut() {
+        r[2] = status_mib(rig.gateway.proc.child.id(), "VmRSS");
+    }
     let received = rig.capture.snapshot();
     let report = oracle::check(&spec, &rig.probe.addrs, &rig.oracle_labels(), &received);
     let mut missing = 0u64;
@@ -168,6 +198,7 @@ async fn scenario(args: &ChaosArgs, name: &str, rng: &mut u64) -> anyhow::Result
         missing_in_scrape: report.missing_in_scrape,
         wrong: report.wrong,
         duplicates_dropped_by_receiver: rig.capture.duplicates(),
+        gateway_rss_mib: rss,
         passed,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -191,7 +222,12 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<Vec<Verdict>> {
     );
     Bins::locate()?;
     let names: Vec<&str> = match args.scenario.as_str() {
-        "all" => [&["kill-loop", "gateway-kill"][..], LINK, &["outage"]].concat(),
+        "all" => [
+            &["kill-loop", "gateway-kill"][..],
+            LINK,
+            &["outage", "throttled"],
+        ]
+        .concat(),
         "link" => LINK.to_vec(),
         one => vec![one],
     };
@@ -211,6 +247,12 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<Vec<Verdict>> {
             v.duplicates_dropped_by_receiver,
             v.seconds
         );
+        if let Some([start, peak, end]) = v.gateway_rss_mib {
+            println!(
+                "{:<10} gateway RSS MiB: {start:.1} at the fault's start, {peak:.1} peak during it, {end:.1} at the end",
+                v.scenario
+            );
+        }
         out.push(v);
     }
     Ok(out)

@@ -118,14 +118,7 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// Peak resident set size of a process, MiB (`VmHWM`).
 pub fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    crate::harness::status_mib(pid, "VmHWM")
 }
 
 fn prom_config(targets: &[String], interval: &str, site: &str, rw: SocketAddr) -> String {
@@ -304,14 +297,7 @@ pub async fn idle_agent(bins: &Bins, dir: &Path) -> anyhow::Result<(f64, u64)> {
         )
     })?;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", agent.proc.child.id()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0);
+    let rss = crate::harness::status_mib(agent.proc.child.id(), "VmRSS");
     let size = std::fs::metadata(&bins.agent).map_or(0, |m| m.len());
     Ok((rss, size))
 }

@@ -544,6 +544,18 @@ pub fn metric_sum(m: &HashMap<String, f64>, name: &str) -> f64 {
         .sum()
 }
 
+/// A `/proc/<pid>/status` memory field (`VmRSS`, `VmHWM`), MiB; 0 when unreadable.
+pub fn status_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
