@@ -13,6 +13,12 @@
 //! in the queue. That keeps per-series order and makes loss impossible by construction: a
 //! record leaves the queue only through [`Queue::delete`] after an [`AckStatus::Accepted`].
 //!
+//! Acks can arrive out of order (each travels on its batch's stream, and a lost packet delays
+//! one but not the next). A batch is deleted only once every batch before it in the session was
+//! acknowledged too ([`AckedPrefix`]), so the queue never has a hole: the next session resends
+//! a contiguous range from its first record, which is what the gateway's dedupe cursor counts
+//! in (it skips the first `cursor - first_seq` records of a resent batch by position).
+//!
 //! Shutdown (after the scrapers stopped, so the queue no longer grows): keep shipping until the
 //! queue is empty and every ack is in, bounded by a drain deadline (the ack timeout, at most
 //! 10 s); then close the connection with [`CloseCode::Normal`]. Whatever is left stays on disk
@@ -104,6 +110,37 @@ impl Backoff {
         self.step = (self.step * 2).min(self.max);
         let half = step / 2;
         half + rand::rng().random_range(Duration::ZERO..=half)
+    }
+}
+
+/// The acknowledged batches of a session, deleted from the queue only as a contiguous prefix.
+#[derive(Debug)]
+struct AckedPrefix {
+    /// The first record not yet deleted (the session's resume point at first).
+    next: u64,
+    /// Acknowledged batches beyond `next`: first seq → end.
+    ahead: std::collections::BTreeMap<u64, u64>,
+}
+
+impl AckedPrefix {
+    fn new(from: u64) -> AckedPrefix {
+        AckedPrefix {
+            next: from,
+            ahead: Default::default(),
+        }
+    }
+
+    /// Records batch `first..end` as acknowledged; returns the range that may be deleted now
+    /// (empty when an earlier batch is still unacknowledged).
+    fn acked(&mut self, first: u64, end: u64) -> std::ops::Range<u64> {
+        if end > self.next {
+            self.ahead.insert(first.max(self.next), end);
+        }
+        let from = self.next;
+        while let Some(end) = self.ahead.remove(&self.next) {
+            self.next = self.next.max(end);
+        }
+        from..self.next
     }
 }
 
@@ -199,6 +236,7 @@ impl Shipper {
     ) -> Result<End, ShipError> {
         let conn = self.connect(gw, endpoint).await?;
         let mut cursor = self.queue.first().await?;
+        let mut acked = AckedPrefix::new(cursor);
         // Handshake on the control stream; it stays open for the session's lifetime.
         let (mut ctl_send, mut ctl_recv) = conn.open_bi().await?;
         let hello = Frame::Hello(Hello {
@@ -329,7 +367,13 @@ impl Shipper {
                     };
                     match ack.status {
                         AckStatus::Accepted => {
-                            self.queue.delete(ack.first_seq, ack.count).await?;
+                            let done = acked.acked(ack.first_seq, ack.first_seq + u64::from(ack.count));
+                            let mut from = done.start;
+                            while from < done.end {
+                                let n = (done.end - from).min(u64::from(u32::MAX)) as u32;
+                                self.queue.delete(from, n).await?;
+                                from += u64::from(n);
+                            }
                             acks_since_gc += 1;
                             if acks_since_gc >= 256 {
                                 acks_since_gc = 0;
@@ -480,6 +524,24 @@ async fn send_batch(conn: &quinn::Connection, batch: Batch) -> Result<Ack, ShipE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acks_delete_only_a_contiguous_prefix() {
+        let mut a = AckedPrefix::new(10);
+        // The second batch's ack arrives first: nothing may go (a hole would follow).
+        assert!(a.acked(15, 20).is_empty());
+        // Its duplicate changes nothing.
+        assert!(a.acked(15, 20).is_empty());
+        // The first arrives: both go.
+        assert_eq!(a.acked(10, 15), 10..20);
+        // A duplicate ack of something deleted frees nothing.
+        assert!(a.acked(12, 15).is_empty());
+        assert_eq!(a.acked(20, 21), 20..21);
+        // Out of order by more than one.
+        assert!(a.acked(23, 24).is_empty());
+        assert!(a.acked(22, 23).is_empty());
+        assert_eq!(a.acked(21, 22), 21..24);
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_caps() {
