@@ -719,7 +719,7 @@ async fn store_in_order(
                     first,
                     count, "Batch overlaps an earlier one; closing connection."
                 );
-                acknowledge(&ctx, &lane, (&site, queue_id), &mut accepted).await;
+                let _ = acknowledge(&ctx, &lane, (&site, queue_id), &mut accepted).await;
                 let _ = violation.try_send(CloseCode::ProtocolViolation);
                 return;
             }
@@ -745,7 +745,7 @@ async fn store_in_order(
             match stored {
                 Ok(()) => accepted.push(p),
                 Err(Refusal::Close(code)) => {
-                    acknowledge(&ctx, &lane, (&site, queue_id), &mut accepted).await;
+                    let _ = acknowledge(&ctx, &lane, (&site, queue_id), &mut accepted).await;
                     let _ = violation.try_send(code);
                     return;
                 }
@@ -759,24 +759,35 @@ async fn store_in_order(
                 }
             }
         }
-        acknowledge(&ctx, &lane, (&site, queue_id), &mut accepted).await;
+        if !acknowledge(&ctx, &lane, (&site, queue_id), &mut accepted).await {
+            // As after a failed store: nothing later on this connection may be accepted, or
+            // the agent could delete a later batch and keep an earlier one.
+            for later in seq.fail() {
+                let a = ack(&later, AckStatus::Retry, "an earlier batch failed".into());
+                let _ = later.reply.send(a);
+            }
+        }
     }
 }
 
-/// Answers the batches stored (or stored before): `Accepted` once the shared cursor covers
-/// them (with `dedupe.etcd`) and, with `ack: delivered`, once delivered; `Retry` when the
-/// shared cursor cannot be raised (they are stored; the resend is skipped locally and
-/// acknowledged when etcd answers).
+/// Answers the batches stored (or stored before): `Accepted` once the lane's cursor and, with
+/// `dedupe.etcd`, the shared cursor cover them and, with `ack: delivered`, once delivered;
+/// `Retry` otherwise (what is stored stays stored; the resend is skipped locally and
+/// acknowledged when etcd answers). Whether they were accepted.
 async fn acknowledge(
     ctx: &Context,
     lane: &Lane,
     (site, queue_id): (&Arc<str>, u64),
     accepted: &mut Vec<Pending>,
-) {
-    if accepted.is_empty() {
-        return;
-    }
-    let answer = match publish(ctx, lane, site, queue_id).await {
+) -> bool {
+    let Some(end) = accepted
+        .iter()
+        .map(|p| p.first_seq + u64::from(p.count))
+        .max()
+    else {
+        return true;
+    };
+    let answer = match publish(ctx, lane, (site, queue_id), end).await {
         Ok(()) => {
             ctx.delivered().await;
             (AckStatus::Accepted, String::new())
@@ -787,15 +798,23 @@ async fn acknowledge(
         let a = ack(&p, answer.0, answer.1.clone());
         let _ = p.reply.send(a);
     }
+    answer.0 == AckStatus::Accepted
 }
 
-/// Raises the lane's shared cursor to its dedupe cursor (with `dedupe.etcd`).
-async fn publish(ctx: &Context, lane: &Lane, site: &str, queue_id: u64) -> Result<(), String> {
-    let Some(shared) = &ctx.shared_cursors else {
-        return Ok(());
-    };
+/// Checks that the lane's cursor covers `end` (everything to acknowledge was stored) and
+/// raises the shared cursor to it (with `dedupe.etcd`).
+async fn publish(
+    ctx: &Context,
+    lane: &Lane,
+    (site, queue_id): (&str, u64),
+    end: u64,
+) -> Result<(), String> {
     let mut state = lane.lock().await;
-    let Some(floor) = state.floor else {
+    let floor = state.floor.unwrap_or(0);
+    if floor < end {
+        return Err("the batch was not stored (an earlier attempt failed)".into());
+    }
+    let Some(shared) = &ctx.shared_cursors else {
         return Ok(());
     };
     if state.shared.cursor >= floor {

@@ -564,6 +564,24 @@ impl Config {
         if let Some(Err((field, message))) = self.dedupe.as_ref().map(|d| d.etcd.check()) {
             return Err(at(&format!("{field}:"), format!("dedupe.{field}"), message));
         }
+        if let (Some(d), Some(h)) = (&self.dedupe, self.ha.as_ref().and_then(|h| h.etcd.as_ref())) {
+            let dp = d
+                .etcd
+                .prefix
+                .as_deref()
+                .unwrap_or(crate::dedupe::DEFAULT_PREFIX);
+            let hp = h.prefix.as_deref().unwrap_or(crate::ha::DEFAULT_PREFIX);
+            if dp.starts_with(hp) || hp.starts_with(dp) {
+                return Err(at(
+                    "dedupe:",
+                    "dedupe.etcd.prefix".into(),
+                    format!(
+                        "{dp:?} overlaps ha.etcd.prefix {hp:?}: the cursors and the elections \
+                         need key ranges of their own"
+                    ),
+                ));
+            }
+        }
         if self.remote_write.is_empty() {
             return Err(at(
                 "remote_write",
@@ -755,6 +773,18 @@ remote_write:
             .expect_err("no endpoints")
             .to_string();
         assert!(e.contains("gateway.yml:11:3: dedupe.etcd"), "{e}");
+        let e = load(&with(
+            "ha:\n  etcd: {endpoints: ['http://e:2379'], prefix: /u/}\n\
+             dedupe:\n  etcd: {endpoints: ['http://e:2379'], prefix: /u/d/}\n",
+        ))
+        .expect_err("overlapping prefixes")
+        .to_string();
+        assert!(e.contains("dedupe.etcd.prefix"), "{e}");
+        load(&with(
+            "ha:\n  etcd: {endpoints: ['http://e:2379']}\n\
+             dedupe:\n  etcd: {endpoints: ['http://e:2379']}\n",
+        ))
+        .expect("the default prefixes are apart");
         let e = load(&GOOD.replace(
             "remote_timeout: 10s",
             "remote_timeout: 10s\n    replay: {live_first: true, split_after: 0s}",

@@ -1,8 +1,9 @@
 //! A minimal etcd v3 client over its JSON gateway (`/v3/kv/range`, `/v3/kv/txn`), for the state
 //! several gateways share: HA elections (`ha.rs`) and the agents' dedupe cursors
 //! (`dedupe.rs`). It reads one key and writes one key with a compare-and-swap on the key's
-//! `mod_revision`; nothing else. Endpoints are tried in order; each request is bounded by
-//! `timeout`.
+//! `mod_revision`; nothing else. Endpoints are tried in turn, starting with the last one that
+//! answered (so one that silently drops traffic costs one `timeout`, not one per request);
+//! each request is bounded by `timeout`.
 //!
 //! # Invariants
 //! - A write lands only on the revision the caller decided from (0: the key is absent), so two
@@ -66,6 +67,8 @@ pub struct Etcd {
     /// The configured prefix, or the user's default.
     pub prefix: String,
     timeout: Duration,
+    /// The endpoint that answered last.
+    preferred: std::sync::atomic::AtomicUsize,
 }
 
 impl Etcd {
@@ -90,6 +93,7 @@ impl Etcd {
                 .clone()
                 .unwrap_or_else(|| default_prefix.to_owned()),
             timeout: cfg.timeout.0,
+            preferred: Default::default(),
         })
     }
 
@@ -99,8 +103,12 @@ impl Etcd {
         path: &str,
         body: serde_json::Value,
     ) -> Result<serde_json::Value, EtcdError> {
+        use std::sync::atomic::Ordering;
         let mut last = String::new();
-        for ep in &self.endpoints {
+        let start = self.preferred.load(Ordering::Relaxed);
+        let n = self.endpoints.len();
+        for i in (0..n).map(|k| (start + k) % n) {
+            let ep = &self.endpoints[i];
             let url = match reqwest::Url::parse(&format!("{ep}{path}")) {
                 Ok(u) => u,
                 Err(e) => {
@@ -127,7 +135,10 @@ impl Etcd {
                 serde_json::from_str(&text).map_err(|e| format!("answer: {e}"))
             };
             match tokio::time::timeout(self.timeout, sent).await {
-                Ok(Ok(v)) => return Ok(v),
+                Ok(Ok(v)) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
                 Ok(Err(e)) => last = format!("{ep}: {e}"),
                 Err(_) => last = format!("{ep}: no answer within {:?}", self.timeout),
             }

@@ -327,6 +327,9 @@ impl Forwarder {
                     return;
                 }
             }
+            // Again: retention may have moved the cursor or merged the lanes meanwhile.
+            let at = self.store.position(self.index);
+            let backlog_end = at.live.map_or(visible, |l| l.from);
             if at.cursor < backlog_end {
                 let until = replay_backlog.take().unwrap_or(u64::MAX).min(backlog_end);
                 if self
@@ -353,7 +356,8 @@ impl Forwarder {
             return false;
         }
         match self.store.split(self.index, head).await {
-            Ok(()) => {
+            Ok(false) => false,
+            Ok(true) => {
                 info!(destination = %self.destination.name, backlog = head - cursor,
                     "Behind by more than replay.split_after: new data goes first, the backlog behind it.");
                 true

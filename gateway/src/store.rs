@@ -221,10 +221,17 @@ struct DestState {
     live: Option<Live>,
 }
 
-impl DestState {
+impl Position {
     /// Whether entry `seq` is still to be delivered.
     fn pending(&self, seq: u64) -> bool {
         seq >= self.cursor && !self.live.is_some_and(|l| seq >= l.from && seq < l.cursor)
+    }
+}
+
+impl DestState {
+    /// Whether entry `seq` is still to be delivered.
+    fn pending(&self, seq: u64) -> bool {
+        self.position().pending(seq)
     }
 
     fn position(&self) -> Position {
@@ -352,7 +359,7 @@ fn decode_cursor(v: &[u8], head: u64) -> Option<Position> {
         16 => None,
         40 => {
             let (from, lc, lf) = (u64_at(v, 16)?, u64_at(v, 24)?, u64_at(v, 32)?);
-            (cursor < from && from <= lc && lc <= head).then_some(Live {
+            (cursor < from && from <= lc && lc <= head).then(|| Live {
                 from,
                 cursor: lc,
                 inflight: lf.clamp(lc, head),
@@ -526,7 +533,7 @@ impl Store {
         let mut removed = Vec::new();
         for (name, p) in stored {
             wb.delete(cursor_key(&name));
-            let left = metas.iter().filter(|(s, _)| *s >= p.cursor);
+            let left = metas.iter().filter(|(s, _)| p.pending(*s));
             removed.push(Removed {
                 entries: left.clone().count() as u64,
                 samples: left.map(|(_, m)| m.samples).sum(),
@@ -658,17 +665,18 @@ impl Store {
 
     /// Starts a live lane for destination `dest` at entry `from` (which must be above its
     /// cursor, at most the head): entries from there on may be delivered before the backlog
-    /// below it. A no-op when the destination has a lane already or `from` does not fit.
-    pub async fn split(&self, dest: usize, from: u64) -> Result<(), StoreError> {
+    /// below it. Whether it did: not when the destination has a lane already or `from` does
+    /// not fit (retention may have moved the cursor meanwhile).
+    pub async fn split(&self, dest: usize, from: u64) -> Result<bool, StoreError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut s = inner.state();
             let head = s.head;
             let Some(d) = s.dests.get_mut(dest) else {
-                return Ok(());
+                return Ok(false);
             };
             if d.live.is_some() || from <= d.cursor || from > head {
-                return Ok(());
+                return Ok(false);
             }
             let mut p = d.position();
             p.live = Some(Live {
@@ -681,7 +689,7 @@ impl Store {
                 .put(cursor_key(&d.name), cursor_value(&p))
                 .map_err(|e| inner.db_err(e))?;
             d.live = p.live;
-            Ok(())
+            Ok(true)
         })
         .await?
     }
@@ -861,7 +869,9 @@ fn advance_live(inner: &Inner, s: &mut State, dest: usize, to: u64) -> Result<Sk
         return Ok(Skipped::default());
     };
     let Some(mut live) = d.live else {
-        return Ok(Skipped::default());
+        // Retention merged the lanes while this lane's request was in flight: the cursor is
+        // where that request started, so moving it records the delivery.
+        return advance_locked(inner, s, dest, to);
     };
     let (from, to) = (live.cursor, to.min(head));
     if to <= from {
@@ -1335,7 +1345,7 @@ mod tests {
                     }
                     None if m.0 < head => {
                         let from = m.0 + 1 + next() % (head - m.0);
-                        s.split(d, from).await.expect("split");
+                        assert!(s.split(d, from).await.expect("split"));
                         m.1 = Some((from, from));
                     }
                     None => {}
@@ -1391,7 +1401,8 @@ mod tests {
                 .expect("commit");
         }
         // Entries 0..4 are the backlog; the lane starts at the head.
-        s.split(0, 4).await.expect("split");
+        assert!(s.split(0, 4).await.expect("split"));
+        assert!(!s.split(0, 5).await.expect("one lane at a time"));
         for i in 4..6 {
             s.commit(commit("site", 1, i + 1, Some(&format!("l{i}"))))
                 .await
@@ -1440,6 +1451,17 @@ mod tests {
             }),
         });
         assert_eq!(decode_cursor(&v, 9).expect("decodes").live, None);
+        // Beyond the head (entries lost since): dropped, not a panic.
+        let beyond = cursor_value(&Position {
+            cursor: 1,
+            inflight: 1,
+            live: Some(Live {
+                from: 2,
+                cursor: 50,
+                inflight: 60,
+            }),
+        });
+        assert_eq!(decode_cursor(&beyond, 9).expect("decodes").live, None);
         v.pop();
         assert_eq!(decode_cursor(&v, 9), None);
     }
@@ -1453,7 +1475,7 @@ mod tests {
                 .await
                 .expect("commit");
         }
-        s.split(0, 3).await.expect("split");
+        assert!(s.split(0, 3).await.expect("split"));
         s.commit(commit("site", 1, 4, Some("yyyyyyyyyy")))
             .await
             .expect("commit");
@@ -1469,5 +1491,9 @@ mod tests {
             }
         );
         assert_eq!(s.usage(0).entries, 1);
+        // A live request in flight across that merge still counts as delivered.
+        s.advance(0, Lane::Live, 4).await.expect("live after merge");
+        assert_eq!(s.position(0).cursor, 4);
+        assert_eq!(s.usage(0), Usage::default());
     }
 }
