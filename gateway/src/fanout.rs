@@ -291,13 +291,15 @@ impl Forwarder {
             info!(destination = %self.destination.name,
                 "Resending the request that was in flight when the gateway stopped.");
         }
+        let live_gauge = self
+            .metrics
+            .live_first
+            .get_or_create(&labels(&[("destination", &self.destination.name)]))
+            .clone();
         loop {
             let visible = *head.borrow_and_update();
             let at = self.store.position(self.index);
-            self.metrics
-                .live_first
-                .get_or_create(&labels(&[("destination", &self.destination.name)]))
-                .set(i64::from(at.live.is_some()));
+            live_gauge.set(i64::from(at.live.is_some()));
             let live = at.live.filter(|l| l.cursor < visible);
             let backlog_end = at.live.map_or(visible, |l| l.from);
             if live.is_none() && at.cursor >= backlog_end {

@@ -645,7 +645,6 @@ pub fn start_prometheus_agent(
     interval: &str,
     remote_write_url: &str,
 ) -> anyhow::Result<Prometheus> {
-    let web = free_addr()?;
     let cfg = dir.join("prometheus-agent.yml");
     let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
     std::fs::write(
@@ -659,11 +658,24 @@ pub fn start_prometheus_agent(
             targets = targets.join(", "),
         ),
     )?;
+    spawn_prometheus_agent(dir, &cfg, &[])
+}
+
+/// Starts `prometheus --enable-feature=agent` on the configuration file `config`, with more
+/// flags (`--enable-feature=...` may repeat); WAL under `dir/prometheus-agent`, log in
+/// `dir/prometheus-agent.log`. Returns once it is ready.
+pub fn spawn_prometheus_agent(
+    dir: &Path,
+    config: &Path,
+    args: &[&str],
+) -> anyhow::Result<Prometheus> {
+    let web = free_addr()?;
     let proc = Proc::spawn(
         "prometheus-agent",
         Command::new("prometheus")
             .arg("--enable-feature=agent")
-            .arg(format!("--config.file={}", cfg.display()))
+            .args(args)
+            .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.agent.path={}",
                 dir.join("prometheus-agent").display()

@@ -46,6 +46,27 @@ pub fn env(lib: &Path, log: &Path) -> [(String, String); 2] {
     ]
 }
 
+/// Starts one of our binaries on `config`, serving `web`, with the library loaded through
+/// `env` (see [`env`]); returns once it is ready.
+pub fn spawn_logged(
+    (name, bin): (&str, &Path),
+    config: &Path,
+    web: std::net::SocketAddr,
+    log: &Path,
+    env: &[(String, String)],
+) -> anyhow::Result<crate::harness::Proc> {
+    let proc = crate::harness::Proc::spawn(
+        name,
+        Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--web.listen-address={web}"))
+            .envs(env.iter().map(|(k, v)| (k, v))),
+        log,
+    )?;
+    crate::harness::wait_ready(web, std::time::Duration::from_secs(20))?;
+    Ok(proc)
+}
+
 /// What [`apply`] took away.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Lost {

@@ -235,30 +235,16 @@ fn vmagent(dir: &Path, out: SocketAddr) -> anyhow::Result<Relay> {
 }
 
 fn prometheus_agent(dir: &Path, out: SocketAddr) -> anyhow::Result<Relay> {
-    let web = harness::free_addr()?;
     let cfg = dir.join("prometheus.yml");
     std::fs::write(
         &cfg,
         format!("remote_write:\n  - url: http://{out}/api/v1/write\n"),
     )?;
-    let proc = Proc::spawn(
-        "prometheus-agent",
-        Command::new("prometheus")
-            .arg("--enable-feature=agent")
-            .arg("--web.enable-remote-write-receiver")
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!(
-                "--storage.agent.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={web}")),
-        &dir.join("prometheus.log"),
-    )?;
-    harness::wait_ready(web, Duration::from_secs(60))?;
+    let prom = harness::spawn_prometheus_agent(dir, &cfg, &["--web.enable-remote-write-receiver"])?;
     Ok(Relay {
         name: "prometheus --enable-feature=agent (remote write 1.0)".into(),
-        url: format!("http://{web}/api/v1/write"),
-        procs: vec![proc],
+        url: format!("http://{}/api/v1/write", prom.web),
+        procs: vec![prom.proc],
         gateway_pid: None,
     })
 }

@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -29,7 +28,7 @@ use axum::http::HeaderMap;
 use axum::routing::get;
 use prost::Message;
 use uplink_loadtest::capture::Capture;
-use uplink_loadtest::harness::{self, Bins, Proc, block};
+use uplink_loadtest::harness::{self, Bins, block};
 use uplink_shared::remote_write::MetricType;
 
 /// The target's protobuf messages (`io.prometheus.client`), the fields this test uses.
@@ -495,26 +494,19 @@ async fn native_histograms_exemplars_and_metadata_match_prometheus_agent() {
         ),
     )
     .unwrap();
-    let pweb = harness::free_addr().unwrap();
-    let _pagent = Proc::spawn(
-        "prometheus-agent",
-        Command::new("prometheus")
-            .arg("--enable-feature=agent,native-histograms,exemplar-storage")
-            .arg(format!("--config.file={}", pcfg.display()))
-            .arg(format!(
-                "--storage.agent.path={}",
-                d.join("agent-wal").display()
-            ))
-            .arg(format!("--web.listen-address={pweb}")),
-        &d.join("prom-agent.log"),
-    )
+    let _pagent = block(|| {
+        harness::spawn_prometheus_agent(
+            d,
+            &pcfg,
+            &["--enable-feature=native-histograms,exemplar-storage"],
+        )
+    })
     .unwrap();
     let ucfg = d.join("uplink-prom.yml");
     std::fs::write(&ucfg, scrape_config("uplink", t)).unwrap();
     let args = ["--enable-feature=native-histograms"];
     let (_uagent, uweb) =
         harness::start_agent_beside(&bins, d, "nh", &ucfg, gateway.quic, &args).unwrap();
-    block(|| harness::wait_ready(pweb, Duration::from_secs(60))).unwrap();
     block(|| harness::wait_ready(uweb, Duration::from_secs(20))).unwrap();
 
     // Enough common timestamps on both sides.
@@ -530,7 +522,7 @@ async fn native_histograms_exemplars_and_metadata_match_prometheus_agent() {
     }
     if !ok {
         for log in [
-            "prom-agent.log",
+            "prometheus-agent.log",
             "uplink-agent.log",
             "prometheus.log",
             "gateway.log",

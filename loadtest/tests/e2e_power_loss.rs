@@ -12,13 +12,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use uplink_loadtest::capture::Capture;
 use uplink_loadtest::harness::{
-    Bins, Proc, block, free_addr, metric_at, serial, start_probed_agent, wait_for, wait_ready,
-    write_certs,
+    Bins, Proc, block, free_addr, metric_at, serial, start_probed_agent, wait_for, write_certs,
 };
 use uplink_loadtest::oracle;
 use uplink_loadtest::powerloss;
@@ -31,17 +29,15 @@ struct Gateway {
 }
 
 fn spawn(bins: &Bins, g: &Gateway, dir: &Path, run: u32, env: &[(String, String)]) -> Proc {
-    let proc = Proc::spawn(
-        "uplink-gateway",
-        Command::new(&bins.gateway)
-            .arg(format!("--config.file={}", g.config.display()))
-            .arg(format!("--web.listen-address={}", g.web))
-            .envs(env.iter().map(|(k, v)| (k, v))),
-        &dir.join(format!("gateway.{run}.log")),
+    let log = dir.join(format!("gateway.{run}.log"));
+    powerloss::spawn_logged(
+        ("uplink-gateway", &bins.gateway),
+        &g.config,
+        g.web,
+        &log,
+        env,
     )
-    .unwrap();
-    wait_ready(g.web, Duration::from_secs(20)).unwrap();
-    proc
+    .unwrap()
 }
 
 /// Runs the scenario; returns the scrapes missing at the end, the bytes the power losses took,
@@ -187,17 +183,9 @@ async fn an_agent_with_sync_always_loses_only_the_scrape_in_progress() {
     let sync_log = dir.path().join("agent-sync.log");
     let env = powerloss::env(&lib, &sync_log);
     let respawn = |run: u32| {
-        let proc = Proc::spawn(
-            "uplink-agent[site1]",
-            Command::new(&bins.agent)
-                .arg(format!("--config.file={}", agent.config.display()))
-                .arg(format!("--web.listen-address={}", agent.web))
-                .envs(env.iter().map(|(k, v)| (k, v))),
-            &dir.path().join(format!("site1.power.{run}.log")),
-        )
-        .unwrap();
-        wait_ready(agent.web, Duration::from_secs(20)).unwrap();
-        proc
+        let log = dir.path().join(format!("site1.power.{run}.log"));
+        let bin = ("uplink-agent[site1]", bins.agent.as_path());
+        powerloss::spawn_logged(bin, &agent.config, agent.web, &log, &env).unwrap()
     };
     let mut proc = respawn(0);
     let losses = 3;

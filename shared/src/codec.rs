@@ -112,6 +112,14 @@ struct Reader<'a> {
     buf: &'a [u8],
 }
 
+/// An index read from the wire, checked to be below `n`.
+fn below(i: u64, n: usize, what: &'static str) -> Result<usize, CodecError> {
+    usize::try_from(i)
+        .ok()
+        .filter(|i| *i < n)
+        .ok_or(CodecError::Invalid { what })
+}
+
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8]) -> Self {
         Reader { buf }
@@ -362,13 +370,7 @@ fn read_extras<'a>(
 ) -> Result<(), CodecError> {
     let count = r.count("extra count", 3, u32::MAX as u64)?;
     for _ in 0..count {
-        let i = r.varint("extra index")?;
-        let i = usize::try_from(i)
-            .ok()
-            .filter(|i| *i < n)
-            .ok_or(CodecError::Invalid {
-                what: "extra index",
-            })?;
+        let i = below(r.varint("extra index")?, n, "extra index")?;
         let kind = ExtraKind::from_u8(r.u8("extra kind")?)?;
         let len = r.count("extra body", 1, u32::MAX as u64)?;
         out.push((i, kind, r.bytes(len, "extra body")?));
@@ -1540,12 +1542,7 @@ impl TunnelDecoder {
             for _ in 0..ne {
                 let i = r.varint("exception index")?;
                 let ets = unzigzag(r.varint("exception timestamp")?);
-                let i = usize::try_from(i)
-                    .ok()
-                    .filter(|i| *i < n)
-                    .ok_or(CodecError::Invalid {
-                        what: "exception index",
-                    })?;
+                let i = below(i, n, "exception index")?;
                 exceptions.push((i, ets));
             }
             extras.clear();
