@@ -17,7 +17,7 @@ struct Flags {
     #[arg(long = "uplink.config.file")]
     uplink_config_file: Option<PathBuf>,
     /// Address for /metrics, /-/healthy, /-/ready, /-/reload (and /api/v1/write when enabled).
-    #[arg(long = "web.listen-address", default_value = "0.0.0.0:9701")]
+    #[arg(long = "web.listen-address", default_value = "0.0.0.0:9701", value_parser = uplink_shared::web::parse_listen_address)]
     web_listen_address: SocketAddr,
     /// Accept Prometheus remote write (1.0 and 2.0) on POST /api/v1/write: every sample is
     /// queued before the request is answered, and shipped like a scrape (sidecar mode).

@@ -14,7 +14,7 @@ struct Flags {
     #[arg(long = "config.file", default_value = "gateway.yml")]
     config_file: PathBuf,
     /// Address for /metrics, /-/healthy and /-/ready.
-    #[arg(long = "web.listen-address", default_value = "0.0.0.0:9702")]
+    #[arg(long = "web.listen-address", default_value = "0.0.0.0:9702", value_parser = uplink_shared::web::parse_listen_address)]
     web_listen_address: SocketAddr,
     /// Validate the configuration and exit (0 valid, 64 invalid).
     #[arg(long = "check-config")]

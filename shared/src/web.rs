@@ -33,6 +33,28 @@ pub struct WebState {
     pub routes: Option<Router>,
 }
 
+/// Parses a `--web.listen-address` value as Prometheus does: `host:port` with an IP address or
+/// a host name (the first address it resolves to), `[v6]:port`, or `:port` for every IPv4
+/// interface. Used as the flag's clap value parser by both binaries.
+pub fn parse_listen_address(value: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = value.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("invalid port in {value:?}"))?;
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs as _;
+    let mut addrs = value
+        .to_socket_addrs()
+        .map_err(|e| format!("{value:?} is not host:port ({e})"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{value:?} resolves to no address"))
+}
+
 /// The router, for embedding or tests.
 pub fn router(mut state: WebState) -> Router {
     let extra = state.routes.take();
@@ -109,5 +131,35 @@ async fn reload(State(s): State<WebState>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             "Shutting down.\n".to_owned(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen_address;
+
+    #[test]
+    fn listen_addresses_as_prometheus_takes_them() {
+        assert_eq!(
+            parse_listen_address(":9701").unwrap().to_string(),
+            "0.0.0.0:9701"
+        );
+        assert_eq!(
+            parse_listen_address("127.0.0.1:9090").unwrap().to_string(),
+            "127.0.0.1:9090"
+        );
+        assert_eq!(
+            parse_listen_address("[::1]:9090").unwrap().to_string(),
+            "[::1]:9090"
+        );
+        assert!(
+            parse_listen_address("localhost:9701")
+                .unwrap()
+                .ip()
+                .is_loopback()
+        );
+        for bad in [":", ":http", "9701", "host", ":70000"] {
+            assert!(parse_listen_address(bad).is_err(), "{bad}");
+        }
     }
 }
