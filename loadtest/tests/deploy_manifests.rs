@@ -1,7 +1,8 @@
 //! deploy/ cannot rot: every YAML file parses (every document of multi-document files), every
 //! configuration embedded in a Kubernetes ConfigMap and every example passes the binaries'
-//! `--check-config`, every kustomization names files that exist, and the systemd units
-//! validate their configuration before starting.
+//! `--check-config`, the Kubernetes manifests fit together (`deploy_kubernetes.rs`), and the
+//! systemd units validate their configuration before starting, pass `systemd-analyze verify`
+//! without a warning and keep a low `systemd-analyze security` exposure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -75,39 +76,93 @@ fn every_manifest_parses_and_every_embedded_config_is_valid() {
         }
     }
     assert!(embedded >= 2, "no embedded configurations found");
-    // Every kustomization names files that exist.
-    for f in files.iter().filter(|f| f.ends_with("kustomization.yaml")) {
-        let k: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(f).unwrap())
-            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        let dir = f.parent().unwrap();
-        let resources = k["resources"].as_sequence().cloned().unwrap_or_default();
-        let patches = k["patches"].as_sequence().cloned().unwrap_or_default();
-        let named = resources
-            .iter()
-            .filter_map(|r| r.as_str().map(str::to_owned))
-            .chain(
-                patches
-                    .iter()
-                    .filter_map(|p| p["path"].as_str().map(str::to_owned)),
-            );
-        for r in named {
-            assert!(dir.join(&r).exists(), "{}: {r} does not exist", f.display());
-        }
+    // Every example configuration, by the binary it is for.
+    let mut examples = 0;
+    for e in std::fs::read_dir(deploy().join("examples")).unwrap() {
+        let p = e.unwrap().path();
+        let v: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let bin = if v.get("listen_address").is_some() {
+            &bins.gateway
+        } else {
+            &bins.agent
+        };
+        check(bin, &p);
+        examples += 1;
     }
-    check(&bins.agent, &deploy().join("examples/agent.yml"));
-    check(&bins.gateway, &deploy().join("examples/gateway.yml"));
-    check(&bins.agent, &deploy().join("examples/relay-agent.yml"));
+    assert!(examples >= 3, "examples: {examples}");
 }
 
 #[test]
 fn systemd_units_check_their_config_before_starting() {
-    for unit in ["uplink-agent.service", "uplink-gateway.service"] {
+    let tmp = tempfile::tempdir().unwrap();
+    let bins = Bins::locate().expect("binaries built by cargo test --workspace");
+    let analyze = Path::new("/usr/bin/systemd-analyze").exists();
+    for (unit, bin) in [
+        ("uplink-agent.service", &bins.agent),
+        ("uplink-gateway.service", &bins.gateway),
+    ] {
         let text = std::fs::read_to_string(deploy().join("systemd").join(unit)).unwrap();
         assert!(text.contains("--check-config"), "{unit}");
         assert!(
             text.contains("ExecStart=") && text.contains("--config.file="),
             "{unit}"
         );
-        assert!(text.contains("ProtectSystem=strict"), "{unit}");
+        for key in [
+            "DynamicUser=yes",
+            "SupplementaryGroups=uplink",
+            "StateDirectory=",
+            "ProtectSystem=strict",
+        ] {
+            assert!(text.contains(key), "{unit}: {key}");
+        }
+        if !analyze {
+            eprintln!("systemd-analyze not installed: {unit} checked by its keys only");
+            continue;
+        }
+        // The unit as installed, but with the binary where this build put it.
+        let name = bin.file_name().unwrap().to_str().unwrap();
+        let local = tmp.path().join(unit);
+        std::fs::write(
+            &local,
+            text.replace(&format!("/usr/local/bin/{name}"), bin.to_str().unwrap()),
+        )
+        .unwrap();
+        let verify = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&local)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&verify.stderr).to_string()
+            + &String::from_utf8_lossy(&verify.stdout);
+        assert!(
+            verify.status.success() && said.trim().is_empty(),
+            "{unit}: systemd-analyze verify: {said}"
+        );
+        let security = Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager"])
+            .arg(&local)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&security.stdout).to_string()
+            + &String::from_utf8_lossy(&security.stderr);
+        let exposure: f64 = out
+            .lines()
+            .find_map(|l| l.split("exposure level for ").nth(1))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{unit}: no exposure level in {out}"));
+        assert!(
+            exposure <= 2.0,
+            "{unit}: exposure {exposure} (was 1.5)\n{out}"
+        );
     }
+    let sysusers = std::fs::read_to_string(deploy().join("systemd/uplink.sysusers")).unwrap();
+    assert!(
+        sysusers
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["g", "uplink", "-"]),
+        "uplink.sysusers creates the group uplink"
+    );
 }
