@@ -121,14 +121,26 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
     crate::harness::status_mib(pid, "VmHWM")
 }
 
-fn prom_config(targets: &[String], interval: &str, site: &str, rw: SocketAddr) -> String {
+/// A Prometheus configuration scraping `targets` as `job` every `interval` (timeout the same),
+/// with `site` as an external label, and remote-writing to `remote_write_url` unless it is
+/// `None` (vmagent takes remote write from flags).
+pub(crate) fn prom_config(
+    job: &str,
+    targets: &[String],
+    interval: &str,
+    site: &str,
+    remote_write_url: Option<&str>,
+) -> String {
     let t: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-    format!(
+    let mut cfg = format!(
         "global:\n  scrape_interval: {interval}\n  scrape_timeout: {interval}\n  external_labels: {{site: {site}}}\n\
-         scrape_configs:\n  - job_name: bench\n    static_configs:\n      - targets: [{}]\n\
-         remote_write:\n  - url: http://{rw}/api/v1/write\n",
+         scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
         t.join(", ")
-    )
+    );
+    if let Some(url) = remote_write_url {
+        cfg.push_str(&format!("remote_write:\n  - url: {url}\n"));
+    }
+    cfg
 }
 
 async fn scenario(
@@ -207,32 +219,29 @@ async fn scenario(
         let tcp = TcpProxy::start(harness::free_addr()?, capture.addr()).await?;
         let d = dir.join(format!("{name}-{peer}"));
         std::fs::create_dir_all(&d)?;
-        let full = prom_config(&targets_for(probe.as_ref()), &args.interval, peer, tcp.addr);
-        let web = harness::free_addr()?;
-        let (label, mut cmd) = if peer == "prometheus" {
+        let rw_url = format!("http://{}/api/v1/write", tcp.addr);
+        let targets = targets_for(probe.as_ref());
+        let (label, proc) = if peer == "prometheus" {
             let cfg = d.join("prometheus.yml");
+            let full = prom_config("bench", &targets, &args.interval, peer, Some(&rw_url));
             std::fs::write(&cfg, full)?;
-            let mut cmd = Command::new("prometheus");
-            cmd.arg("--enable-feature=agent")
-                .arg(format!("--config.file={}", cfg.display()))
-                .arg(format!("--storage.agent.path={}", d.join("data").display()))
-                .arg(format!("--web.listen-address={web}"));
-            ("prometheus --enable-feature=agent (remote write 1.0)", cmd)
+            let prom =
+                tokio::task::block_in_place(|| harness::spawn_prometheus_agent(&d, &cfg, &[]))?;
+            (
+                "prometheus --enable-feature=agent (remote write 1.0)",
+                prom.proc,
+            )
         } else {
-            // vmagent takes remote write from flags; keep only global and scrape_configs.
             let cfg = d.join("scrape.yml");
-            std::fs::write(&cfg, full.split("remote_write:").next().unwrap_or_default())?;
-            let mut cmd = Command::new("vmagent");
-            cmd.arg(format!("-promscrape.config={}", cfg.display()))
-                .arg(format!("-remoteWrite.url=http://{}/api/v1/write", tcp.addr))
-                .arg(format!(
-                    "-remoteWrite.tmpDataPath={}",
-                    d.join("data").display()
-                ))
-                .arg(format!("-httpListenAddr={web}"));
-            ("vmagent (remote write 1.0)", cmd)
+            std::fs::write(
+                &cfg,
+                prom_config("bench", &targets, &args.interval, peer, None),
+            )?;
+            let scrape = format!("-promscrape.config={}", cfg.display());
+            let (proc, _) =
+                tokio::task::block_in_place(|| harness::spawn_vmagent(&d, &rw_url, &[scrape]))?;
+            ("vmagent (remote write 1.0)", proc)
         };
-        let proc = Proc::spawn(peer, &mut cmd, &d.join(format!("{peer}.log")))?;
         senders.push(Sender {
             name: label.into(),
             pid: proc.child.id(),

@@ -1,27 +1,75 @@
 //! `uplink-loadtest drain`: how fast a site's backlog drains after an outage, as a multiple of
 //! its live ingest rate, how soon data scraped after the outage is seen, and whether the
-//! backlog arrives whole.
+//! backlog arrives whole; for Uplink and, in the same run, for Prometheus agent mode and
+//! vmagent.
 //!
-//! One site (probe exporter, agent, UDP chaos link, gateway, capture receiver) runs until data
-//! flows; then the outage, for `--outage`, at `--at`:
+//! One site runs until data flows: a probe exporter scraped by the relay, and the capture
+//! receiver as the destination. For Uplink the relay is an agent, a UDP chaos link and a
+//! gateway; the peers (`--relay prometheus|vmagent|all`) remote-write straight to the receiver,
+//! on their default queue settings. Then the outage, for `--outage`, at `--at`:
 //! - `link`: the link is cut; the agent keeps scraping into its queue. When the link returns it
-//!   ships backlog and live data together, in order.
-//! - `destination`: the capture receiver answers 503; the gateway's store absorbs the backlog.
-//!   With `--live-first`, the destination has `replay.live_first` (split after 5 s).
+//!   ships backlog and live data together, in order. For the peers, whose only link is the
+//!   destination, `link` and `destination` are the same outage.
+//! - `destination`: the capture receiver answers 503; Uplink's gateway store absorbs the
+//!   backlog. With `--live-first`, the destination has `replay.live_first` (split after 5 s).
 //!
-//! Measured from the heal: until the agent has acknowledged everything it had queued at the
-//! heal (`link` only: the gateway stored it); until the destination has received every sample
-//! scraped before the heal (`delivered`); and until it received the first sample scraped after
-//! the heal (`first_live`: how stale the global view stays). Drain rate = backlog samples / that
-//! time; ingest rate = samples queued per second during the outage. Finally the agent stops in
-//! order and every received sample is checked against the probe's oracle.
+//! With `--restart term|kill` the relay (the Uplink agent, or the peer) is stopped halfway
+//! through the outage, by SIGTERM as a rollout does or SIGKILL as a crash does, and started
+//! again on the same data directory.
+//!
+//! Measured from the heal: until the destination has received every sample scraped before the
+//! heal that it will get (`delivered`), and the first sample scraped after it (`first_live`: how
+//! stale the global view stays); for Uplink at `link`, also until the agent's queue was stored
+//! by the gateway. The run ends when every sample scraped before the heal has arrived, or,
+//! once live data arrives, after 65 s without another (longer than vmagent's largest retry
+//! backoff). Ingest rate = samples scraped per second during the outage; drain rate = backlog /
+//! time. Finally the relay stops in order and every received sample is checked against the
+//! probe's oracle: scrapes served before the heal of which nothing arrived are `missing`.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::harness::Rig;
+use crate::capture::Capture;
+use crate::harness::{self, Proc, Rig, block};
 use crate::oracle;
-use crate::probe::ProbeSpec;
+use crate::probe::{Probe, ProbeSpec};
+
+/// Which relay holds the backlog.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Relay {
+    /// Uplink agent and gateway.
+    Uplink,
+    /// Prometheus in agent mode (`--enable-feature=agent`).
+    Prometheus,
+    /// vmagent.
+    Vmagent,
+    /// The three in turn, in one run.
+    All,
+}
+
+/// Where the outage is.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum At {
+    /// Between the agent and the gateway.
+    Link,
+    /// Between the relay and the receiver.
+    Destination,
+}
+
+/// How the relay is restarted halfway through the outage.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Restart {
+    /// Not restarted.
+    None,
+    /// SIGTERM, then started again (a rollout, an upgrade, a node drain).
+    Term,
+    /// SIGKILL, then started again (a crash, an OOM kill).
+    Kill,
+}
 
 /// Settings of a drain run.
 #[derive(clap::Args, Debug, Clone)]
@@ -38,152 +86,423 @@ pub struct DrainArgs {
     /// How long the outage lasts.
     #[arg(long, default_value = "60s")]
     pub outage: uplink_shared::duration::PromDuration,
-    /// Where the outage is: `link` (agent to gateway) or `destination` (gateway to receiver).
-    #[arg(long, default_value = "link")]
-    pub at: String,
-    /// The destination takes live data first (`replay.live_first`).
+    /// Where the outage is.
+    #[arg(long, value_enum, default_value = "link")]
+    pub at: At,
+    /// The destination takes live data first (`replay.live_first`; Uplink only).
     #[arg(long)]
     pub live_first: bool,
+    /// Which relay holds the backlog.
+    #[arg(long, value_enum, default_value = "uplink")]
+    pub relay: Relay,
+    /// Restart the relay halfway through the outage.
+    #[arg(long, value_enum, default_value = "none")]
+    pub restart: Restart,
 }
 
 /// What a drain run measured.
 #[derive(Debug, serde::Serialize)]
 pub struct DrainReport {
-    pub at: String,
+    pub relay: Relay,
+    pub at: At,
     pub live_first: bool,
+    pub restart: Restart,
     pub series: usize,
     pub outage_seconds: f64,
-    pub backlog_samples: u64,
-    pub backlog_records: u64,
+    /// Samples scraped per second during the outage (served scrapes times samples per scrape).
     pub ingest_samples_per_second: f64,
-    pub drain_seconds: f64,
-    pub drain_samples_per_second: f64,
-    /// Drain rate (agent to gateway store) as a multiple of the ingest rate.
-    pub drain_to_ingest: f64,
-    /// Until the destination received every sample scraped before the heal.
+    /// Samples scraped before the heal that arrived after it.
+    pub backlog_samples: u64,
+    /// Until the destination received the last of them.
     pub delivered_seconds: f64,
+    /// `backlog_samples / delivered_seconds`, as a multiple of the ingest rate.
     pub delivered_to_ingest: f64,
     /// Until the destination received the first sample scraped after the heal.
     pub first_live_seconds: f64,
+    /// Uplink at `link`, no restart: records in the agent's queue at the heal, and until the
+    /// gateway had stored all of them (the agent's own drain), also as a multiple of ingest.
+    pub queue_records: Option<u64>,
+    pub to_store_seconds: Option<f64>,
+    pub to_store_to_ingest: Option<f64>,
+    /// Scrapes served before the heal of which nothing arrived: lost.
     pub missing_scrapes: u64,
-    /// Scrapes the agent counted as failed (e.g. timed out on a busy machine): served by the
-    /// probe, never stored, so missing without any delivery loss.
-    pub scrape_failures: u64,
+    /// Scrapes the Uplink agent counted as failed (e.g. timed out on a busy machine): served by
+    /// the probe, never stored, so missing without any delivery loss.
+    pub scrape_failures: Option<u64>,
     pub wrong: u64,
+    pub duplicates: u64,
 }
 
-pub async fn run(args: DrainArgs) -> anyhow::Result<DrainReport> {
-    let spec = ProbeSpec {
-        targets: args.targets,
-        families: args.families,
-        churn_every: 0,
-    };
-    let at_destination = match args.at.as_str() {
-        "link" => false,
-        "destination" => true,
-        other => anyhow::bail!("--at must be link or destination, not {other:?}"),
-    };
+/// After live data arrives, how long without another backlog sample ends a run whose backlog
+/// never completes (longer than vmagent's largest retry backoff, one minute).
+const QUIET: Duration = Duration::from_secs(65);
+
+/// One site under test, whichever relay holds its backlog.
+trait Site {
+    fn probe(&self) -> &Probe;
+    fn capture(&self) -> &Capture;
+    /// The labels besides `instance` on every probe series that arrives.
+    fn labels(&self) -> [uplink_shared::model::Label; 2];
+    fn outage(&self, on: bool);
+    /// Stops the relay as `how` says and starts it again on the same data (blocking).
+    fn restart(&mut self, how: Restart) -> anyhow::Result<()>;
+    /// At the heal, just before the outage ends.
+    fn at_heal(&mut self) {}
+    /// Every poll after the heal, with the seconds since.
+    fn poll(&mut self, _since_heal: f64) {}
+    /// Stops the relay in order once measured (blocking).
+    fn stop(&mut self);
+}
+
+/// Per target, the scrapes the probe has served.
+fn served(probe: &Probe) -> Vec<u64> {
+    (0..probe.addrs.len()).map(|t| probe.served(t)).collect()
+}
+
+/// Runs the outage and measures; relay-specific fields are left empty.
+async fn measure(
+    site: &mut dyn Site,
+    args: &DrainArgs,
+    relay: Relay,
+) -> anyhow::Result<DrainReport> {
+    let spec = site.probe().spec;
+    let series_per_target = crate::probe::spec_series_count(&spec);
+    // Data flows, and what one scrape adds besides the probe's series (`up`, ...).
+    harness::wait_for(
+        "delivery before the outage",
+        Duration::from_secs(60),
+        || !site.capture().is_empty(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = oracle::check_served(site.probe(), &site.labels(), &site.capture().snapshot()).0;
+    let scrapes: usize = before.scrapes.iter().map(|s| s.len()).sum();
+    anyhow::ensure!(scrapes > 0, "no probe scrape arrived before the outage");
+    let per_scrape =
+        series_per_target as u64 + (before.other_samples as f64 / scrapes as f64).round() as u64;
+
+    let served_at_cut = served(site.probe());
+    site.outage(true);
+    let cut = Instant::now();
+    if args.restart != Restart::None {
+        tokio::time::sleep(args.outage.0 / 2).await;
+        block(|| site.restart(args.restart))?;
+    }
+    tokio::time::sleep(args.outage.0.saturating_sub(cut.elapsed())).await;
+    let served_at_heal = served(site.probe());
+    let outage_seconds = cut.elapsed().as_secs_f64();
+    let heal_ms = harness::now_ms();
+    site.capture().mark(heal_ms);
+    site.at_heal();
+    site.outage(false);
+    let healed = Instant::now();
+    let at_heal = site.capture().before_mark();
+    let expected: u64 = served_at_heal.iter().sum::<u64>() * per_scrape;
+
+    // Every 20 ms: when the count of samples scraped before the heal last grew, and when the
+    // first sample scraped after it arrived.
+    let deadline = healed + Duration::from_secs(600);
+    let (mut last, mut last_at, mut changed) = (at_heal, 0.0, Instant::now());
+    let mut first_live = None;
+    loop {
+        let now = healed.elapsed().as_secs_f64();
+        site.poll(now);
+        let n = site.capture().before_mark();
+        if n != last {
+            (last, last_at, changed) = (n, now, Instant::now());
+        }
+        if first_live.is_none() && site.capture().newest_timestamp() >= heal_ms {
+            first_live = Some(now);
+        }
+        if first_live.is_some() && (n >= expected || changed.elapsed() >= QUIET) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no end to the drain in 10 minutes ({n} of {expected} samples scraped before the heal, live data: {})",
+            first_live.is_some()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    block(|| site.stop());
+    let received = site.capture().snapshot();
+    let (report, missing) = oracle::check_served(site.probe(), &site.labels(), &received);
+    let missing = missing
+        .iter()
+        .filter(|(t, n)| *n < served_at_heal[*t])
+        .count() as u64;
+    let scraped: u64 = served_at_heal
+        .iter()
+        .zip(&served_at_cut)
+        .map(|(h, c)| h - c)
+        .sum();
+    let ingest = (scraped * per_scrape) as f64 / outage_seconds;
+    let backlog = last - at_heal;
+    Ok(DrainReport {
+        relay,
+        at: args.at,
+        live_first: args.live_first && relay == Relay::Uplink,
+        restart: args.restart,
+        series: series_per_target * spec.targets,
+        outage_seconds,
+        ingest_samples_per_second: ingest,
+        backlog_samples: backlog,
+        delivered_seconds: last_at,
+        delivered_to_ingest: backlog as f64 / last_at / ingest,
+        first_live_seconds: first_live.unwrap_or(f64::NAN),
+        queue_records: None,
+        to_store_seconds: None,
+        to_store_to_ingest: None,
+        missing_scrapes: missing,
+        scrape_failures: None,
+        wrong: report.wrong,
+        duplicates: site.capture().duplicates(),
+    })
+}
+
+/// Uplink: agent, chaos link, gateway.
+struct UplinkSite {
+    rig: Rig,
+    at: At,
+    /// Whether the agent's own drain is measured (`link`, no restart: its counters run on).
+    to_store: bool,
+    queued_at_heal: f64,
+    records_at_heal: u64,
+    stored_after: Option<f64>,
+}
+
+impl Site for UplinkSite {
+    fn probe(&self) -> &Probe {
+        &self.rig.probe
+    }
+    fn capture(&self) -> &Capture {
+        &self.rig.capture
+    }
+    fn labels(&self) -> [uplink_shared::model::Label; 2] {
+        self.rig.oracle_labels()
+    }
+    fn outage(&self, on: bool) {
+        match self.at {
+            At::Destination => self
+                .rig
+                .capture
+                .set_fail_next(if on { u32::MAX } else { 0 }, 503),
+            At::Link => self.rig.link.faults.blackhole.store(on, Ordering::Relaxed),
+        }
+    }
+    fn restart(&mut self, how: Restart) -> anyhow::Result<()> {
+        match how {
+            Restart::Kill => self.rig.agent.proc.kill9(),
+            _ => {
+                self.rig.agent.proc.terminate(Duration::from_secs(30));
+            }
+        }
+        self.rig.restart_agent()
+    }
+    fn at_heal(&mut self) {
+        self.queued_at_heal = self.rig.agent_metric("uplink_agent_samples_queued_total");
+        self.records_at_heal = self.rig.agent_metric("uplink_agent_queue_records").max(0.0) as u64;
+    }
+    fn poll(&mut self, since_heal: f64) {
+        if self.to_store
+            && self.stored_after.is_none()
+            && self.rig.agent_metric("uplink_agent_samples_acked_total") >= self.queued_at_heal
+        {
+            self.stored_after = Some(since_heal);
+        }
+    }
+    fn stop(&mut self) {
+        self.rig.agent.proc.terminate(Duration::from_secs(30));
+        self.rig.gateway.wait_drained(Duration::from_secs(120));
+    }
+}
+
+async fn run_uplink(args: &DrainArgs, spec: ProbeSpec) -> anyhow::Result<DrainReport> {
     let rw_extra = if args.live_first {
         "    replay: {live_first: true, split_after: 5s}\n"
     } else {
         ""
     };
-    let opts = crate::harness::RigOptions {
+    let opts = harness::RigOptions {
         rw_extra,
         ..Default::default()
     };
-    let mut rig = Rig::start_with("drain", spec, &args.interval, &opts).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rig.agent_metric("uplink_agent_samples_acked_total") <= 0.0 {
-        anyhow::ensure!(Instant::now() < deadline, "no delivery before the outage");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let queued_before = rig.agent_metric("uplink_agent_samples_queued_total");
-    let outage = |on: bool| match at_destination {
-        true => rig
-            .capture
-            .set_fail_next(if on { u32::MAX } else { 0 }, 503),
-        false => rig.link.faults.blackhole.store(on, Ordering::Relaxed),
+    let rig = Rig::start_with("drain", spec, &args.interval, &opts).await?;
+    let mut site = UplinkSite {
+        rig,
+        at: args.at,
+        to_store: args.at == At::Link && args.restart == Restart::None,
+        queued_at_heal: 0.0,
+        records_at_heal: 0,
+        stored_after: None,
     };
-    outage(true);
-    let cut = Instant::now();
-    tokio::time::sleep(args.outage.0).await;
-    let queued_at_heal = rig.agent_metric("uplink_agent_samples_queued_total");
-    let acked_at_heal = rig.agent_metric("uplink_agent_samples_acked_total");
-    let backlog_records = rig.agent_metric("uplink_agent_queue_records") as u64;
-    let outage_seconds = cut.elapsed().as_secs_f64();
-    let received_at_heal = rig.capture.len() as f64;
-    let heal_ms = crate::harness::now_ms();
-    rig.capture.mark(heal_ms);
-    outage(false);
-    let healed = Instant::now();
-    let backlog = match at_destination {
-        true => queued_at_heal - received_at_heal,
-        false => queued_at_heal - acked_at_heal,
-    };
-    // Until: the agent acknowledged everything queued up to the heal (link), the destination
-    // received the first sample scraped since, and every sample scraped before.
-    let deadline = healed + Duration::from_secs(600);
-    let (mut drain, mut first_live) = (None, None);
-    loop {
-        let now = healed.elapsed().as_secs_f64();
-        if drain.is_none()
-            && !at_destination
-            && rig.agent_metric("uplink_agent_samples_acked_total") >= queued_at_heal
-        {
-            drain = Some(now);
-        }
-        if first_live.is_none() && rig.capture.newest_timestamp() >= heal_ms {
-            first_live = Some(now);
-        }
-        if rig.capture.before_mark() as f64 >= queued_at_heal {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the destination did not receive the backlog in 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut report = measure(&mut site, args, Relay::Uplink).await?;
+    if site.to_store {
+        let acked_at_heal = report.backlog_samples as f64;
+        report.queue_records = Some(site.records_at_heal);
+        report.to_store_seconds = site.stored_after;
+        report.to_store_to_ingest = site
+            .stored_after
+            .map(|s| acked_at_heal / s / report.ingest_samples_per_second);
     }
-    let delivered_seconds = healed.elapsed().as_secs_f64();
-    while first_live.is_none() {
-        anyhow::ensure!(Instant::now() < deadline, "no live data after the heal");
-        if rig.capture.newest_timestamp() >= heal_ms {
-            first_live = Some(healed.elapsed().as_secs_f64());
+    report.scrape_failures = Some(
+        site.rig
+            .agent_metric("uplink_agent_scrape_failures_total")
+            .max(0.0) as u64,
+    );
+    Ok(report)
+}
+
+/// A peer remote-writing straight to the capture receiver.
+struct PeerSite {
+    relay: Relay,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    probe: Probe,
+    capture: Capture,
+    proc: Proc,
+}
+
+impl PeerSite {
+    fn name(relay: Relay) -> &'static str {
+        match relay {
+            Relay::Prometheus => "prometheus",
+            _ => "vmagent",
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // At the destination there is no agent-side drain: the figure is the delivery.
-    let drain_seconds = match at_destination {
-        true => delivered_seconds,
-        false => drain.unwrap_or(delivered_seconds),
+
+    fn spawn(relay: Relay, dir: &Path, config: &Path, url: &str) -> anyhow::Result<Proc> {
+        Ok(match relay {
+            Relay::Prometheus => harness::spawn_prometheus_agent(dir, config, &[])?.proc,
+            _ => {
+                let scrape = format!("-promscrape.config={}", config.display());
+                harness::spawn_vmagent(dir, url, &[scrape])?.0
+            }
+        })
+    }
+}
+
+impl Site for PeerSite {
+    fn probe(&self) -> &Probe {
+        &self.probe
+    }
+    fn capture(&self) -> &Capture {
+        &self.capture
+    }
+    fn labels(&self) -> [uplink_shared::model::Label; 2] {
+        oracle::probe_labels(Self::name(self.relay))
+    }
+    fn outage(&self, on: bool) {
+        self.capture
+            .set_fail_next(if on { u32::MAX } else { 0 }, 503);
+    }
+    fn restart(&mut self, how: Restart) -> anyhow::Result<()> {
+        match how {
+            Restart::Kill => self.proc.kill9(),
+            _ => {
+                self.proc.terminate(Duration::from_secs(60));
+            }
+        }
+        self.proc = Self::spawn(
+            self.relay,
+            self.dir.path(),
+            &self.config,
+            &self.capture.url(),
+        )?;
+        Ok(())
+    }
+    fn stop(&mut self) {
+        self.proc.terminate(Duration::from_secs(60));
+    }
+}
+
+async fn run_peer(args: &DrainArgs, spec: ProbeSpec, relay: Relay) -> anyhow::Result<DrainReport> {
+    let name = PeerSite::name(relay);
+    anyhow::ensure!(harness::installed(name), "{name} is not installed");
+    let dir = tempfile::tempdir()?;
+    let probe = Probe::start_local(spec).await?;
+    let capture = Capture::start(harness::free_addr()?).await?;
+    let config = dir.path().join(format!("{name}.yml"));
+    let url = capture.url();
+    let remote_write = (relay == Relay::Prometheus).then_some(url.as_str());
+    std::fs::write(
+        &config,
+        crate::compare::prom_config(
+            "probe",
+            &probe.instances(),
+            &args.interval,
+            name,
+            remote_write,
+        ),
+    )?;
+    let proc = block(|| PeerSite::spawn(relay, dir.path(), &config, &url))?;
+    let mut site = PeerSite {
+        relay,
+        dir,
+        config,
+        probe,
+        capture,
+        proc,
     };
-    let ingest = (queued_at_heal - queued_before) / outage_seconds;
-    let drain_rate = backlog / drain_seconds;
-    let scrape_failures = rig
-        .agent_metric("uplink_agent_scrape_failures_total")
-        .max(0.0) as u64;
-    tokio::task::block_in_place(|| rig.agent.proc.terminate(Duration::from_secs(30)));
-    tokio::task::block_in_place(|| rig.gateway.wait_drained(Duration::from_secs(120)));
-    let received = rig.capture.snapshot();
-    let (report, missing) = oracle::check_served(&rig.probe, &rig.oracle_labels(), &received);
-    let missing = missing.len() as u64;
-    Ok(DrainReport {
-        at: args.at.clone(),
-        live_first: args.live_first,
-        series: crate::probe::spec_series_count(&spec) * spec.targets,
-        outage_seconds,
-        backlog_samples: backlog as u64,
-        backlog_records,
-        ingest_samples_per_second: ingest,
-        drain_seconds,
-        drain_samples_per_second: drain_rate,
-        drain_to_ingest: drain_rate / ingest,
-        delivered_seconds,
-        delivered_to_ingest: backlog / delivered_seconds / ingest,
-        first_live_seconds: first_live.unwrap_or(f64::NAN),
-        missing_scrapes: missing,
-        scrape_failures,
-        wrong: report.wrong,
-    })
+    measure(&mut site, args, relay).await
+}
+
+/// Runs the relays `--relay` names, one after another.
+pub async fn run(args: DrainArgs) -> anyhow::Result<Vec<DrainReport>> {
+    let spec = ProbeSpec {
+        targets: args.targets,
+        families: args.families,
+        churn_every: 0,
+    };
+    let relays = match args.relay {
+        Relay::All => vec![Relay::Uplink, Relay::Prometheus, Relay::Vmagent],
+        one => vec![one],
+    };
+    let mut out = Vec::new();
+    for relay in relays {
+        let report = match relay {
+            Relay::Uplink => run_uplink(&args, spec).await?,
+            peer => run_peer(&args, spec, peer).await?,
+        };
+        eprintln!("{}", serde_json::to_string(&report)?);
+        out.push(report);
+    }
+    Ok(out)
+}
+
+/// The reports as a markdown table, ratios against the first.
+pub fn markdown(reports: &[DrainReport]) -> String {
+    let mut md = String::from(
+        "| relay | backlog samples | delivered s | x ingest | vs first | first live s | vs first | missing scrapes | duplicates | wrong |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let base = reports.first();
+    // A figure, or a dash where there is none (nothing delivered after the heal).
+    let fig = |v: f64, unit: &str| match v.is_finite() && v > 0.0 {
+        true => format!("{v:.2}{unit}"),
+        false => "-".to_owned(),
+    };
+    for r in reports {
+        let ratio = |v: f64, b: Option<f64>| b.map_or(f64::NAN, |b| v / b);
+        md.push_str(&format!(
+            "| {:?} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.relay,
+            r.backlog_samples,
+            fig(r.delivered_seconds, ""),
+            fig(r.delivered_to_ingest, "x"),
+            fig(
+                ratio(r.delivered_seconds, base.map(|b| b.delivered_seconds)),
+                "x"
+            ),
+            fig(r.first_live_seconds, ""),
+            fig(
+                ratio(r.first_live_seconds, base.map(|b| b.first_live_seconds)),
+                "x"
+            ),
+            r.missing_scrapes,
+            r.duplicates,
+            r.wrong,
+        ));
+    }
+    md
 }

@@ -687,6 +687,31 @@ pub fn spawn_prometheus_agent(
     Ok(Prometheus { proc, web })
 }
 
+/// Starts `vmagent` remote-writing to `remote_write_url` (its on-disk queue under `dir/data`,
+/// log in `dir/vmagent.log`) with more flags (`-promscrape.config=...` to scrape). Returns once
+/// `/health` answers, with the web address.
+pub fn spawn_vmagent(
+    dir: &Path,
+    remote_write_url: &str,
+    args: &[String],
+) -> anyhow::Result<(Proc, SocketAddr)> {
+    let web = free_addr()?;
+    let proc = Proc::spawn(
+        "vmagent",
+        Command::new("vmagent")
+            .arg(format!("-remoteWrite.url={remote_write_url}"))
+            .arg(format!(
+                "-remoteWrite.tmpDataPath={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("-httpListenAddr={web}"))
+            .args(args),
+        &dir.join("vmagent.log"),
+    )?;
+    wait_http_ok(web, "/health", Duration::from_secs(60))?;
+    Ok((proc, web))
+}
+
 /// Starts `uplink-agent` on an unchanged Prometheus file `prometheus_yml`, beside a Prometheus
 /// agent in the parity tests: its uplink settings in a file of their own (identity
 /// `<name>.crt`, queue `<name>-queue`, 200 ms batches, no self-scrape), shipping to `gateway`,

@@ -26,7 +26,8 @@ enum Command {
     /// Delivery under faults (kill -9 loops, partitions, lost acks, loss, outages) with the
     /// exact oracle's verdict.
     Chaos(uplink_loadtest::chaos::ChaosArgs),
-    /// How fast a backlog drains after an outage, as a multiple of the live ingest rate.
+    /// How fast a backlog drains after an outage (as a multiple of the live ingest rate), how
+    /// soon live data is seen, and what is lost; for Uplink, Prometheus agent and vmagent.
     Drain(uplink_loadtest::drain::DrainArgs),
     /// One tenant at ten times its rate limit beside another: the other's delivery latency.
     Isolation(uplink_loadtest::isolation::IsolationArgs),
@@ -94,8 +95,9 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Drain(args) => {
-            let report = uplink_loadtest::drain::run(args).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            let reports = uplink_loadtest::drain::run(args).await?;
+            println!("{}", serde_json::to_string_pretty(&reports)?);
+            println!("{}", uplink_loadtest::drain::markdown(&reports));
             Ok(())
         }
         Command::Isolation(args) => {

@@ -23,7 +23,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -213,19 +212,7 @@ fn uplink(
 }
 
 fn vmagent(dir: &Path, out: SocketAddr) -> anyhow::Result<Relay> {
-    let web = harness::free_addr()?;
-    let proc = Proc::spawn(
-        "vmagent",
-        Command::new("vmagent")
-            .arg(format!("-remoteWrite.url=http://{out}/api/v1/write"))
-            .arg(format!(
-                "-remoteWrite.tmpDataPath={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("-httpListenAddr={web}")),
-        &dir.join("vmagent.log"),
-    )?;
-    harness::wait_http_ok(web, "/health", Duration::from_secs(60))?;
+    let (proc, web) = harness::spawn_vmagent(dir, &format!("http://{out}/api/v1/write"), &[])?;
     Ok(Relay {
         name: "vmagent (remote write 1.0)".into(),
         url: format!("http://{web}/api/v1/write"),
