@@ -140,23 +140,13 @@ mod tests {
 
     #[test]
     fn listen_addresses_as_prometheus_takes_them() {
+        let text = |v: &str| parse_listen_address(v).map(|a| a.to_string());
+        assert_eq!(text(":9701"), Ok("0.0.0.0:9701".into()));
+        assert_eq!(text("127.0.0.1:9090"), Ok("127.0.0.1:9090".into()));
+        assert_eq!(text("[::1]:9090"), Ok("[::1]:9090".into()));
         assert_eq!(
-            parse_listen_address(":9701").unwrap().to_string(),
-            "0.0.0.0:9701"
-        );
-        assert_eq!(
-            parse_listen_address("127.0.0.1:9090").unwrap().to_string(),
-            "127.0.0.1:9090"
-        );
-        assert_eq!(
-            parse_listen_address("[::1]:9090").unwrap().to_string(),
-            "[::1]:9090"
-        );
-        assert!(
-            parse_listen_address("localhost:9701")
-                .unwrap()
-                .ip()
-                .is_loopback()
+            parse_listen_address("localhost:9701").map(|a| a.ip().is_loopback()),
+            Ok(true)
         );
         for bad in [":", ":http", "9701", "host", ":70000"] {
             assert!(parse_listen_address(bad).is_err(), "{bad}");
