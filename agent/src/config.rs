@@ -452,8 +452,8 @@ impl Default for SelfScrape {
 
 impl Config {
     /// The configuration with the self-scrape job added (when enabled and no job has its
-    /// name): a static target at `web`, the agent's own listener (loopback when it listens on
-    /// every address).
+    /// name): a static target at `web`, the agent's own listener (127.0.0.1 when it listens on
+    /// every address: a `[::]` listener takes IPv4 too, and falls back to `0.0.0.0`).
     pub fn with_self_scrape(&self, web: std::net::SocketAddr) -> Config {
         let s = &self.uplink.self_scrape;
         let mut cfg = self.clone();
@@ -461,12 +461,7 @@ impl Config {
             return cfg;
         }
         let ip = match web.ip() {
-            std::net::IpAddr::V4(v4) if v4.is_unspecified() => {
-                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
-            }
-            std::net::IpAddr::V6(v6) if v6.is_unspecified() => {
-                std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
-            }
+            ip if ip.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             ip => ip,
         };
         let target = std::net::SocketAddr::new(ip, web.port());
@@ -1049,6 +1044,13 @@ uplink:
         let with = c.with_self_scrape(web);
         let job = with.scrape_configs.last().expect("job");
         assert_eq!(job.job_name, "uplink-agent");
+        assert_eq!(
+            job.static_configs[0].targets,
+            vec!["127.0.0.1:9101".to_owned()]
+        );
+        // `:9101` listens on [::], which takes IPv4 too (or falls back to 0.0.0.0).
+        let every: std::net::SocketAddr = "[::]:9101".parse().expect("addr");
+        let job = c.with_self_scrape(every).scrape_configs.pop().expect("job");
         assert_eq!(
             job.static_configs[0].targets,
             vec!["127.0.0.1:9101".to_owned()]

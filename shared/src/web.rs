@@ -34,14 +34,15 @@ pub struct WebState {
 }
 
 /// Parses a `--web.listen-address` value as Prometheus does: `host:port` with an IP address or
-/// a host name (the first address it resolves to), `[v6]:port`, or `:port` for every IPv4
-/// interface. Used as the flag's clap value parser by both binaries.
+/// a host name (the first address it resolves to), `[v6]:port`, or `:port` for every interface,
+/// IPv6 and IPv4 (`[::]:port`; [`serve`] falls back to IPv4 alone on a host without IPv6).
+/// Used as the flag's clap value parser by both binaries.
 pub fn parse_listen_address(value: &str) -> Result<SocketAddr, String> {
     if let Some(port) = value.strip_prefix(':') {
         let port: u16 = port
             .parse()
             .map_err(|_| format!("invalid port in {value:?}"))?;
-        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+        return Ok(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
     }
     if let Ok(addr) = value.parse() {
         return Ok(addr);
@@ -70,14 +71,21 @@ pub fn router(mut state: WebState) -> Router {
     }
 }
 
-/// Binds `addr` and serves until `shutdown` is cancelled. Returns the bound address through
-/// `bound` before serving, so callers can use port 0.
+/// Binds `addr` and serves until `shutdown` is cancelled. Every IPv6 address (`[::]`, what
+/// `:port` means) also takes IPv4 on Linux; where the host has no IPv6, it binds every IPv4
+/// address instead.
 pub async fn serve(
     addr: SocketAddr,
     state: WebState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+            tracing::info!(error = %e, "No IPv6 here; listening on IPv4 only.");
+            tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], addr.port()))).await?
+        }
+        bound => bound?,
+    };
     tracing::info!(address = %listener.local_addr()?, "Web endpoints listening.");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -141,7 +149,7 @@ mod tests {
     #[test]
     fn listen_addresses_as_prometheus_takes_them() {
         let text = |v: &str| parse_listen_address(v).map(|a| a.to_string());
-        assert_eq!(text(":9701"), Ok("0.0.0.0:9701".into()));
+        assert_eq!(text(":9701"), Ok("[::]:9701".into()));
         assert_eq!(text("127.0.0.1:9090"), Ok("127.0.0.1:9090".into()));
         assert_eq!(text("[::1]:9090"), Ok("[::1]:9090".into()));
         assert_eq!(
