@@ -80,7 +80,14 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = match tokio::net::TcpListener::bind(addr).await {
-        Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+        // No IPv6 (EAFNOSUPPORT, EADDRNOTAVAIL); a port in use or forbidden fails as it is.
+        Err(e)
+            if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED
+                && !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
+                ) =>
+        {
             tracing::info!(error = %e, "No IPv6 here; listening on IPv4 only.");
             tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], addr.port()))).await?
         }
