@@ -56,6 +56,19 @@ pub fn parse_listen_address(value: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{value:?} resolves to no address"))
 }
 
+/// A listener on every IPv6 and IPv4 address (`[::]` with `IPV6_V6ONLY` off, whatever the
+/// host's `net.ipv6.bindv6only`), as Go's `:port` listens.
+fn bind_every_address(port: u16) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 /// The router, for embedding or tests.
 pub fn router(mut state: WebState) -> Router {
     let extra = state.routes.take();
@@ -72,26 +85,30 @@ pub fn router(mut state: WebState) -> Router {
 }
 
 /// Binds `addr` and serves until `shutdown` is cancelled. Every IPv6 address (`[::]`, what
-/// `:port` means) also takes IPv4 on Linux; where the host has no IPv6, it binds every IPv4
-/// address instead.
+/// `:port` means) takes IPv4 too; where the host has no IPv6, it binds every IPv4 address
+/// instead.
 pub async fn serve(
     addr: SocketAddr,
     state: WebState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        // No IPv6 (EAFNOSUPPORT, EADDRNOTAVAIL); a port in use or forbidden fails as it is.
-        Err(e)
-            if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED
-                && !matches!(
+    let listener = if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED {
+        match bind_every_address(addr.port()) {
+            Ok(listener) => tokio::net::TcpListener::from_std(listener)?,
+            // No IPv6 (EAFNOSUPPORT, EADDRNOTAVAIL); a port in use or forbidden fails as it is.
+            Err(e)
+                if !matches!(
                     e.kind(),
                     std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
                 ) =>
-        {
-            tracing::info!(error = %e, "No IPv6 here; listening on IPv4 only.");
-            tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], addr.port()))).await?
+            {
+                tracing::info!(error = %e, "No IPv6 here; listening on IPv4 only.");
+                tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], addr.port()))).await?
+            }
+            Err(e) => return Err(e),
         }
-        bound => bound?,
+    } else {
+        tokio::net::TcpListener::bind(addr).await?
     };
     tracing::info!(address = %listener.local_addr()?, "Web endpoints listening.");
     axum::serve(listener, router(state))
