@@ -95,6 +95,8 @@ struct Store {
     /// See [`Capture::mark`]: the timestamp, and how many samples older than it arrived.
     mark: Option<i64>,
     before_mark: u64,
+    /// Of those, samples of the probe's own series (`probe_*`).
+    probe_before_mark: u64,
     /// The newest sample timestamp received.
     newest: i64,
     extras: Extras,
@@ -210,6 +212,9 @@ async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
                 store.newest = store.newest.max(s.timestamp);
                 if store.mark.is_some_and(|m| s.timestamp < m) {
                     store.before_mark += 1;
+                    if is_probe(&labels) {
+                        store.probe_before_mark += 1;
+                    }
                 }
                 store.samples.push(Received {
                     labels: labels.clone(),
@@ -365,8 +370,18 @@ impl Capture {
     /// [`Capture::before_mark`]: e.g. how much of a backlog has arrived.
     pub fn mark(&self, ts: i64) {
         let mut store = self.inner.store();
-        store.before_mark = store.samples.iter().filter(|r| r.timestamp < ts).count() as u64;
+        let before = store.samples.iter().filter(|r| r.timestamp < ts);
+        let (all, probe) = before.fold((0, 0), |(a, p), r| {
+            (a + 1, p + u64::from(is_probe(&r.labels)))
+        });
+        (store.before_mark, store.probe_before_mark) = (all, probe);
         store.mark = Some(ts);
+    }
+
+    /// Of [`Capture::before_mark`], the samples of the probe's series (`probe_*`): a number
+    /// known exactly per scrape, unlike the scraper's own series (`up`, ...).
+    pub fn probe_before_mark(&self) -> u64 {
+        self.inner.store().probe_before_mark
     }
 
     /// Samples received older than the [`Capture::mark`] (0 without one).
@@ -413,4 +428,10 @@ impl Drop for Capture {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+/// Whether a series is one of the probe exporter's (`probe_*`).
+fn is_probe(labels: &[Label]) -> bool {
+    uplink_shared::model::get(labels, uplink_shared::model::METRIC_NAME)
+        .is_some_and(|n| n.starts_with("probe_"))
 }

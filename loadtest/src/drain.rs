@@ -20,11 +20,12 @@
 //! Measured from the heal: until the destination has received every sample scraped before the
 //! heal that it will get (`delivered`), and the first sample scraped after it (`first_live`: how
 //! stale the global view stays); for Uplink at `link`, also until the agent's queue was stored
-//! by the gateway. The run ends when every sample scraped before the heal has arrived, or,
-//! once live data arrives, after 65 s without another (longer than vmagent's largest retry
-//! backoff). Ingest rate = samples scraped per second during the outage; drain rate = backlog /
-//! time. Finally the relay stops in order and every received sample is checked against the
-//! probe's oracle: scrapes served before the heal of which nothing arrived are `missing`.
+//! by the gateway. Once live data arrives, the run ends when every probe sample scraped before
+//! the heal has arrived and nothing more for a second (`complete`), or after 65 s without
+//! another (`quiet`: longer than vmagent's largest retry backoff; some never arrive). Ingest
+//! rate = samples per scrape times targets over the interval; drain rate = backlog / time.
+//! Finally the relay stops in order and every received sample is checked against the probe's
+//! oracle: scrapes served before the heal of which nothing arrived are `missing`.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -57,6 +58,16 @@ pub enum At {
     Link,
     /// Between the relay and the receiver.
     Destination,
+}
+
+/// How a drain run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum End {
+    /// Every probe sample scraped before the heal arrived.
+    Complete,
+    /// Some never arrived; the run ended after `QUIET` without another.
+    Quiet,
 }
 
 /// How the relay is restarted halfway through the outage.
@@ -108,8 +119,17 @@ pub struct DrainReport {
     pub live_first: bool,
     pub restart: Restart,
     pub series: usize,
+    /// How long the relay's link was down: `--outage`, or longer when a restart took longer
+    /// than half of it (a Prometheus agent stopping tries to flush for up to a minute).
     pub outage_seconds: f64,
-    /// Samples scraped per second during the outage (served scrapes times samples per scrape).
+    /// With a restart: whether the relay exited by itself (SIGTERM), not killed after the
+    /// grace period.
+    pub restart_clean: Option<bool>,
+    /// How the run ended: every probe sample scraped before the heal arrived, or `QUIET`
+    /// passed without another (some never arrive: lost, or scrapes that failed).
+    pub ended_by: End,
+    /// The site's scrape rate: samples per scrape (probe series and the scraper's own) times
+    /// targets over the interval.
     pub ingest_samples_per_second: f64,
     /// Samples scraped before the heal that arrived after it.
     pub backlog_samples: u64,
@@ -124,10 +144,12 @@ pub struct DrainReport {
     pub queue_records: Option<u64>,
     pub to_store_seconds: Option<f64>,
     pub to_store_to_ingest: Option<f64>,
-    /// Scrapes served before the heal of which nothing arrived: lost.
+    /// Scrapes served before the heal of which nothing arrived: lost (or failed, below).
     pub missing_scrapes: u64,
-    /// Scrapes the Uplink agent counted as failed (e.g. timed out on a busy machine): served by
-    /// the probe, never stored, so missing without any delivery loss.
+    /// Series missing from scrapes of which other series arrived.
+    pub missing_in_scrape: u64,
+    /// Scrapes the Uplink agent counted as failed since it last started (e.g. timed out on a
+    /// busy machine): served by the probe, never stored, so missing without any delivery loss.
     pub scrape_failures: Option<u64>,
     pub wrong: u64,
     pub duplicates: u64,
@@ -144,14 +166,30 @@ trait Site {
     /// The labels besides `instance` on every probe series that arrives.
     fn labels(&self) -> [uplink_shared::model::Label; 2];
     fn outage(&self, on: bool);
-    /// Stops the relay as `how` says and starts it again on the same data (blocking).
-    fn restart(&mut self, how: Restart) -> anyhow::Result<()>;
+    /// Stops the relay as `how` says and starts it again on the same data (blocking); whether
+    /// it exited by itself.
+    fn restart(&mut self, how: Restart) -> anyhow::Result<bool>;
+    /// Scrapes the relay counted as failed since it last started, where it says.
+    fn scrape_failures(&self) -> Option<u64> {
+        None
+    }
     /// At the heal, just before the outage ends.
     fn at_heal(&mut self) {}
     /// Every poll after the heal, with the seconds since.
     fn poll(&mut self, _since_heal: f64) {}
     /// Stops the relay in order once measured (blocking).
     fn stop(&mut self);
+}
+
+/// SIGKILL, or SIGTERM with `grace` (then SIGKILL); whether the process exited by itself.
+fn stop(proc: &mut Proc, how: Restart, grace: Duration) -> bool {
+    match how {
+        Restart::Kill => {
+            proc.kill9();
+            false
+        }
+        _ => proc.terminate(grace),
+    }
 }
 
 /// Per target, the scrapes the probe has served.
@@ -178,15 +216,19 @@ async fn measure(
     let before = oracle::check_served(site.probe(), &site.labels(), &site.capture().snapshot()).0;
     let scrapes: usize = before.scrapes.iter().map(|s| s.len()).sum();
     anyhow::ensure!(scrapes > 0, "no probe scrape arrived before the outage");
+    // For the nominal ingest rate only; the end of the drain is judged on probe series alone.
     let per_scrape =
         series_per_target as u64 + (before.other_samples as f64 / scrapes as f64).round() as u64;
+    let interval = uplink_shared::duration::PromDuration::parse(&args.interval)
+        .map_err(|e| anyhow::anyhow!("--interval: {e}"))?;
+    let ingest = (per_scrape * spec.targets as u64) as f64 / interval.0.as_secs_f64();
 
-    let served_at_cut = served(site.probe());
     site.outage(true);
     let cut = Instant::now();
+    let mut restart_clean = None;
     if args.restart != Restart::None {
         tokio::time::sleep(args.outage.0 / 2).await;
-        block(|| site.restart(args.restart))?;
+        restart_clean = Some(block(|| site.restart(args.restart))?);
     }
     tokio::time::sleep(args.outage.0.saturating_sub(cut.elapsed())).await;
     let served_at_heal = served(site.probe());
@@ -197,14 +239,18 @@ async fn measure(
     site.outage(false);
     let healed = Instant::now();
     let at_heal = site.capture().before_mark();
-    let expected: u64 = served_at_heal.iter().sum::<u64>() * per_scrape;
+    // Every probe series of every scrape served before the heal (a scrape served just after
+    // it may count too; a failed one never arrives, and the quiet period ends the run).
+    let expected: u64 = served_at_heal.iter().sum::<u64>() * series_per_target as u64;
 
     // Every 20 ms: when the count of samples scraped before the heal last grew, and when the
-    // first sample scraped after it arrived.
-    let deadline = healed + Duration::from_secs(600);
+    // first sample scraped after it arrived. The run ends once live data flows and every
+    // probe sample scraped before the heal is in with nothing more for a second, or after
+    // `QUIET` without any.
+    let deadline = healed + QUIET + Duration::from_secs(600).max(args.outage.0 * 10);
     let (mut last, mut last_at, mut changed) = (at_heal, 0.0, Instant::now());
     let mut first_live = None;
-    loop {
+    let ended_by = loop {
         let now = healed.elapsed().as_secs_f64();
         site.poll(now);
         let n = site.capture().before_mark();
@@ -214,16 +260,25 @@ async fn measure(
         if first_live.is_none() && site.capture().newest_timestamp() >= heal_ms {
             first_live = Some(now);
         }
-        if first_live.is_some() && (n >= expected || changed.elapsed() >= QUIET) {
-            break;
+        if first_live.is_some() {
+            if site.capture().probe_before_mark() >= expected
+                && changed.elapsed() >= Duration::from_secs(1)
+            {
+                break End::Complete;
+            }
+            if changed.elapsed() >= QUIET {
+                break End::Quiet;
+            }
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "no end to the drain in 10 minutes ({n} of {expected} samples scraped before the heal, live data: {})",
+            "no end to the drain ({} of {expected} probe samples scraped before the heal, live data: {})",
+            site.capture().probe_before_mark(),
             first_live.is_some()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    let scrape_failures = site.scrape_failures();
     block(|| site.stop());
     let received = site.capture().snapshot();
     let (report, missing) = oracle::check_served(site.probe(), &site.labels(), &received);
@@ -231,12 +286,6 @@ async fn measure(
         .iter()
         .filter(|(t, n)| *n < served_at_heal[*t])
         .count() as u64;
-    let scraped: u64 = served_at_heal
-        .iter()
-        .zip(&served_at_cut)
-        .map(|(h, c)| h - c)
-        .sum();
-    let ingest = (scraped * per_scrape) as f64 / outage_seconds;
     let backlog = last - at_heal;
     Ok(DrainReport {
         relay,
@@ -245,6 +294,8 @@ async fn measure(
         restart: args.restart,
         series: series_per_target * spec.targets,
         outage_seconds,
+        restart_clean,
+        ended_by,
         ingest_samples_per_second: ingest,
         backlog_samples: backlog,
         delivered_seconds: last_at,
@@ -254,7 +305,8 @@ async fn measure(
         to_store_seconds: None,
         to_store_to_ingest: None,
         missing_scrapes: missing,
-        scrape_failures: None,
+        missing_in_scrape: report.missing_in_scrape,
+        scrape_failures,
         wrong: report.wrong,
         duplicates: site.capture().duplicates(),
     })
@@ -267,6 +319,7 @@ struct UplinkSite {
     /// Whether the agent's own drain is measured (`link`, no restart: its counters run on).
     to_store: bool,
     queued_at_heal: f64,
+    acked_at_heal: f64,
     records_at_heal: u64,
     stored_after: Option<f64>,
 }
@@ -290,17 +343,18 @@ impl Site for UplinkSite {
             At::Link => self.rig.link.faults.blackhole.store(on, Ordering::Relaxed),
         }
     }
-    fn restart(&mut self, how: Restart) -> anyhow::Result<()> {
-        match how {
-            Restart::Kill => self.rig.agent.proc.kill9(),
-            _ => {
-                self.rig.agent.proc.terminate(Duration::from_secs(30));
-            }
-        }
-        self.rig.restart_agent()
+    fn restart(&mut self, how: Restart) -> anyhow::Result<bool> {
+        let clean = stop(&mut self.rig.agent.proc, how, Duration::from_secs(30));
+        self.rig.restart_agent()?;
+        Ok(clean)
+    }
+    fn scrape_failures(&self) -> Option<u64> {
+        let failed = self.rig.agent_metric("uplink_agent_scrape_failures_total");
+        (failed >= 0.0).then_some(failed as u64)
     }
     fn at_heal(&mut self) {
         self.queued_at_heal = self.rig.agent_metric("uplink_agent_samples_queued_total");
+        self.acked_at_heal = self.rig.agent_metric("uplink_agent_samples_acked_total");
         self.records_at_heal = self.rig.agent_metric("uplink_agent_queue_records").max(0.0) as u64;
     }
     fn poll(&mut self, since_heal: f64) {
@@ -333,23 +387,19 @@ async fn run_uplink(args: &DrainArgs, spec: ProbeSpec) -> anyhow::Result<DrainRe
         at: args.at,
         to_store: args.at == At::Link && args.restart == Restart::None,
         queued_at_heal: 0.0,
+        acked_at_heal: 0.0,
         records_at_heal: 0,
         stored_after: None,
     };
     let mut report = measure(&mut site, args, Relay::Uplink).await?;
     if site.to_store {
-        let acked_at_heal = report.backlog_samples as f64;
+        let unacked_at_heal = site.queued_at_heal - site.acked_at_heal;
         report.queue_records = Some(site.records_at_heal);
         report.to_store_seconds = site.stored_after;
         report.to_store_to_ingest = site
             .stored_after
-            .map(|s| acked_at_heal / s / report.ingest_samples_per_second);
+            .map(|s| unacked_at_heal / s / report.ingest_samples_per_second);
     }
-    report.scrape_failures = Some(
-        site.rig
-            .agent_metric("uplink_agent_scrape_failures_total")
-            .max(0.0) as u64,
-    );
     Ok(report)
 }
 
@@ -396,20 +446,16 @@ impl Site for PeerSite {
         self.capture
             .set_fail_next(if on { u32::MAX } else { 0 }, 503);
     }
-    fn restart(&mut self, how: Restart) -> anyhow::Result<()> {
-        match how {
-            Restart::Kill => self.proc.kill9(),
-            _ => {
-                self.proc.terminate(Duration::from_secs(60));
-            }
-        }
+    fn restart(&mut self, how: Restart) -> anyhow::Result<bool> {
+        // Longer than Prometheus's flush deadline (1m), so SIGTERM ends as Prometheus ends it.
+        let clean = stop(&mut self.proc, how, Duration::from_secs(90));
         self.proc = Self::spawn(
             self.relay,
             self.dir.path(),
             &self.config,
             &self.capture.url(),
         )?;
-        Ok(())
+        Ok(clean)
     }
     fn stop(&mut self) {
         self.proc.terminate(Duration::from_secs(60));
@@ -459,22 +505,33 @@ pub async fn run(args: DrainArgs) -> anyhow::Result<Vec<DrainReport>> {
         one => vec![one],
     };
     let mut out = Vec::new();
+    let mut failed = Vec::new();
     for relay in relays {
         let report = match relay {
-            Relay::Uplink => run_uplink(&args, spec).await?,
-            peer => run_peer(&args, spec, peer).await?,
+            Relay::Uplink => run_uplink(&args, spec).await,
+            peer => run_peer(&args, spec, peer).await,
         };
-        eprintln!("{}", serde_json::to_string(&report)?);
-        out.push(report);
+        // One relay failing does not cancel the others' runs.
+        match report {
+            Ok(report) => {
+                eprintln!("{}", serde_json::to_string(&report)?);
+                out.push(report);
+            }
+            Err(e) => {
+                eprintln!("{relay:?}: {e:#}");
+                failed.push(format!("{relay:?}: {e:#}"));
+            }
+        }
     }
+    anyhow::ensure!(!out.is_empty(), "every run failed: {}", failed.join("; "));
     Ok(out)
 }
 
 /// The reports as a markdown table, ratios against the first.
 pub fn markdown(reports: &[DrainReport]) -> String {
     let mut md = String::from(
-        "| relay | backlog samples | delivered s | x ingest | vs first | first live s | vs first | missing scrapes | duplicates | wrong |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| relay | outage s | backlog samples | delivered s | x ingest | vs first | first live s | vs first | missing scrapes | duplicates | wrong | ended |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
     );
     let base = reports.first();
     // A figure, or a dash where there is none (nothing delivered after the heal).
@@ -485,8 +542,9 @@ pub fn markdown(reports: &[DrainReport]) -> String {
     for r in reports {
         let ratio = |v: f64, b: Option<f64>| b.map_or(f64::NAN, |b| v / b);
         md.push_str(&format!(
-            "| {:?} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {:?} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:?}{} |\n",
             r.relay,
+            r.outage_seconds,
             r.backlog_samples,
             fig(r.delivered_seconds, ""),
             fig(r.delivered_to_ingest, "x"),
@@ -502,6 +560,11 @@ pub fn markdown(reports: &[DrainReport]) -> String {
             r.missing_scrapes,
             r.duplicates,
             r.wrong,
+            r.ended_by,
+            match r.restart_clean {
+                Some(false) if r.restart == Restart::Term => ", killed after the grace period",
+                _ => "",
+            },
         ));
     }
     md
