@@ -33,8 +33,20 @@ fn kubernetes() -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes")).to_path_buf()
 }
 
+/// The kustomize folders of deploy/kubernetes (other files there, e.g. a README, are skipped).
+fn folders() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(kubernetes())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    out.sort();
+    assert!(out.len() >= 5, "kustomize folders: {out:?}");
+    out
+}
+
 fn docs(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap();
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
         .filter(|v| !v.is_null())
@@ -90,8 +102,7 @@ const CLUSTER_SCOPED: &[&str] = &[
 /// Every resource of every kustomize folder, namespaced as the folder's kustomization says.
 fn resources() -> Vec<Resource> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(kubernetes()).unwrap() {
-        let dir = e.unwrap().path();
+    for dir in folders() {
         let k = &docs(&dir.join("kustomization.yaml"))[0];
         let default_ns = s(k, &["namespace"]).map(str::to_owned);
         let folder = dir.file_name().unwrap().to_str().unwrap().to_owned();
@@ -109,14 +120,22 @@ fn resources() -> Vec<Resource> {
                 continue; // a base, read as its own folder
             }
             for body in docs(&path) {
-                let kind = s(&body, &["kind"]).unwrap().to_owned();
-                let name = s(&body, &["metadata", "name"]).unwrap().to_owned();
+                let what = path.display();
+                let kind = s(&body, &["kind"])
+                    .unwrap_or_else(|| panic!("{what}: a document without kind"))
+                    .to_owned();
+                let name = s(&body, &["metadata", "name"])
+                    .unwrap_or_else(|| panic!("{what}: a {kind} without metadata.name"))
+                    .to_owned();
                 let namespace = if CLUSTER_SCOPED.contains(&kind.as_str()) {
                     None
                 } else {
-                    default_ns
+                    let ns = default_ns
                         .clone()
-                        .or_else(|| s(&body, &["metadata", "namespace"]).map(str::to_owned))
+                        .or_else(|| s(&body, &["metadata", "namespace"]).map(str::to_owned));
+                    // Applied alone, it would land in whatever namespace kubectl points at.
+                    assert!(ns.is_some(), "{what}: {kind} {name} has no namespace");
+                    ns
                 };
                 out.push(Resource {
                     kind,
@@ -134,8 +153,7 @@ fn resources() -> Vec<Resource> {
 
 #[test]
 fn kustomizations_list_their_folders() {
-    for e in std::fs::read_dir(kubernetes()).unwrap() {
-        let dir = e.unwrap().path();
+    for dir in folders() {
         let kfile = dir.join("kustomization.yaml");
         let k = &docs(&kfile)[0];
         let kind = s(k, &["kind"]).unwrap();
@@ -303,9 +321,14 @@ fn references_resolve() {
             }
             for probe in ["readinessProbe", "livenessProbe"] {
                 if let Some(p) = c.get(probe) {
-                    let path = s(p, &["httpGet", "path"]).unwrap();
-                    // Uplink's own containers answer Prometheus's endpoints (etcd has /health).
-                    let ours = s(c, &["image"]).is_some_and(|i| i.starts_with("uplink-"));
+                    let Some(path) = s(p, &["httpGet", "path"]) else {
+                        continue; // exec or tcpSocket
+                    };
+                    // Uplink's own containers answer Prometheus's endpoints (etcd has /health);
+                    // the image may carry a registry.
+                    let ours = s(c, &["image"])
+                        .and_then(|i| i.rsplit('/').next())
+                        .is_some_and(|i| i.starts_with("uplink-"));
                     assert!(
                         !ours || matches!(path, "/-/ready" | "/-/healthy"),
                         "{what}: {probe} asks {path}"
@@ -379,19 +402,24 @@ fn services_autoscalers_and_bindings_point_at_what_exists() {
                     .collect();
                 assert!(!targets.is_empty(), "{what} selects no pods");
                 for port in seq(&r.body, &["spec", "ports"]) {
-                    let Some(target) = s(port, &["targetPort"]) else {
-                        continue;
+                    // targetPort: a name, a number, or absent (then the port's number).
+                    let target = port.get("targetPort").or_else(|| port.get("port"));
+                    let target = target.unwrap_or_else(|| panic!("{what}: a port without port"));
+                    let by = if target.is_string() {
+                        "name"
+                    } else {
+                        "containerPort"
                     };
                     let proto = s(port, &["protocol"]).unwrap_or("TCP");
                     let declared = targets.iter().any(|(w, _)| {
                         seq(pod_spec(w).unwrap(), &["containers"]).iter().any(|c| {
                             seq(c, &["ports"]).iter().any(|p| {
-                                s(p, &["name"]) == Some(target)
+                                p.get(by) == Some(target)
                                     && s(p, &["protocol"]).unwrap_or("TCP") == proto
                             })
                         })
                     });
-                    assert!(declared, "{what}: no {proto} container port {target}");
+                    assert!(declared, "{what}: no {proto} container port {target:?}");
                 }
             }
             "PodDisruptionBudget" => {
@@ -437,10 +465,12 @@ fn services_autoscalers_and_bindings_point_at_what_exists() {
 #[test]
 fn the_gateway_service_reaches_the_configured_port() {
     let all = resources();
+    let mut configs = 0;
     for cm in all
         .iter()
         .filter(|r| r.kind == "ConfigMap" && r.body["data"].get("gateway.yml").is_some())
     {
+        configs += 1;
         let config: Value =
             serde_yaml::from_str(cm.body["data"]["gateway.yml"].as_str().unwrap()).unwrap();
         let listen = s(&config, &["listen_address"]).unwrap();
@@ -471,6 +501,7 @@ fn the_gateway_service_reaches_the_configured_port() {
             "the LoadBalancer carries UDP"
         );
     }
+    assert!(configs >= 2, "gateway configurations found: {configs}");
 }
 
 #[test]
@@ -479,6 +510,7 @@ fn sidecar_helm_values_match_the_kustomize_patch() {
     let patch = &docs(&dir.join("prometheus-patch.yaml"))[0]["spec"];
     let values = &docs(&dir.join("values.yaml"))[0]["prometheus"]["prometheusSpec"];
     for key in ["containers", "volumes", "remoteWrite"] {
+        assert!(!patch[key].is_null(), "sidecar: the patch has no {key}");
         assert_eq!(patch[key], values[key], "sidecar: {key} differ");
     }
 }
