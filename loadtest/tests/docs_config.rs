@@ -247,13 +247,16 @@ impl Schema {
                 i += 1;
                 continue;
             }
-            let derives = lines[i].contains("Deserialize");
             let mut attrs = Vec::new();
             let mut j = i + 1;
             while j < lines.len() && lines[j].starts_with("#[") {
                 attrs.push(lines[j]);
                 j += 1;
             }
+            // `Deserialize` may be in a second `#[derive(...)]` of the same item.
+            let derives = std::iter::once(lines[i])
+                .chain(attrs.iter().copied())
+                .any(|a| a.starts_with("#[derive(") && a.contains("Deserialize"));
             i = j;
             let header = strip_vis(lines.get(j).copied().unwrap_or(""));
             if !header.ends_with('{') {
