@@ -368,6 +368,11 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<Vec<Scenario>> {
     Ok(out)
 }
 
+/// `v` as a multiple of the base figure (NaN without one), for the tables' ratio columns.
+pub(crate) fn ratio(v: f64, base: Option<f64>) -> f64 {
+    base.map_or(f64::NAN, |b| v / b)
+}
+
 /// The results as a markdown table, ratios against Uplink.
 pub fn markdown(scenarios: &[Scenario]) -> String {
     let mut md = String::new();
@@ -377,7 +382,6 @@ pub fn markdown(scenarios: &[Scenario]) -> String {
         md.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
         let base = s.paths.first();
         for p in &s.paths {
-            let ratio = |v: f64, b: Option<f64>| b.map_or(f64::NAN, |b| v / b);
             md.push_str(&format!(
                 "| {} | {} | {} | {:.3} | {:.1}x | {:.2} | {:.3} | {:.1}x | {:.1} | {:.1}x |\n",
                 p.sender,

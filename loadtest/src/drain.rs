@@ -539,8 +539,8 @@ pub fn markdown(reports: &[DrainReport]) -> String {
         true => format!("{v:.2}{unit}"),
         false => "-".to_owned(),
     };
+    let ratio = crate::compare::ratio;
     for r in reports {
-        let ratio = |v: f64, b: Option<f64>| b.map_or(f64::NAN, |b| v / b);
         md.push_str(&format!(
             "| {:?} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:?}{} |\n",
             r.relay,
