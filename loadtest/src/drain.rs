@@ -182,7 +182,7 @@ trait Site {
 }
 
 /// SIGKILL, or SIGTERM with `grace` (then SIGKILL); whether the process exited by itself.
-fn stop(proc: &mut Proc, how: Restart, grace: Duration) -> bool {
+fn halt(proc: &mut Proc, how: Restart, grace: Duration) -> bool {
     match how {
         Restart::Kill => {
             proc.kill9();
@@ -344,7 +344,7 @@ impl Site for UplinkSite {
         }
     }
     fn restart(&mut self, how: Restart) -> anyhow::Result<bool> {
-        let clean = stop(&mut self.rig.agent.proc, how, Duration::from_secs(30));
+        let clean = halt(&mut self.rig.agent.proc, how, Duration::from_secs(30));
         self.rig.restart_agent()?;
         Ok(clean)
     }
@@ -448,7 +448,7 @@ impl Site for PeerSite {
     }
     fn restart(&mut self, how: Restart) -> anyhow::Result<bool> {
         // Longer than Prometheus's flush deadline (1m), so SIGTERM ends as Prometheus ends it.
-        let clean = stop(&mut self.proc, how, Duration::from_secs(90));
+        let clean = halt(&mut self.proc, how, Duration::from_secs(90));
         self.proc = Self::spawn(
             self.relay,
             self.dir.path(),

@@ -153,6 +153,7 @@ fn resources() -> Vec<Resource> {
 
 #[test]
 fn kustomizations_list_their_folders() {
+    let all = resources();
     for dir in folders() {
         let kfile = dir.join("kustomization.yaml");
         let k = &docs(&kfile)[0];
@@ -187,13 +188,14 @@ fn kustomizations_list_their_folders() {
         }
         // A kustomization (not a component) patches only what it builds.
         if kind == "Kustomization" {
-            let own: Vec<Resource> = resources()
-                .into_iter()
+            let folder = dir.file_name().unwrap().to_str().unwrap();
+            let bases = seq(k, &["resources"]);
+            let own: Vec<&Resource> = all
+                .iter()
                 .filter(|r| !r.patch)
                 .filter(|r| {
-                    let folder = dir.file_name().unwrap().to_str().unwrap();
                     r.folder == folder
-                        || seq(k, &["resources"])
+                        || bases
                             .iter()
                             .any(|b| b.as_str() == Some(&format!("../{}", r.folder)))
                 })
