@@ -1,11 +1,16 @@
 //! Agent configuration: a Prometheus configuration file plus one `uplink:` section.
 //!
-//! The Prometheus part follows Prometheus's schema and defaults (`global`, `scrape_configs`).
-//! `tracing` is honoured (OTLP traces of the agent's shipping, see `uplink_shared::traces`).
-//! Keys Prometheus knows but an agent has no use for (`rule_files`, `alerting`,
-//! `remote_write`, `remote_read`, `storage`) are accepted and ignored with a
-//! warning, so an existing `prometheus.yml` loads unchanged. Any other unknown key is an error
-//! naming file:line:column and the field, as is every invalid value.
+//! The Prometheus part follows Prometheus 3's schema, defaults and derived defaults (`global`,
+//! `scrape_configs`, `scrape_config_files`), up to Prometheus 3.14's keys; with
+//! `uplink.compatibility: prometheus2` it follows Prometheus 2.42 instead (see
+//! [`Compatibility`]). `tracing` is honoured (OTLP traces of the agent's shipping, see
+//! `uplink_shared::traces`). Sections Prometheus knows but an agent has no use for
+//! (`rule_files`, `alerting`, `remote_write`, `remote_read`, `storage`, `otlp`, `runtime`) are
+//! accepted and ignored, and so are the keys listed by [`Config::accepted_only`]: each load
+//! names them in one warning, so an existing `prometheus.yml` loads unchanged. A discovery
+//! mechanism the agent does not implement (`consul_sd_configs`, ...) is refused, naming it,
+//! its job and the mechanisms the agent has. Any other unknown key is an error naming
+//! file:line:column and the field, as is every invalid value.
 
 use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroU32;
@@ -34,6 +39,10 @@ pub struct Config {
     pub global: GlobalConfig,
     #[serde(default)]
     pub scrape_configs: Vec<ScrapeConfig>,
+    /// More scrape configurations: globs, relative to this file's directory, each matching
+    /// files of the form `scrape_configs: [...]` (Prometheus ≥ 2.43).
+    #[serde(default)]
+    pub scrape_config_files: Vec<String>,
     /// Uplink's own settings.
     pub uplink: UplinkConfig,
     /// Prometheus keys that an agent ignores (see the module docs).
@@ -47,6 +56,12 @@ pub struct Config {
     pub remote_read: Option<serde_yaml::Value>,
     #[serde(default)]
     pub storage: Option<serde_yaml::Value>,
+    /// The OTLP receiver's translation settings (Prometheus ≥ 2.55).
+    #[serde(default)]
+    pub otlp: Option<serde_yaml::Value>,
+    /// Go runtime settings (`gogc`, Prometheus ≥ 2.53).
+    #[serde(default)]
+    pub runtime: Option<serde_yaml::Value>,
     /// OTLP traces, in Prometheus's schema.
     #[serde(default)]
     pub tracing: Option<TracingConfig>,
@@ -58,8 +73,19 @@ pub struct Config {
 /// The `--enable-feature` flags the agent knows, as in Prometheus.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Features {
-    /// `native-histograms`: ask targets for the protobuf format first (Prometheus 2.x's flag).
+    /// `native-histograms`: Prometheus 3.5's switch for native histogram ingestion, which also
+    /// makes the default `scrape_protocols` ask for the protobuf format first (the default of
+    /// `scrape_native_histograms`, Prometheus ≥ 3.8, becomes true).
     pub native_histograms: bool,
+    /// `extra-scrape-metrics`: `scrape_timeout_seconds`, `scrape_sample_limit` and
+    /// `scrape_body_size_bytes` for every target (the default of `extra_scrape_metrics`).
+    pub extra_scrape_metrics: bool,
+    /// `auto-reload-config`: reload when the configuration files change, checked every
+    /// `--config.auto-reload-interval` (Prometheus 3.0 to 3.11; `--config.auto-reload` since).
+    pub auto_reload_config: bool,
+    /// `expand-external-labels`: Prometheus 2's switch for `${VAR}` in external label values,
+    /// always on in Prometheus 3 (only read in the Prometheus 2 mode).
+    pub expand_external_labels: bool,
 }
 
 impl Features {
@@ -71,6 +97,9 @@ impl Features {
         for n in names.into_iter().flat_map(|n| n.split(',')).map(str::trim) {
             match n {
                 "native-histograms" => f.native_histograms = true,
+                "extra-scrape-metrics" => f.extra_scrape_metrics = true,
+                "auto-reload-config" => f.auto_reload_config = true,
+                "expand-external-labels" => f.expand_external_labels = true,
                 "" => {}
                 other => unknown.push(other.to_owned()),
             }
@@ -98,14 +127,24 @@ pub struct GlobalConfig {
     pub keep_dropped_targets: u64,
     /// Default `scrape_protocols` of every job (see `scrape::negotiate`).
     pub scrape_protocols: Option<Vec<ScrapeProtocol>>,
-    /// Accepted so that Prometheus files load; not used by the agent.
-    pub rule_query_offset: Option<PromDuration>,
-    pub query_log_file: Option<String>,
-    pub scrape_failure_log_file: Option<String>,
+    /// `utf8` (Prometheus 3's default) or `legacy`: which metric and label names are valid
+    /// (after relabeling), for external labels and relabel targets too.
     pub metric_name_validation_scheme: Option<String>,
+    /// What the `Accept` header asks targets to do with names that are not legacy-valid:
+    /// `allow-utf-8`, `underscores`, `dots` or `values` (derived from the validation scheme
+    /// when unset).
     pub metric_name_escaping_scheme: Option<String>,
+    /// Defaults of the native-histogram keys of every job (Prometheus 3.4, 3.5 and 3.8).
+    pub scrape_native_histograms: Option<bool>,
     pub always_scrape_classic_histograms: Option<bool>,
     pub convert_classic_histograms_to_nhcb: Option<bool>,
+    /// Default of every job's `extra_scrape_metrics` (Prometheus ≥ 3.10).
+    pub extra_scrape_metrics: Option<bool>,
+    /// Default of every job's `scrape_failure_log_file`.
+    pub scrape_failure_log_file: Option<String>,
+    /// Accepted so that Prometheus files load; not used by an agent.
+    pub rule_query_offset: Option<PromDuration>,
+    pub query_log_file: Option<String>,
 }
 
 impl Default for GlobalConfig {
@@ -123,13 +162,15 @@ impl Default for GlobalConfig {
             target_limit: 0,
             keep_dropped_targets: 0,
             scrape_protocols: None,
-            rule_query_offset: None,
-            query_log_file: None,
-            scrape_failure_log_file: None,
             metric_name_validation_scheme: None,
             metric_name_escaping_scheme: None,
+            scrape_native_histograms: None,
             always_scrape_classic_histograms: None,
             convert_classic_histograms_to_nhcb: None,
+            extra_scrape_metrics: None,
+            scrape_failure_log_file: None,
+            rule_query_offset: None,
+            query_log_file: None,
         }
     }
 }
@@ -199,12 +240,20 @@ pub struct ScrapeConfig {
     pub proxy_connect_header: Option<serde_yaml::Value>,
     #[serde(default)]
     pub http_headers: Option<serde_yaml::Value>,
+    /// Where failed scrapes are logged, one JSON line each (the global file when unset).
     #[serde(default)]
     pub scrape_failure_log_file: Option<String>,
+    /// The parser for a response without a usable `Content-Type` (Prometheus 3 fails such a
+    /// scrape when this is unset).
     #[serde(default)]
     pub fallback_scrape_protocol: Option<ScrapeProtocol>,
+    /// Prometheus 2.45 to 2.55's name of `always_scrape_classic_histograms`; Prometheus 3
+    /// refuses it, and so does the agent unless in the Prometheus 2 mode.
     #[serde(default)]
     pub scrape_classic_histograms: Option<bool>,
+    /// Native-histogram keys (the global values when unset; see `scrape::histograms`).
+    #[serde(default)]
+    pub scrape_native_histograms: Option<bool>,
     #[serde(default)]
     pub always_scrape_classic_histograms: Option<bool>,
     #[serde(default)]
@@ -213,6 +262,10 @@ pub struct ScrapeConfig {
     pub native_histogram_bucket_limit: Option<u64>,
     #[serde(default)]
     pub native_histogram_min_bucket_factor: Option<f64>,
+    /// `scrape_timeout_seconds`, `scrape_sample_limit` and `scrape_body_size_bytes` too.
+    #[serde(default)]
+    pub extra_scrape_metrics: Option<bool>,
+    /// The job's name validation and escaping schemes (see [`GlobalConfig`]).
     #[serde(default)]
     pub metric_name_validation_scheme: Option<String>,
     #[serde(default)]
@@ -264,8 +317,8 @@ impl ScrapeConfig {
         }
     }
 
-    /// Keys this agent accepts but does not act on, when set (each gets a warning).
-    pub fn unsupported_keys(&self) -> Vec<&'static str> {
+    /// Keys of this job that the agent accepts but does not act on, when set.
+    pub fn accepted_only(&self) -> Vec<&'static str> {
         [
             ("no_proxy", self.no_proxy.is_some()),
             (
@@ -275,33 +328,120 @@ impl ScrapeConfig {
             ("proxy_connect_header", self.proxy_connect_header.is_some()),
             ("http_headers", self.http_headers.is_some()),
             (
-                "scrape_failure_log_file",
-                self.scrape_failure_log_file.is_some(),
-            ),
-            (
-                "scrape_classic_histograms",
-                self.scrape_classic_histograms.is_some(),
-            ),
-            (
-                "always_scrape_classic_histograms",
-                self.always_scrape_classic_histograms.is_some(),
-            ),
-            (
-                "convert_classic_histograms_to_nhcb",
-                self.convert_classic_histograms_to_nhcb.is_some(),
-            ),
-            (
                 "native_histogram_bucket_limit",
-                self.native_histogram_bucket_limit.is_some(),
+                self.native_histogram_bucket_limit.is_some_and(|l| l > 0),
             ),
             (
                 "native_histogram_min_bucket_factor",
-                self.native_histogram_min_bucket_factor.is_some(),
+                self.native_histogram_min_bucket_factor
+                    .is_some_and(|f| f > 0.0),
             ),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
         .collect()
+    }
+}
+
+/// Which Prometheus the agent behaves as (`uplink.compatibility`).
+///
+/// `prometheus3` (the default) scrapes, names and writes series as Prometheus 3 does (the 3.5
+/// LTS release is the reference). `prometheus2` keeps Prometheus 2.42's behaviour, for fleets
+/// that must keep the series identity they have: `le` and `quantile` values as exposed
+/// (`le="1"`, not `le="1.0"`), a default port in `instance`, Prometheus 2.42's `Accept` header
+/// and text parser for any `Content-Type`, legacy metric and label names only, external labels
+/// expanded only with `--enable-feature=expand-external-labels`, `scrape_classic_histograms`
+/// accepted. `docs/migrating.md` lists every difference.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compatibility {
+    #[default]
+    Prometheus3,
+    Prometheus2,
+}
+
+impl Compatibility {
+    /// The exposition grammar a scrape body is read with.
+    pub fn dialect(self) -> crate::scrape::parse::Dialect {
+        match self {
+            Compatibility::Prometheus3 => crate::scrape::parse::Dialect::Prometheus3,
+            Compatibility::Prometheus2 => crate::scrape::parse::Dialect::Prometheus2,
+        }
+    }
+}
+
+/// `metric_name_validation_scheme`: which metric and label names are valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameValidation {
+    /// Any non-empty UTF-8 name (Prometheus 3's default).
+    Utf8,
+    /// `[a-zA-Z_:][a-zA-Z0-9_:]*` for metric names, `[a-zA-Z_][a-zA-Z0-9_]*` for label names.
+    Legacy,
+}
+
+impl NameValidation {
+    fn parse(s: &str) -> Option<NameValidation> {
+        match s {
+            "" | "utf8" => Some(NameValidation::Utf8),
+            "legacy" => Some(NameValidation::Legacy),
+            _ => None,
+        }
+    }
+
+    /// How Prometheus shows it in the effective configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NameValidation::Utf8 => "utf8",
+            NameValidation::Legacy => "legacy",
+        }
+    }
+
+    /// Whether `name` is a valid label name under this scheme.
+    pub fn label_name(self, name: &str) -> bool {
+        match self {
+            NameValidation::Utf8 => !name.is_empty(),
+            NameValidation::Legacy => valid_label_name(name),
+        }
+    }
+
+    /// Whether `name` is a valid metric name under this scheme.
+    pub fn metric_name(self, name: &str) -> bool {
+        match self {
+            NameValidation::Utf8 => !name.is_empty(),
+            NameValidation::Legacy => uplink_shared::model::valid_metric_name(name),
+        }
+    }
+}
+
+/// `metric_name_escaping_scheme`: what the `Accept` header asks a target to do with names that
+/// are not legacy-valid (the target escapes them, Prometheus never does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Escaping {
+    AllowUtf8,
+    Underscores,
+    Dots,
+    Values,
+}
+
+impl Escaping {
+    fn parse(s: &str) -> Option<Escaping> {
+        match s {
+            "allow-utf-8" => Some(Escaping::AllowUtf8),
+            "underscores" => Some(Escaping::Underscores),
+            "dots" => Some(Escaping::Dots),
+            "values" => Some(Escaping::Values),
+            _ => None,
+        }
+    }
+
+    /// The value of the `escaping` parameter, and of the configuration key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Escaping::AllowUtf8 => "allow-utf-8",
+            Escaping::Underscores => "underscores",
+            Escaping::Dots => "dots",
+            Escaping::Values => "values",
+        }
     }
 }
 
@@ -427,6 +567,9 @@ pub struct UplinkConfig {
     /// with the site's external labels: a site without inbound access stays observable.
     #[serde(default)]
     pub self_scrape: SelfScrape,
+    /// `prometheus3` (default) or `prometheus2`: see [`Compatibility`].
+    #[serde(default)]
+    pub compatibility: Compatibility,
 }
 
 /// `uplink.self_scrape`: a scrape job the agent adds for its own `/metrics`.
@@ -689,7 +832,8 @@ impl Config {
             }
             base = up.parent().unwrap_or(Path::new(".")).to_path_buf();
         }
-        let mut cfg: Config = yaml::parse(path, &text)?;
+        let mut cfg: Config =
+            yaml::parse(path, &text).map_err(|e| unimplemented_discovery(e, &text))?;
         if let Some(t) = &mut cfg.tracing {
             t.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         }
@@ -697,8 +841,14 @@ impl Config {
         if cfg.uplink.queue.directory.is_relative() {
             cfg.uplink.queue.directory = base.join(&cfg.uplink.queue.directory);
         }
-        cfg.validate(path, &text)?;
         cfg.features = src.features.clone();
+        if cfg.compatibility() == Compatibility::Prometheus3 || cfg.features.expand_external_labels
+        {
+            for value in cfg.global.external_labels.values_mut() {
+                *value = expand_env(value);
+            }
+        }
+        cfg.validate(path, &text)?;
         Ok(cfg)
     }
 
@@ -740,12 +890,34 @@ impl Config {
                 ),
             ));
         }
+        let scheme = self.global_validation();
+        for (key, value) in [
+            (
+                "metric_name_validation_scheme",
+                &g.metric_name_validation_scheme,
+            ),
+            (
+                "metric_name_escaping_scheme",
+                &g.metric_name_escaping_scheme,
+            ),
+        ] {
+            if let Some(message) = value.as_deref().and_then(|v| scheme_error(key, v)) {
+                return Err(at(&format!("{key}:"), format!("global.{key}"), message));
+            }
+        }
+        if scheme == NameValidation::Legacy && self.global_escaping() == Escaping::AllowUtf8 {
+            return Err(at(
+                "metric_name_escaping_scheme:",
+                "global.metric_name_escaping_scheme".into(),
+                UTF8_ESCAPING_NEEDS_UTF8.into(),
+            ));
+        }
         for name in g.external_labels.keys() {
-            if !valid_label_name(name) {
+            if !scheme.label_name(name) {
                 return Err(at(
                     &format!("{name}:"),
                     format!("global.external_labels.{name}"),
-                    "invalid label name".into(),
+                    format!("{name:?} is not a valid label name"),
                 ));
             }
         }
@@ -762,6 +934,40 @@ impl Config {
             let field = |f: &str| format!("scrape_configs[{i}].{f}");
             if let Err(message) = check_protocols(job.scrape_protocols.as_deref()) {
                 return Err(at(&needle, field("scrape_protocols"), message));
+            }
+            if job.scrape_classic_histograms.is_some()
+                && self.compatibility() == Compatibility::Prometheus3
+            {
+                return Err(at(
+                    "scrape_classic_histograms:",
+                    field("scrape_classic_histograms"),
+                    "field scrape_classic_histograms not found in type config.ScrapeConfig \
+                     (Prometheus 3 renamed it always_scrape_classic_histograms)"
+                        .into(),
+                ));
+            }
+            for (key, value) in [
+                (
+                    "metric_name_validation_scheme",
+                    &job.metric_name_validation_scheme,
+                ),
+                (
+                    "metric_name_escaping_scheme",
+                    &job.metric_name_escaping_scheme,
+                ),
+            ] {
+                if let Some(message) = value.as_deref().and_then(|v| scheme_error(key, v)) {
+                    return Err(at(&format!("{key}:"), field(key), message));
+                }
+            }
+            if self.validation(job) == NameValidation::Legacy
+                && self.escaping(job) == Escaping::AllowUtf8
+            {
+                return Err(at(
+                    &needle,
+                    field("metric_name_escaping_scheme"),
+                    UTF8_ESCAPING_NEEDS_UTF8.into(),
+                ));
             }
             if job.job_name.is_empty() {
                 return Err(at(
@@ -911,6 +1117,133 @@ impl Config {
         Ok(())
     }
 
+    /// The Prometheus the agent behaves as.
+    pub fn compatibility(&self) -> Compatibility {
+        self.uplink.compatibility
+    }
+
+    /// Whether a job ingests native histograms: its `scrape_native_histograms`, else the
+    /// global one, else `--enable-feature=native-histograms` (Prometheus 3.5's switch; also
+    /// Prometheus 2's).
+    pub fn native_histograms(&self, job: &ScrapeConfig) -> bool {
+        job.scrape_native_histograms
+            .or(self.global.scrape_native_histograms)
+            .unwrap_or(self.features.native_histograms)
+    }
+
+    /// Whether a job keeps the classic series of histograms that also have a native or a
+    /// converted form.
+    pub fn always_scrape_classic_histograms(&self, job: &ScrapeConfig) -> bool {
+        job.always_scrape_classic_histograms
+            .or(job.scrape_classic_histograms)
+            .or(self.global.always_scrape_classic_histograms)
+            .unwrap_or(false)
+    }
+
+    /// Whether a job converts classic histograms to native histograms with custom buckets.
+    pub fn convert_classic_histograms_to_nhcb(&self, job: &ScrapeConfig) -> bool {
+        job.convert_classic_histograms_to_nhcb
+            .or(self.global.convert_classic_histograms_to_nhcb)
+            .unwrap_or(false)
+    }
+
+    /// Whether a job writes the three extra report series.
+    pub fn extra_scrape_metrics(&self, job: &ScrapeConfig) -> bool {
+        job.extra_scrape_metrics
+            .or(self.global.extra_scrape_metrics)
+            .unwrap_or(self.features.extra_scrape_metrics)
+    }
+
+    /// The file a job logs failed scrapes to, if any (relative to the configuration file).
+    pub fn scrape_failure_log_file<'a>(&'a self, job: &'a ScrapeConfig) -> Option<&'a str> {
+        job.scrape_failure_log_file
+            .as_deref()
+            .or(self.global.scrape_failure_log_file.as_deref())
+            .filter(|f| !f.is_empty())
+    }
+
+    /// A job's effective `scrape_protocols`, as Prometheus 3 derives it: its own list, else the
+    /// global one, else protobuf first when the job ingests native histograms, else the
+    /// text formats. `None` in the Prometheus 2 mode when neither list is set (Prometheus
+    /// 2.42's fixed `Accept` header then applies).
+    pub fn scrape_protocols(&self, job: &ScrapeConfig) -> Option<Vec<ScrapeProtocol>> {
+        use ScrapeProtocol as P;
+        if let Some(list) = job
+            .scrape_protocols
+            .as_ref()
+            .or(self.global.scrape_protocols.as_ref())
+        {
+            return Some(list.clone());
+        }
+        if self.compatibility() == Compatibility::Prometheus2 {
+            return None;
+        }
+        let text = [
+            P::OpenMetricsText1_0_0,
+            P::OpenMetricsText0_0_1,
+            P::PrometheusText1_0_0,
+            P::PrometheusText0_0_4,
+        ];
+        let proto = self.native_histograms(job).then_some(P::PrometheusProto);
+        Some(proto.into_iter().chain(text).collect())
+    }
+
+    /// The global name validation scheme (legacy in the Prometheus 2 mode).
+    pub fn global_validation(&self) -> NameValidation {
+        if self.compatibility() == Compatibility::Prometheus2 {
+            return NameValidation::Legacy;
+        }
+        self.global
+            .metric_name_validation_scheme
+            .as_deref()
+            .and_then(NameValidation::parse)
+            .unwrap_or(NameValidation::Utf8)
+    }
+
+    /// A job's name validation scheme: its own, else the global one.
+    pub fn validation(&self, job: &ScrapeConfig) -> NameValidation {
+        if self.compatibility() == Compatibility::Prometheus2 {
+            return NameValidation::Legacy;
+        }
+        job.metric_name_validation_scheme
+            .as_deref()
+            .and_then(NameValidation::parse)
+            .unwrap_or_else(|| self.global_validation())
+    }
+
+    /// The global escaping scheme: as set, else `underscores` under legacy validation and
+    /// `allow-utf-8` under utf8.
+    pub fn global_escaping(&self) -> Escaping {
+        self.global
+            .metric_name_escaping_scheme
+            .as_deref()
+            .and_then(Escaping::parse)
+            .unwrap_or(match self.global_validation() {
+                NameValidation::Legacy => Escaping::Underscores,
+                NameValidation::Utf8 => Escaping::AllowUtf8,
+            })
+    }
+
+    /// A job's escaping scheme, as Prometheus ≥ 3.7 infers it: its own, else `underscores`
+    /// when the job's validation is legacy, else the global one. (Prometheus 3.5 lets a job
+    /// that sets only `metric_name_validation_scheme: legacy` inherit `allow-utf-8` and then
+    /// refuses the file; the agent takes the later, fixed rule.)
+    pub fn escaping(&self, job: &ScrapeConfig) -> Escaping {
+        if let Some(e) = job
+            .metric_name_escaping_scheme
+            .as_deref()
+            .and_then(Escaping::parse)
+        {
+            return e;
+        }
+        if job.metric_name_validation_scheme.is_some()
+            && self.validation(job) == NameValidation::Legacy
+        {
+            return Escaping::Underscores;
+        }
+        self.global_escaping()
+    }
+
     /// Effective scrape interval of a job.
     pub fn interval(&self, job: &ScrapeConfig) -> Duration {
         job.scrape_interval.unwrap_or(self.global.scrape_interval).0
@@ -988,6 +1321,153 @@ fn check_protocols(list: Option<&[ScrapeProtocol]>) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The discovery mechanisms the agent implements, as they are named in a scrape config.
+pub const DISCOVERY_MECHANISMS: [&str; 5] = [
+    "static_configs",
+    "file_sd_configs",
+    "http_sd_configs",
+    "dns_sd_configs",
+    "kubernetes_sd_configs",
+];
+
+/// An unknown `<name>_sd_configs` key of a scrape config is a Prometheus discovery mechanism
+/// the agent does not implement: its error names it, its job and the mechanisms the agent has,
+/// instead of serde's list of every field.
+fn unimplemented_discovery(e: ConfigError, text: &str) -> ConfigError {
+    let ConfigError::Invalid {
+        path,
+        line,
+        column,
+        field,
+        message,
+    } = e
+    else {
+        return e;
+    };
+    let key = message
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split_once('`'))
+        .map(|(k, _)| k)
+        .filter(|k| k.ends_with("_sd_configs"));
+    let job = field
+        .strip_prefix("scrape_configs[")
+        .and_then(|f| f.split_once(']'))
+        .and_then(|(i, _)| i.parse::<usize>().ok())
+        .and_then(|i| {
+            let doc: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+            doc.get("scrape_configs")?
+                .get(i)?
+                .get("job_name")?
+                .as_str()
+                .map(str::to_owned)
+        });
+    let message = match key {
+        Some(key) => format!(
+            "{key} of job {:?}: this service discovery mechanism is not implemented by \
+             uplink-agent, which has {}; feed these targets through file_sd_configs or \
+             http_sd_configs instead (docs/configuration.md)",
+            job.unwrap_or_default(),
+            DISCOVERY_MECHANISMS.join(", "),
+        ),
+        None => message,
+    };
+    ConfigError::Invalid {
+        path,
+        line,
+        column,
+        field,
+        message,
+    }
+}
+
+/// Prometheus's message when `allow-utf-8` escaping meets legacy validation.
+const UTF8_ESCAPING_NEEDS_UTF8: &str =
+    "utf8 metric names requested but validation scheme is not set to UTF8";
+
+/// Prometheus's message for a validation or escaping scheme it does not know, if `value` is
+/// one.
+fn scheme_error(key: &str, value: &str) -> Option<String> {
+    match key {
+        "metric_name_validation_scheme" => NameValidation::parse(value).is_none().then(|| {
+            format!(
+                "unknown name validation method specified, must be either '', 'legacy' or \
+                 'utf8', got {value}"
+            )
+        }),
+        _ => (Escaping::parse(value).is_none() && !value.is_empty()).then(|| {
+            format!(
+                "unknown global name escaping method specified, must be one of 'allow-utf-8', \
+                 'underscores', 'dots', or 'values', got {value}"
+            )
+        }),
+    }
+}
+
+/// Go's `os.Expand` with Prometheus 3's mapping for external label values: `${VAR}` and `$VAR`
+/// take the environment's value (empty when unset, logged), `$$` is a literal `$`, a `$` not
+/// followed by a name stays, and the malformed `${}` or an unclosed `${` is dropped.
+pub fn expand_env(s: &str) -> String {
+    if !s.contains('$') {
+        return s.to_owned();
+    }
+    let lookup = |name: &str| -> String {
+        if name == "$" {
+            return "$".into();
+        }
+        match std::env::var(name) {
+            Ok(v) if !v.is_empty() => v,
+            _ => {
+                tracing::warn!(
+                    name,
+                    "Empty environment variable in an external label value."
+                );
+                String::new()
+            }
+        }
+    };
+    let special = |c: u8| b"*#$@!?-0123456789".contains(&c);
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    let mut j = 0;
+    while j < b.len() {
+        if b[j] == b'$' && j + 1 < b.len() {
+            out.push_str(s.get(i..j).unwrap_or_default());
+            let rest = &b[j + 1..];
+            // (name, width): an empty name with a width eats malformed syntax.
+            let (name, w): (&[u8], usize) = if rest[0] == b'{' {
+                if rest.len() > 2 && special(rest[1]) && rest[2] == b'}' {
+                    (&rest[1..2], 3)
+                } else {
+                    match rest.iter().skip(1).position(|&c| c == b'}') {
+                        Some(0) => (&[], 2),
+                        Some(n) => (&rest[1..=n], n + 2),
+                        None => (&[], 1),
+                    }
+                }
+            } else if special(rest[0]) {
+                (&rest[..1], 1)
+            } else {
+                let n = rest
+                    .iter()
+                    .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
+                    .count();
+                (&rest[..n], n)
+            };
+            if name.is_empty() && w == 0 {
+                out.push('$');
+            } else if !name.is_empty() {
+                out.push_str(&lookup(std::str::from_utf8(name).unwrap_or_default()));
+            }
+            j += w;
+            i = j + 1;
+        }
+        j += 1;
+    }
+    out.push_str(s.get(i..).unwrap_or_default());
+    out
 }
 
 /// Finds the 1-based line and column of the first occurrence of `needle`.

@@ -1,6 +1,6 @@
 //! Hostile and broken targets fail alone: a gzip bomb, a target trickling one byte at a time,
 //! invalid UTF-8, duplicate labels, a million series on one page, HTML and JSON answered with
-//! 200. Each records `up` = 0 with its own reason on every scrape, while a healthy target
+//! 200 (refused for their `Content-Type`, as Prometheus 3 does). Each records `up` = 0 with its own reason on every scrape, while a healthy target
 //! beside them is scraped on schedule, and every result lands in the real RocksDB queue.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -63,7 +63,12 @@ async fn server() -> String {
         )
         .route(
             "/utf8",
-            get(|| async { b"ok{a=\"\xff\xfe\"} 1\n".to_vec() }),
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    b"ok{a=\"\xff\xfe\"} 1\n".to_vec(),
+                )
+            }),
         )
         .route("/dup", get(|| async { "x{a=\"1\",a=\"2\"} 1\n" }))
         .route(
@@ -201,8 +206,9 @@ async fn every_bad_target_fails_alone_with_its_reason() {
         ("utf8", "UTF-8"),
         ("dup", "appears more than once"),
         ("wide", "sample limit of 1000 exceeded"),
-        ("html", "parse error"),
-        ("json", "parse error"),
+        // Prometheus 3 refuses a Content-Type it has no parser for (2.42 parsed it as text).
+        ("html", "unsupported Content-Type \"text/html\""),
+        ("json", "unsupported Content-Type \"application/json\""),
     ];
     for (p, reason) in reasons {
         let ups = &up[p];

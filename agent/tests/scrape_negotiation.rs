@@ -1,6 +1,7 @@
 //! Content negotiation end to end: the job's `Accept` header reaches the target, and the
 //! response's `Content-Type` picks the parser (OpenMetrics or the text format), with the
-//! results landing in the real RocksDB queue.
+//! results landing in the real RocksDB queue. A response without `Content-Type` fails the
+//! scrape as in Prometheus 3, unless the job has a `fallback_scrape_protocol`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uplink_agent::config::ScrapeProtocol;
+use uplink_agent::config::{Escaping, ScrapeProtocol};
 use uplink_agent::metrics::Metrics;
 use uplink_agent::queue::Queue;
 use uplink_agent::scrape::{Context, Job, Stop, Target, negotiate, run_target};
@@ -51,10 +52,11 @@ async fn server(content_type: Option<&'static str>, seen: Arc<Mutex<Vec<String>>
     addr
 }
 
-fn target(addr: &str, job: &str, accept: String) -> Target {
+fn target(addr: &str, job: &str, accept: String, fallback: Option<ScrapeProtocol>) -> Target {
     Target {
         job: Arc::new(Job {
             accept,
+            fallback,
             ..Job::new(job).unwrap()
         }),
         url: format!("http://{addr}/metrics"),
@@ -78,6 +80,7 @@ async fn accept_header_goes_out_and_content_type_picks_the_parser() {
     .await;
     // The same body labelled as the text format fails to parse there (as in Prometheus).
     let text = server(Some("text/plain; version=0.0.4"), text_seen.clone()).await;
+    let bare = server(None, Arc::default()).await;
     let configured = negotiate::accept_header(
         Some(&[
             ScrapeProtocol::PrometheusProto,
@@ -85,7 +88,9 @@ async fn accept_header_goes_out_and_content_type_picks_the_parser() {
             ScrapeProtocol::PrometheusText0_0_4,
         ]),
         false,
+        Some(Escaping::AllowUtf8),
     );
+    let default_accept = Job::new("x").unwrap().accept.clone();
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
     let ctx = Context {
@@ -93,8 +98,15 @@ async fn accept_header_goes_out_and_content_type_picks_the_parser() {
         metrics: Metrics::default(),
     };
     for t in [
-        target(&om, "om", negotiate::DEFAULT_ACCEPT.to_owned()),
-        target(&text, "text", configured.clone()),
+        target(&om, "om", default_accept.clone(), None),
+        target(&text, "text", configured.clone(), None),
+        target(&bare, "bare", default_accept.clone(), None),
+        target(
+            &bare,
+            "fallback",
+            default_accept.clone(),
+            Some(ScrapeProtocol::OpenMetricsText1_0_0),
+        ),
     ] {
         let stop = Stop {
             now: stop.clone(),
@@ -109,16 +121,17 @@ async fn accept_header_goes_out_and_content_type_picks_the_parser() {
 
     let om_seen = om_seen.lock().unwrap().clone();
     assert!(!om_seen.is_empty());
-    assert!(
-        om_seen.iter().all(|a| a == negotiate::DEFAULT_ACCEPT),
-        "{om_seen:?}"
+    assert!(om_seen.iter().all(|a| *a == default_accept), "{om_seen:?}");
+    assert_eq!(
+        default_accept,
+        "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
     );
     let text_seen = text_seen.lock().unwrap().clone();
     assert!(!text_seen.is_empty());
     assert!(text_seen.iter().all(|a| *a == configured), "{text_seen:?}");
     assert_eq!(
         configured,
-        "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.3"
+        "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.3"
     );
 
     // Last value and timestamp per series name and job.
@@ -137,4 +150,9 @@ async fn accept_header_goes_out_and_content_type_picks_the_parser() {
     assert_eq!(get("om", "scrape_samples_scraped").map(|v| v.0), Some(3.0));
     assert_eq!(get("text", "up").map(|v| v.0), Some(0.0));
     assert_eq!(get("text", "req_total"), None);
+    // No Content-Type: a failed scrape, unless a fallback protocol is configured.
+    assert_eq!(get("bare", "up").map(|v| v.0), Some(0.0));
+    assert_eq!(get("bare", "req_total"), None);
+    assert_eq!(get("fallback", "up").map(|v| v.0), Some(1.0));
+    assert_eq!(get("fallback", "req_total"), Some((3.0, 1_700_000_000_001)));
 }

@@ -6,6 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 
+#[path = "../../agent/src/scrape/gofloat.rs"]
+mod gofloat;
 #[path = "../../agent/src/scrape/openmetrics.rs"]
 mod openmetrics;
 #[path = "../../agent/src/scrape/parse.rs"]

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use uplink_shared::certs::Authority;
 
+pub use crate::peers::Peer;
+
 /// Paths of the Uplink binaries built by cargo.
 #[derive(Clone, Debug)]
 pub struct Bins {
@@ -577,9 +579,9 @@ pub struct Prometheus {
     pub web: SocketAddr,
 }
 
-/// Whether the `prometheus` binary is installed.
+/// Whether Prometheus 3, the reference, is installed (see [`crate::peers`]).
 pub fn prometheus_installed() -> bool {
-    installed("prometheus")
+    Peer::Prometheus.installed()
 }
 
 /// Whether `bin` is on the `PATH`.
@@ -593,7 +595,7 @@ pub fn installed(bin: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Starts `prometheus` with an empty scrape configuration, TSDB under `dir/prometheus`.
+/// Starts Prometheus 3 with an empty scrape configuration, TSDB under `dir/prometheus`.
 pub fn start_prometheus(dir: &Path) -> anyhow::Result<Prometheus> {
     start_prometheus_args(dir, &[])
 }
@@ -614,7 +616,8 @@ pub fn start_prometheus_config(
     std::fs::write(&cfg, config)?;
     let proc = Proc::spawn(
         "prometheus",
-        Command::new("prometheus")
+        Peer::Prometheus
+            .command()
             .arg(format!("--config.file={}", cfg.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
@@ -635,7 +638,7 @@ impl Prometheus {
     }
 }
 
-/// Starts `prometheus --enable-feature=agent` (WAL under `dir/prometheus-agent`) scraping
+/// Starts a Prometheus 3 agent (WAL under `dir/prometheus-agent`) scraping
 /// `targets` as `job` every `interval`, and remote-writing to `remote_write_url` with short
 /// batch deadlines and backoffs, so tests see samples within about a second.
 pub fn start_prometheus_agent(
@@ -661,10 +664,21 @@ pub fn start_prometheus_agent(
     spawn_prometheus_agent(dir, &cfg, &[])
 }
 
-/// Starts `prometheus --enable-feature=agent` on the configuration file `config`, with more
-/// flags (`--enable-feature=...` may repeat); WAL under `dir/prometheus-agent`, log in
+/// Starts a Prometheus 3 agent on the configuration file `config`, with more flags
+/// (`--enable-feature=...` may repeat); WAL under `dir/prometheus-agent`, log in
 /// `dir/prometheus-agent.log`. Returns once it is ready.
 pub fn spawn_prometheus_agent(
+    dir: &Path,
+    config: &Path,
+    args: &[&str],
+) -> anyhow::Result<Prometheus> {
+    spawn_prometheus_agent_of(Peer::Prometheus, dir, config, args)
+}
+
+/// [`spawn_prometheus_agent`] of a given Prometheus ([`Peer::Prometheus`] or
+/// [`Peer::Prometheus2`]), each with its own agent-mode flag.
+pub fn spawn_prometheus_agent_of(
+    peer: Peer,
     dir: &Path,
     config: &Path,
     args: &[&str],
@@ -672,8 +686,8 @@ pub fn spawn_prometheus_agent(
     let web = free_addr()?;
     let proc = Proc::spawn(
         "prometheus-agent",
-        Command::new("prometheus")
-            .arg("--enable-feature=agent")
+        peer.command()
+            .arg(peer.agent_flag())
             .args(args)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
@@ -687,10 +701,20 @@ pub fn spawn_prometheus_agent(
     Ok(Prometheus { proc, web })
 }
 
-/// Starts `vmagent` remote-writing to `remote_write_url` (its on-disk queue under `dir/data`,
-/// log in `dir/vmagent.log`) with more flags (`-promscrape.config=...` to scrape). Returns once
-/// `/health` answers, with the web address.
+/// Starts a current `vmagent` remote-writing to `remote_write_url` (its on-disk queue under
+/// `dir/data`, log in `dir/vmagent.log`) with more flags (`-promscrape.config=...` to scrape).
+/// Returns once `/health` answers, with the web address.
 pub fn spawn_vmagent(
+    dir: &Path,
+    remote_write_url: &str,
+    args: &[String],
+) -> anyhow::Result<(Proc, SocketAddr)> {
+    spawn_vmagent_of(Peer::Vmagent, dir, remote_write_url, args)
+}
+
+/// [`spawn_vmagent`] of a given vmagent ([`Peer::Vmagent`] or [`Peer::Vmagent1`]).
+pub fn spawn_vmagent_of(
+    peer: Peer,
     dir: &Path,
     remote_write_url: &str,
     args: &[String],
@@ -698,7 +722,7 @@ pub fn spawn_vmagent(
     let web = free_addr()?;
     let proc = Proc::spawn(
         "vmagent",
-        Command::new("vmagent")
+        peer.command()
             .arg(format!("-remoteWrite.url={remote_write_url}"))
             .arg(format!(
                 "-remoteWrite.tmpDataPath={}",
@@ -851,9 +875,9 @@ pub struct VictoriaMetrics {
     pub web: SocketAddr,
 }
 
-/// Whether the `victoria-metrics` binary is installed.
+/// Whether a current VictoriaMetrics is installed (see [`crate::peers`]).
 pub fn victoria_metrics_installed() -> bool {
-    installed("victoria-metrics")
+    Peer::VictoriaMetrics.installed()
 }
 
 /// Starts `victoria-metrics` with its data under `dir/victoria-metrics`, keeping samples of
@@ -862,7 +886,8 @@ pub fn start_victoria_metrics(dir: &Path) -> anyhow::Result<VictoriaMetrics> {
     let web = free_addr()?;
     let proc = Proc::spawn(
         "victoria-metrics",
-        Command::new("victoria-metrics")
+        Peer::VictoriaMetrics
+            .command()
             .arg(format!(
                 "-storageDataPath={}",
                 dir.join("victoria-metrics").display()
@@ -997,7 +1022,8 @@ pub fn start_global_view(dir: &Path, tickets_url: &str, t: &Timings) -> anyhow::
     wait_ready(am_web, Duration::from_secs(30))?;
     let proc = Proc::spawn(
         "prometheus",
-        Command::new("prometheus")
+        Peer::Prometheus
+            .command()
             .arg(format!(
                 "--config.file={}",
                 g.join("prometheus.yml").display()

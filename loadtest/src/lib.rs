@@ -8,6 +8,8 @@
 //! * [`otlp`]: an OTLP/HTTP trace receiver that decodes and keeps every span,
 //! * [`proxy`]: counting UDP and TCP relays, with fault injection on UDP,
 //! * [`tickets`]: an Alertmanager webhook receiver that stands in for a ticketing system,
+//! * [`peers`]: the real Prometheus 3, vmagent and VictoriaMetrics (and the Prometheus 2.42 and
+//!   vmagent 1.79 of the Prometheus 2 mode) that Uplink is checked and measured against,
 //! * [`harness`]: real agent, gateway and Prometheus processes for the demo and tests,
 //! * [`demo`]: the whole relay path, live, on an embedded default configuration.
 
@@ -24,6 +26,7 @@ pub mod harness;
 pub mod isolation;
 pub mod oracle;
 pub mod otlp;
+pub mod peers;
 pub mod powerloss;
 pub mod probe;
 pub mod progress;

@@ -26,7 +26,7 @@ use uplink_shared::model::Label;
 
 use super::target::{self, Job, Populated};
 use super::{Context, Health, Stop, Target, run_target};
-use crate::config::{Config, ScrapeConfig};
+use crate::config::{Compatibility, Config, ScrapeConfig};
 use crate::discovery::{LabelSet, TargetGroup};
 use crate::http_client::HttpClient;
 
@@ -214,12 +214,6 @@ impl JobRunner {
     /// The job's shared settings, or `None` (logged) when its HTTP client cannot be built.
     fn job(&self, spec: &JobSpec) -> Option<Arc<Job>> {
         let sc = spec.sc();
-        for key in sc.unsupported_keys() {
-            warn!(
-                key,
-                "Scrape config key is accepted but not implemented by the agent; it has no effect."
-            );
-        }
         let mut http = sc.http_client();
         http.resolve(&self.base);
         let client = match HttpClient::new(
@@ -242,13 +236,19 @@ impl JobRunner {
             over_target_limit: Default::default(),
             metric_relabel: sc.metric_relabel_configs.clone(),
             client,
+            // An external label whose value expanded to nothing is absent, as in Prometheus.
             external_labels: spec
                 .cfg
                 .global
                 .external_labels
                 .iter()
+                .filter(|(_, v)| !v.is_empty())
                 .map(|(k, v)| Label::new(k.clone(), v.clone()))
                 .collect(),
+            compatibility: spec.cfg.compatibility(),
+            fallback: sc.fallback_scrape_protocol,
+            validation: spec.cfg.validation(sc),
+            extra_metrics: spec.cfg.extra_scrape_metrics(sc),
         }))
     }
 
@@ -406,12 +406,13 @@ fn same_settings(new: &Target, old: &Target) -> bool {
     Arc::ptr_eq(&new.job, &old.job) && new.interval == old.interval && new.timeout == old.timeout
 }
 
-/// The job's `Accept` header from its effective `scrape_protocols` (its own, else the global
-/// list, else Prometheus 2.42's, with protobuf first under `--enable-feature=native-histograms`).
+/// The job's `Accept` header from its effective `scrape_protocols` and escaping scheme (see
+/// [`super::negotiate`]).
 fn accept_header(cfg: &Config, sc: &ScrapeConfig) -> String {
-    let protocols = sc
-        .scrape_protocols
-        .as_deref()
-        .or(cfg.global.scrape_protocols.as_deref());
-    super::negotiate::accept_header(protocols, cfg.features.native_histograms)
+    let escaping = (cfg.compatibility() == Compatibility::Prometheus3).then(|| cfg.escaping(sc));
+    super::negotiate::accept_header(
+        cfg.scrape_protocols(sc).as_deref(),
+        cfg.native_histograms(sc),
+        escaping,
+    )
 }

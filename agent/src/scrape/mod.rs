@@ -19,6 +19,7 @@
 //! and then writes stale markers for everything it last reported, as Prometheus does; on
 //! shutdown no markers are written.
 
+pub mod gofloat;
 pub mod manager;
 pub mod negotiate;
 pub mod openmetrics;
@@ -81,6 +82,10 @@ pub enum ScrapeError {
     /// The target answered with a non-2xx status.
     #[error("server returned HTTP status {0}")]
     Status(reqwest::StatusCode),
+    /// Prometheus 3: the response's `Content-Type` selects no parser and the job has no
+    /// `fallback_scrape_protocol`.
+    #[error("{0}")]
+    ContentType(String),
     /// The body exceeded `body_size_limit`.
     #[error("body size limit exceeded ({0} bytes)")]
     BodyTooLarge(usize),
@@ -121,9 +126,13 @@ pub struct Body {
 }
 
 impl Body {
-    /// Parses the body in its format (the text formats must be UTF-8).
-    pub fn parse(&self, limits: &parse::Limits) -> Result<parse::Exposition, ScrapeError> {
-        self.format.parse(&self.data, limits)
+    /// Parses the body in its format and `dialect` (the text formats must be UTF-8).
+    pub fn parse(
+        &self,
+        limits: &parse::Limits,
+        dialect: parse::Dialect,
+    ) -> Result<parse::Exposition, ScrapeError> {
+        self.format.parse(&self.data, limits, dialect)
     }
 }
 
@@ -363,7 +372,6 @@ async fn scrape_once(t: &Target) -> Result<Body, ScrapeError> {
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let format = Format::from_content_type(content_type.as_deref());
         let limit = match t.job.limits.body_size_limit {
             0 => DEFAULT_BODY_CAP,
             n => usize::try_from(n).unwrap_or(usize::MAX),
@@ -375,6 +383,15 @@ async fn scrape_once(t: &Target) -> Result<Body, ScrapeError> {
                 return Err(ScrapeError::BodyTooLarge(limit));
             }
         }
+        let format = match t.job.compatibility {
+            crate::config::Compatibility::Prometheus2 => {
+                Format::from_content_type(content_type.as_deref())
+            }
+            // An empty body is a successful scrape whatever its Content-Type.
+            _ if body.is_empty() => Format::Text,
+            _ => Format::from_content_type_3(content_type.as_deref(), t.job.fallback)
+                .map_err(ScrapeError::ContentType)?,
+        };
         Ok(Body { data: body, format })
     };
     match tokio::time::timeout(t.timeout, fut).await {

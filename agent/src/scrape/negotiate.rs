@@ -1,35 +1,43 @@
 //! Content negotiation as Prometheus does it: the `Accept` header a job sends, and the parser
-//! a response's `Content-Type` selects.
+//! a response's `Content-Type` selects. Prometheus 3's rules by default; Prometheus 2.42's in
+//! the Prometheus 2 mode.
 //!
 //! # `Accept`
 //!
-//! Without `scrape_protocols` (job or global), every scrape sends Prometheus 2.42's header,
-//! [`DEFAULT_ACCEPT`]: OpenMetrics 1.0.0, then 0.0.1 (q=0.75), then the text format 0.0.4
-//! (q=0.5), then anything (q=0.1); with `--enable-feature=native-histograms`, the protobuf
-//! format comes first, as in Prometheus 2.42 ([`NATIVE_HISTOGRAMS_ACCEPT`]).
+//! Prometheus 3 builds the header from the job's effective `scrape_protocols` (see
+//! `Config::scrape_protocols`: without a list, the text formats, or protobuf first when the job
+//! ingests native histograms): each protocol's media range in list order, the two 1.0.0 ranges
+//! (OpenMetrics and text) with `escaping=<the job's metric_name_escaping_scheme>`, then
+//! `q=0.<w>` where `w` starts at the number of protocol names (5) plus one and drops by one per
+//! entry, then `*/*` with the next weight, joined by `,` without spaces. The default:
 //!
-//! With `scrape_protocols` (Prometheus ≥ 2.49 syntax; a job's list replaces the global one),
-//! the header is built as Prometheus builds it: each protocol's media range in list order,
-//! with `q=0.<w>` where `w` starts at the number of protocol names (5) plus one and drops by
-//! one per entry, then `*/*` with the next weight. Deviations:
+//! ```text
+//! application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2
+//! ```
 //!
-//! * `PrometheusText1.0.0` is asked for with `escaping=underscores`, so that a target escapes
-//!   UTF-8 metric and label names into the legacy names the text parser reads. Other ranges
-//!   carry no escaping parameter, as in Prometheus 2.x.
+//! In the Prometheus 2 mode, a job without `scrape_protocols` sends Prometheus 2.42's fixed
+//! header, [`DEFAULT_ACCEPT`] (with protobuf first under `--enable-feature=native-histograms`,
+//! [`NATIVE_HISTOGRAMS_ACCEPT`]); with a list, the weights as above, no escaping parameter but
+//! `escaping=underscores` on `PrometheusText1.0.0`, so that a target escapes UTF-8 names into
+//! the legacy names the 2.42 grammar reads.
 //!
 //! # `Content-Type`
 //!
-//! As in Prometheus 2.42's `textparse.New`: the header (its first value) is parsed by the rules
-//! of Go 1.19's `mime.ParseMediaType`; when that succeeds and the media type is
-//! `application/openmetrics-text` (any case, any parameters), the body is OpenMetrics
-//! ([`super::openmetrics`]). Anything else — another type, a missing header, or one Go fails to
-//! parse (an empty parameter value, a duplicate parameter, stray text) — selects the text format
-//! 0.0.4 ([`super::parse`]), except `application/vnd.google.protobuf`, which selects the
-//! protobuf format ([`super::protobuf`]), as in Prometheus 2.42.
+//! The header (its first value) is parsed by the rules of Go's `mime.ParseMediaType`.
+//!
+//! * Prometheus 3 ([`Format::from_content_type_3`], `extractMediaType`): the media types
+//!   `application/openmetrics-text`, `application/vnd.google.protobuf` and `text/plain` (any
+//!   parameters, any version) select their parser. A missing header, one Go cannot parse, or
+//!   another type selects the job's `fallback_scrape_protocol`, and without one fails the
+//!   scrape (`up` 0, stale markers) with Prometheus's message. An empty body is a successful
+//!   scrape whatever its `Content-Type` (the scraper checks that first).
+//! * Prometheus 2.42 ([`Format::from_content_type`]): `application/openmetrics-text` selects
+//!   OpenMetrics, `application/vnd.google.protobuf` protobuf, anything else (another type, a
+//!   missing header, one Go fails to parse) the text format.
 
 use std::collections::HashSet;
 
-use crate::config::ScrapeProtocol;
+use crate::config::{Escaping, ScrapeProtocol};
 
 use super::{ScrapeError, openmetrics, parse};
 
@@ -63,7 +71,55 @@ pub enum Format {
 }
 
 impl Format {
-    /// The format a `Content-Type` header value selects (`None`: no header).
+    /// The parser of a protocol named in `scrape_protocols` or `fallback_scrape_protocol`.
+    pub fn of(p: ScrapeProtocol) -> Format {
+        match p {
+            ScrapeProtocol::PrometheusProto => Format::Protobuf,
+            ScrapeProtocol::OpenMetricsText0_0_1 | ScrapeProtocol::OpenMetricsText1_0_0 => {
+                Format::OpenMetrics
+            }
+            ScrapeProtocol::PrometheusText0_0_4 | ScrapeProtocol::PrometheusText1_0_0 => {
+                Format::Text
+            }
+        }
+    }
+
+    /// Prometheus 3's choice of parser (`extractMediaType`, see the module docs); the error
+    /// is the message that fails the scrape.
+    pub fn from_content_type_3(
+        content_type: Option<&str>,
+        fallback: Option<ScrapeProtocol>,
+    ) -> Result<Format, String> {
+        let ct = content_type.unwrap_or_default();
+        if ct.is_empty() {
+            return fallback.map(Format::of).ok_or_else(|| {
+                "non-compliant scrape target sending blank Content-Type and no \
+                 fallback_scrape_protocol specified for target"
+                    .to_owned()
+            });
+        }
+        let Some(media) = go_media_type(ct) else {
+            return fallback.map(Format::of).ok_or_else(|| {
+                format!(
+                    "cannot parse Content-Type {ct:?} and no fallback_scrape_protocol for target"
+                )
+            });
+        };
+        match media.as_str() {
+            OPENMETRICS => Ok(Format::OpenMetrics),
+            super::protobuf::MEDIA_TYPE => Ok(Format::Protobuf),
+            "text/plain" => Ok(Format::Text),
+            _ => fallback.map(Format::of).ok_or_else(|| {
+                format!(
+                    "received unsupported Content-Type {ct:?} and no fallback_scrape_protocol \
+                     specified for target"
+                )
+            }),
+        }
+    }
+
+    /// Prometheus 2.42's choice of parser for a `Content-Type` header value (`None`: no
+    /// header).
     pub fn from_content_type(content_type: Option<&str>) -> Format {
         match content_type.and_then(go_media_type) {
             Some(t) if t == OPENMETRICS => Format::OpenMetrics,
@@ -72,37 +128,54 @@ impl Format {
         }
     }
 
-    /// Parses a body in this format; the text formats must be UTF-8.
+    /// Parses a body in this format and `dialect`; the text formats must be UTF-8.
     pub fn parse(
         self,
         data: &[u8],
         limits: &parse::Limits,
+        dialect: parse::Dialect,
     ) -> Result<parse::Exposition, ScrapeError> {
         if self == Format::Protobuf {
             return Ok(super::protobuf::parse(data, limits)?);
         }
         let text = std::str::from_utf8(data).map_err(|_| ScrapeError::Utf8)?;
         Ok(match self {
-            Format::OpenMetrics => openmetrics::parse(text, limits)?,
-            _ => parse::parse(text, limits)?,
+            Format::OpenMetrics => openmetrics::parse_with(text, limits, dialect)?,
+            _ => parse::parse_with(text, limits, dialect)?,
         })
     }
 }
 
-/// The media range asked for a protocol.
-fn media_range(p: ScrapeProtocol) -> &'static str {
+/// The media range asked for a protocol: Prometheus's (`ScrapeProtocolsHeaders`), with the
+/// escaping parameter on the two 1.0.0 ranges (`None`: the Prometheus 2 mode's, see the module
+/// docs).
+fn media_range(p: ScrapeProtocol, escaping: Option<Escaping>) -> String {
+    let with_escaping = |range: &str| match escaping {
+        Some(e) => format!("{range};escaping={}", e.as_str()),
+        None => range.to_owned(),
+    };
     match p {
-        ScrapeProtocol::PrometheusProto => PROTOBUF_RANGE,
-        ScrapeProtocol::PrometheusText0_0_4 => "text/plain;version=0.0.4",
-        ScrapeProtocol::PrometheusText1_0_0 => "text/plain;version=1.0.0;escaping=underscores",
-        ScrapeProtocol::OpenMetricsText0_0_1 => "application/openmetrics-text;version=0.0.1",
-        ScrapeProtocol::OpenMetricsText1_0_0 => "application/openmetrics-text;version=1.0.0",
+        ScrapeProtocol::PrometheusProto => PROTOBUF_RANGE.into(),
+        ScrapeProtocol::PrometheusText0_0_4 => "text/plain;version=0.0.4".into(),
+        ScrapeProtocol::PrometheusText1_0_0 => match escaping {
+            Some(_) => with_escaping("text/plain;version=1.0.0"),
+            None => "text/plain;version=1.0.0;escaping=underscores".into(),
+        },
+        ScrapeProtocol::OpenMetricsText0_0_1 => "application/openmetrics-text;version=0.0.1".into(),
+        ScrapeProtocol::OpenMetricsText1_0_0 => {
+            with_escaping("application/openmetrics-text;version=1.0.0")
+        }
     }
 }
 
-/// The `Accept` header for a job's effective `scrape_protocols` (`None`: not configured, then
-/// Prometheus 2.42's header, with protobuf first when native histograms are enabled).
-pub fn accept_header(protocols: Option<&[ScrapeProtocol]>, native_histograms: bool) -> String {
+/// The `Accept` header of a job: from its effective `scrape_protocols` and escaping scheme
+/// (Prometheus 3), or in the Prometheus 2 mode (`escaping` `None`) from its configured list,
+/// else Prometheus 2.42's fixed header (protobuf first when native histograms are enabled).
+pub fn accept_header(
+    protocols: Option<&[ScrapeProtocol]>,
+    native_histograms: bool,
+    escaping: Option<Escaping>,
+) -> String {
     let Some(protocols) = protocols else {
         return if native_histograms {
             NATIVE_HISTOGRAMS_ACCEPT
@@ -113,8 +186,8 @@ pub fn accept_header(protocols: Option<&[ScrapeProtocol]>, native_histograms: bo
     };
     let mut weight = KNOWN_PROTOCOLS + 1;
     let mut parts = Vec::with_capacity(protocols.len() + 1);
-    for range in protocols.iter().map(|p| media_range(*p)) {
-        parts.push(format!("{range};q=0.{weight}"));
+    for p in protocols {
+        parts.push(format!("{};q=0.{weight}", media_range(*p, escaping)));
         weight = weight.saturating_sub(1);
     }
     parts.push(format!("*/*;q=0.{weight}"));
@@ -235,9 +308,73 @@ mod tests {
     use ScrapeProtocol::*;
 
     #[test]
+    fn prometheus_3_headers() {
+        let text = [
+            OpenMetricsText1_0_0,
+            OpenMetricsText0_0_1,
+            PrometheusText1_0_0,
+            PrometheusText0_0_4,
+        ];
+        assert_eq!(
+            accept_header(Some(&text), false, Some(Escaping::AllowUtf8)),
+            "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+        );
+        let proto: Vec<_> = [PrometheusProto].into_iter().chain(text).collect();
+        assert_eq!(
+            accept_header(Some(&proto), true, Some(Escaping::AllowUtf8)),
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+        );
+        assert_eq!(
+            accept_header(Some(&text), false, Some(Escaping::Underscores)),
+            "application/openmetrics-text;version=1.0.0;escaping=underscores;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=underscores;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+        );
+    }
+
+    #[test]
+    fn prometheus_3_content_types() {
+        let f = |ct: Option<&str>, fb| Format::from_content_type_3(ct, fb);
+        assert_eq!(
+            f(Some("text/plain; version=0.0.4; charset=utf-8"), None),
+            Ok(Format::Text)
+        );
+        assert_eq!(f(Some("Text/Plain"), None), Ok(Format::Text));
+        assert_eq!(
+            f(Some("application/openmetrics-text; version=1.0.0"), None),
+            Ok(Format::OpenMetrics)
+        );
+        assert_eq!(
+            f(
+                Some(
+                    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+                ),
+                None
+            ),
+            Ok(Format::Protobuf)
+        );
+        for ct in [
+            None,
+            Some(""),
+            Some("application/json"),
+            Some("text/plain;;"),
+        ] {
+            assert!(f(ct, None).is_err(), "{ct:?}");
+            assert_eq!(f(ct, Some(PrometheusText0_0_4)), Ok(Format::Text), "{ct:?}");
+            assert_eq!(
+                f(ct, Some(OpenMetricsText1_0_0)),
+                Ok(Format::OpenMetrics),
+                "{ct:?}"
+            );
+        }
+        assert_eq!(
+            f(None, None).unwrap_err(),
+            "non-compliant scrape target sending blank Content-Type and no fallback_scrape_protocol specified for target"
+        );
+    }
+
+    #[test]
     fn default_header_is_prometheus_2_42s() {
-        assert_eq!(accept_header(None, false), DEFAULT_ACCEPT);
-        assert_eq!(accept_header(None, true), NATIVE_HISTOGRAMS_ACCEPT);
+        assert_eq!(accept_header(None, false, None), DEFAULT_ACCEPT);
+        assert_eq!(accept_header(None, true, None), NATIVE_HISTOGRAMS_ACCEPT);
         assert_eq!(
             DEFAULT_ACCEPT,
             "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
@@ -253,19 +390,21 @@ mod tests {
                     OpenMetricsText0_0_1,
                     PrometheusText0_0_4
                 ]),
-                false
+                false,
+                None
             ),
             "application/openmetrics-text;version=1.0.0;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.3"
         );
         assert_eq!(
-            accept_header(Some(&[PrometheusText0_0_4]), false),
+            accept_header(Some(&[PrometheusText0_0_4]), false, None),
             "text/plain;version=0.0.4;q=0.6,*/*;q=0.5"
         );
         // The configured list wins over the feature flag.
         assert_eq!(
             accept_header(
                 Some(&[PrometheusProto, PrometheusText1_0_0, OpenMetricsText1_0_0]),
-                true
+                true,
+                None
             ),
             "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,text/plain;version=1.0.0;escaping=underscores;q=0.5,application/openmetrics-text;version=1.0.0;q=0.4,*/*;q=0.3"
         );
@@ -276,7 +415,7 @@ mod tests {
             OpenMetricsText0_0_1,
             OpenMetricsText1_0_0,
         ];
-        assert!(accept_header(Some(&all), false).ends_with(",*/*;q=0.1"));
+        assert!(accept_header(Some(&all), false, None).ends_with(",*/*;q=0.1"));
     }
 
     #[test]

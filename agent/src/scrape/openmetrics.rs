@@ -91,7 +91,7 @@ use std::collections::HashSet;
 use uplink_shared::remote_write::{Label, MetricType};
 
 use super::parse::{
-    self, Exposition, FloatError, Limits, ParsedExemplar, ParsedSample, check_label_names,
+    self, Dialect, Exposition, FloatError, Limits, ParsedExemplar, ParsedSample, check_label_names,
     check_limits, is_label_char, is_label_start, is_name_char, is_name_start, parse_go_float,
     snippet, unescape,
 };
@@ -264,12 +264,33 @@ pub enum ParseErrorKind {
 
 type Kind = ParseErrorKind;
 
-/// Parses a whole OpenMetrics body.
+/// Parses a whole OpenMetrics body as Prometheus 3 does ([`parse_with`] with
+/// [`Dialect::Prometheus3`]).
+pub fn parse(input: &str, limits: &Limits) -> Result<Exposition, ParseError> {
+    parse_with(input, limits, Dialect::Prometheus3)
+}
+
+/// What the parse of one body carries from line to line.
+struct State {
+    dialect: Dialect,
+    /// The type of the most recent `# TYPE` line (for [`parse::normalize_label`]).
+    current_type: Option<MetricType>,
+}
+
+/// Parses a whole OpenMetrics body in `dialect`.
 ///
 /// Returns every sample and `# TYPE`, and the count of storable exemplars, or the first
 /// problem found (see the module documentation). Never panics.
-pub fn parse(input: &str, limits: &Limits) -> Result<Exposition, ParseError> {
+pub fn parse_with(
+    input: &str,
+    limits: &Limits,
+    dialect: Dialect,
+) -> Result<Exposition, ParseError> {
     let mut out = Exposition::default();
+    let mut state = State {
+        dialect,
+        current_type: None,
+    };
     let mut rest = input;
     let mut line = 1usize;
     loop {
@@ -292,18 +313,26 @@ pub fn parse(input: &str, limits: &Limits) -> Result<Exposition, ParseError> {
                 kind: Kind::MissingEof,
             });
         };
-        parse_line(text, limits, &mut out).map_err(|kind| ParseError { line, kind })?;
+        parse_line(text, limits, &mut out, &mut state).map_err(|kind| ParseError { line, kind })?;
         rest = after;
         line += 1;
     }
 }
 
 /// One line other than `# EOF`, without its `\n`.
-fn parse_line(text: &str, limits: &Limits, out: &mut Exposition) -> Result<(), Kind> {
+fn parse_line(
+    text: &str,
+    limits: &Limits,
+    out: &mut Exposition,
+    state: &mut State,
+) -> Result<(), Kind> {
     match text.as_bytes().first() {
-        Some(b'#') => metadata(text, out),
+        Some(b'#') => metadata(text, out, state),
         Some(&c) if is_name_start(c) => {
-            let (sample, exemplar) = sample(text)?;
+            let (mut sample, exemplar) = sample(text)?;
+            for l in &mut sample.labels {
+                parse::normalize_label(state.dialect, state.current_type, l);
+            }
             check_label_names(&sample.labels)?;
             check_limits(&sample, limits, out.samples.len())?;
             if matches!(exemplar, Some(Some(_))) {
@@ -319,7 +348,7 @@ fn parse_line(text: &str, limits: &Limits, out: &mut Exposition) -> Result<(), K
 }
 
 /// A `# HELP`, `# TYPE` or `# UNIT` line.
-fn metadata(text: &str, out: &mut Exposition) -> Result<(), Kind> {
+fn metadata(text: &str, out: &mut Exposition, state: &mut State) -> Result<(), Kind> {
     let invalid = || Kind::InvalidComment {
         found: format!("{:?}", snippet(text)),
     };
@@ -345,7 +374,9 @@ fn metadata(text: &str, out: &mut Exposition) -> Result<(), Kind> {
     let text = c.rest();
     match keyword {
         "TYPE" => {
-            out.types.insert(name.to_owned(), metric_type(text)?);
+            let ty = metric_type(text)?;
+            out.types.insert(name.to_owned(), ty);
+            state.current_type = Some(ty);
         }
         "UNIT" => {
             check_unit(name, text)?;

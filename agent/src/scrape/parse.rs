@@ -318,16 +318,58 @@ pub enum ParseErrorKind {
     },
 }
 
-/// Parses a whole text-format 0.0.4 body.
+/// Which Prometheus release a body is read like.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dialect {
+    /// Prometheus 3: quoted UTF-8 metric and label names, and `le` (in a histogram) and
+    /// `quantile` (in a summary) values rewritten to Go's float form ([`normalize_label`]).
+    #[default]
+    Prometheus3,
+    /// Prometheus 2.42: legacy names only, label values as exposed.
+    Prometheus2,
+}
+
+/// Prometheus 3's `normalizeFloatsInLabelValues`: under the [`Dialect::Prometheus3`] grammar,
+/// the value of `le` while the current `# TYPE` is `histogram`, and of `quantile` while it is
+/// `summary`, becomes Go's float form (`1` → `1.0`, `1e3` → `1000.0`; a value Go cannot parse
+/// stays). The current type is that of the most recent `# TYPE` line, whichever family it
+/// named, as in Prometheus.
+pub(super) fn normalize_label(dialect: Dialect, current: Option<MetricType>, label: &mut Label) {
+    if dialect != Dialect::Prometheus3 {
+        return;
+    }
+    let applies = match label.name.as_str() {
+        "le" => current == Some(MetricType::Histogram),
+        "quantile" => current == Some(MetricType::Summary),
+        _ => false,
+    };
+    if applies && let Some(v) = super::gofloat::normalize(&label.value) {
+        label.value = v;
+    }
+}
+
+/// Parses a whole text-format body as Prometheus 3 does ([`parse_with`] with
+/// [`Dialect::Prometheus3`]).
+pub fn parse(input: &str, limits: &Limits) -> Result<Exposition, ParseError> {
+    parse_with(input, limits, Dialect::Prometheus3)
+}
+
+/// Parses a whole text-format body in `dialect`.
 ///
 /// Returns every sample and `# TYPE` in the body, or the first problem found (see the module
 /// documentation for the grammar and [`ParseErrorKind`] for the problems). Never panics.
-pub fn parse(input: &str, limits: &Limits) -> Result<Exposition, ParseError> {
+pub fn parse_with(
+    input: &str,
+    limits: &Limits,
+    dialect: Dialect,
+) -> Result<Exposition, ParseError> {
     let mut p = Parser {
         src: input,
         bytes: input.as_bytes(),
         pos: 0,
         line: 1,
+        dialect,
+        current_type: None,
     };
     let mut out = Exposition::default();
     loop {
@@ -383,6 +425,9 @@ struct Parser<'a> {
     pos: usize,
     /// 1-based line of `pos`.
     line: usize,
+    dialect: Dialect,
+    /// The type of the most recent `# TYPE` line (for [`normalize_label`]).
+    current_type: Option<MetricType>,
 }
 
 impl<'a> Parser<'a> {
@@ -539,6 +584,7 @@ impl<'a> Parser<'a> {
                 }
             };
             out.types.insert(name.to_owned(), ty);
+            self.current_type = Some(ty);
         } else {
             out.help.insert(name.to_owned(), unescape_help(text, false));
         }
@@ -605,7 +651,9 @@ impl<'a> Parser<'a> {
             }
         }
         self.consume_eol();
-
+        for l in &mut labels {
+            normalize_label(self.dialect, self.current_type, l);
+        }
         Ok(ParsedSample::new(
             name.to_owned(),
             labels,
@@ -967,7 +1015,8 @@ something_weird{problem="division by zero"} +Inf -3982045
 
         let s = &e.samples[0];
         assert_eq!(s.name, "go_gc_duration_seconds");
-        assert_eq!(s.labels, labels(&[("quantile", "0")]));
+        // Prometheus 3 rewrites a summary's quantile as Go formats the float.
+        assert_eq!(s.labels, labels(&[("quantile", "0.0")]));
         assert_eq!(s.value, 2.3e-05);
         assert_eq!(s.timestamp_ms, None);
 
@@ -991,6 +1040,61 @@ something_weird{problem="division by zero"} +Inf -3982045
         assert_eq!(e.line, NODE.lines().count());
         assert!(matches!(e.kind, ParseErrorKind::InvalidTimestamp { .. }));
         assert!(last.contains("-3982045"));
+    }
+
+    #[test]
+    fn prometheus_3_normalises_le_and_quantile_by_the_current_type() {
+        let body = "# TYPE h histogram\n\
+             h_bucket{le=\"1\"} 1\n\
+             h_bucket{le=\"1e3\",quantile=\"1\"} 2\n\
+             h_bucket{le=\"abc\"} 2\n\
+             h_bucket{le=\"+inf\"} 3\n\
+             untyped_after{le=\"5\"} 1\n\
+             # TYPE s summary\n\
+             s{quantile=\"0\",le=\"1\"} 1\n\
+             # TYPE g gauge\n\
+             g{le=\"1\",quantile=\"1\"} 1\n";
+        let values = |d: Dialect| -> Vec<Vec<(String, String)>> {
+            parse_with(body, &Limits::default(), d)
+                .expect("valid")
+                .samples
+                .into_iter()
+                .map(|s| s.labels.into_iter().map(|l| (l.name, l.value)).collect())
+                .collect()
+        };
+        let p = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            values(Dialect::Prometheus3),
+            vec![
+                p(&[("le", "1.0")]),
+                p(&[("le", "1000.0"), ("quantile", "1")]),
+                p(&[("le", "abc")]),
+                p(&[("le", "+Inf")]),
+                // The type persists until the next `# TYPE` line, whatever family follows.
+                p(&[("le", "5.0")]),
+                p(&[("quantile", "0.0"), ("le", "1")]),
+                p(&[("le", "1"), ("quantile", "1")]),
+            ]
+        );
+        assert_eq!(
+            values(Dialect::Prometheus2),
+            vec![
+                p(&[("le", "1")]),
+                p(&[("le", "1e3"), ("quantile", "1")]),
+                p(&[("le", "abc")]),
+                p(&[("le", "+inf")]),
+                p(&[("le", "5")]),
+                p(&[("quantile", "0"), ("le", "1")]),
+                p(&[("le", "1"), ("quantile", "1")]),
+            ]
+        );
+        // Without a `# TYPE` line nothing is rewritten.
+        assert_eq!(one("h_bucket{le=\"1\"} 1").labels, labels(&[("le", "1")]));
     }
 
     #[test]

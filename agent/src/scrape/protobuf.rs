@@ -482,28 +482,9 @@ fn exemplar(e: &Exemplar) -> Result<Box<ParsedExemplar>, ParseErrorKind> {
     }))
 }
 
-/// A float as Prometheus prints `le` and `quantile` values: Go's `%v` (shortest
-/// representation, exponent form below 1e-4 and from 1e21), with `.0` added when that has
-/// neither a `.` nor an `e`.
-pub fn go_float(f: f64) -> String {
-    if f.is_nan() {
-        return "NaN".into();
-    }
-    if f.is_infinite() {
-        return if f > 0.0 { "+Inf" } else { "-Inf" }.into();
-    }
-    // Rust's `{:e}` gives the shortest round-trip digits and the decimal exponent.
-    let sci = format!("{f:e}");
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let s = if f != 0.0 && !(-4..21).contains(&exp) {
-        let sign = if exp < 0 { '-' } else { '+' };
-        format!("{mantissa}e{sign}{:02}", exp.unsigned_abs())
-    } else {
-        format!("{f}")
-    };
-    if s.contains(['.', 'e']) { s } else { s + ".0" }
-}
+/// A float as Prometheus prints `le` and `quantile` values of the protobuf format (as it has
+/// since before 2.42, and as Prometheus 3 also rewrites them in the text formats).
+pub use super::gofloat::format_openmetrics_float as go_float;
 
 #[cfg(test)]
 mod tests;

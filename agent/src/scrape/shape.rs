@@ -150,7 +150,8 @@ impl Shaper {
             },
             ..Default::default()
         };
-        let parsed = body.and_then(|b| b.parse(&limits));
+        let dialect = job.compatibility.dialect();
+        let parsed = body.and_then(|b| b.parse(&limits, dialect));
         let exp = match parsed {
             Ok(exp) => exp,
             Err(error) => return self.failed(t, ext, error, ts, duration),

@@ -2,10 +2,12 @@
 //!
 //! For each discovered target: the group's labels are added where the target lacks them; then
 //! `job`, `__scrape_interval__`, `__scrape_timeout__`, `__metrics_path__` and `__scheme__` where
-//! missing; each `params` key becomes `__param_<key>` (first value). `relabel_configs` run on
+//! missing; each `params` key becomes `__param_<key>` (first value) unless the target has that
+//! label already (Prometheus 3; Prometheus 2 overwrote it). `relabel_configs` run on
 //! that set (a dropped target is kept for `/api/v1/targets` as dropped). Then:
-//! `__address__` must be set and contain no `/`; a port is added when missing (80 for http, 443
-//! for https); interval and timeout come from the (possibly relabeled) `__scrape_interval__`
+//! `__address__` must be set and contain no `/`; in the Prometheus 2 mode only, a port is added
+//! when missing (80 for http, 443 for https; Prometheus 3 keeps `host` as it is, in `instance`
+//! too); interval and timeout come from the (possibly relabeled) `__scrape_interval__`
 //! and `__scrape_timeout__` and must be positive with timeout ≤ interval; `__meta_*` labels
 //! are removed; `instance` defaults to the address. The series labels of a target are those
 //! not starting with `__`. The URL is `__scheme__://__address____metrics_path__?params`, where
@@ -20,7 +22,9 @@ use uplink_shared::model::Label;
 
 use std::sync::atomic::AtomicBool;
 
-use crate::config::{Config, JobLimits, ScrapeConfig};
+use crate::config::{
+    Compatibility, Config, JobLimits, NameValidation, ScrapeConfig, ScrapeProtocol,
+};
 use crate::discovery::{LabelSet, TargetGroup};
 use crate::http_client::{self, HttpClient};
 use crate::relabel::{self, RelabelConfig};
@@ -44,12 +48,21 @@ pub struct Job {
     pub accept: String,
     /// `global.external_labels`, added to every series that lacks them.
     pub external_labels: Vec<Label>,
+    /// Which Prometheus the job behaves as.
+    pub compatibility: Compatibility,
+    /// `fallback_scrape_protocol`: the parser for a response without a usable `Content-Type`.
+    pub fallback: Option<ScrapeProtocol>,
+    /// Which metric and label names are valid after relabeling.
+    pub validation: NameValidation,
+    /// Whether the three extra report series are written (`extra_scrape_metrics`).
+    pub extra_metrics: bool,
 }
 
 impl Job {
-    /// A job named `name` with Prometheus's defaults: timestamps honoured, no limits, no
+    /// A job named `name` with Prometheus 3's defaults: timestamps honoured, no limits, no
     /// metric relabeling, the default `Accept` header and HTTP client settings, no external
-    /// labels. Override fields with struct update syntax.
+    /// labels, UTF-8 names, no fallback protocol, no extra report series. Override fields with
+    /// struct update syntax.
     pub fn new(name: &str) -> Result<Job, crate::http_client::HttpClientError> {
         Ok(Job {
             name: name.into(),
@@ -63,8 +76,21 @@ impl Job {
                 &crate::http_client::HttpClientConfig::default(),
                 concat!("uplink-agent/", env!("CARGO_PKG_VERSION")),
             )?,
-            accept: super::negotiate::DEFAULT_ACCEPT.into(),
+            accept: super::negotiate::accept_header(
+                Some(&[
+                    ScrapeProtocol::OpenMetricsText1_0_0,
+                    ScrapeProtocol::OpenMetricsText0_0_1,
+                    ScrapeProtocol::PrometheusText1_0_0,
+                    ScrapeProtocol::PrometheusText0_0_4,
+                ]),
+                false,
+                Some(crate::config::Escaping::AllowUtf8),
+            ),
             external_labels: Vec::new(),
+            compatibility: Compatibility::Prometheus3,
+            fallback: None,
+            validation: NameValidation::Utf8,
+            extra_metrics: false,
         })
     }
 }
@@ -161,16 +187,21 @@ pub fn populate(cfg: &Config, sc: &ScrapeConfig, job: &Arc<Job>, mut set: LabelS
             }
         }
     }
+    let prometheus2 = cfg.compatibility() == Compatibility::Prometheus2;
     for (k, vs) in &sc.params {
         if let Some(v) = vs.first() {
-            set.insert(format!("__param_{k}"), v.clone());
+            let name = format!("__param_{k}");
+            // Prometheus 3 keeps a `__param_` label a target already has.
+            if prometheus2 || set.get(&name).is_none_or(String::is_empty) {
+                set.insert(name, v.clone());
+            }
         }
     }
     let discovered = set.clone();
     if !relabel::process(&mut set, &sc.relabel_configs) {
         return Populated::Dropped(discovered);
     }
-    match finish(sc, job, set) {
+    match finish(sc, job, set, prometheus2) {
         Ok(t) => Populated::Active(Target {
             discovered: Arc::new(discovered),
             ..t
@@ -179,14 +210,19 @@ pub fn populate(cfg: &Config, sc: &ScrapeConfig, job: &Arc<Job>, mut set: LabelS
     }
 }
 
-fn finish(sc: &ScrapeConfig, job: &Arc<Job>, mut set: LabelSet) -> Result<Target, TargetError> {
+fn finish(
+    sc: &ScrapeConfig,
+    job: &Arc<Job>,
+    mut set: LabelSet,
+    prometheus2: bool,
+) -> Result<Target, TargetError> {
     let mut addr = match set.get("__address__") {
         Some(a) if !a.is_empty() => a.clone(),
         _ => return Err(TargetError::NoAddress),
     };
     let scheme = set.get("__scheme__").cloned().unwrap_or_default();
-    // As Prometheus: a port is added only when appending one makes a valid host:port.
-    if !has_port(&addr) && has_port(&format!("{addr}:1234")) {
+    // Prometheus 2 only: a port is added when appending one makes a valid host:port.
+    if prometheus2 && !has_port(&addr) && has_port(&format!("{addr}:1234")) {
         let port = match scheme.as_str() {
             "http" | "" => 80,
             "https" => 443,
@@ -308,6 +344,33 @@ mod tests {
         Config::load(&p).expect("valid")
     }
 
+    #[test]
+    fn prometheus_2_adds_the_default_port_and_params_win() {
+        let cfg = config(concat!(
+            "  - job_name: node\n",
+            "    params: {module: [cfg]}\n",
+            "    static_configs:\n",
+            "      - targets: [h1, 'h2:9100']\n",
+            "        labels: {__param_module: from_target}",
+        ));
+        let sc = &cfg.scrape_configs[0];
+        let j = job(sc);
+        let targets = |cfg: &Config| -> Vec<Target> {
+            from_groups(cfg, sc, &j, &static_groups(sc))
+                .into_iter()
+                .map(active)
+                .collect()
+        };
+        let three = targets(&cfg);
+        assert_eq!(three[0].url, "http://h1/metrics?module=from_target");
+        let mut cfg2 = cfg.clone();
+        cfg2.uplink.compatibility = crate::config::Compatibility::Prometheus2;
+        let two = targets(&cfg2);
+        assert_eq!(two[0].url, "http://h1:80/metrics?module=cfg");
+        assert!(two[0].labels.contains(&Label::new("instance", "h1:80")));
+        assert_eq!(two[1].url, "http://h2:9100/metrics?module=cfg");
+    }
+
     fn job(sc: &ScrapeConfig) -> Arc<Job> {
         Arc::new(Job {
             honor_labels: sc.honor_labels,
@@ -335,19 +398,19 @@ mod tests {
             .into_iter()
             .map(active)
             .collect();
-        assert_eq!(all[0].url, "http://h1:80/metrics?module=a+b&module=c");
+        assert_eq!(all[0].url, "http://h1/metrics?module=a+b&module=c");
         assert_eq!(
             all[0].labels,
             vec![
                 Label::new("env", "dev"),
-                Label::new("instance", "h1:80"),
+                Label::new("instance", "h1"),
                 Label::new("job", "node")
             ]
         );
         assert_eq!(all[0].interval, Duration::from_secs(30));
         assert_eq!(all[0].timeout, Duration::from_secs(10));
         assert_eq!(all[1].url, "http://h2:9100/metrics?module=a+b&module=c");
-        assert_eq!(all[2].url, "http://[::1]:80/metrics?module=a+b&module=c");
+        assert_eq!(all[2].url, "http://[::1]/metrics?module=a+b&module=c");
         assert_eq!(
             all[0].discovered.get("__param_module").map(String::as_str),
             Some("a b")

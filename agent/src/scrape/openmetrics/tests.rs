@@ -1060,3 +1060,26 @@ fn odd_inputs_never_panic() {
         }
     }
 }
+
+#[test]
+fn prometheus_3_normalises_histogram_le_and_summary_quantile() {
+    let body = "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"1000000\"} 2\n\
+                # TYPE gh gaugehistogram\ngh_bucket{le=\"1\"} 1\n\
+                # TYPE s summary\ns{quantile=\"0.5\"} 1\ns{quantile=\"1\"} 2\n# EOF\n";
+    let values = |d: Dialect| -> Vec<String> {
+        parse_with(body, &Limits::default(), d)
+            .expect("valid")
+            .samples
+            .into_iter()
+            .map(|s| s.labels[0].value.clone())
+            .collect()
+    };
+    assert_eq!(
+        values(Dialect::Prometheus3),
+        ["1.0", "1e+06", "1", "0.5", "1.0"]
+    );
+    assert_eq!(
+        values(Dialect::Prometheus2),
+        ["1", "1000000", "1", "0.5", "1"]
+    );
+}
