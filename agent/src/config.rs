@@ -180,6 +180,10 @@ impl Default for GlobalConfig {
 #[serde(deny_unknown_fields)]
 pub struct ScrapeConfig {
     pub job_name: String,
+    /// The `scrape_config_files` file the job comes from (`None`: the main file); its relative
+    /// paths resolve against that file's directory.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     #[serde(default)]
     pub scrape_interval: Option<PromDuration>,
     #[serde(default)]
@@ -302,6 +306,14 @@ pub struct ScrapeConfig {
 }
 
 impl ScrapeConfig {
+    /// The directory the job's relative paths resolve against: its file's, else `main`.
+    pub fn base(&self, main: &Path) -> PathBuf {
+        self.source
+            .as_deref()
+            .and_then(Path::parent)
+            .map_or_else(|| main.to_path_buf(), Path::to_path_buf)
+    }
+
     /// The job's HTTP client settings (`bearer_token*` become `authorization`).
     pub fn http_client(&self) -> HttpClientConfig {
         let bearer = Authorization::bearer(&self.bearer_token, &self.bearer_token_file);
@@ -782,6 +794,44 @@ pub struct Source {
     pub prometheus: PathBuf,
     pub uplink: Option<PathBuf>,
     pub features: Features,
+    /// `--config.auto-reload-interval`, when automatic reloading is on
+    /// (`--enable-feature=auto-reload-config` or `--config.auto-reload`).
+    pub auto_reload: Option<Duration>,
+}
+
+impl Source {
+    /// A checksum of everything a reload would read: the Prometheus file, the uplink file and
+    /// every file `scrape_config_files` matches now, each with its path (Prometheus's
+    /// `GenerateChecksum`, over the files an agent reads). An unreadable file counts as empty.
+    pub fn checksum(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut add = |p: &Path| {
+            p.hash(&mut h);
+            std::fs::read(p).unwrap_or_default().hash(&mut h);
+        };
+        add(&self.prometheus);
+        if let Some(u) = &self.uplink {
+            add(u);
+        }
+        let text = std::fs::read_to_string(&self.prometheus).unwrap_or_default();
+        #[derive(Deserialize, Default)]
+        struct Includes {
+            #[serde(default)]
+            scrape_config_files: Vec<String>,
+        }
+        let includes: Includes = serde_yaml::from_str::<serde_yaml::Value>(&text)
+            .ok()
+            .and_then(|v| serde_yaml::from_value(v).ok())
+            .unwrap_or_default();
+        let dir = self.prometheus.parent().unwrap_or(Path::new("."));
+        for pattern in &includes.scrape_config_files {
+            for file in crate::discovery::file::expand_pattern(pattern, dir).unwrap_or_default() {
+                add(&file);
+            }
+        }
+        h.finish()
+    }
 }
 
 impl Config {
@@ -849,7 +899,89 @@ impl Config {
             }
         }
         cfg.validate(path, &text)?;
+        cfg.include_scrape_config_files(path)?;
         Ok(cfg)
+    }
+
+    /// The files `scrape_config_files` matches now (relative to `main`'s directory), sorted
+    /// within each pattern; a pattern with wildcards outside its last path element is an error,
+    /// as in Prometheus.
+    pub fn scrape_config_file_paths(&self, main: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+        let dir = main.parent().unwrap_or(Path::new("."));
+        let mut out = Vec::new();
+        for (i, pattern) in self.scrape_config_files.iter().enumerate() {
+            let (parent, _) = pattern.rsplit_once('/').unwrap_or(("", pattern));
+            let bad = parent.contains(['*', '?', '[']);
+            let files = (!bad)
+                .then(|| crate::discovery::file::expand_pattern(pattern, dir).ok())
+                .flatten()
+                .ok_or_else(|| {
+                    ConfigError::rule(
+                        main,
+                        format!("scrape_config_files[{i}]"),
+                        format!("invalid scrape config file path {pattern:?}"),
+                    )
+                })?;
+            out.extend(files);
+        }
+        Ok(out)
+    }
+
+    /// Loads the jobs of `scrape_config_files` (each file holds only `scrape_configs`), checks
+    /// them against this file's `global` section with errors located in their own file, and
+    /// appends them. Job names must be unique across all files; the error names the file of the
+    /// first definition, as Prometheus does.
+    fn include_scrape_config_files(&mut self, main: &Path) -> Result<(), ConfigError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct ScrapeConfigs {
+            #[serde(default)]
+            scrape_configs: Vec<ScrapeConfig>,
+        }
+        let mut origin: std::collections::HashMap<String, Option<PathBuf>> = self
+            .scrape_configs
+            .iter()
+            .map(|j| (j.job_name.clone(), None))
+            .collect();
+        for file in self.scrape_config_file_paths(main)? {
+            let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            if text.trim().is_empty() {
+                continue;
+            }
+            let included: ScrapeConfigs =
+                yaml::parse(&file, &text).map_err(|e| unimplemented_discovery(e, &text))?;
+            let mut part = Config {
+                scrape_configs: included.scrape_configs,
+                scrape_config_files: Vec::new(),
+                ..self.clone()
+            };
+            for job in &mut part.scrape_configs {
+                job.source = Some(file.clone());
+            }
+            part.validate(&file, &text)?;
+            for (i, job) in part.scrape_configs.into_iter().enumerate() {
+                if let Some(first) = origin.get(&job.job_name) {
+                    let first = match first {
+                        None => "main config file".to_owned(),
+                        Some(p) => format!("{:?}", p.display().to_string()),
+                    };
+                    return Err(ConfigError::rule(
+                        &file,
+                        format!("scrape_configs[{i}].job_name"),
+                        format!(
+                            "found multiple scrape configs with job name {:?}, first found in {first}",
+                            job.job_name
+                        ),
+                    ));
+                }
+                origin.insert(job.job_name.clone(), Some(file.clone()));
+                self.scrape_configs.push(job);
+            }
+        }
+        Ok(())
     }
 
     /// Cross-field rules, with the location of the offending job where one can be found.
@@ -912,8 +1044,15 @@ impl Config {
                 UTF8_ESCAPING_NEEDS_UTF8.into(),
             ));
         }
+        // Names in the file follow Prometheus 3's UTF-8 rules whatever the validation scheme
+        // (a name the scheme refuses fails the scrape, as in Prometheus 3.5), or Prometheus 2's
+        // legacy rules in the Prometheus 2 mode.
+        let names = match self.compatibility() {
+            Compatibility::Prometheus3 => NameValidation::Utf8,
+            Compatibility::Prometheus2 => NameValidation::Legacy,
+        };
         for name in g.external_labels.keys() {
-            if !scheme.label_name(name) {
+            if !names.label_name(name) {
                 return Err(at(
                     &format!("{name}:"),
                     format!("global.external_labels.{name}"),
@@ -1013,6 +1152,22 @@ impl Config {
                     "must start with '/'".into(),
                 ));
             }
+            if names == NameValidation::Legacy {
+                for (key, list) in [
+                    ("relabel_configs", &job.relabel_configs),
+                    ("metric_relabel_configs", &job.metric_relabel_configs),
+                ] {
+                    for (k, r) in list.iter().enumerate() {
+                        if let Err(message) = r.check_legacy_names() {
+                            return Err(at(
+                                &format!("{key}:"),
+                                field(&format!("{key}[{k}]")),
+                                message,
+                            ));
+                        }
+                    }
+                }
+            }
             let sd_checks = job
                 .file_sd_configs
                 .iter()
@@ -1058,7 +1213,7 @@ impl Config {
                     }
                 }
                 for name in sc.labels.keys() {
-                    if !valid_label_name(name) {
+                    if !names.label_name(name) {
                         return Err(at(
                             &format!("{name}:"),
                             field(&format!("static_configs[{j}].labels.{name}")),
@@ -1296,10 +1451,55 @@ impl Config {
             ("remote_write", self.remote_write.is_some()),
             ("remote_read", self.remote_read.is_some()),
             ("storage", self.storage.is_some()),
+            ("otlp", self.otlp.is_some()),
+            ("runtime", self.runtime.is_some()),
         ]
         .into_iter()
         .filter_map(|(n, present)| present.then_some(n))
         .collect()
+    }
+
+    /// Every setting that is present and that the agent accepts without acting on it: the
+    /// ignored sections, the query-side global keys, and per job the keys of
+    /// [`ScrapeConfig::accepted_only`] and the Kubernetes `attach_metadata` keys it does not
+    /// implement. One warning names them all at each load.
+    pub fn accepted_only(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .ignored_sections()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let g = &self.global;
+        for (key, set) in [
+            ("global.rule_query_offset", g.rule_query_offset.is_some()),
+            ("global.query_log_file", g.query_log_file.is_some()),
+        ] {
+            if set {
+                out.push(key.into());
+            }
+        }
+        for job in &self.scrape_configs {
+            for key in job.accepted_only() {
+                out.push(format!("scrape_configs[{:?}].{key}", job.job_name));
+            }
+            for (i, k) in job.kubernetes_sd_configs.iter().enumerate() {
+                let a = &k.attach_metadata;
+                for (key, set) in [
+                    ("namespace", a.namespace),
+                    ("deployment", a.deployment),
+                    ("job", a.job),
+                    ("cronjob", a.cronjob),
+                ] {
+                    if set {
+                        out.push(format!(
+                            "scrape_configs[{:?}].kubernetes_sd_configs[{i}].attach_metadata.{key}",
+                            job.job_name
+                        ));
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -1793,5 +1993,242 @@ uplink:
         .to_string();
         assert!(e.contains("duplicated protocol"), "{e}");
         assert!(load(&with("", "    scrape_protocols: [OpenMetrics]\n")).is_err());
+    }
+
+    #[test]
+    fn prometheus_3_keys_load_and_derive_as_prometheus_does() {
+        let text = GOOD
+            .replace(
+                "  scrape_interval: 15s\n",
+                "  scrape_interval: 15s\n  scrape_native_histograms: false\n  extra_scrape_metrics: true\n  \
+                 always_scrape_classic_histograms: true\n  metric_name_escaping_scheme: dots\n",
+            )
+            .replace(
+                "  - job_name: node\n",
+                "  - job_name: node\n    fallback_scrape_protocol: PrometheusText0.0.4\n    \
+                 scrape_native_histograms: true\n    convert_classic_histograms_to_nhcb: true\n",
+            )
+            .replace(
+                "rule_files: [\"x.yml\"]\n",
+                "otlp: {translation_strategy: NoTranslation}\nruntime: {gogc: 50}\n\
+                 storage: {tsdb: {out_of_order_time_window: 10m, retention: {time: 15d}}}\n",
+            );
+        let c = load(&text).expect("valid");
+        let job = &c.scrape_configs[0];
+        assert_eq!(
+            job.fallback_scrape_protocol,
+            Some(ScrapeProtocol::PrometheusText0_0_4)
+        );
+        assert!(c.native_histograms(job) && c.extra_scrape_metrics(job));
+        assert!(c.always_scrape_classic_histograms(job));
+        assert!(c.convert_classic_histograms_to_nhcb(job));
+        assert_eq!(c.escaping(job), Escaping::Dots);
+        assert_eq!(c.validation(job), NameValidation::Utf8);
+        // The job ingests native histograms: protobuf first.
+        assert_eq!(
+            c.scrape_protocols(job).expect("derived")[0],
+            ScrapeProtocol::PrometheusProto
+        );
+        assert_eq!(c.ignored_sections(), vec!["storage", "otlp", "runtime"]);
+        // Prometheus 3 refuses the 2.x name of always_scrape_classic_histograms.
+        let old = GOOD.replace(
+            "  - job_name: node\n",
+            "  - job_name: node\n    scrape_classic_histograms: true\n",
+        );
+        let e = load(&old).expect_err("removed key").to_string();
+        assert!(
+            e.contains("scrape_configs[0].scrape_classic_histograms"),
+            "{e}"
+        );
+        let two = old.replace(
+            "  queue: {directory: q}\n",
+            "  queue: {directory: q}\n  compatibility: prometheus2\n",
+        );
+        let c = load(&two).expect("the Prometheus 2 mode takes it");
+        assert!(c.always_scrape_classic_histograms(&c.scrape_configs[0]));
+        assert_eq!(c.scrape_protocols(&c.scrape_configs[0]), None);
+    }
+
+    #[test]
+    fn name_schemes_are_checked_as_prometheus_checks_them() {
+        let with = |global: &str, job: &str| {
+            load(
+                &GOOD
+                    .replace(
+                        "  scrape_interval: 15s\n",
+                        &format!("  scrape_interval: 15s\n{global}"),
+                    )
+                    .replace(
+                        "  - job_name: node\n",
+                        &format!("  - job_name: node\n{job}"),
+                    ),
+            )
+        };
+        let e = with("  metric_name_validation_scheme: strict\n", "")
+            .expect_err("bad")
+            .to_string();
+        assert!(e.contains("global.metric_name_validation_scheme"), "{e}");
+        let e = with("", "    metric_name_escaping_scheme: no-escaping\n")
+            .expect_err("bad")
+            .to_string();
+        assert!(
+            e.contains("scrape_configs[0].metric_name_escaping_scheme"),
+            "{e}"
+        );
+        let e = with(
+            "  metric_name_validation_scheme: legacy\n  metric_name_escaping_scheme: allow-utf-8\n",
+            "",
+        )
+        .expect_err("utf8 escaping under legacy")
+        .to_string();
+        assert!(e.contains(UTF8_ESCAPING_NEEDS_UTF8), "{e}");
+        // Legacy globally: underscores; a job may choose utf8 and keeps the global escaping.
+        let c = with(
+            "  metric_name_validation_scheme: legacy\n",
+            "    metric_name_validation_scheme: utf8\n",
+        )
+        .expect("valid");
+        assert_eq!(c.global_escaping(), Escaping::Underscores);
+        assert_eq!(c.validation(&c.scrape_configs[0]), NameValidation::Utf8);
+        assert_eq!(c.escaping(&c.scrape_configs[0]), Escaping::Underscores);
+        // A job that sets only legacy escapes with underscores (Prometheus >= 3.7's rule).
+        let c = with("", "    metric_name_validation_scheme: legacy\n").expect("valid");
+        assert_eq!(c.escaping(&c.scrape_configs[0]), Escaping::Underscores);
+        // UTF-8 names load in Prometheus 3 (a legacy scheme refuses them when scraping), not
+        // in the Prometheus 2 mode.
+        let dotted = GOOD
+            .replace("site: a", "my.site: a")
+            .replace("labels: {env: dev}", "labels: {env.name: dev}");
+        load(&dotted).expect("UTF-8 names");
+        let e = load(&dotted.replace(
+            "  queue: {directory: q}\n",
+            "  queue: {directory: q}\n  compatibility: prometheus2\n",
+        ))
+        .expect_err("legacy names only")
+        .to_string();
+        assert!(e.contains("my.site"), "{e}");
+    }
+
+    #[test]
+    fn external_labels_expand_the_environment_as_prometheus_3() {
+        // The workspace forbids `unsafe` (so `set_var`): HOME and PATH are always set.
+        let home = std::env::var("HOME").expect("HOME");
+        for (raw, want) in [
+            ("${HOME}".to_owned(), home.clone()),
+            ("$HOME-x".to_owned(), format!("{home}-x")),
+            ("pre-${HOME}".to_owned(), format!("pre-{home}")),
+            ("cost$$5".to_owned(), "cost$5".to_owned()),
+            ("$$HOME".to_owned(), "$HOME".to_owned()),
+            ("${UPLINK_TEST_UNSET_VAR}".to_owned(), String::new()),
+            ("a$".to_owned(), "a$".to_owned()),
+            ("a${}b".to_owned(), "ab".to_owned()),
+            ("a${b".to_owned(), "ab".to_owned()),
+            ("plain".to_owned(), "plain".to_owned()),
+        ] {
+            assert_eq!(expand_env(&raw), want, "{raw}");
+        }
+        let c = load(&GOOD.replace("site: a", "site: '${HOME}'")).expect("valid");
+        assert_eq!(c.global.external_labels["site"], home);
+        let two = GOOD.replace("site: a", "site: '${HOME}'").replace(
+            "  queue: {directory: q}\n",
+            "  queue: {directory: q}\n  compatibility: prometheus2\n",
+        );
+        let c = load(&two).expect("valid");
+        assert_eq!(c.global.external_labels["site"], "${HOME}");
+    }
+
+    #[test]
+    fn an_unimplemented_discovery_mechanism_is_refused_by_name() {
+        let text = GOOD.replace(
+            "    static_configs:\n",
+            "    consul_sd_configs:\n      - server: localhost:8500\n    static_configs:\n",
+        );
+        let e = load(&text).expect_err("consul").to_string();
+        assert!(e.starts_with("agent.yml:8:5: scrape_configs[0]"), "{e}");
+        assert!(
+            e.contains("consul_sd_configs of job \"node\": this service discovery mechanism is not implemented"),
+            "{e}"
+        );
+        assert!(e.contains("kubernetes_sd_configs"), "{e}");
+        let e = load(&GOOD.replace(
+            "    static_configs:\n",
+            "    bogus_key: 1\n    static_configs:\n",
+        ))
+        .expect_err("typo")
+        .to_string();
+        assert!(e.contains("unknown field `bogus_key`"), "{e}");
+    }
+
+    #[test]
+    fn scrape_config_files_load_relative_globs_and_refuse_duplicates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("jobs/sub")).expect("dir");
+        std::fs::write(
+            d.join("jobs/a.yml"),
+            "scrape_configs:\n  - job_name: a\n    scrape_interval: 5s\n    tls_config: {ca_file: ca.pem}\n    \
+             static_configs: [{targets: ['h:1']}]\n",
+        )
+        .expect("write");
+        std::fs::write(d.join("jobs/b.yml"), "scrape_configs: [{job_name: b}]\n").expect("write");
+        std::fs::write(d.join("jobs/empty.yml"), "").expect("write");
+        std::fs::write(d.join("jobs/c.txt"), "not yaml: [").expect("write");
+        let main = GOOD.replace(
+            "scrape_configs:\n",
+            "scrape_config_files: ['jobs/*.yml', 'missing.yml']\nscrape_configs:\n",
+        );
+        let p = d.join("agent.yml");
+        std::fs::write(&p, &main).expect("write");
+        let c = Config::load(&p).expect("valid");
+        let names: Vec<&str> = c
+            .scrape_configs
+            .iter()
+            .map(|j| j.job_name.as_str())
+            .collect();
+        assert_eq!(names, ["node", "a", "b"]);
+        let a = &c.scrape_configs[1];
+        assert_eq!(a.base(d), d.join("jobs"));
+        assert_eq!(
+            c.timeout(a),
+            Duration::from_secs(5),
+            "min(global timeout, interval)"
+        );
+        assert_eq!(c.scrape_configs[0].base(d), d);
+        // A duplicate names the file of the first definition; an error names its own file.
+        std::fs::write(d.join("jobs/b.yml"), "scrape_configs: [{job_name: node}]\n")
+            .expect("write");
+        let e = Config::load(&p).expect_err("duplicate").to_string();
+        assert!(
+            e.contains("b.yml") && e.contains("first found in main config file"),
+            "{e}"
+        );
+        std::fs::write(
+            d.join("jobs/b.yml"),
+            "scrape_configs:\n  - job_name: b\n    scrape_interval: 5 s\n",
+        )
+        .expect("write");
+        let e = Config::load(&p).expect_err("bad value").to_string();
+        assert!(
+            e.contains("b.yml:3:") && e.contains("scrape_interval"),
+            "{e}"
+        );
+        std::fs::write(d.join("jobs/b.yml"), "global: {}\n").expect("write");
+        assert!(
+            Config::load(&p)
+                .expect_err("only scrape_configs")
+                .to_string()
+                .contains("global")
+        );
+        // Wildcards only in the last path element.
+        std::fs::write(
+            &p,
+            GOOD.replace(
+                "scrape_configs:\n",
+                "scrape_config_files: ['j*/*.yml']\nscrape_configs:\n",
+            ),
+        )
+        .expect("write");
+        let e = Config::load(&p).expect_err("glob").to_string();
+        assert!(e.contains("invalid scrape config file path"), "{e}");
     }
 }

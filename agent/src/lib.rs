@@ -61,12 +61,7 @@ pub async fn run(
     traces
         .apply(cfg.tracing.as_ref())
         .context("configuring traces")?;
-    for section in cfg.ignored_sections() {
-        warn!(
-            section,
-            "Prometheus configuration section is ignored by the agent."
-        );
-    }
+    warn_accepted_only(&cfg);
     if cfg.uplink.queue.fsync.is_some() {
         warn!("uplink.queue.fsync is deprecated: use sync: always or sync: interval.");
     }
@@ -98,6 +93,9 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(false));
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<web::ReloadRequest>(4);
     spawn_sighup(reload_tx.clone());
+    if let Some(every) = source.auto_reload {
+        spawn_auto_reload(reload_tx.clone(), source.clone(), every, shutdown.clone());
+    }
     let receiver = web
         .enable_remote_write_receiver
         .then(|| receive::Receiver::new(&cfg, queue.clone(), metrics.clone(), shutdown.clone()));
@@ -204,6 +202,7 @@ pub async fn run(
                             warn!("The uplink section changed; restart the agent to apply it.");
                         }
                         info!("Configuration reloaded; applying it to the scrapers.");
+                        warn_accepted_only(&new);
                         if let Some(r) = &receiver {
                             r.reload(&new);
                         }
@@ -239,6 +238,17 @@ pub async fn run(
     web_token.cancel();
     info!("Shutdown complete.");
     Ok(())
+}
+
+/// One warning naming every setting the agent accepts but does not act on.
+fn warn_accepted_only(cfg: &Config) {
+    let keys = cfg.accepted_only();
+    if !keys.is_empty() {
+        warn!(
+            keys = keys.join(", "),
+            "Configuration settings accepted but not acted on by the agent."
+        );
+    }
 }
 
 /// The certificates' expiry, for the expiry alert.
@@ -289,6 +299,48 @@ fn unix_seconds() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Automatic reloading, as Prometheus 3's `--config.auto-reload`: every `every`, a checksum of
+/// the configuration files ([`config::Source::checksum`]); a change asks for a reload (whose
+/// outcome is logged, and retried only after the next change).
+fn spawn_auto_reload(
+    tx: web::ReloadSender,
+    source: config::Source,
+    every: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let checksum = |s: &config::Source| {
+            let s = s.clone();
+            tokio::task::spawn_blocking(move || s.checksum())
+        };
+        let Ok(mut last) = checksum(&source).await else {
+            return;
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Ok(now) = checksum(&source).await else {
+                return;
+            };
+            if now == last {
+                continue;
+            }
+            last = now;
+            info!("Configuration files changed; reloading.");
+            let (reply, outcome) = tokio::sync::oneshot::channel();
+            if tx.send(reply).await.is_err() {
+                return;
+            }
+            let _ = outcome.await;
+        }
+    });
 }
 
 /// SIGHUP asks for a reload, as in Prometheus; the outcome is logged.

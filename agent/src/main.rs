@@ -32,10 +32,24 @@ struct Flags {
     /// Log format: logfmt or json.
     #[arg(long = "log.format", default_value = "logfmt")]
     log_format: uplink_shared::telemetry::LogFormat,
-    /// Features to enable, comma-separated, as in Prometheus: `native-histograms` asks
-    /// targets for the protobuf format first.
+    /// Features to enable, comma-separated, as in Prometheus 3.5: `native-histograms`
+    /// (ingest native histograms; protobuf first), `extra-scrape-metrics`,
+    /// `auto-reload-config`, and in the Prometheus 2 mode `expand-external-labels`.
     #[arg(long = "enable-feature")]
     enable_feature: Vec<String>,
+    /// Reload the configuration when its files change (Prometheus 3.12's switch; 3.5's is
+    /// `--enable-feature=auto-reload-config`).
+    #[arg(long = "config.auto-reload")]
+    config_auto_reload: bool,
+    /// How often automatic reloading checks the configuration files (at least 1s).
+    #[arg(long = "config.auto-reload-interval", default_value = "30s", value_parser = parse_duration)]
+    config_auto_reload_interval: std::time::Duration,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    uplink_shared::duration::PromDuration::parse(s)
+        .map(|d| d.0)
+        .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -50,10 +64,16 @@ fn main() -> ExitCode {
         // Logging starts later; Prometheus also only warns.
         eprintln!("warning: unknown --enable-feature value {name:?} ignored");
     }
+    let auto_reload = (features.auto_reload_config || flags.config_auto_reload).then(|| {
+        flags
+            .config_auto_reload_interval
+            .max(std::time::Duration::from_secs(1))
+    });
     let source = uplink_agent::config::Source {
         prometheus: flags.config_file.clone(),
         uplink: flags.uplink_config_file.clone(),
         features,
+        auto_reload,
     };
     uplink_shared::telemetry::run_binary(
         "uplink-agent",

@@ -16,7 +16,11 @@
 //! - Every action name is accepted in any case (`Replace`, `LABELDROP`), as Prometheus does.
 //!
 //! Validation mirrors Prometheus's configuration errors (a missing `target_label`, a zero
-//! `modulus`, fields that `labeldrop`/`keepequal` do not take).
+//! `modulus`, fields that `labeldrop`/`keepequal` do not take). Label names follow Prometheus
+//! 3's UTF-8 rules (any non-empty name, whatever the job's `metric_name_validation_scheme`:
+//! a name the scheme refuses fails the scrape after relabeling, not the configuration);
+//! [`RelabelConfig::check_legacy_names`] adds Prometheus 2's legacy rules, and
+//! [`process_with`] applies them to expanded targets.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -277,18 +281,18 @@ impl TryFrom<RawConfig> for RelabelConfig {
         let replacement = raw.replacement.map(Scalar::into_string);
         let c = RelabelConfig {
             source_labels: raw.source_labels,
-            separator: separator.clone().unwrap_or(d.separator),
+            separator: separator.clone().unwrap_or_else(|| d.separator.clone()),
             regex,
             modulus: raw.modulus,
             target_label: raw
                 .target_label
                 .map(Scalar::into_string)
                 .unwrap_or_default(),
-            replacement: replacement.clone().unwrap_or(d.replacement),
+            replacement: replacement.clone().unwrap_or_else(|| d.replacement.clone()),
             action,
         };
         for s in &c.source_labels {
-            if !crate::model::valid_label_name(s) {
+            if s.is_empty() {
                 return Err(format!("{s:?} is not a valid label name"));
             }
         }
@@ -310,27 +314,14 @@ impl TryFrom<RawConfig> for RelabelConfig {
         if action == Action::HashMod && c.modulus == 0 {
             return Err("relabel configuration for hashmod requires non-zero modulus".into());
         }
-        if action == Action::Replace && !valid_target_template(&c.target_label) {
-            return Err(format!(
-                "{:?} is invalid 'target_label' for replace action",
-                c.target_label
-            ));
-        }
         if matches!(
             action,
-            Action::Lowercase
-                | Action::Uppercase
-                | Action::HashMod
-                | Action::KeepEqual
-                | Action::DropEqual
-        ) && !crate::model::valid_label_name(&c.target_label)
+            Action::Lowercase | Action::Uppercase | Action::KeepEqual | Action::DropEqual
+        ) && c.replacement != d.replacement
         {
-            return Err(format!(
-                "{:?} is invalid 'target_label' for {name} action",
-                c.target_label
-            ));
+            return Err(format!("'replacement' can not be set for {name} action"));
         }
-        if action == Action::LabelMap && !valid_target_template(&c.replacement) {
+        if action == Action::LabelMap && c.replacement.is_empty() {
             return Err(format!(
                 "{:?} is invalid 'replacement' for labelmap action",
                 c.replacement
@@ -340,25 +331,65 @@ impl TryFrom<RawConfig> for RelabelConfig {
             && (!c.source_labels.is_empty()
                 || !c.target_label.is_empty()
                 || c.modulus != 0
-                || separator.is_some()
-                || replacement.is_some())
+                || c.separator != d.separator
+                || c.replacement != d.replacement)
         {
             return Err(format!(
                 "{name} action requires only 'regex', and no other fields"
             ));
         }
         if matches!(action, Action::KeepEqual | Action::DropEqual)
-            && (c.source_labels.is_empty()
-                || regex_src.is_some()
+            && (regex_src.is_some()
                 || c.modulus != 0
-                || separator.is_some()
-                || replacement.is_some())
+                || c.separator != d.separator
+                || c.replacement != d.replacement)
         {
             return Err(format!(
                 "{name} action requires only 'source_labels' and `target_label`, and no other fields"
             ));
         }
         Ok(c)
+    }
+}
+
+impl RelabelConfig {
+    /// Prometheus 2's stricter name rules: source labels legacy-valid, targets of `replace`,
+    /// `lowercase`, `uppercase`, `keepequal` and `dropequal` (and a `labelmap` replacement)
+    /// legacy label names with `$1`/`${name}` references, a `hashmod` target a legacy name.
+    pub fn check_legacy_names(&self) -> Result<(), String> {
+        for s in &self.source_labels {
+            if !crate::model::valid_label_name(s) {
+                return Err(format!("{s:?} is not a valid label name"));
+            }
+        }
+        let name = self.action.name();
+        if matches!(
+            self.action,
+            Action::Replace
+                | Action::Lowercase
+                | Action::Uppercase
+                | Action::KeepEqual
+                | Action::DropEqual
+        ) && !valid_target_template(&self.target_label)
+        {
+            return Err(format!(
+                "{:?} is invalid 'target_label' for {name} action",
+                self.target_label
+            ));
+        }
+        if self.action == Action::HashMod && !crate::model::valid_label_name(&self.target_label) {
+            return Err(format!(
+                "{:?} is invalid 'target_label' for {name} action",
+                self.target_label
+            ));
+        }
+        if self.action == Action::LabelMap && !valid_target_template(&self.replacement) {
+            return Err(format!(
+                "{:?} is invalid 'replacement' for labelmap action",
+                self.replacement
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -401,10 +432,16 @@ fn valid_target_template(s: &str) -> bool {
     !b[0].is_ascii_digit()
 }
 
-/// Applies `cfgs` in order. Returns `false` when a step dropped the target or series (the
-/// labels are then unspecified).
+/// Applies `cfgs` in order, as Prometheus 3 does. Returns `false` when a step dropped the
+/// target or series (the labels are then unspecified).
 pub fn process(labels: &mut LabelSet, cfgs: &[RelabelConfig]) -> bool {
-    cfgs.iter().all(|c| apply(labels, c))
+    process_with(labels, cfgs, false)
+}
+
+/// [`process`], with Prometheus 2's rule for a `replace` target expanded from references
+/// when `legacy` (it must be a legacy label name; Prometheus 3 takes any non-empty name).
+pub fn process_with(labels: &mut LabelSet, cfgs: &[RelabelConfig], legacy: bool) -> bool {
+    cfgs.iter().all(|c| apply(labels, c, legacy))
 }
 
 fn set(labels: &mut LabelSet, name: &str, value: String) {
@@ -415,7 +452,7 @@ fn set(labels: &mut LabelSet, name: &str, value: String) {
     }
 }
 
-fn apply(labels: &mut LabelSet, c: &RelabelConfig) -> bool {
+fn apply(labels: &mut LabelSet, c: &RelabelConfig, legacy: bool) -> bool {
     let val = {
         let mut parts = c
             .source_labels
@@ -442,7 +479,12 @@ fn apply(labels: &mut LabelSet, c: &RelabelConfig) -> bool {
                 return true;
             };
             let target = expand(&c.regex.re, &caps, &c.target_label);
-            if !crate::model::valid_label_name(&target) {
+            let valid = if legacy {
+                crate::model::valid_label_name(&target)
+            } else {
+                !target.is_empty()
+            };
+            if !valid {
                 return true;
             }
             let res = expand(&c.regex.re, &caps, &c.replacement);
@@ -609,11 +651,17 @@ mod tests {
                 &[("a", "abc-42")],
                 Some(&[("a", "abc-42"), ("l_abc", "42")]),
             ),
-            // An invalid expanded target name: no change.
+            // Prometheus 3 takes any non-empty expanded target name (see below for 2's rule);
+            // an empty one changes nothing.
             (
                 "[{source_labels: [a], regex: '(.*)', target_label: '$1', replacement: x}]",
                 &[("a", "1bad")],
-                Some(&[("a", "1bad")]),
+                Some(&[("a", "1bad"), ("1bad", "x")]),
+            ),
+            (
+                "[{source_labels: [n], regex: '(.*)', target_label: '$1', replacement: x}]",
+                &[("a", "v")],
+                Some(&[("a", "v")]),
             ),
             // Replacing with the empty string deletes.
             (
@@ -783,12 +831,39 @@ mod tests {
         assert!(cfg_err("{action: frobnicate}").contains("unknown relabel action"));
         assert!(cfg_err("{action: ''}").contains("cannot be empty"));
         assert!(cfg_err("{regex: '(', target_label: a}").contains("invalid regex"));
-        assert!(cfg_err("{target_label: 'a-b'}").contains("invalid 'target_label'"));
         assert!(
-            cfg_err("{action: labelmap, replacement: 'x-$1'}").contains("invalid 'replacement'")
+            cfg_err("{action: lowercase, source_labels: [a], target_label: b, replacement: c}")
+                .contains("'replacement' can not be set for lowercase action")
+        );
+        // Prometheus 3 takes UTF-8 names in the configuration; Prometheus 2's legacy rules
+        // are a separate check.
+        let legacy = |yaml: &str| cfg(yaml).check_legacy_names().expect_err(yaml);
+        assert!(legacy("{target_label: 'a-b'}").contains("invalid 'target_label'"));
+        assert!(
+            legacy("{action: labelmap, replacement: 'x-$1'}").contains("invalid 'replacement'")
         );
         assert!(
-            cfg_err("{source_labels: ['a-b'], target_label: x}").contains("not a valid label name")
+            legacy("{source_labels: ['a-b'], target_label: x}").contains("not a valid label name")
+        );
+        assert!(legacy("{action: hashmod, modulus: 2, target_label: 'a.b'}").contains("hashmod"));
+        cfg("{target_label: 'a_$1', regex: '(.*)'}")
+            .check_legacy_names()
+            .expect("a template");
+        assert!(
+            cfg_err("{source_labels: [''], target_label: x}").contains("not a valid label name")
+        );
+        // An explicit default separator is no "other field" (Prometheus compares values).
+        cfg("{action: labeldrop, regex: a, separator: ';'}");
+        let mut two = ls(&[("a", "1bad")]);
+        let steps: Vec<RelabelConfig> = serde_yaml::from_str(
+            "[{source_labels: [a], regex: '(.*)', target_label: '$1', replacement: x}]",
+        )
+        .expect("valid");
+        assert!(process_with(&mut two, &steps, true));
+        assert_eq!(
+            two,
+            ls(&[("a", "1bad")]),
+            "Prometheus 2 skips an invalid target"
         );
         assert!(cfg_err("{target_label: x, bogus: 1}").contains("unknown field"));
         // Accepted forms.

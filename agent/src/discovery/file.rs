@@ -193,6 +193,13 @@ enum NamePattern {
     Glob(Glob),
 }
 
+/// The files a path or glob (wildcards in its last element only) matches now, relative to
+/// `base`, sorted, directories excluded; as Go's `filepath.Glob` (a literal path counts when it
+/// exists).
+pub fn expand_pattern(pattern: &str, base: &Path) -> Result<Vec<PathBuf>, String> {
+    Ok(PathPattern::new(pattern, base)?.expand())
+}
+
 impl PathPattern {
     fn new(pattern: &str, base: &Path) -> Result<PathPattern, String> {
         let path = resolve(Path::new(pattern), base);

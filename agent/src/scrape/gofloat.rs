@@ -2,9 +2,10 @@
 //! label values (`normalizeFloatsInLabelValues` in `model/textparse`).
 //!
 //! * [`parse`] is Go's `strconv.ParseFloat(s, 64)` with its current syntax: decimal floats,
-//!   hexadecimal floats (`0x1p-2`, a `p` exponent required), `_` between digits of a
-//!   hexadecimal float only, `inf`/`infinity` with an optional sign and `nan` without one (any
-//!   case). A finite literal that overflows is an error (`ErrRange`), as is anything else.
+//!   hexadecimal floats (`0x1p-2`, a `p` exponent required), `_` between two digits (or after
+//!   the `0x` prefix; Prometheus 3.5 stores `le="1_0"` as `10.0`), `inf`/`infinity` with an
+//!   optional sign and `nan` without one (any case). A finite literal that overflows is an
+//!   error (`ErrRange`), as is anything else.
 //! * [`format_openmetrics_float`] is `labels.FormatOpenMetricsFloat`: `1.0`, `0.0`, `-1.0`,
 //!   `NaN`, `+Inf`, `-Inf` for those values, otherwise Go's shortest `'g'` form
 //!   (`strconv.AppendFloat(f, 'g', -1, 64)`: the exponent form when the decimal exponent is
@@ -37,7 +38,10 @@ pub fn parse(s: &str) -> Option<f64> {
     let magnitude = if lower.starts_with("0x") {
         parse_hex(lower.get(2..)?)?
     } else {
-        parse_decimal(body)?
+        if !underscores_ok(body, false) {
+            return None;
+        }
+        parse_decimal(&body.replace('_', ""))?
     };
     Some(if negative { -magnitude } else { magnitude })
 }
@@ -84,10 +88,10 @@ fn parse_decimal(s: &str) -> Option<f64> {
 /// The part of a hexadecimal float after `0x` (lowercased): hex digits with an optional `.`,
 /// then a mandatory `p` exponent; `_` only between digits (or right after the prefix).
 fn parse_hex(s: &str) -> Option<f64> {
-    let (mantissa, exponent) = s.split_once('p')?;
-    if !underscores_ok(mantissa) {
+    if !underscores_ok(s, true) {
         return None;
     }
+    let (mantissa, exponent) = s.split_once('p')?;
     let mut value: u128 = 0;
     let mut scale: i64 = 0;
     let mut digits = 0;
@@ -122,9 +126,6 @@ fn parse_hex(s: &str) -> Option<f64> {
     if exp_digits.is_empty() || !exp_digits.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
         return None;
     }
-    if !underscores_ok(exp_digits) || exp_digits.starts_with('_') {
-        return None;
-    }
     let exp: i64 = exp_digits
         .chars()
         .filter(|c| *c != '_')
@@ -137,24 +138,33 @@ fn parse_hex(s: &str) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
-/// Underscores only between two digits (a leading one follows the `0x` prefix, which Go counts
-/// as a digit); never two in a row, never last.
-fn underscores_ok(s: &str) -> bool {
-    let mut prev_digit = true;
+/// Go's `underscoreOK` on what follows the sign (and, for `hex`, the `0x` prefix, which counts
+/// as a digit): an underscore only right after a digit and right before one.
+fn underscores_ok(s: &str, hex: bool) -> bool {
+    #[derive(PartialEq)]
+    enum Saw {
+        Start,
+        Digit,
+        Underscore,
+        Other,
+    }
+    let mut saw = if hex { Saw::Digit } else { Saw::Start };
     for c in s.chars() {
-        if c == '_' {
-            if !prev_digit {
+        let digit = c.is_ascii_digit() || (hex && c.is_ascii_hexdigit());
+        if digit {
+            saw = Saw::Digit;
+        } else if c == '_' {
+            if saw != Saw::Digit {
                 return false;
             }
-            prev_digit = false;
+            saw = Saw::Underscore;
+        } else if saw == Saw::Underscore {
+            return false;
         } else {
-            prev_digit = c.is_ascii_hexdigit();
-            if c == '.' {
-                prev_digit = false;
-            }
+            saw = Saw::Other;
         }
     }
-    !s.ends_with('_')
+    saw != Saw::Underscore
 }
 
 /// `v × 2^exp`, in steps that stay exact while the result is a normal number.
@@ -264,6 +274,8 @@ mod tests {
             ("0x1p-2", "0.25"),
             ("0X1.8P1", "3.0"),
             ("0x1_0p0", "16.0"),
+            ("1_0", "10.0"),
+            ("1_000.5e1_0", "1.0005e+13"),
             ("nan", "NaN"),
             ("NaN", "NaN"),
             ("2.5e-7", "2.5e-07"),
@@ -277,8 +289,8 @@ mod tests {
             assert_eq!(normalize(exposed).as_deref(), Some(stored), "{exposed}");
         }
         for kept in [
-            "abc", "", "1_0", "+nan", "1e400", "0x10", "0x", "1e", "--1", "0x_1p0_", "1 ", " 1",
-            "0x1p", "infx",
+            "abc", "", "+nan", "1e400", "0x10", "0x", "1e", "--1", "0x_1p0_", "1 ", " 1", "0x1p",
+            "infx", "_1", "1_", "1__0", "1_.5", "1._5", "1e_1",
         ] {
             assert_eq!(normalize(kept), None, "{kept:?}");
         }

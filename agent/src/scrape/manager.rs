@@ -215,7 +215,7 @@ impl JobRunner {
     fn job(&self, spec: &JobSpec) -> Option<Arc<Job>> {
         let sc = spec.sc();
         let mut http = sc.http_client();
-        http.resolve(&self.base);
+        http.resolve(&sc.base(&self.base));
         let client = match HttpClient::new(
             &http,
             concat!("uplink-agent/", env!("CARGO_PKG_VERSION")),
@@ -257,7 +257,7 @@ impl JobRunner {
         let changed = Arc::new(Notify::new());
         let receivers = crate::discovery::spawn(
             spec.sc(),
-            &self.base,
+            &spec.sc().base(&self.base),
             &self.ctx.metrics,
             &self.tracker,
             &token,

@@ -84,8 +84,16 @@ pub enum ScrapeError {
     Status(reqwest::StatusCode),
     /// Prometheus 3: the response's `Content-Type` selects no parser and the job has no
     /// `fallback_scrape_protocol`.
-    #[error("{0}")]
-    ContentType(String),
+    #[error("{message}")]
+    ContentType {
+        message: String,
+        /// The body's length (for `scrape_body_size_bytes`).
+        body_bytes: usize,
+    },
+    /// A metric or label name the job's `metric_name_validation_scheme` refuses, after
+    /// relabeling.
+    #[error("invalid metric name or label names: {0}")]
+    InvalidNames(String),
     /// The body exceeded `body_size_limit`.
     #[error("body size limit exceeded ({0} bytes)")]
     BodyTooLarge(usize),
@@ -389,8 +397,12 @@ async fn scrape_once(t: &Target) -> Result<Body, ScrapeError> {
             }
             // An empty body is a successful scrape whatever its Content-Type.
             _ if body.is_empty() => Format::Text,
-            _ => Format::from_content_type_3(content_type.as_deref(), t.job.fallback)
-                .map_err(ScrapeError::ContentType)?,
+            _ => Format::from_content_type_3(content_type.as_deref(), t.job.fallback).map_err(
+                |message| ScrapeError::ContentType {
+                    message,
+                    body_bytes: body.len(),
+                },
+            )?,
         };
         Ok(Body { data: body, format })
     };

@@ -366,7 +366,7 @@ mod tests {
             );
         }
         assert_eq!(
-            f(None, None).unwrap_err(),
+            f(None, None).err().unwrap_or_default(),
             "non-compliant scrape target sending blank Content-Type and no fallback_scrape_protocol specified for target"
         );
     }

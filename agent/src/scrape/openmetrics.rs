@@ -328,8 +328,8 @@ fn parse_line(
 ) -> Result<(), Kind> {
     match text.as_bytes().first() {
         Some(b'#') => metadata(text, out, state),
-        Some(&c) if is_name_start(c) => {
-            let (mut sample, exemplar) = sample(text)?;
+        Some(&c) if is_name_start(c) || (c == b'{' && state.dialect == Dialect::Prometheus3) => {
+            let (mut sample, exemplar) = sample(text, state.dialect)?;
             for l in &mut sample.labels {
                 parse::normalize_label(state.dialect, state.current_type, l);
             }
@@ -342,7 +342,7 @@ fn parse_line(
             Ok(())
         }
         _ => Err(Kind::UnexpectedLineStart {
-            found: Cursor::new(text).found(),
+            found: Cursor::new(text, state.dialect).found(),
         }),
     }
 }
@@ -361,12 +361,20 @@ fn metadata(text: &str, out: &mut Exposition, state: &mut State) -> Result<(), K
                 .map(|r| (k, r))
         })
         .ok_or_else(invalid)?;
-    let mut c = Cursor::new(rest);
-    if !c.peek().is_some_and(is_name_start) {
-        let found = c.found();
-        return Err(Kind::MissingMetadataName { keyword, found });
-    }
-    let name = c.take_while(is_name_char);
+    let mut c = Cursor::new(rest, state.dialect);
+    let name = if state.dialect == Dialect::Prometheus3 && c.peek() == Some(b'"') {
+        // A quoted name, kept as written between the quotes (as Prometheus keeps it).
+        c.quoted().ok_or_else(|| Kind::MissingMetadataName {
+            keyword,
+            found: "'\"'".into(),
+        })?
+    } else {
+        if !c.peek().is_some_and(is_name_start) {
+            let found = c.found();
+            return Err(Kind::MissingMetadataName { keyword, found });
+        }
+        c.take_while(is_name_char)
+    };
     if !c.eat(b' ') {
         let found = c.found();
         return Err(Kind::MissingMetadataText { keyword, found });
@@ -428,24 +436,37 @@ fn check_unit(name: &str, unit: &str) -> Result<(), Kind> {
 type Stored = Option<Box<ParsedExemplar>>;
 
 /// A sample line, and its exemplar if it had one.
-fn sample(text: &str) -> Result<(ParsedSample, Option<Stored>), Kind> {
-    let mut c = Cursor::new(text);
-    let name = c.take_while(is_name_char);
+fn sample(text: &str, dialect: Dialect) -> Result<(ParsedSample, Option<Stored>), Kind> {
+    let mut c = Cursor::new(text, dialect);
+    let mut name = (c.peek() != Some(b'{')).then(|| c.take_while(is_name_char).to_owned());
     let mut labels = Vec::new();
     if c.eat(b'{') {
-        for (label, raw) in c.labels()? {
-            labels.push(Label::new(label, unescape(raw)));
+        let (quoted, pairs) = c.labels(false)?;
+        if let Some(q) = quoted {
+            if name.is_some() {
+                return Err(Kind::Sample(parse::ParseErrorKind::MetricNameAlreadySet {
+                    name: snippet(q),
+                }));
+            }
+            name = Some(unescape(q));
+        }
+        for (label, raw) in pairs {
+            // A quoted label name is unescaped as a value is (a bare one has no backslash).
+            labels.push(Label::new(unescape(label), unescape(raw)));
         }
     }
+    let Some(name) = name else {
+        return Err(Kind::Sample(parse::ParseErrorKind::MetricNameNotSet));
+    };
     let Some(raw) = c.token() else {
         let found = c.found();
         return Err(Kind::MissingValue { found });
     };
     let value = value(raw)?;
-    let (timestamp_ms, exemplar) = c.after_value(name)?;
+    let (timestamp_ms, exemplar) = c.after_value(&name)?;
     let sample = ParsedSample {
         exemplar: exemplar.clone().flatten(),
-        ..ParsedSample::new(name.to_owned(), labels, value, timestamp_ms)
+        ..ParsedSample::new(name, labels, value, timestamp_ms)
     };
     Ok((sample, exemplar))
 }
@@ -499,11 +520,16 @@ fn exemplar_storable(labels: &[(&str, &str)]) -> bool {
 struct Cursor<'a> {
     text: &'a str,
     pos: usize,
+    dialect: Dialect,
 }
 
 impl<'a> Cursor<'a> {
-    fn new(text: &'a str) -> Self {
-        Cursor { text, pos: 0 }
+    fn new(text: &'a str, dialect: Dialect) -> Self {
+        Cursor {
+            text,
+            pos: 0,
+            dialect,
+        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -569,18 +595,45 @@ impl<'a> Cursor<'a> {
     }
 
     /// The inside of `{…}` (at the first character after `{`) through the closing `}`, as
-    /// (name, still-escaped value) pairs.
-    fn labels(&mut self) -> Result<Vec<(&'a str, &'a str)>, Kind> {
+    /// (name, still-escaped value) pairs. In the Prometheus 3 grammar a label name may be
+    /// quoted (returned still escaped), a quoted string followed by `,` or `}` is the metric
+    /// name (returned apart, still escaped; not in an exemplar), and a trailing comma is
+    /// allowed.
+    #[allow(clippy::type_complexity)]
+    fn labels(
+        &mut self,
+        exemplar: bool,
+    ) -> Result<(Option<&'a str>, Vec<(&'a str, &'a str)>), Kind> {
+        let three = self.dialect == Dialect::Prometheus3;
         let mut out = Vec::new();
+        let mut metric = None;
         if self.eat(b'}') {
-            return Ok(out);
+            return Ok((metric, out));
         }
         loop {
-            if !self.peek().is_some_and(is_label_start) {
+            let name = if three && self.peek() == Some(b'"') {
+                let q = self.quoted().ok_or_else(|| Kind::UnterminatedLabelValue {
+                    label: String::new(),
+                })?;
+                if !exemplar && matches!(self.peek(), Some(b',' | b'}')) {
+                    if metric.is_some() {
+                        return Err(Kind::Sample(parse::ParseErrorKind::MetricNameAlreadySet {
+                            name: snippet(q),
+                        }));
+                    }
+                    metric = Some(q);
+                    if self.eat(b'}') || (self.eat(b',') && self.eat(b'}')) {
+                        return Ok((metric, out));
+                    }
+                    continue;
+                }
+                q
+            } else if self.peek().is_some_and(is_label_start) {
+                self.take_while(is_label_char)
+            } else {
                 let found = self.found();
                 return Err(Kind::ExpectedLabelName { found });
-            }
-            let name = self.take_while(is_label_char);
+            };
             if !self.eat(b'=') {
                 let (label, found) = (snippet(name), self.found());
                 return Err(Kind::ExpectedEquals { label, found });
@@ -594,11 +647,14 @@ impl<'a> Cursor<'a> {
             })?;
             out.push((name, raw));
             if self.eat(b'}') {
-                return Ok(out);
+                return Ok((metric, out));
             }
             if !self.eat(b',') {
                 let found = self.found();
                 return Err(Kind::ExpectedCommaOrBrace { found });
+            }
+            if three && self.eat(b'}') {
+                return Ok((metric, out));
             }
         }
     }
@@ -652,13 +708,16 @@ impl<'a> Cursor<'a> {
 
     /// An exemplar (at ` # {`) through the end of the line, kept when it is storable.
     fn exemplar(&mut self, metric: &str) -> Result<Stored, Kind> {
-        if !(metric.ends_with("_total") || metric.ends_with("_bucket")) {
+        // Prometheus 2 took exemplars only on `_total` and `_bucket` samples; 3 on any.
+        if self.dialect == Dialect::Prometheus2
+            && !(metric.ends_with("_total") || metric.ends_with("_bucket"))
+        {
             return Err(Kind::ExemplarNotAllowed {
                 metric: snippet(metric),
             });
         }
         self.pos += EXEMPLAR_START.len();
-        let labels = self.labels()?;
+        let (_, labels) = self.labels(true)?;
         let Some(raw) = self.token() else {
             let found = self.found();
             return Err(Kind::MissingExemplarValue { found });

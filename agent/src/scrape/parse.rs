@@ -244,6 +244,15 @@ pub enum ParseErrorKind {
     /// A label named `__name__` inside braces.
     #[error("label `__name__` is not allowed inside braces")]
     NameLabelInBraces,
+    /// A line whose braces hold no quoted metric name, and none before them (Prometheus 3).
+    #[error("metric name not set")]
+    MetricNameNotSet,
+    /// A second metric name in one line (Prometheus 3's quoted names).
+    #[error("metric name already set, found {name:?}")]
+    MetricNameAlreadySet {
+        /// The second name.
+        name: String,
+    },
     /// The metric name (and labels) are not followed by a value.
     #[error("expected a sample value, found {found}")]
     MissingValue {
@@ -383,7 +392,7 @@ pub fn parse_with(
         }
         match p.peek() {
             Some(b'#') => p.comment(&mut out)?,
-            Some(c) if is_name_start(c) => {
+            Some(c) if is_name_start(c) || (c == b'{' && dialect == Dialect::Prometheus3) => {
                 let line = p.line;
                 let sample = p.sample()?;
                 check_limits(&sample, limits, out.samples.len())
@@ -554,11 +563,21 @@ impl<'a> Parser<'a> {
     /// The part of a `# HELP`/`# TYPE` line after the keyword's whitespace (at `pos`).
     fn metadata(&mut self, keyword: &'static str, out: &mut Exposition) -> Result<(), ParseError> {
         self.skip_ws();
-        if !self.peek().is_some_and(is_name_start) {
-            let found = self.found();
-            return Err(self.err(ParseErrorKind::MissingMetadataName { keyword, found }));
-        }
-        let name = self.take_while(is_name_char);
+        let name = if self.peek() == Some(b'"') && self.dialect == Dialect::Prometheus3 {
+            // A quoted name, kept as written between the quotes (as Prometheus keeps it).
+            let start = self.pos + 1;
+            if self.quoted().is_none() {
+                let found = self.found();
+                return Err(self.err(ParseErrorKind::MissingMetadataName { keyword, found }));
+            }
+            self.src.get(start..self.pos - 1).unwrap_or_default()
+        } else {
+            if !self.peek().is_some_and(is_name_start) {
+                let found = self.found();
+                return Err(self.err(ParseErrorKind::MissingMetadataName { keyword, found }));
+            }
+            self.take_while(is_name_char)
+        };
         let rest = self.rest_of_line();
         let mut chars = rest.chars();
         match chars.next() {
@@ -592,21 +611,29 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
-    /// A sample line (at the first character of the metric name).
+    /// A sample line (at the first character of the metric name, or at the `{` of a line
+    /// whose name is quoted inside the braces).
     fn sample(&mut self) -> Result<ParsedSample, ParseError> {
         let start_line = self.line;
-        let name = self.take_while(is_name_char);
+        let mut name =
+            (self.peek() != Some(b'{')).then(|| self.take_while(is_name_char).to_owned());
         self.skip_ws();
         let mut labels = Vec::new();
         if self.peek() == Some(b'{') {
             self.pos += 1;
-            self.labels(&mut labels)?;
+            self.labels(&mut labels, &mut name)?;
             check_label_names(&labels).map_err(|kind| ParseError {
                 line: start_line,
                 kind,
             })?;
             self.skip_ws();
         }
+        let Some(name) = name else {
+            return Err(ParseError {
+                line: start_line,
+                kind: ParseErrorKind::MetricNameNotSet,
+            });
+        };
 
         if self.at_eol() || self.peek() == Some(b'{') {
             let found = self.found();
@@ -654,30 +681,55 @@ impl<'a> Parser<'a> {
         for l in &mut labels {
             normalize_label(self.dialect, self.current_type, l);
         }
-        Ok(ParsedSample::new(
-            name.to_owned(),
-            labels,
-            value,
-            timestamp_ms,
-        ))
+        Ok(ParsedSample::new(name, labels, value, timestamp_ms))
     }
 
     /// The inside of `{…}` (at the first character after `{`), through the closing `}`.
-    fn labels(&mut self, labels: &mut Vec<Label>) -> Result<(), ParseError> {
+    /// In the Prometheus 3 grammar, a quoted string followed by `,` or `}` is the metric
+    /// name (`metric`, which must not be set yet), and a quoted string followed by `=` a
+    /// label name.
+    fn labels(
+        &mut self,
+        labels: &mut Vec<Label>,
+        metric: &mut Option<String>,
+    ) -> Result<(), ParseError> {
         loop {
             self.skip_ws();
-            match self.peek() {
+            let quoted_name = match self.peek() {
                 Some(b'}') => {
                     self.pos += 1;
                     return Ok(());
                 }
-                Some(c) if is_label_start(c) => {}
+                Some(b'"') if self.dialect == Dialect::Prometheus3 => {
+                    let unterminated = ParseErrorKind::UnterminatedLabelValue {
+                        label: String::new(),
+                    };
+                    let q = self.quoted().ok_or_else(|| self.err(unterminated))?;
+                    self.skip_ws();
+                    if matches!(self.peek(), Some(b',' | b'}')) {
+                        if metric.is_some() {
+                            return Err(self
+                                .err(ParseErrorKind::MetricNameAlreadySet { name: snippet(&q) }));
+                        }
+                        *metric = Some(q);
+                        if self.peek() == Some(b',') {
+                            self.pos += 1;
+                        }
+                        continue;
+                    }
+                    Some(q)
+                }
+                Some(c) if is_label_start(c) => None,
                 _ => {
                     let found = self.found();
                     return Err(self.err(ParseErrorKind::ExpectedLabelName { found }));
                 }
-            }
-            let name = self.take_while(is_label_char);
+            };
+            let name = match quoted_name {
+                Some(q) => q,
+                None => self.take_while(is_label_char).to_owned(),
+            };
+            let name = name.as_str();
             self.skip_ws();
             if self.peek() != Some(b'=') {
                 let (label, found) = (snippet(name), self.found());
@@ -1043,6 +1095,53 @@ something_weird{problem="division by zero"} +Inf -3982045
     }
 
     #[test]
+    fn prometheus_3_quoted_utf8_names() {
+        let e = ok(concat!(
+            "# HELP \"my.metric\" A dotted name.\n",
+            "# TYPE \"my.metric\" histogram\n",
+            "{\"my.metric\",le=\"1\"} 3\n",
+            "{ \"my.metric\" , \"a.b\"=\"c\" } 1 1700000000000\n",
+            "m{\"a.b\"=\"c\",\"café ☕\"=\"x\"} 2\n",
+            "{\"esc\\\"aped\"} 4\n",
+        ));
+        assert_eq!(e.types.get("my.metric"), Some(&MetricType::Histogram));
+        assert_eq!(
+            e.help.get("my.metric").map(String::as_str),
+            Some("A dotted name.")
+        );
+        let s = &e.samples;
+        assert_eq!(s[0].name, "my.metric");
+        assert_eq!(s[0].labels, labels(&[("le", "1.0")]));
+        assert_eq!(s[1].name, "my.metric");
+        assert_eq!(s[1].labels, labels(&[("a.b", "c")]));
+        assert_eq!(s[1].timestamp_ms, Some(1_700_000_000_000));
+        assert_eq!(s[2].name, "m");
+        assert_eq!(s[2].labels, labels(&[("a.b", "c"), ("café ☕", "x")]));
+        assert_eq!(s[3].name, "esc\"aped");
+        use ParseErrorKind::*;
+        assert_eq!(err("{a=\"b\"} 1").kind, MetricNameNotSet);
+        assert!(matches!(
+            err("m{\"n\"} 1").kind,
+            MetricNameAlreadySet { .. }
+        ));
+        assert!(matches!(
+            err("{\"a\",\"b\"} 1").kind,
+            MetricNameAlreadySet { .. }
+        ));
+        // Prometheus 2's grammar has none of it.
+        for body in [
+            "{\"my.metric\"} 1",
+            "m{\"a.b\"=\"c\"} 1",
+            "# TYPE \"m\" counter",
+        ] {
+            assert!(
+                parse_with(body, &Limits::default(), Dialect::Prometheus2).is_err(),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
     fn prometheus_3_normalises_le_and_quantile_by_the_current_type() {
         let body = "# TYPE h histogram\n\
              h_bucket{le=\"1\"} 1\n\
@@ -1362,12 +1461,8 @@ something_weird{problem="division by zero"} +Inf -3982045
     fn syntax_errors() {
         use ParseErrorKind::*;
         let cases: Vec<(&str, ParseErrorKind)> = vec![
-            (
-                "{a=\"b\"} 1",
-                UnexpectedLineStart {
-                    found: "'{'".into(),
-                },
-            ),
+            // Prometheus 3: a line may start with `{` when its name is quoted inside.
+            ("{a=\"b\"} 1", MetricNameNotSet),
             (
                 "0m 1",
                 UnexpectedLineStart {

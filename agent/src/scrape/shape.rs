@@ -23,7 +23,7 @@
 //! through the remembered indices that metric relabeling kept. The result equals the slow
 //! path's (a unit test checks it).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use uplink_shared::codec::{self, Extra, ScrapeRecord, SeriesSet};
@@ -32,6 +32,7 @@ use uplink_shared::remote_write::{Exemplar, MetricMetadata};
 
 use super::target::Job;
 use super::{Body, ScrapeError, Target, parse};
+use crate::config::NameValidation;
 use crate::relabel;
 
 /// Prometheus's stale marker: a NaN that no exposition can produce.
@@ -76,6 +77,12 @@ pub struct Shaper {
     seen: Option<Bytes>,
     /// Whether any scrape was recorded (end-of-run staleness needs one).
     scraped_once: bool,
+    /// The last accepted timestamp of every series with explicit timestamps (by series key),
+    /// for the agent's out-of-order rule.
+    last_explicit: HashMap<u64, i64>,
+    /// For the fast path: the position and series key of every kept sample that carried an
+    /// explicit timestamp in the remembered shape.
+    explicit: Vec<(u32, u64)>,
 }
 
 /// Fingerprint of a scrape's shape: two independent 64-bit SipHashes over every sample's
@@ -129,6 +136,24 @@ fn stale_sample(ts: i64) -> Sample {
     }
 }
 
+/// The three extra report series (`extra_scrape_metrics`), in record order.
+const EXTRA_REPORT: [&str; 3] = [
+    "scrape_timeout_seconds",
+    "scrape_sample_limit",
+    "scrape_body_size_bytes",
+];
+
+/// `scrape_body_size_bytes` of a scrape result: the body's length once it was read, -1 when it
+/// exceeded `body_size_limit`, 0 when none was read.
+fn body_size(body: &Result<Body, ScrapeError>) -> f64 {
+    match body {
+        Ok(b) => b.data.len() as f64,
+        Err(ScrapeError::BodyTooLarge(_)) => -1.0,
+        Err(ScrapeError::ContentType { body_bytes, .. }) => *body_bytes as f64,
+        Err(_) => 0.0,
+    }
+}
+
 impl Shaper {
     /// Shapes a scrape result taken at `ts` that lasted `duration` seconds.
     pub fn shape(
@@ -151,27 +176,43 @@ impl Shaper {
             ..Default::default()
         };
         let dialect = job.compatibility.dialect();
+        let extra = job.extra_metrics.then(|| {
+            [
+                t.timeout.as_secs_f64(),
+                job.limits.sample_limit as f64,
+                body_size(&body),
+            ]
+        });
         let parsed = body.and_then(|b| b.parse(&limits, dialect));
         let exp = match parsed {
             Ok(exp) => exp,
-            Err(error) => return self.failed(t, ext, error, ts, duration),
+            Err(error) => return self.failed(t, ext, error, ts, duration, extra),
         };
         let scraped = exp.samples.len();
         let shape = fingerprint(&exp);
         if self.shape == Some(shape) {
-            return self.fast(t, exp.samples, ts, duration);
+            match self.fast(t, &exp.samples, ts, duration, extra) {
+                Some(shaped) => return shaped,
+                None => self.forget(),
+            }
         }
         let metadata = metadata(&exp);
-        let (series, kept) = match build(t, ext, exp.samples, ts) {
+        let built = match build(t, ext, exp.samples, ts, &mut self.last_explicit) {
             Ok(b) => b,
-            Err(error) => return self.failed(t, ext, error, ts, duration),
+            Err(error) => return self.failed(t, ext, error, ts, duration, extra),
         };
-        let post = series.len();
-        let added = self.added(&series);
-        let mut series = series;
-        let values = [1.0, duration, scraped as f64, post as f64, added as f64];
-        series.extend(report(t, ext, values, ts));
-        let stale = self.stale_since_last(&mut series, post, ts);
+        let live = built.series.len();
+        let added = self.added(&built.series);
+        let mut series = built.series;
+        let values = [
+            1.0,
+            duration,
+            scraped as f64,
+            built.post as f64,
+            added as f64,
+        ];
+        series.extend(report(t, ext, values, extra, ts));
+        let stale = self.stale_since_last(&mut series, live, ts);
         // Every series counts as seen; only those stamped with the scrape's time (or all, with
         // track_timestamps_staleness) can go stale. Usually both are the same set: compress once.
         let tracked = |s: &TimeSeries| {
@@ -179,7 +220,7 @@ impl Shaper {
             let own = own.or_else(|| s.histograms.first().map(|h| h.timestamp));
             t.job.track_timestamps_staleness || own == Some(ts)
         };
-        let live = &series[..post];
+        let live = &series[..live];
         self.seen = compress(live.iter().map(|s| s.labels.clone()).collect());
         self.last = if live.iter().all(tracked) {
             self.seen.clone()
@@ -192,10 +233,11 @@ impl Shaper {
             )
         };
         let (set, record) = codec::split_with(series, metadata, ts);
-        if stale == 0 {
+        if stale == 0 && !built.irregular {
             self.shape = Some(shape);
             self.set_id = record.set_id;
-            self.kept = (kept.len() != scraped).then_some(kept);
+            self.kept = (built.kept.len() != scraped).then_some(built.kept);
+            self.explicit = built.explicit;
         } else {
             // The set holds the stale series too: the next scrape builds its own.
             self.forget();
@@ -209,22 +251,35 @@ impl Shaper {
         }
     }
 
+    /// The record of a scrape with the remembered shape, from its values alone; `None` when
+    /// an explicit timestamp makes it differ (a sample the out-of-order rule refuses, or one
+    /// that had no explicit timestamp before): the slow path then rebuilds it.
     fn fast(
         &mut self,
         t: &Target,
-        samples: Vec<parse::ParsedSample>,
+        samples: &[parse::ParsedSample],
         ts: i64,
         duration: f64,
-    ) -> Shaped {
+        extra: Option<[f64; 3]>,
+    ) -> Option<Shaped> {
         let scraped = samples.len();
         let honor = t.job.honor_timestamps;
-        let mut values = Vec::with_capacity(scraped + REPORT.len());
+        let mut values = Vec::with_capacity(scraped + REPORT.len() + EXTRA_REPORT.len());
         let mut exceptions = Vec::new();
         let mut extras = Vec::new();
-        let mut push = |s: &parse::ParsedSample| {
+        let mut accepted = Vec::new();
+        let mut explicit = self.explicit.iter().peekable();
+        let mut push = |s: &parse::ParsedSample| -> Option<()> {
             let i = values.len() as u32;
             let mut sample_ts = ts;
             if let Some(ms) = s.timestamp_ms.filter(|_| honor) {
+                let (_, key) = explicit
+                    .find(|(pos, _)| *pos >= i)
+                    .filter(|(pos, _)| *pos == i)?;
+                if out_of_order(&t.job, ms, self.last_explicit.get(key).copied()) {
+                    return None;
+                }
+                accepted.push((*key, ms));
                 sample_ts = ms;
                 if ms != ts {
                     exceptions.push((i, ms));
@@ -245,14 +300,21 @@ impl Shaper {
             if let Some(ms) = s.created_ms.filter(|ms| *ms != 0) {
                 extras.push(Extra::created(i, ms));
             }
+            Some(())
         };
         match &self.kept {
-            None => samples.iter().for_each(&mut push),
-            Some(kept) => kept.iter().for_each(|&i| push(&samples[i as usize])),
+            None => samples.iter().try_for_each(&mut push)?,
+            Some(kept) => kept
+                .iter()
+                .try_for_each(|&i| samples.get(i as usize).and_then(&mut push))?,
+        }
+        for (key, ms) in accepted {
+            self.last_explicit.insert(key, ms);
         }
         let post = values.len();
         values.extend([1.0, duration, scraped as f64, post as f64, 0.0]);
-        Shaped {
+        values.extend(extra.into_iter().flatten());
+        Some(Shaped {
             record: ScrapeRecord {
                 set_id: self.set_id,
                 timestamp: ts,
@@ -264,7 +326,7 @@ impl Shaper {
             scraped,
             stale: 0,
             error: None,
-        }
+        })
     }
 
     fn failed(
@@ -274,8 +336,9 @@ impl Shaper {
         error: ScrapeError,
         ts: i64,
         duration: f64,
+        extra: Option<[f64; 3]>,
     ) -> Shaped {
-        let mut series = report(t, ext, [0.0, duration, 0.0, 0.0, 0.0], ts);
+        let mut series = report(t, ext, [0.0, duration, 0.0, 0.0, 0.0], extra, ts);
         let stale = self.stale_since_last(&mut series, 0, ts);
         self.last = None;
         self.forget();
@@ -328,11 +391,12 @@ impl Shaper {
         if !self.scraped_once {
             return None;
         }
-        let mut series = report(t, ext, [0.0; REPORT.len()], ts);
+        let extra = t.job.extra_metrics.then_some([0.0; EXTRA_REPORT.len()]);
+        let mut series = report(t, ext, [0.0; REPORT.len()], extra, ts);
         for s in &mut series {
             s.samples = vec![stale_sample(ts)];
         }
-        let stale = REPORT.len() + self.stale_since_last(&mut series, 0, ts);
+        let stale = series.len() + self.stale_since_last(&mut series, 0, ts);
         self.last = None;
         self.forget();
         let (set, record) = codec::split(series, ts);
@@ -349,6 +413,7 @@ impl Shaper {
     pub fn forget(&mut self) {
         self.shape = None;
         self.kept = None;
+        self.explicit.clear();
     }
 }
 
@@ -373,19 +438,91 @@ pub fn build_text(
     ts: i64,
 ) -> Result<Vec<TimeSeries>, ScrapeError> {
     let exp = parse::parse(text, &parse::Limits::default())?;
-    Ok(build(t, ext, exp.samples, ts)?.0)
+    Ok(build(t, ext, exp.samples, ts, &mut HashMap::new())?.series)
 }
 
-/// Series from parsed samples, and the indices of the samples kept by metric relabeling.
+/// What [`build`] makes of a parsed body.
+struct Built {
+    /// The series to append, with target and external labels.
+    series: Vec<TimeSeries>,
+    /// The parsed-sample index of each of `series`.
+    kept: Vec<u32>,
+    /// Samples left after metric relabeling, the refused repeats and out-of-order samples
+    /// included (`scrape_samples_post_metric_relabeling`, as Prometheus counts it).
+    post: usize,
+    /// Whether the body repeated a series, or the out-of-order rule refused a sample: the
+    /// kept indices then hold for this scrape only, and the fast path is not used.
+    irregular: bool,
+    /// For each of `series` that carries an explicit timestamp: its position and series key.
+    explicit: Vec<(u32, u64)>,
+}
+
+/// Which samples repeat an earlier series of the same body (same name and labels, in the same
+/// order), for Prometheus 3's rule: a repeat without an explicit timestamp is refused.
+/// Prometheus compares the lines' raw text; the agent compares what it parsed, so a repeat that
+/// differs only in spelling (quoting, escapes, `le="1"` against `le="1.0"`) is refused too,
+/// where Prometheus would forward both values for one series and timestamp.
+fn repeats(parsed: &[parse::ParsedSample]) -> Option<Vec<bool>> {
+    use std::collections::hash_map::Entry;
+    use std::hash::{Hash, Hasher};
+    let mut first: std::collections::HashMap<u64, usize> =
+        std::collections::HashMap::with_capacity(parsed.len());
+    let mut out: Option<Vec<bool>> = None;
+    for (i, s) in parsed.iter().enumerate() {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        s.name.hash(&mut h);
+        s.labels.hash(&mut h);
+        match first.entry(h.finish()) {
+            Entry::Vacant(v) => {
+                v.insert(i);
+            }
+            Entry::Occupied(o) => {
+                let f = &parsed[*o.get()];
+                if f.name == s.name && f.labels == s.labels {
+                    out.get_or_insert_with(|| vec![false; parsed.len()])[i] = true;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A series key for the out-of-order rule: a hash of its labels.
+fn series_key(labels: &[Label]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    labels.hash(&mut h);
+    h.finish()
+}
+
+/// Whether Prometheus's agent refuses a sample at `ts` on a series whose last one was at `last`:
+/// Prometheus 3 refuses one not newer, Prometheus 2.42 one older.
+fn out_of_order(job: &Job, ts: i64, last: Option<i64>) -> bool {
+    match (last, job.compatibility) {
+        (None, _) => false,
+        (Some(l), crate::config::Compatibility::Prometheus3) => ts <= l,
+        (Some(l), crate::config::Compatibility::Prometheus2) => ts < l,
+    }
+}
+
+/// Series from parsed samples (see [`Built`]). `last_explicit` holds the last accepted
+/// timestamp of every series with explicit timestamps, and is updated.
 fn build(
     t: &Target,
     ext: &[Label],
     parsed: Vec<parse::ParsedSample>,
     ts: i64,
-) -> Result<(Vec<TimeSeries>, Vec<u32>), ScrapeError> {
+    last_explicit: &mut std::collections::HashMap<u64, i64>,
+) -> Result<Built, ScrapeError> {
     let job: &Job = &t.job;
+    let prometheus3 = job.compatibility == crate::config::Compatibility::Prometheus3;
+    let repeat = if prometheus3 { repeats(&parsed) } else { None };
+    let legacy = !prometheus3;
     let mut out = Vec::with_capacity(parsed.len());
     let mut kept = Vec::with_capacity(parsed.len());
+    let mut explicit = Vec::new();
+    let mut post = 0;
+    let mut refused = false;
     for (i, s) in parsed.into_iter().enumerate() {
         let mut labels = s.labels;
         labels.push(Label::new(METRIC_NAME, s.name));
@@ -393,7 +530,7 @@ fn build(
         if !job.metric_relabel.is_empty() {
             let mut set: relabel::LabelSet =
                 labels.into_iter().map(|l| (l.name, l.value)).collect();
-            if !relabel::process(&mut set, &job.metric_relabel) {
+            if !relabel::process_with(&mut set, &job.metric_relabel, legacy) {
                 continue;
             }
             if set.is_empty() {
@@ -408,12 +545,25 @@ fn build(
                 .map(|(name, value)| Label { name, value })
                 .collect();
         }
+        check_names(&labels, job.validation)?;
         check_label_limits(&labels, &job.limits)?;
+        post += 1;
+        let explicit_ts = s.timestamp_ms.filter(|_| job.honor_timestamps);
+        if explicit_ts.is_none() && repeat.as_ref().is_some_and(|r| r[i]) {
+            // Prometheus 3: a second sample for a series in one scrape (ErrDuplicateSampleForTimestamp).
+            continue;
+        }
         add_external(&mut labels, ext);
-        let timestamp = match s.timestamp_ms {
-            Some(ms) if job.honor_timestamps => ms,
-            _ => ts,
-        };
+        let timestamp = explicit_ts.unwrap_or(ts);
+        if let Some(ms) = explicit_ts {
+            let key = series_key(&labels);
+            if out_of_order(job, ms, last_explicit.get(&key).copied()) {
+                refused = true;
+                continue;
+            }
+            last_explicit.insert(key, ms);
+            explicit.push((out.len() as u32, key));
+        }
         let mut series = TimeSeries::floats(labels, Vec::new());
         match s.histogram {
             Some(mut h) => {
@@ -436,7 +586,47 @@ fn build(
     if limit > 0 && out.len() as u64 > limit {
         return Err(ScrapeError::SampleLimit(limit));
     }
-    Ok((out, kept))
+    Ok(Built {
+        series: out,
+        kept,
+        post,
+        irregular: repeat.is_some() || refused,
+        explicit,
+    })
+}
+
+/// Prometheus's `lset.IsValid(scheme)` after relabeling: under utf8 every name non-empty,
+/// under legacy the metric name and label names legacy-valid.
+fn check_names(labels: &[Label], scheme: NameValidation) -> Result<(), ScrapeError> {
+    let ok = labels.iter().all(|l| {
+        if l.name == METRIC_NAME {
+            scheme.metric_name(&l.value)
+        } else {
+            scheme.label_name(&l.name)
+        }
+    });
+    if ok {
+        return Ok(());
+    }
+    Err(ScrapeError::InvalidNames(prometheus_labels_string(labels)))
+}
+
+/// A label set as Prometheus 3 prints it (`labels.String()`): sorted, `, ` between pairs, a
+/// name that is not legacy-valid in quotes.
+pub fn prometheus_labels_string(labels: &[Label]) -> String {
+    let mut sorted: Vec<&Label> = labels.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let pairs: Vec<String> = sorted
+        .iter()
+        .map(|l| {
+            if model::valid_label_name(&l.name) {
+                format!("{}={:?}", l.name, l.value)
+            } else {
+                format!("{:?}={:?}", l.name, l.value)
+            }
+        })
+        .collect();
+    format!("{{{}}}", pairs.join(", "))
 }
 
 /// A scraped exemplar as sent: without its own timestamp it takes its sample's.
@@ -527,11 +717,22 @@ pub fn add_external(labels: &mut Vec<Label>, ext: &[Label]) {
     }
 }
 
-/// The synthetic series with `values` in [`REPORT`] order.
-fn report(t: &Target, ext: &[Label], values: [f64; REPORT.len()], ts: i64) -> Vec<TimeSeries> {
+/// The synthetic series with `values` in [`REPORT`] order, then the [`EXTRA_REPORT`] series
+/// with `extra` when the job writes them.
+fn report(
+    t: &Target,
+    ext: &[Label],
+    values: [f64; REPORT.len()],
+    extra: Option<[f64; EXTRA_REPORT.len()]>,
+    ts: i64,
+) -> Vec<TimeSeries> {
+    let extra = extra
+        .into_iter()
+        .flat_map(|values| EXTRA_REPORT.iter().zip(values));
     REPORT
         .iter()
         .zip(values)
+        .chain(extra)
         .map(|(name, value)| {
             let mut labels = t.labels.clone();
             labels.push(Label::new(METRIC_NAME, *name));
@@ -606,7 +807,11 @@ mod tests {
     fn fast_path_records_equal_slow_path_records() {
         let ext = vec![Label::new("site", "a")];
         let text = "# TYPE x counter\nx{job=\"inner\"} 1\ny 2 1700000000000\nz{a=\"1\"} 3\n";
-        let text2 = text.replace(" 1\n", " 5\n").replace(" 3\n", " 4.5\n");
+        // A newer explicit timestamp for `y` (the same one would be refused as out of order).
+        let text2 = text
+            .replace(" 1\n", " 5\n")
+            .replace(" 3\n", " 4.5\n")
+            .replace("1700000000000", "1700000001000");
         for relabel in [
             "[]",
             "[{source_labels: [__name__], regex: y, action: drop}]",
@@ -626,6 +831,107 @@ mod tests {
             assert_eq!(fast.record, slow.record, "{relabel}");
             assert_eq!(slow.record.set_id, first.record.set_id);
         }
+    }
+
+    /// The values of a record by series name (the first sample of each).
+    fn by_name(out: &Shaped) -> Vec<(String, f64, i64)> {
+        let all = match &out.set {
+            Some(set) => codec::join(set, &out.record).expect("join"),
+            None => panic!("no set"),
+        };
+        all.iter()
+            .map(|s| {
+                let name = model::get(&s.labels, METRIC_NAME)
+                    .unwrap_or_default()
+                    .to_owned();
+                (name, s.samples[0].value, s.samples[0].timestamp)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prometheus_3_refuses_repeats_and_samples_not_newer() {
+        let tg = t(false, "[]");
+        let mut sh = Shaper::default();
+        // A repeat without timestamp is refused (counted after relabeling); one with a
+        // timestamp is kept.
+        let body = "m 1\nm 2\nn 1 1000\nn 2 1000\n";
+        let out = sh.shape(&tg, &[], Ok(body.into()), 5000, 0.1);
+        let got = by_name(&out);
+        assert_eq!(got[0], ("m".into(), 1.0, 5000));
+        assert_eq!(got[1], ("n".into(), 1.0, 1000));
+        assert_eq!(got.len(), 2 + REPORT.len(), "{got:?}");
+        let post = got
+            .iter()
+            .find(|g| g.0 == "scrape_samples_post_metric_relabeling");
+        assert_eq!(post.map(|p| p.1), Some(4.0));
+        // The same explicit timestamp again: refused (Prometheus 3); newer: accepted.
+        let out = sh.shape(&tg, &[], Ok("e 1 2000\n".into()), 6000, 0.1);
+        assert!(by_name(&out).iter().any(|g| g.0 == "e"));
+        let out = sh.shape(&tg, &[], Ok("e 1 2000\n".into()), 7000, 0.1);
+        let samples = codec::join(out.set.as_ref().expect("slow path"), &out.record).expect("join");
+        assert!(
+            !samples
+                .iter()
+                .any(|s| model::get(&s.labels, METRIC_NAME) == Some("e"))
+        );
+        let out = sh.shape(&tg, &[], Ok("e 1 3000\n".into()), 8000, 0.1);
+        let rec = &out.record;
+        assert!(rec.values.contains(&1.0) && rec.exceptions.iter().any(|e| e.1 == 3000));
+        // Prometheus 2.42 forwards repeats and equal timestamps, refusing only older ones.
+        let two = Target {
+            job: Arc::new(Job {
+                compatibility: crate::config::Compatibility::Prometheus2,
+                ..Job::new("node").expect("job")
+            }),
+            ..tg.clone()
+        };
+        let mut sh = Shaper::default();
+        let got = by_name(&sh.shape(&two, &[], Ok(body.into()), 5000, 0.1));
+        assert_eq!(got.iter().filter(|g| g.0 == "m").count(), 2);
+        sh.forget();
+        let out = sh.shape(&two, &[], Ok("n 3 1000\nn 4 999\n".into()), 6000, 0.1);
+        let got = by_name(&out);
+        assert_eq!(got.iter().filter(|g| g.0 == "n").count(), 1, "{got:?}");
+    }
+
+    #[test]
+    fn names_are_checked_after_relabeling_and_extra_report_series() {
+        let tg = t(false, "[{target_label: 'a.b', replacement: x}]");
+        let out = Shaper::default().shape(&tg, &[], Ok("m 1\n".into()), 5, 0.1);
+        assert!(out.error.is_none(), "UTF-8 names are valid in Prometheus 3");
+        let tg = Target {
+            job: Arc::new(Job {
+                metric_relabel: tg.job.metric_relabel.clone(),
+                validation: NameValidation::Legacy,
+                extra_metrics: true,
+                limits: crate::config::JobLimits {
+                    sample_limit: 10,
+                    ..Default::default()
+                },
+                ..Job::new("node").expect("job")
+            }),
+            ..tg
+        };
+        let out = Shaper::default().shape(&tg, &[], Ok("m 1\n".into()), 5, 0.1);
+        let e = out
+            .error
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            r#"invalid metric name or label names: {__name__="m", "a.b"="x", instance="h:1", job="node"}"#
+        );
+        let got = by_name(&out);
+        let extra: Vec<_> = got
+            .iter()
+            .filter(|g| EXTRA_REPORT.contains(&g.0.as_str()))
+            .collect();
+        assert_eq!(extra.len(), 3);
+        assert_eq!(extra[0].1, 10.0, "timeout");
+        assert_eq!(extra[1].1, 10.0, "sample limit");
+        assert_eq!(extra[2].1, 4.0, "body bytes");
     }
 
     #[test]

@@ -198,7 +198,7 @@ pub fn populate(cfg: &Config, sc: &ScrapeConfig, job: &Arc<Job>, mut set: LabelS
         }
     }
     let discovered = set.clone();
-    if !relabel::process(&mut set, &sc.relabel_configs) {
+    if !relabel::process_with(&mut set, &sc.relabel_configs, prometheus2) {
         return Populated::Dropped(discovered);
     }
     match finish(sc, job, set, prometheus2) {

@@ -131,6 +131,18 @@ pub struct AttachMetadata {
     /// Add the labels of the node a target runs on (roles pod, endpoints, endpointslice).
     #[serde(default)]
     pub node: bool,
+    /// Prometheus 3.6: the labels and annotations of the target's namespace. Accepted, not
+    /// implemented (named in the configuration warning).
+    #[serde(default)]
+    pub namespace: bool,
+    /// Prometheus 3.11 (role pod): the owning Deployment, Job and CronJob names. Accepted, not
+    /// implemented (named in the configuration warning).
+    #[serde(default)]
+    pub deployment: bool,
+    #[serde(default)]
+    pub job: bool,
+    #[serde(default)]
+    pub cronjob: bool,
 }
 
 /// One `kubernetes_sd_configs` entry.

@@ -363,17 +363,24 @@ fn labels_and_escapes() {
 #[test]
 fn label_syntax_errors() {
     use ParseErrorKind::*;
+    // A trailing comma: Prometheus 2.42 refused it, Prometheus 3 takes it.
+    assert_eq!(
+        parse_with(
+            "m{a=\"1\",} 1\n# EOF\n",
+            &Limits::default(),
+            Dialect::Prometheus2
+        )
+        .map_err(|e| e.kind)
+        .err(),
+        Some(ExpectedLabelName {
+            found: "'}'".into()
+        })
+    );
     let cases: Vec<(&str, ParseErrorKind)> = vec![
         (
             "m{a=\"1\", b=\"2\"} 1",
             ExpectedLabelName {
                 found: "' '".into(),
-            },
-        ),
-        (
-            "m{a=\"1\",} 1",
-            ExpectedLabelName {
-                found: "'}'".into(),
             },
         ),
         (
@@ -656,6 +663,25 @@ fn timestamps_are_float_seconds() {
 #[test]
 fn exemplars() {
     use ParseErrorKind::*;
+    // Prometheus 2.42 took exemplars on `_total` and `_bucket` samples only.
+    let two = |line: &str| {
+        parse_with(
+            &format!("{line}\n# EOF\n"),
+            &Limits::default(),
+            Dialect::Prometheus2,
+        )
+        .map_err(|e| e.kind)
+    };
+    assert_eq!(
+        two("m 1 # {a=\"b\"} 1").err(),
+        Some(ExemplarNotAllowed { metric: "m".into() })
+    );
+    assert_eq!(
+        two("m_count 1 # {a=\"b\"} 1").err(),
+        Some(ExemplarNotAllowed {
+            metric: "m_count".into()
+        })
+    );
     let count = |line: &str| ok(&format!("{line}\n# EOF\n")).exemplars;
     assert_eq!(count("m_total 1 # {a=\"b\"} 1"), 1);
     assert_eq!(count("m_total 1 # {a=\"b\"} NaN 1700000000.5"), 1);
@@ -681,16 +707,6 @@ fn exemplars() {
     assert_eq!(s.labels, labels(&[("x", "y")]));
 
     let cases: Vec<(&str, ParseErrorKind)> = vec![
-        (
-            "m 1 # {a=\"b\"} 1",
-            ExemplarNotAllowed { metric: "m".into() },
-        ),
-        (
-            "m_count 1 # {a=\"b\"} 1",
-            ExemplarNotAllowed {
-                metric: "m_count".into(),
-            },
-        ),
         (
             "m_total 1 # {a=\"b\"}",
             MissingExemplarValue {
@@ -735,12 +751,6 @@ fn exemplars() {
             "m_total 1 # {a=\"b\"} 1 2 ",
             ExpectedEndOfExemplar {
                 found: "' '".into(),
-            },
-        ),
-        (
-            "m_total 1 # {a=\"b\",} 1",
-            ExpectedLabelName {
-                found: "'}'".into(),
             },
         ),
         (
@@ -1082,4 +1092,40 @@ fn prometheus_3_normalises_histogram_le_and_summary_quantile() {
         values(Dialect::Prometheus2),
         ["1", "1000000", "1", "0.5", "1"]
     );
+}
+
+#[test]
+fn prometheus_3_quoted_names_trailing_commas_and_exemplars_anywhere() {
+    let e = ok(concat!(
+        "# TYPE \"my.metric\" counter\n",
+        "# HELP \"my.metric\" Dotted.\n",
+        "{\"my.metric_total\",\"a.b\"=\"c\"} 1 # {\"trace.id\"=\"x\"} 1\n",
+        "m{a=\"1\",} 2\n",
+        "{\"q\\\"uote\"} 3\n",
+        "g 4 # {t=\"y\"} 0.5\n",
+        "# EOF\n"
+    ));
+    assert_eq!(e.types.get("my.metric"), Some(&MetricType::Counter));
+    assert_eq!(e.samples[0].name, "my.metric_total");
+    assert_eq!(e.samples[0].labels, labels(&[("a.b", "c")]));
+    assert_eq!(e.samples[1].labels, labels(&[("a", "1")]));
+    assert_eq!(e.samples[2].name, "q\"uote");
+    assert!(e.samples[3].exemplar.is_some(), "an exemplar on a gauge");
+    assert_eq!(
+        bad("{a=\"1\"} 1"),
+        Kind::Sample(parse::ParseErrorKind::MetricNameNotSet)
+    );
+    // Prometheus 2.42's grammar: none of these.
+    for line in [
+        "{\"m\"} 1",
+        "m{\"a.b\"=\"c\"} 1",
+        "m{a=\"1\",} 2",
+        "g 4 # {t=\"y\"} 0.5",
+    ] {
+        let body = format!("{line}\n# EOF\n");
+        assert!(
+            parse_with(&body, &Limits::default(), Dialect::Prometheus2).is_err(),
+            "{line}"
+        );
+    }
 }
