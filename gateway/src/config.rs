@@ -330,6 +330,12 @@ pub struct RemoteWriteConfig {
     /// `X-Prometheus-Remote-Write-*-Written` headers, is sent 1.0 from then on).
     #[serde(default)]
     pub protobuf_message: ProtobufMessage,
+    /// Uplink: where remote write 2.0 requests carry a series' created (start) timestamp:
+    /// `sample` (the default: `Sample.start_timestamp` and `Histogram.start_timestamp`, as
+    /// Prometheus ≥ 3.8 reads them), `series` (`TimeSeries.created_timestamp`, as Prometheus 3.5
+    /// to 3.7 read it), `both`, or `none`. Each Prometheus ignores the other's field.
+    #[serde(default)]
+    pub start_timestamps: uplink_shared::remote_write::v2::StartTimestamps,
     /// Uplink: what a response status means, overriding the defaults (see `forward.rs`); keys
     /// are a status (`"404"`) or a class (`"4xx"`, `"5xx"`).
     #[serde(default)]

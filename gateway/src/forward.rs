@@ -426,6 +426,8 @@ pub struct Destination {
     v2: Arc<AtomicBool>,
     /// Metadata seen in this destination's requests, so 2.0 series carry it in every request.
     families: Arc<std::sync::RwLock<Families>>,
+    /// Where 2.0 requests carry created timestamps (`start_timestamps`).
+    start_timestamps: remote_write::v2::StartTimestamps,
     metrics: Metrics,
 }
 
@@ -497,6 +499,7 @@ impl Destination {
             svc: BoxCloneSyncService::new(svc),
             v2: Arc::new(AtomicBool::new(v2)),
             families: Arc::default(),
+            start_timestamps: cfg.start_timestamps,
             metrics,
         })
     }
@@ -580,7 +583,14 @@ impl Destination {
         let Ok(known) = self.families.read() else {
             return false;
         };
-        remote_write::v2::from_v1_into(&s.raw, Some(&known), &mut s.v2, &mut s.series).is_ok()
+        remote_write::v2::from_v1_into(
+            &s.raw,
+            Some(&known),
+            self.start_timestamps,
+            &mut s.v2,
+            &mut s.series,
+        )
+        .is_ok()
     }
 
     /// Series and metadata as a snappy 1.0 `WriteRequest`, or 2.0 `Request` (see

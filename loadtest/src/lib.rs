@@ -4,6 +4,7 @@
 //! * [`capture`]: a remote-write 1.0 and 2.0 receiver that records everything it is sent,
 //! * [`faults`]: scripted remote-write faults, and an HTTP relay that injects them in front of
 //!   a real receiver,
+//! * [`dto`]: the protobuf exposition format's messages, for test targets,
 //! * [`oracle`]: checks what arrived against what the probe served,
 //! * [`otlp`]: an OTLP/HTTP trace receiver that decodes and keeps every span,
 //! * [`proxy`]: counting UDP and TCP relays, with fault injection on UDP,
@@ -20,6 +21,7 @@ pub mod charts;
 pub mod compare;
 pub mod demo;
 pub mod drain;
+pub mod dto;
 pub mod faults;
 pub mod fleet;
 pub mod harness;

@@ -1,7 +1,7 @@
-//! Sidecar mode end to end, real processes: a real Prometheus in agent mode (Debian's
-//! `prometheus --enable-feature=agent`) scrapes the probe exporter and remote-writes to the
-//! uplink agent (`--web.enable-remote-write-receiver`, no scrape targets of its own), which
-//! ships to the gateway, which forwards to the capture receiver.
+//! Sidecar mode end to end, real processes: a real Prometheus 3 agent (`--agent`) scrapes the
+//! probe exporter and remote-writes to the uplink agent (`--web.enable-remote-write-receiver`,
+//! no scrape targets of its own), which ships to the gateway, which forwards to the capture
+//! receiver; once with remote write 1.0, once with 2.0 (`io.prometheus.write.v2.Request`).
 //!
 //! Oracle: every scrape Prometheus made of every target arrives whole with exact values and
 //! the agent's external label, once; the stale markers Prometheus writes when the targets go
@@ -35,10 +35,21 @@ fn codes(m: &std::collections::HashMap<String, f64>) -> Vec<(String, f64)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_agent_remote_writes_through_the_uplink_agent_exactly() {
+async fn prometheus_agent_remote_writes_1_0_through_the_uplink_agent_exactly() {
+    sidecar("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_agent_remote_writes_2_0_through_the_uplink_agent_exactly() {
+    sidecar("    protobuf_message: io.prometheus.write.v2.Request\n").await;
+}
+
+/// One run, with `rw_extra` in the Prometheus agent's `remote_write` entry.
+async fn sidecar(rw_extra: &str) {
+    let _serial = harness::serial().await;
     assert!(
         harness::prometheus_installed(),
-        "Debian's `prometheus` package is required: apt-get install prometheus"
+        "Prometheus 3 is required (deploy/dev/setup.sh installs it)"
     );
     let bins = Bins::locate().expect("binaries built by cargo test --workspace");
     let dir = tempfile::tempdir().unwrap();
@@ -75,7 +86,14 @@ async fn prometheus_agent_remote_writes_through_the_uplink_agent_exactly() {
         .unwrap();
     let write_url = format!("http://{}/api/v1/write", agent.web);
     let mut prometheus = block(|| {
-        harness::start_prometheus_agent(dir.path(), "probe", &probe.instances(), "1s", &write_url)
+        harness::start_prometheus_agent_with(
+            dir.path(),
+            "probe",
+            &probe.instances(),
+            "1s",
+            &write_url,
+            rw_extra,
+        )
     })
     .unwrap();
 

@@ -111,6 +111,11 @@ pub struct Histogram {
     pub timestamp: i64,
     #[prost(double, repeated, tag = "16")]
     pub custom_values: Vec<f64>,
+    /// Remote write 2.0 (Prometheus ≥ 3.8, spec 2.0-rc.4): the series' start timestamp, ms, 0
+    /// for unknown. Only ever set between decoding a 2.0 request and taking it into a series'
+    /// created timestamp; Uplink's stored series carry it per series.
+    #[prost(int64, tag = "17")]
+    pub start_timestamp: i64,
 }
 
 /// Types nested in [`Histogram`].
@@ -377,6 +382,7 @@ mod tests {
             assert_eq!(resolve(&ts.labels_refs), labels("up", i as u32));
             let bits: Vec<u64> = ts.samples.iter().map(|s| s.value.to_bits()).collect();
             assert_eq!(bits, [f64::from(i as u32).to_bits(), stale.to_bits()]);
+            assert!(ts.samples.iter().all(|s| s.start_timestamp == 0));
             let md = ts.metadata.expect("metadata");
             assert_eq!((md.r#type, sym(md.help_ref), md.unit_ref), (2, "h", 0));
         }
@@ -397,11 +403,35 @@ mod tests {
         assert_eq!((hists.samples.len(), hists.histograms.len()), (0, 1));
         assert_eq!((floats.exemplars.len(), hists.exemplars.len()), (1, 0));
         assert!(floats.metadata.is_some() && hists.metadata.is_none());
+        // The current specification's place for the created timestamp: every sample's and
+        // histogram's start timestamp; the 2.0-rc.3 series field only when asked for.
         assert_eq!(
-            (floats.created_timestamp, hists.created_timestamp),
+            (
+                floats.samples[0].start_timestamp,
+                hists.histograms[0].start_timestamp
+            ),
             (1_000, 1_000)
         );
+        assert_eq!((floats.created_timestamp, hists.created_timestamp), (0, 0));
         assert_eq!(v2.timeseries[0].created_timestamp, 0);
+        for (st, series, sample) in [
+            (v2::StartTimestamps::Series, 1_000, 0),
+            (v2::StartTimestamps::Both, 1_000, 1_000),
+            (v2::StartTimestamps::None, 0, 0),
+        ] {
+            let mut out = Vec::new();
+            v2::from_v1_into(&raw, None, st, &mut out, &mut Vec::new()).expect("converts");
+            let v2 = v2::Request::decode(out.as_slice()).expect("valid 2.0");
+            let (f, h) = (&v2.timeseries[5], &v2.timeseries[6]);
+            assert_eq!(
+                (f.created_timestamp, h.created_timestamp),
+                (series, series),
+                "{st:?}"
+            );
+            assert_eq!(f.samples[0].start_timestamp, sample, "{st:?}");
+            assert_eq!(h.histograms[0].start_timestamp, sample, "{st:?}");
+            assert_eq!(f.samples[0].value, 5.0);
+        }
         // Without metadata in the request, from_v1 on the series gives the same message.
         let plain = v2::from_v1(&req.timeseries);
         assert_eq!(plain.timeseries.len(), 7);
@@ -466,12 +496,53 @@ pub mod v2 {
         pub exemplars: Vec<Exemplar>,
         #[prost(message, optional, tag = "5")]
         pub metadata: Option<Metadata>,
+        /// The series' created timestamp as Prometheus 3.5 to 3.7 read it (spec 2.0-rc.3);
+        /// reserved since Prometheus 3.8, which reads the per-sample start timestamps.
         #[prost(int64, tag = "6")]
         pub created_timestamp: i64,
     }
 
-    /// 2.0 samples and histograms have the same fields and numbers as 1.0's.
-    pub use super::{Histogram, Sample};
+    /// A 2.0 sample: 1.0's fields, and the start timestamp (Prometheus ≥ 3.8).
+    #[derive(Clone, Copy, PartialEq, Message)]
+    pub struct Sample {
+        #[prost(double, tag = "1")]
+        pub value: f64,
+        #[prost(int64, tag = "2")]
+        pub timestamp: i64,
+        #[prost(int64, tag = "3")]
+        pub start_timestamp: i64,
+    }
+
+    /// 2.0 histograms are 1.0's, with `start_timestamp` (field 17).
+    pub use super::Histogram;
+
+    /// Where a 2.0 request carries a series' start (created) timestamp. The field moved
+    /// between Prometheus releases and each side ignores the other's, so a sender chooses by
+    /// its receiver (see the gateway's `remote_write[].start_timestamps`).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum StartTimestamps {
+        /// `Sample.start_timestamp` and `Histogram.start_timestamp` on every sample of the
+        /// series (the current specification, 2.0-rc.4; Prometheus ≥ 3.8).
+        #[default]
+        Sample,
+        /// `TimeSeries.created_timestamp` (2.0-rc.3; Prometheus 3.5 to 3.7).
+        Series,
+        /// Both places.
+        Both,
+        /// Neither.
+        None,
+    }
+
+    impl StartTimestamps {
+        fn per_sample(self) -> bool {
+            matches!(self, StartTimestamps::Sample | StartTimestamps::Both)
+        }
+
+        fn per_series(self) -> bool {
+            matches!(self, StartTimestamps::Series | StartTimestamps::Both)
+        }
+    }
 
     #[derive(Clone, PartialEq, Message)]
     pub struct Exemplar {
@@ -525,17 +596,25 @@ pub mod v2 {
     /// histogram samples becomes two series (2.0 forbids mixing). Unknown fields are dropped.
     pub fn from_v1_bytes(raw: &[u8]) -> Result<Vec<u8>, ConvertError> {
         let mut out = Vec::new();
-        from_v1_into(raw, None, &mut out, &mut Vec::new())?;
+        from_v1_into(
+            raw,
+            None,
+            StartTimestamps::default(),
+            &mut out,
+            &mut Vec::new(),
+        )?;
         Ok(out)
     }
 
     /// [`from_v1_bytes`] into `out` (cleared first), with `series` as scratch space, so a
     /// sender converting request after request reuses both buffers. With `known` (a sender's
     /// metadata cache, see [`Families`]), metadata comes from it alone: the caller has already
-    /// learned this request's own ([`Families::learn`]), so it is not read again here.
+    /// learned this request's own ([`Families::learn`]), so it is not read again here. `st`
+    /// says where a series' created timestamp goes.
     pub fn from_v1_into<'a>(
         raw: &'a [u8],
         known: Option<&'a Families>,
+        st: StartTimestamps,
         out: &mut Vec<u8>,
         series: &mut Vec<u8>,
     ) -> Result<(), ConvertError> {
@@ -640,7 +719,7 @@ pub mod v2 {
             let mixed = !samples.is_empty() && !hists.is_empty();
             if hists.is_empty() || mixed {
                 let extras = [&ex_buf[..], &md_buf[..]];
-                series_v2(&refs, &samples, 2, extras, created, &mut ts_buf, series);
+                series_v2(&refs, &samples, 2, extras, created, st, &mut ts_buf, series);
             }
             if !hists.is_empty() {
                 let extras = if mixed {
@@ -648,7 +727,7 @@ pub mod v2 {
                 } else {
                     [&ex_buf[..], &md_buf[..]]
                 };
-                series_v2(&refs, &hists, 3, extras, created, &mut ts_buf, series);
+                series_v2(&refs, &hists, 3, extras, created, st, &mut ts_buf, series);
             }
         }
         out.reserve(series.len() + symbols.iter().map(|s| s.len() + 2).sum::<usize>());
@@ -734,24 +813,36 @@ pub mod v2 {
     }
 
     /// Appends one 2.0 `TimeSeries` (field 5 of the request) to `out`: label refs, `items`
-    /// under field `tag` (samples 2, histograms 3), then the encoded exemplars (field 4) and
-    /// metadata (its body, wrapped here as field 5), and the created timestamp (6, when not 0).
+    /// under field `tag` (samples 2, histograms 3), each with the start timestamp (sample field
+    /// 3, histogram field 17) when `st` puts it there, then the encoded exemplars (field 4) and
+    /// metadata (its body, wrapped here as field 5), and the created timestamp (6) when `st`
+    /// puts it there. A zero created timestamp (unknown) is written nowhere.
+    #[allow(clippy::too_many_arguments)]
     fn series_v2(
         refs: &[u32],
         items: &[&[u8]],
         tag: u32,
         [exemplars, metadata]: [&[u8]; 2],
         created: u64,
+        st: StartTimestamps,
         ts_buf: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) {
         use prost::encoding::{WireType, encode_key, encode_varint};
         ts_buf.clear();
         packed_refs(1, refs, ts_buf);
+        // A sample's start timestamp is its last field: appended to its encoded bytes.
+        let mut start = Vec::new();
+        if created != 0 && st.per_sample() {
+            let field = if tag == 2 { 3 } else { 17 };
+            encode_key(field, WireType::Varint, &mut start);
+            encode_varint(created, &mut start);
+        }
         for s in items {
             encode_key(tag, WireType::LengthDelimited, ts_buf);
-            encode_varint(s.len() as u64, ts_buf);
+            encode_varint((s.len() + start.len()) as u64, ts_buf);
             ts_buf.extend_from_slice(s);
+            ts_buf.extend_from_slice(&start);
         }
         ts_buf.extend_from_slice(exemplars);
         if !metadata.is_empty() {
@@ -759,7 +850,7 @@ pub mod v2 {
             encode_varint(metadata.len() as u64, ts_buf);
             ts_buf.extend_from_slice(metadata);
         }
-        if created != 0 {
+        if created != 0 && st.per_series() {
             encode_key(6, WireType::Varint, ts_buf);
             encode_varint(created, ts_buf);
         }

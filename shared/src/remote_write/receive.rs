@@ -159,7 +159,10 @@ pub struct Series {
     pub exemplars: Vec<Exemplar>,
     /// The metadata of the series' family, when the request gave it.
     pub metadata: Option<MetricMetadata>,
-    /// The series' created (start) timestamp, ms; 0 for none (2.0, or Uplink's 1.0 field).
+    /// The series' created (start) timestamp, ms; 0 for none: 2.0's `created_timestamp`
+    /// (Prometheus 3.5 to 3.7) or else the first per-sample `start_timestamp` (Prometheus
+    /// ≥ 3.8; a series whose samples in one request start at different times keeps the
+    /// first), or Uplink's 1.0 field.
     pub created_timestamp: i64,
 }
 
@@ -258,7 +261,7 @@ struct V2Series {
     #[prost(uint32, repeated, tag = "1")]
     labels_refs: Vec<u32>,
     #[prost(message, repeated, tag = "2")]
-    samples: Vec<Sample>,
+    samples: Vec<super::v2::Sample>,
     #[prost(message, repeated, tag = "3")]
     histograms: Vec<Histogram>,
     #[prost(message, repeated, tag = "4")]
@@ -357,13 +360,37 @@ fn from_v2(req: V2Request) -> Result<Vec<Series>, RequestError> {
                 }),
                 _ => None,
             };
+            // The created timestamp: 2.0-rc.3's series field (Prometheus 3.5 to 3.7), else the
+            // first start timestamp of a sample or histogram (2.0-rc.4, Prometheus >= 3.8).
+            let per_sample = ts
+                .samples
+                .iter()
+                .map(|s| s.start_timestamp)
+                .chain(ts.histograms.iter().map(|h| h.start_timestamp))
+                .find(|st| *st != 0)
+                .unwrap_or(0);
+            let created_timestamp = match ts.created_timestamp {
+                0 => per_sample,
+                ct => ct,
+            };
+            let mut histograms = ts.histograms;
+            for h in &mut histograms {
+                h.start_timestamp = 0;
+            }
             Series {
                 labels,
-                samples: ts.samples,
-                histograms: ts.histograms,
+                samples: ts
+                    .samples
+                    .iter()
+                    .map(|s| Sample {
+                        value: s.value,
+                        timestamp: s.timestamp,
+                    })
+                    .collect(),
+                histograms,
                 exemplars,
                 metadata,
-                created_timestamp: ts.created_timestamp,
+                created_timestamp,
             }
         })
         .collect())
@@ -573,15 +600,62 @@ mod tests {
     }
 
     #[test]
+    fn v2_start_timestamps_from_either_specification() {
+        use super::super::v2::Sample as S2;
+        let series = |created, samples: Vec<S2>, hist_st: Option<i64>| V2Series {
+            labels_refs: vec![1, 2],
+            samples,
+            histograms: hist_st
+                .map(|st| Histogram {
+                    timestamp: 5,
+                    start_timestamp: st,
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect(),
+            created_timestamp: created,
+            ..Default::default()
+        };
+        let s = |t, st| S2 {
+            value: 1.0,
+            timestamp: t,
+            start_timestamp: st,
+        };
+        let req = V2Request {
+            symbols: vec!["".into(), "__name__".into(), "c_total".into()],
+            timeseries: vec![
+                // 3.5's series field.
+                series(70, vec![s(100, 0)], None),
+                // 3.8's per-sample field; the first one set counts.
+                series(0, vec![s(100, 0), s(110, 90), s(120, 95)], None),
+                // Both: the series field wins.
+                series(70, vec![s(100, 80)], None),
+                // A histogram's start timestamp.
+                series(0, vec![], Some(60)),
+                series(0, vec![s(1, 0)], None),
+            ],
+        };
+        let got = decode(Proto::V2, &snappy(&req.encode_to_vec()), LIMITS).expect("decodes");
+        let cts: Vec<i64> = got.iter().map(|s| s.created_timestamp).collect();
+        assert_eq!(cts, [70, 90, 70, 60, 0]);
+        assert_eq!(
+            got[3].histograms[0].start_timestamp, 0,
+            "kept per series only"
+        );
+        assert_eq!(got[1].samples.len(), 3);
+    }
+
+    #[test]
     fn v2_resolves_symbols_and_rejects_bad_references() {
         let req = V2Request {
             symbols: vec!["".into(), "__name__".into(), "up".into(), "job".into()],
             timeseries: vec![
                 V2Series {
                     labels_refs: vec![1, 2, 3, 2],
-                    samples: vec![Sample {
+                    samples: vec![super::super::v2::Sample {
                         value: 1.0,
                         timestamp: 1,
+                        start_timestamp: 0,
                     }],
                     ..Default::default()
                 },
