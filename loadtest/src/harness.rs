@@ -638,15 +638,28 @@ impl Prometheus {
     }
 }
 
-/// Starts a Prometheus 3 agent (WAL under `dir/prometheus-agent`) scraping
-/// `targets` as `job` every `interval`, and remote-writing to `remote_write_url` with short
-/// batch deadlines and backoffs, so tests see samples within about a second.
+/// Starts a Prometheus 3 agent (WAL under `dir/prometheus-agent`) scraping `targets` as `job`
+/// every `interval`, and remote-writing to `remote_write_url` with short batch deadlines and
+/// backoffs, so tests see samples within about a second.
 pub fn start_prometheus_agent(
     dir: &Path,
     job: &str,
     targets: &[String],
     interval: &str,
     remote_write_url: &str,
+) -> anyhow::Result<Prometheus> {
+    start_prometheus_agent_with(dir, job, targets, interval, remote_write_url, "")
+}
+
+/// [`start_prometheus_agent`] with more keys for its `remote_write` entry, each line indented
+/// by four spaces and ending in a newline (`"    protobuf_message: ...\n"`).
+pub fn start_prometheus_agent_with(
+    dir: &Path,
+    job: &str,
+    targets: &[String],
+    interval: &str,
+    remote_write_url: &str,
+    rw_extra: &str,
 ) -> anyhow::Result<Prometheus> {
     let cfg = dir.join("prometheus-agent.yml");
     let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
@@ -655,7 +668,7 @@ pub fn start_prometheus_agent(
         format!(
             "global:\n  scrape_interval: {interval}\n  scrape_timeout: {interval}\n\
              scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{targets}]\n\
-             remote_write:\n  - url: {remote_write_url}\n    queue_config:\n\
+             remote_write:\n  - url: {remote_write_url}\n{rw_extra}    queue_config:\n\
              \x20     batch_send_deadline: 500ms\n      max_samples_per_send: 50\n\
              \x20     min_backoff: 50ms\n      max_backoff: 500ms\n",
             targets = targets.join(", "),
@@ -748,6 +761,19 @@ pub fn start_agent_beside(
     gateway: SocketAddr,
     args: &[&str],
 ) -> anyhow::Result<(Proc, SocketAddr)> {
+    start_agent_beside_with(bins, dir, name, prometheus_yml, gateway, "", args)
+}
+
+/// [`start_agent_beside`] with more lines for the uplink file (`compatibility: prometheus2`).
+pub fn start_agent_beside_with(
+    bins: &Bins,
+    dir: &Path,
+    name: &str,
+    prometheus_yml: &Path,
+    gateway: SocketAddr,
+    uplink_extra: &str,
+    args: &[&str],
+) -> anyhow::Result<(Proc, SocketAddr)> {
     let uplink_file = dir.join("uplink.yml");
     std::fs::write(
         &uplink_file,
@@ -755,7 +781,7 @@ pub fn start_agent_beside(
             "gateways: ['{gateway}']\nserver_name: localhost\n\
              tls: {{cert_file: {name}.crt, key_file: {name}.key, ca_file: ca.crt}}\n\
              queue: {{directory: {name}-queue, sync: interval}}\nshipper: {{batch_delay: 200ms}}\n\
-             self_scrape: {{enabled: false}}\n"
+             self_scrape: {{enabled: false}}\n{uplink_extra}"
         ),
     )?;
     let web = free_addr()?;

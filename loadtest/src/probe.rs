@@ -42,8 +42,10 @@ pub const COUNTER: &str = "probe_counter_total";
 pub const GAUGE: &str = "probe_gauge";
 /// Histogram family base name.
 pub const HISTOGRAM: &str = "probe_histogram";
-/// Histogram bucket bounds, as printed in `le`.
-pub const BUCKETS: [&str; 4] = ["0.1", "1", "10", "+Inf"];
+/// Histogram bucket bounds, as printed in `le`: already in the form Prometheus 3 stores
+/// (`1.0`, not `1`), so the oracle holds for Prometheus 2 and 3 alike (the parity test covers
+/// the rewriting of other forms).
+pub const BUCKETS: [&str; 4] = ["0.1", "1.0", "10.0", "+Inf"];
 
 /// Shape of a probe: how many targets, and how many metric families each exposes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

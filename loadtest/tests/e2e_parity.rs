@@ -1,27 +1,35 @@
-//! Parity with Prometheus agent mode: the real Prometheus (`prometheus --enable-feature=agent`)
-//! and `uplink-agent` scrape the same targets with the same scrape configuration (relabeling
-//! with every action, metric_relabel_configs, honor_labels on and off, a label colliding with
-//! target labels, escaped label values, an explicit timestamp; a static target and a file_sd
-//! one), and both write into one real
-//! Prometheus, told apart only by an external label. PromQL must then show identical series
-//! sets and identical values (scrape durations aside), and the same stale markers: for a
-//! series that leaves a scrape, and for a target that leaves the file_sd file. A third job
-//! scrapes a target answering OpenMetrics 1.0 (`# UNIT`, `_created`, info, stateset, gauge
-//! histogram, counters with `_total`, exemplars, float-second timestamps), which both sides
-//! negotiate with their default `Accept` header.
+//! Parity with Prometheus agent mode, in both of Uplink's modes: the real Prometheus 3 agent
+//! (`--agent`) against `uplink-agent` (its default, Prometheus 3 behaviour), and Debian's
+//! Prometheus 2.42 agent against `uplink-agent` with `uplink.compatibility: prometheus2`. Both
+//! sides scrape the same targets with the same scrape configuration (relabeling with every
+//! action, metric_relabel_configs, honor_labels on and off, a label colliding with target
+//! labels, escaped label values, an explicit timestamp; a static target, one without a port,
+//! and a file_sd one) and write into one real Prometheus 3 server, told apart only by an
+//! external label. PromQL must then show identical series sets and identical values (scrape
+//! durations aside), and the same stale markers: for a series that leaves a scrape, and for a
+//! target that leaves the file_sd file.
+//!
+//! The exporters print `# TYPE` lines as real ones do: a classic histogram with integer and
+//! fractional `le` (Prometheus 3 stores `le="1.0"`, 2.42 `le="1"`), a summary, and a metric
+//! with a dotted name, served quoted (`{"parity.dotted_total"}`) when the scraper asks for
+//! `escaping=allow-utf-8`, as client libraries do, and escaped (`parity_dotted_total`)
+//! otherwise. A third job scrapes a target answering OpenMetrics 1.0 (`# UNIT`, `_created`,
+//! info, stateset, gauge histogram, counters with `_total`, exemplars, float-second
+//! timestamps). In the Prometheus 3 run, more jobs: a target answering without
+//! `Content-Type` (a failed scrape on both sides), the same with `fallback_scrape_protocol`,
+//! and a target repeating a series in one scrape (the repeat is refused on both sides).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use uplink_loadtest::harness::{self, Bins, Proc};
+use uplink_loadtest::harness::{self, Bins, Peer, Proc};
 use uplink_shared::model::Label;
 
 use uplink_loadtest::harness::block;
@@ -30,7 +38,7 @@ use uplink_loadtest::harness::block;
 /// series. `ts_ms` is the explicit timestamp of `with_ts` and `om_ts_*` (0: not exposed yet).
 async fn exporter(name: &'static str, gone: Arc<AtomicBool>, ts_ms: Arc<AtomicI64>) -> SocketAddr {
     let om_ts_ms = ts_ms.clone();
-    let body = move |honor: bool| {
+    let body = move |honor: bool, utf8: bool| {
         let mut s = String::new();
         if honor {
             s.push_str("# TYPE conflict gauge\nconflict{job=\"inner\",instance=\"inner:1\"} 1\n");
@@ -53,6 +61,30 @@ async fn exporter(name: &'static str, gone: Arc<AtomicBool>, ts_ms: Arc<AtomicI6
         s.push_str("empty_label{e=\"\",f=\"g\"} 4\n");
         s.push_str("escaped{path=\"C:\\\\dir\\\"q\\\"\\n\"} -0.5e-3\n");
         s.push_str(&format!("only_{name} +Inf\n"));
+        s.push_str(concat!(
+            "# HELP req_seconds Latency.\n",
+            "# TYPE req_seconds histogram\n",
+            "req_seconds_bucket{le=\"0.05\"} 1\n",
+            "req_seconds_bucket{le=\"1\"} 2\n",
+            "req_seconds_bucket{le=\"10\"} 3\n",
+            "req_seconds_bucket{le=\"1e3\"} 4\n",
+            "req_seconds_bucket{le=\"+Inf\"} 5\n",
+            "req_seconds_sum 17.5\n",
+            "req_seconds_count 5\n",
+            "# TYPE rpc_seconds summary\n",
+            "rpc_seconds{quantile=\"0\"} 0.1\n",
+            "rpc_seconds{quantile=\"0.5\"} 0.2\n",
+            "rpc_seconds{quantile=\"1\"} 0.9\n",
+            "rpc_seconds_sum 3\n",
+            "rpc_seconds_count 10\n",
+        ));
+        // A name that is not legacy-valid, as client libraries serve it: quoted when the
+        // scraper accepts UTF-8 names, escaped with underscores otherwise.
+        if utf8 {
+            s.push_str("# TYPE \"parity.dotted\" counter\n{\"parity.dotted_total\",\"code.class\"=\"2xx\"} 3\n");
+        } else {
+            s.push_str("# TYPE parity_dotted counter\nparity_dotted_total{code_class=\"2xx\"} 3\n");
+        }
         s
     };
     let body = Arc::new(body);
@@ -62,10 +94,36 @@ async fn exporter(name: &'static str, gone: Arc<AtomicBool>, ts_ms: Arc<AtomicI6
         let body = openmetrics_body(om_ts_ms.load(Ordering::SeqCst));
         ([(axum::http::header::CONTENT_TYPE, ct)], body)
     };
+    // Prometheus 3 (and Uplink by default) ask for `escaping=allow-utf-8`.
+    let utf8 = |h: &axum::http::HeaderMap| {
+        h.get(axum::http::header::ACCEPT)
+            .and_then(|a| a.to_str().ok())
+            .is_some_and(|a| a.contains("escaping=allow-utf-8"))
+    };
     let app = Router::new()
-        .route("/metrics", get(move || async move { body(false) }))
-        .route("/honor", get(move || async move { b2(true) }))
-        .route("/om", get(move || async move { om() }));
+        .route(
+            "/metrics",
+            get(move |h: axum::http::HeaderMap| async move { body(false, utf8(&h)) }),
+        )
+        .route(
+            "/honor",
+            get(move |h: axum::http::HeaderMap| async move { b2(true, utf8(&h)) }),
+        )
+        .route("/om", get(move || async move { om() }))
+        // No Content-Type at all (a target Prometheus 3 refuses without a fallback).
+        .route(
+            "/bare",
+            get(|| async {
+                axum::response::Response::builder()
+                    .body(axum::body::Body::from("bare_metric 1\n"))
+                    .unwrap()
+            }),
+        )
+        // One series twice in a scrape, without timestamps.
+        .route(
+            "/dup",
+            get(|| async { "# TYPE dup_metric gauge\ndup_metric{k=\"v\"} 1\ndup_metric{k=\"v\"} 2\nother_metric 3\n" }),
+        );
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(l, app).await });
@@ -115,11 +173,33 @@ fn openmetrics_body(ts_ms: i64) -> String {
 }
 
 /// The scrape configuration both scrapers run, with `external_labels: {via: <via>}`: target
-/// `a` is static, the others come from the file_sd file `sd`.
-fn scrape_config(via: &str, a: SocketAddr, sd: &std::path::Path) -> String {
+/// `a` is static, the others come from the file_sd file `sd`; the Prometheus 3 run (`three`)
+/// adds jobs with keys Prometheus 2.42 does not know.
+fn scrape_config(via: &str, a: SocketAddr, sd: &std::path::Path, three: bool) -> String {
     let static_configs = format!(
-        "      - targets: ['{a}']\n        labels: {{team: Alpha, __tmp_keep: 'yes', zone: eu-1}}\n"
+        "      - targets: ['{a}']\n        labels: {{team: Alpha, __tmp_keep: 'yes', zone: eu-1}}\n      \
+         - targets: ['localhost']\n        labels: {{__tmp_keep: 'yes', team: NoPort}}\n"
     );
+    let more = if three {
+        format!(
+            r#"  - job_name: bare
+    metrics_path: /bare
+    static_configs:
+      - targets: ['{a}']
+  - job_name: fallback
+    metrics_path: /bare
+    fallback_scrape_protocol: PrometheusText0.0.4
+    static_configs:
+      - targets: ['{a}']
+  - job_name: dup
+    metrics_path: /dup
+    static_configs:
+      - targets: ['{a}']
+"#
+        )
+    } else {
+        String::new()
+    };
     format!(
         r#"global:
   scrape_interval: 1s
@@ -158,7 +238,7 @@ scrape_configs:
     metrics_path: /om
     static_configs:
       - targets: ['{a}']
-"#,
+{more}"#,
         sd = sd.display(),
     )
 }
@@ -212,7 +292,7 @@ async fn live(prom: SocketAddr, query: &str) -> usize {
 
 /// Active targets as (pool, labels, discovered labels, health) and dropped targets'
 /// discovered labels, sorted, from `/api/v1/targets`.
-async fn api_targets(web: SocketAddr) -> (Vec<String>, Vec<String>) {
+async fn api_targets(web: SocketAddr, peer: Peer) -> (Vec<String>, Vec<String>) {
     let text = reqwest::Client::new()
         .get(format!("http://{web}/api/v1/targets"))
         .send()
@@ -228,7 +308,7 @@ async fn api_targets(web: SocketAddr) -> (Vec<String>, Vec<String>) {
         .iter()
         .map(|t| {
             let mut discovered = t["discoveredLabels"].clone();
-            if discovered.get("__meta_filepath").is_some() {
+            if peer == Peer::Prometheus2 && discovered.get("__meta_filepath").is_some() {
                 // Prometheus 2.42 shows a file_sd target's discovered labels partly relabeled
                 // (an aliasing bug fixed in later releases); compare only what it gets right.
                 // The uplink agent's own are checked below.
@@ -255,11 +335,26 @@ async fn api_targets(web: SocketAddr) -> (Vec<String>, Vec<String>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uplink_agent_and_prometheus_agent_write_the_same_series() {
-    assert!(
-        harness::prometheus_installed(),
-        "Debian's `prometheus` package is required (deploy/dev/setup.sh installs it)"
-    );
+async fn uplink_agent_and_prometheus_3_agent_write_the_same_series() {
+    parity(Peer::Prometheus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_2_mode_and_prometheus_2_42_agent_write_the_same_series() {
+    parity(Peer::Prometheus2).await;
+}
+
+/// One run against `peer` (Prometheus 3, or 2.42 with Uplink's Prometheus 2 mode).
+async fn parity(peer: Peer) {
+    let _serial = harness::serial().await;
+    let three = peer == Peer::Prometheus;
+    for needed in [Peer::Prometheus, peer] {
+        assert!(
+            needed.installed(),
+            "{} is required (deploy/dev/setup.sh installs it)",
+            needed.label()
+        );
+    }
     let bins = Bins::locate().expect("binaries built by cargo test --workspace");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -272,7 +367,7 @@ async fn uplink_agent_and_prometheus_agent_write_the_same_series() {
     let a = exporter("a", gone.clone(), ts_ms.clone()).await;
     let b = exporter("b", gone.clone(), ts_ms.clone()).await;
 
-    // Prometheus in agent mode, remote-writing straight into the global view.
+    // The Prometheus agent, remote-writing straight into the global view.
     let pcfg = d.join("prom-agent.yml");
     let sd = d.join("targets.json");
     let write_sd = |targets: &[SocketAddr]| {
@@ -289,15 +384,15 @@ async fn uplink_agent_and_prometheus_agent_write_the_same_series() {
     write_sd(&[b]);
     let text = format!(
         "{}remote_write:\n  - url: {}\n    queue_config: {{batch_send_deadline: 1s}}\n",
-        scrape_config("prometheus", a, &sd),
+        scrape_config("prometheus", a, &sd, three),
         prom.remote_write_url()
     );
     std::fs::write(&pcfg, text).unwrap();
     let pweb = harness::free_addr().unwrap();
     let pagent = Proc::spawn(
         "prometheus-agent",
-        Command::new("prometheus")
-            .arg("--enable-feature=agent")
+        peer.command()
+            .arg(peer.agent_flag())
             .arg(format!("--config.file={}", pcfg.display()))
             .arg(format!(
                 "--storage.agent.path={}",
@@ -321,11 +416,21 @@ async fn uplink_agent_and_prometheus_agent_write_the_same_series() {
             .as_millis() as i64,
         Ordering::SeqCst,
     );
-    // uplink-agent on the same scrape configuration; its uplink settings in a file of their own.
+    // uplink-agent on the same scrape configuration; its uplink settings in a file of their
+    // own, with the Prometheus 2 mode when comparing with Prometheus 2.42.
     let ucfg = d.join("uplink-prom.yml");
-    std::fs::write(&ucfg, scrape_config("uplink", a, &sd)).unwrap();
-    let (uagent, uweb) =
-        harness::start_agent_beside(&bins, d, "parity", &ucfg, gateway.quic, &[]).unwrap();
+    std::fs::write(&ucfg, scrape_config("uplink", a, &sd, three)).unwrap();
+    let compatibility = if three { "prometheus3" } else { "prometheus2" };
+    let (uagent, uweb) = harness::start_agent_beside_with(
+        &bins,
+        d,
+        "parity",
+        &ucfg,
+        gateway.quic,
+        &format!("compatibility: {compatibility}\n"),
+        &[],
+    )
+    .unwrap();
     block(|| harness::wait_ready(uweb, Duration::from_secs(20))).unwrap();
     let sides = [
         Side {
@@ -358,16 +463,20 @@ async fn uplink_agent_and_prometheus_agent_write_the_same_series() {
             s.via
         );
         assert!(
-            wait_for(format!("up{{via=\"{}\",job=\"parity\"}}", s.via), 2).await,
-            "{}: two parity targets",
+            wait_for(format!("up{{via=\"{}\",job=\"parity\"}}", s.via), 3).await,
+            "{}: three parity targets",
             s.via
         );
     }
     // Both list the same targets in /api/v1/targets: labels and discovered labels alike.
-    let p_targets = api_targets(pweb).await;
-    let u_targets = api_targets(uweb).await;
+    let p_targets = api_targets(pweb, peer).await;
+    let u_targets = api_targets(uweb, peer).await;
     assert_eq!(p_targets, u_targets, "/api/v1/targets");
-    assert_eq!(p_targets.0.len(), 4, "{p_targets:#?}");
+    assert_eq!(
+        p_targets.0.len(),
+        if three { 8 } else { 5 },
+        "{p_targets:#?}"
+    );
     assert_eq!(p_targets.1.len(), 1, "{p_targets:#?}");
     let raw = reqwest::Client::new()
         .get(format!("http://{uweb}/api/v1/targets?state=active"))
@@ -398,7 +507,7 @@ async fn uplink_agent_and_prometheus_agent_write_the_same_series() {
     write_sd(&[]);
     for s in &sides {
         assert!(
-            wait_for(format!("up{{via=\"{}\",job=\"parity\"}}", s.via), 1).await,
+            wait_for(format!("up{{via=\"{}\",job=\"parity\"}}", s.via), 2).await,
             "{}: removed target's up marked stale",
             s.via
         );
@@ -424,7 +533,8 @@ async fn uplink_agent_and_prometheus_agent_write_the_same_series() {
     }
     assert!(
         only_p.is_empty() && only_u.is_empty(),
-        "series only from Prometheus: {only_p:#?}\nseries only from uplink: {only_u:#?}"
+        "series only from {}: {only_p:#?}\nseries only from uplink: {only_u:#?}",
+        peer.label()
     );
     let differ: Vec<String> = p
         .iter()
@@ -473,4 +583,28 @@ async fn uplink_agent_and_prometheus_agent_write_the_same_series() {
         .map(|(_, v)| v.clone())
         .unwrap();
     assert!(temp.iter().all(|v| v.starts_with("-3.5@")), "{temp:?}");
+    // What changed in Prometheus 3, on both sides alike.
+    let up_of = |job: &str| {
+        p.iter()
+            .find(|(k, _)| k.starts_with("up{") && k.contains(&format!("job=\"{job}\"")))
+            .map(|(_, v)| v.iter().cloned().collect::<Vec<_>>())
+    };
+    if three {
+        assert!(has("req_seconds_bucket{instance=") && has("le=\"1.0\"") && has("le=\"1000.0\""));
+        assert!(has("le=\"0.05\"") && has("quantile=\"0.0\"") && has("quantile=\"1.0\""));
+        assert!(has("parity.dotted_total{code.class=\"2xx\""), "{keys:#?}");
+        assert!(has("instance=\"localhost\""), "no default port: {keys:#?}");
+        assert_eq!(up_of("bare"), Some(vec!["0".to_owned()]), "no Content-Type");
+        assert_eq!(up_of("fallback"), Some(vec!["1".to_owned()]));
+        assert!(has("bare_metric{") && has("dup_metric{"), "{keys:#?}");
+        let dup = p
+            .iter()
+            .find(|(k, _)| k.starts_with("dup_metric{"))
+            .map(|(_, v)| v.iter().cloned().collect::<Vec<_>>());
+        assert_eq!(dup, Some(vec!["1".to_owned()]), "the repeat is refused");
+    } else {
+        assert!(has("le=\"1\"") && has("le=\"1e3\"") && has("quantile=\"0\""));
+        assert!(has("parity_dotted_total{code_class=\"2xx\""), "{keys:#?}");
+        assert!(has("instance=\"localhost:80\""), "default port: {keys:#?}");
+    }
 }

@@ -249,6 +249,11 @@ impl JobRunner {
             fallback: sc.fallback_scrape_protocol,
             validation: spec.cfg.validation(sc),
             extra_metrics: spec.cfg.extra_scrape_metrics(sc),
+            histograms: super::protobuf::Histograms {
+                native: spec.cfg.native_histograms(sc),
+                classic: spec.cfg.always_scrape_classic_histograms(sc),
+            },
+            nhcb: spec.cfg.convert_classic_histograms_to_nhcb(sc),
         }))
     }
 

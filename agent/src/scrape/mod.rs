@@ -22,6 +22,7 @@
 pub mod gofloat;
 pub mod manager;
 pub mod negotiate;
+pub mod nhcb;
 pub mod openmetrics;
 pub mod parse;
 pub mod protobuf;
@@ -134,13 +135,15 @@ pub struct Body {
 }
 
 impl Body {
-    /// Parses the body in its format and `dialect` (the text formats must be UTF-8).
+    /// Parses the body in its format, `dialect` and `histograms` (the text formats must be
+    /// UTF-8).
     pub fn parse(
         &self,
         limits: &parse::Limits,
         dialect: parse::Dialect,
+        histograms: protobuf::Histograms,
     ) -> Result<parse::Exposition, ScrapeError> {
-        self.format.parse(&self.data, limits, dialect)
+        self.format.parse(&self.data, limits, dialect, histograms)
     }
 }
 

@@ -128,15 +128,19 @@ impl Format {
         }
     }
 
-    /// Parses a body in this format and `dialect`; the text formats must be UTF-8.
+    /// Parses a body in this format, `dialect` and `histograms` (protobuf only); the text
+    /// formats must be UTF-8.
     pub fn parse(
         self,
         data: &[u8],
         limits: &parse::Limits,
         dialect: parse::Dialect,
+        histograms: super::protobuf::Histograms,
     ) -> Result<parse::Exposition, ScrapeError> {
         if self == Format::Protobuf {
-            return Ok(super::protobuf::parse(data, limits)?);
+            return Ok(super::protobuf::parse_with(
+                data, limits, histograms, dialect,
+            )?);
         }
         let text = std::str::from_utf8(data).map_err(|_| ScrapeError::Utf8)?;
         Ok(match self {

@@ -239,8 +239,51 @@ const GAUGE_HISTOGRAM: i32 = 5;
 
 // ---------------------------------------------------------------------------------------------
 
-/// Parses a delimited protobuf body.
-pub fn parse(mut body: &[u8], limits: &Limits) -> Result<Exposition, ParseError> {
+/// How histograms are read (Prometheus 3's `scrape_native_histograms` and
+/// `always_scrape_classic_histograms`; the Prometheus 2 mode reads a native family as native
+/// only, a classic one as classic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Histograms {
+    /// Native histograms are ingested; otherwise every histogram is read as classic series
+    /// (Prometheus ≥ 3.8's `scrape_native_histograms: false`).
+    pub native: bool,
+    /// A native histogram's classic series are kept too.
+    pub classic: bool,
+}
+
+impl Default for Histograms {
+    /// Prometheus 2's `--enable-feature=native-histograms` behaviour: native only.
+    fn default() -> Self {
+        Histograms {
+            native: true,
+            classic: false,
+        }
+    }
+}
+
+/// Parses a delimited protobuf body as Prometheus 3 does, native histograms ingested.
+pub fn parse(body: &[u8], limits: &Limits) -> Result<Exposition, ParseError> {
+    parse_with(
+        body,
+        limits,
+        Histograms::default(),
+        parse::Dialect::Prometheus3,
+    )
+}
+
+/// Parses a delimited protobuf body, with `histograms` (Prometheus 3 only) and `dialect`'s
+/// name rules (Prometheus 3: any non-empty UTF-8 metric and label name).
+pub fn parse_with(
+    mut body: &[u8],
+    limits: &Limits,
+    histograms: Histograms,
+    dialect: parse::Dialect,
+) -> Result<Exposition, ParseError> {
+    let histograms = match dialect {
+        parse::Dialect::Prometheus3 => histograms,
+        parse::Dialect::Prometheus2 => Histograms::default(),
+    };
+    let utf8 = dialect == parse::Dialect::Prometheus3;
     let mut out = Exposition::default();
     let mut family = 0;
     while !body.is_empty() {
@@ -258,7 +301,7 @@ pub fn parse(mut body: &[u8], limits: &Limits) -> Result<Exposition, ParseError>
         let mf =
             MetricFamily::decode(msg).map_err(|e| err(ParseErrorKind::Decode(e.to_string())))?;
         body = &rest[msg.len()..];
-        family_samples(mf, limits, &mut out).map_err(err)?;
+        family_samples(mf, limits, histograms, utf8, &mut out).map_err(err)?;
     }
     Ok(out)
 }
@@ -266,13 +309,19 @@ pub fn parse(mut body: &[u8], limits: &Limits) -> Result<Exposition, ParseError>
 fn family_samples(
     mf: MetricFamily,
     limits: &Limits,
+    histograms: Histograms,
+    utf8: bool,
     out: &mut Exposition,
 ) -> Result<(), ParseErrorKind> {
     if mf.metric.is_empty() {
         return Ok(());
     }
     let name = mf.name.unwrap_or_default();
-    let valid = name.bytes().next().is_some_and(is_name_start) && name.bytes().all(is_name_char);
+    let valid = if utf8 {
+        !name.is_empty()
+    } else {
+        name.bytes().next().is_some_and(is_name_start) && name.bytes().all(is_name_char)
+    };
     if !valid {
         return Err(ParseErrorKind::InvalidMetricName(parse::snippet(&name)));
     }
@@ -289,7 +338,8 @@ fn family_samples(
     out.types.insert(name.clone(), metadata_type);
     out.help
         .insert(name.clone(), mf.help.clone().unwrap_or_default());
-    let native = matches!(ty, HISTOGRAM | GAUGE_HISTOGRAM)
+    let native = histograms.native
+        && matches!(ty, HISTOGRAM | GAUGE_HISTOGRAM)
         && mf.metric[0].histogram.as_ref().is_some_and(is_native);
     let push = |out: &mut Exposition, s: ParsedSample| -> Result<(), ParseErrorKind> {
         check_label_names(&s.labels)?;
@@ -298,7 +348,7 @@ fn family_samples(
         Ok(())
     };
     for m in mf.metric {
-        let labels = labels(&m.label)?;
+        let labels = labels(&m.label, utf8)?;
         // proto3 habits: 0 means no timestamp.
         let timestamp_ms = m.timestamp_ms.filter(|t| *t != 0);
         let sample = |name: String, labels: Vec<Label>, value: f64| {
@@ -339,7 +389,7 @@ fn family_samples(
             }
             _ if native => {
                 let h = m.histogram.unwrap_or_default();
-                let mut s = sample(name.clone(), labels, 0.0);
+                let mut s = sample(name.clone(), labels.clone(), 0.0);
                 s.exemplar = h
                     .bucket
                     .iter()
@@ -349,45 +399,61 @@ fn family_samples(
                 s.histogram = Some(Box::new(to_native(&h, ty == GAUGE_HISTOGRAM)));
                 s.created_ms = ms(h.created_timestamp.as_ref());
                 push(out, s)?;
+                if histograms.classic {
+                    classic(&name, labels, &h, timestamp_ms, &mut |s| push(out, s))?;
+                }
             }
             _ => {
                 let h = m.histogram.unwrap_or_default();
-                let created_ms = ms(h.created_timestamp.as_ref());
-                let sample = |name, labels, value| ParsedSample {
-                    created_ms,
-                    ..sample(name, labels, value)
-                };
-                let count = match h.sample_count_float.filter(|c| *c > 0.0) {
-                    Some(c) => c,
-                    None => h.sample_count.unwrap_or(0) as f64,
-                };
-                push(out, sample(format!("{name}_count"), labels.clone(), count))?;
-                let sum = h.sample_sum.unwrap_or(0.0);
-                push(out, sample(format!("{name}_sum"), labels.clone(), sum))?;
-                let mut infinite = false;
-                for b in &h.bucket {
-                    let bound = b.upper_bound.unwrap_or(0.0);
-                    let mut l = labels.clone();
-                    l.push(Label::new("le", go_float(bound)));
-                    let v = match b.cumulative_count_float.filter(|c| *c > 0.0) {
-                        Some(c) => c,
-                        None => b.cumulative_count.unwrap_or(0) as f64,
-                    };
-                    let mut s = sample(format!("{name}_bucket"), l, v);
-                    s.exemplar = b.exemplar.as_ref().map(exemplar).transpose()?;
-                    push(out, s)?;
-                    if bound == f64::INFINITY {
-                        infinite = true;
-                        break;
-                    }
-                }
-                if !infinite {
-                    let mut l = labels.clone();
-                    l.push(Label::new("le", "+Inf"));
-                    push(out, sample(format!("{name}_bucket"), l, count))?;
-                }
+                classic(&name, labels, &h, timestamp_ms, &mut |s| push(out, s))?;
             }
         }
+    }
+    Ok(())
+}
+
+/// A histogram's classic series: `<name>_count`, `<name>_sum`, one `<name>_bucket{le="b"}`
+/// per bucket (its exemplar kept), and a `+Inf` bucket (the count) when the last is not one.
+fn classic(
+    name: &str,
+    labels: Vec<Label>,
+    h: &Histogram,
+    timestamp_ms: Option<i64>,
+    push: &mut dyn FnMut(ParsedSample) -> Result<(), ParseErrorKind>,
+) -> Result<(), ParseErrorKind> {
+    let created_ms = ms(h.created_timestamp.as_ref());
+    let sample = |name, labels, value| ParsedSample {
+        created_ms,
+        ..ParsedSample::new(name, labels, value, timestamp_ms)
+    };
+    let count = match h.sample_count_float.filter(|c| *c > 0.0) {
+        Some(c) => c,
+        None => h.sample_count.unwrap_or(0) as f64,
+    };
+    push(sample(format!("{name}_count"), labels.clone(), count))?;
+    let sum = h.sample_sum.unwrap_or(0.0);
+    push(sample(format!("{name}_sum"), labels.clone(), sum))?;
+    let mut infinite = false;
+    for b in &h.bucket {
+        let bound = b.upper_bound.unwrap_or(0.0);
+        let mut l = labels.clone();
+        l.push(Label::new("le", go_float(bound)));
+        let v = match b.cumulative_count_float.filter(|c| *c > 0.0) {
+            Some(c) => c,
+            None => b.cumulative_count.unwrap_or(0) as f64,
+        };
+        let mut s = sample(format!("{name}_bucket"), l, v);
+        s.exemplar = b.exemplar.as_ref().map(exemplar).transpose()?;
+        push(s)?;
+        if bound == f64::INFINITY {
+            infinite = true;
+            break;
+        }
+    }
+    if !infinite {
+        let mut l = labels;
+        l.push(Label::new("le", "+Inf"));
+        push(sample(format!("{name}_bucket"), l, count))?;
     }
     Ok(())
 }
@@ -447,13 +513,16 @@ fn to_native(h: &Histogram, gauge: bool) -> remote_write::Histogram {
     out
 }
 
-fn labels(pairs: &[LabelPair]) -> Result<Vec<Label>, ParseErrorKind> {
+fn labels(pairs: &[LabelPair], utf8: bool) -> Result<Vec<Label>, ParseErrorKind> {
     pairs
         .iter()
         .map(|p| {
             let name = p.name.clone().unwrap_or_default();
-            let valid =
-                name.bytes().next().is_some_and(is_label_start) && name.bytes().all(is_label_char);
+            let valid = if utf8 {
+                !name.is_empty()
+            } else {
+                name.bytes().next().is_some_and(is_label_start) && name.bytes().all(is_label_char)
+            };
             if !valid {
                 return Err(ParseErrorKind::InvalidLabelName(parse::snippet(&name)));
             }
@@ -473,7 +542,7 @@ fn ms(t: Option<&Timestamp>) -> Option<i64> {
 
 /// An exemplar as Prometheus 2.42 takes it from protobuf: labels sorted, kept as sent.
 fn exemplar(e: &Exemplar) -> Result<Box<ParsedExemplar>, ParseErrorKind> {
-    let mut labels = labels(&e.label)?;
+    let mut labels = labels(&e.label, true)?;
     labels.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Box::new(ParsedExemplar {
         labels,

@@ -183,11 +183,14 @@ impl Shaper {
                 body_size(&body),
             ]
         });
-        let parsed = body.and_then(|b| b.parse(&limits, dialect));
-        let exp = match parsed {
+        let parsed = body.and_then(|b| b.parse(&limits, dialect, job.histograms));
+        let mut exp = match parsed {
             Ok(exp) => exp,
             Err(error) => return self.failed(t, ext, error, ts, duration, extra),
         };
+        if job.nhcb && dialect == parse::Dialect::Prometheus3 {
+            super::nhcb::convert(&mut exp, job.histograms.classic);
+        }
         let scraped = exp.samples.len();
         let shape = fingerprint(&exp);
         if self.shape == Some(shape) {

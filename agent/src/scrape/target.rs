@@ -56,6 +56,12 @@ pub struct Job {
     pub validation: NameValidation,
     /// Whether the three extra report series are written (`extra_scrape_metrics`).
     pub extra_metrics: bool,
+    /// How histograms are read (`scrape_native_histograms`,
+    /// `always_scrape_classic_histograms`).
+    pub histograms: super::protobuf::Histograms,
+    /// Whether classic histograms become native ones with custom buckets
+    /// (`convert_classic_histograms_to_nhcb`).
+    pub nhcb: bool,
 }
 
 impl Job {
@@ -91,6 +97,11 @@ impl Job {
             fallback: None,
             validation: NameValidation::Utf8,
             extra_metrics: false,
+            histograms: super::protobuf::Histograms {
+                native: false,
+                classic: false,
+            },
+            nhcb: false,
         })
     }
 }

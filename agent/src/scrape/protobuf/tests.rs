@@ -301,6 +301,17 @@ fn bad_bodies_fail_with_their_family() {
         }],
     )]);
     let err = |body: &[u8]| parse(body, &Limits::default()).expect_err("fails");
+    // Names: Prometheus 3 takes any non-empty UTF-8 name; the legacy rules of Prometheus 2
+    // are checked below.
+    let err2 = |body: &[u8]| {
+        parse_with(
+            body,
+            &Limits::default(),
+            Histograms::default(),
+            crate::scrape::parse::Dialect::Prometheus2,
+        )
+        .expect_err("fails")
+    };
     let mut truncated = ok.clone();
     truncated.pop();
     assert!(matches!(
@@ -311,7 +322,7 @@ fn bad_bodies_fail_with_their_family() {
     twice.extend_from_slice(&[0xff; 11]);
     assert_eq!(err(&twice).family, 2);
     assert_eq!(err(&twice).kind, ParseErrorKind::InvalidLength);
-    let bad = |mf: MetricFamily| err(&delimited(&[mf])).kind;
+    let bad = |mf: MetricFamily| err2(&delimited(&[mf])).kind;
     let mut m = Metric {
         gauge: Some(Value { value: Some(1.0) }),
         ..Default::default()
@@ -402,4 +413,57 @@ fn floats_print_as_go_does() {
     ] {
         assert_eq!(go_float(f), want, "{f}");
     }
+}
+
+#[test]
+fn prometheus_3_histogram_options_and_utf8_names() {
+    let body = delimited(&[family(
+        "h.dotted",
+        HISTOGRAM,
+        vec![Metric {
+            label: vec![pair("a.b", "x")],
+            histogram: Some(native(3)),
+            ..Default::default()
+        }],
+    )]);
+    let bare =
+        |e: &Exposition| -> Vec<String> { e.samples.iter().map(|s| s.name.clone()).collect() };
+    let read = |native, classic| {
+        parse_with(
+            &body,
+            &Limits::default(),
+            Histograms { native, classic },
+            crate::scrape::parse::Dialect::Prometheus3,
+        )
+        .expect("parses")
+    };
+    // Native only (Prometheus 3.5's flag, or `scrape_native_histograms: true`).
+    let e = read(true, false);
+    assert_eq!(bare(&e), ["h.dotted"]);
+    assert!(e.samples[0].histogram.is_some());
+    assert_eq!(e.samples[0].labels, [Label::new("a.b", "x")]);
+    // And the classic series (`always_scrape_classic_histograms: true`).
+    let e = read(true, true);
+    assert_eq!(
+        bare(&e),
+        [
+            "h.dotted",
+            "h.dotted_count",
+            "h.dotted_sum",
+            "h.dotted_bucket",
+            "h.dotted_bucket"
+        ]
+    );
+    // Native ingestion off: read as a classic histogram (Prometheus >= 3.8).
+    let e = read(false, false);
+    assert_eq!(
+        bare(&e),
+        [
+            "h.dotted_count",
+            "h.dotted_sum",
+            "h.dotted_bucket",
+            "h.dotted_bucket"
+        ]
+    );
+    assert!(e.samples.iter().all(|s| s.histogram.is_none()));
 }
