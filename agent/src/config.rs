@@ -11,6 +11,15 @@
 //! mechanism the agent does not implement (`consul_sd_configs`, ...) is refused, naming it,
 //! its job and the mechanisms the agent has. Any other unknown key is an error naming
 //! file:line:column and the field, as is every invalid value.
+//!
+//! A file loads exactly when Prometheus 3.5's agent loads it, with its derived values (`0s`
+//! intervals and timeouts and `0` limits are unset, the global timeout is capped at the global
+//! interval, empty secrets and files are unset, `metrics_path` may lack its `/`), except for
+//! the deliberate differences listed in `docs/configuration.md` ("Prometheus 3 compatibility of
+//! the configuration") and checked by `loadtest/tests/config_differential.rs`: unimplemented
+//! discovery mechanisms, keys added after 3.5, Prometheus 3.7's escaping for a job that sets
+//! only `legacy`, SD `refresh_interval: 0s`, schemes other than http(s), and invalid global
+//! name schemes even without jobs. [`crate::effective`] prints the result as Prometheus does.
 
 use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroU32;
@@ -68,6 +77,10 @@ pub struct Config {
     /// From `--enable-feature` (not the file).
     #[serde(skip)]
     pub features: Features,
+    /// The Prometheus file as written (YAML, aliases resolved): what the effective
+    /// configuration echoes as given ([`crate::effective`]). Null when not loaded from a file.
+    #[serde(skip)]
+    pub document: serde_yaml::Value,
 }
 
 /// The `--enable-feature` flags the agent knows, as in Prometheus.
@@ -109,8 +122,12 @@ impl Features {
 }
 
 /// Prometheus's `global:` block.
+///
+/// As read, an unset (or `0s`) duration is zero; loading then derives Prometheus's values
+/// ([`GlobalConfig::derive`]): a `1m` interval and evaluation interval, and a `10s` timeout
+/// capped at the interval.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default = "GlobalConfig::unset")]
 pub struct GlobalConfig {
     pub scrape_interval: PromDuration,
     pub scrape_timeout: PromDuration,
@@ -149,10 +166,24 @@ pub struct GlobalConfig {
 
 impl Default for GlobalConfig {
     fn default() -> Self {
+        let mut g = GlobalConfig::unset();
+        g.derive();
+        g
+    }
+}
+
+impl GlobalConfig {
+    /// Prometheus's default interval, and evaluation interval.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+    /// Prometheus's default timeout (capped at the interval).
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// The block as read when nothing is set (durations zero: unset).
+    fn unset() -> Self {
         GlobalConfig {
-            scrape_interval: PromDuration(Duration::from_secs(60)),
-            scrape_timeout: PromDuration(Duration::from_secs(10)),
-            evaluation_interval: PromDuration(Duration::from_secs(60)),
+            scrape_interval: PromDuration(Duration::ZERO),
+            scrape_timeout: PromDuration(Duration::ZERO),
+            evaluation_interval: PromDuration(Duration::ZERO),
             external_labels: BTreeMap::new(),
             sample_limit: 0,
             body_size_limit: ByteSize(0),
@@ -173,6 +204,21 @@ impl Default for GlobalConfig {
             query_log_file: None,
         }
     }
+
+    /// Prometheus's derived values for unset (zero) durations: `1m` intervals, and a `10s`
+    /// timeout capped at the interval. An explicit timeout above the interval stays (and is
+    /// refused by validation).
+    pub fn derive(&mut self) {
+        if self.scrape_interval.0.is_zero() {
+            self.scrape_interval = PromDuration(Self::DEFAULT_INTERVAL);
+        }
+        if self.scrape_timeout.0.is_zero() {
+            self.scrape_timeout = PromDuration(Self::DEFAULT_TIMEOUT.min(self.scrape_interval.0));
+        }
+        if self.evaluation_interval.0.is_zero() {
+            self.evaluation_interval = PromDuration(Self::DEFAULT_INTERVAL);
+        }
+    }
 }
 
 /// One entry of `scrape_configs:`. Discovery mechanisms and relabeling slot in here.
@@ -184,12 +230,16 @@ pub struct ScrapeConfig {
     /// paths resolve against that file's directory.
     #[serde(skip)]
     pub source: Option<PathBuf>,
-    #[serde(default)]
+    /// The global value when unset or `0s`.
+    #[serde(default, deserialize_with = "non_zero")]
     pub scrape_interval: Option<PromDuration>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_zero")]
     pub scrape_timeout: Option<PromDuration>,
+    /// A path without its leading `/` (accepted by Prometheus, whose URLs add it) is given
+    /// one when loaded.
     #[serde(default = "default_metrics_path")]
     pub metrics_path: String,
+    /// `http` or `https`, in any case (Go lower-cases a URL's scheme).
     #[serde(default)]
     pub scheme: Scheme,
     #[serde(default)]
@@ -230,26 +280,26 @@ pub struct ScrapeConfig {
     #[serde(default)]
     pub scrape_protocols: Option<Vec<ScrapeProtocol>>,
     /// Deprecated Prometheus 2 forms of `authorization`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http_client::non_empty_secret")]
     pub bearer_token: Option<crate::http_client::Secret>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http_client::non_empty")]
     pub bearer_token_file: Option<PathBuf>,
-    /// Accepted so that Prometheus files load; not implemented by the agent (a warning says
-    /// so when set).
-    #[serde(default)]
+    /// Accepted so that Prometheus files load (and checked as Prometheus checks them); not
+    /// implemented by the agent (a warning says so when set).
+    #[serde(default, deserialize_with = "crate::http_client::non_empty")]
     pub no_proxy: Option<String>,
     #[serde(default)]
-    pub proxy_from_environment: Option<bool>,
+    pub proxy_from_environment: bool,
     #[serde(default)]
-    pub proxy_connect_header: Option<serde_yaml::Value>,
+    pub proxy_connect_header: BTreeMap<String, Vec<crate::http_client::Secret>>,
     #[serde(default)]
-    pub http_headers: Option<serde_yaml::Value>,
+    pub http_headers: Option<BTreeMap<String, crate::http_client::HttpHeader>>,
     /// Where failed scrapes are logged, one JSON line each (the global file when unset).
     #[serde(default)]
     pub scrape_failure_log_file: Option<String>,
     /// The parser for a response without a usable `Content-Type` (Prometheus 3 fails such a
-    /// scrape when this is unset).
-    #[serde(default)]
+    /// scrape when this is unset or empty).
+    #[serde(default, deserialize_with = "optional_protocol")]
     pub fallback_scrape_protocol: Option<ScrapeProtocol>,
     /// Prometheus 2.45 to 2.55's name of `always_scrape_classic_histograms`; Prometheus 3
     /// refuses it, and so does the agent unless in the Prometheus 2 mode.
@@ -297,12 +347,29 @@ pub struct ScrapeConfig {
     pub oauth2: Option<OAuth2>,
     #[serde(default)]
     pub tls_config: TlsConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http_client::non_empty")]
     pub proxy_url: Option<String>,
     #[serde(default = "default_true")]
     pub follow_redirects: bool,
     #[serde(default = "default_true")]
     pub enable_http2: bool,
+}
+
+/// A duration where `0s` means unset, as in Prometheus.
+fn non_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PromDuration>, D::Error> {
+    Ok(Option::<PromDuration>::deserialize(d)?.filter(|p| !p.0.is_zero()))
+}
+
+/// An optional scrape protocol where, as in Prometheus, the empty string is unset.
+fn optional_protocol<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<ScrapeProtocol>, D::Error> {
+    match Option::<String>::deserialize(d)?.as_deref() {
+        None | Some("") => Ok(None),
+        Some(s) => ScrapeProtocol::parse(s)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(ScrapeProtocol::unknown(s))),
+    }
 }
 
 impl ScrapeConfig {
@@ -329,15 +396,33 @@ impl ScrapeConfig {
         }
     }
 
+    /// What loading changes in a job as read: a leading `/` for its `metrics_path` (Prometheus
+    /// takes a path without one, and its URLs add it).
+    fn normalize(&mut self) {
+        if !self.metrics_path.starts_with('/') {
+            self.metrics_path.insert(0, '/');
+        }
+    }
+
+    /// The job's proxy settings.
+    pub fn proxy(&self) -> crate::http_client::Proxy<'_> {
+        crate::http_client::Proxy {
+            url: self.proxy_url.as_deref(),
+            no_proxy: self.no_proxy.as_deref(),
+            from_environment: self.proxy_from_environment,
+            connect_header: !self.proxy_connect_header.is_empty(),
+        }
+    }
+
     /// Keys of this job that the agent accepts but does not act on, when set.
     pub fn accepted_only(&self) -> Vec<&'static str> {
         [
             ("no_proxy", self.no_proxy.is_some()),
+            ("proxy_from_environment", self.proxy_from_environment),
             (
-                "proxy_from_environment",
-                self.proxy_from_environment == Some(true),
+                "proxy_connect_header",
+                !self.proxy_connect_header.is_empty(),
             ),
-            ("proxy_connect_header", self.proxy_connect_header.is_some()),
             ("http_headers", self.http_headers.is_some()),
             (
                 "native_histogram_bucket_limit",
@@ -394,7 +479,7 @@ pub enum NameValidation {
 impl NameValidation {
     fn parse(s: &str) -> Option<NameValidation> {
         match s {
-            "" | "utf8" => Some(NameValidation::Utf8),
+            "utf8" => Some(NameValidation::Utf8),
             "legacy" => Some(NameValidation::Legacy),
             _ => None,
         }
@@ -457,7 +542,7 @@ impl Escaping {
     }
 }
 
-/// Exposition formats, as named in `scrape_protocols`.
+/// Exposition formats, as named in `scrape_protocols` (case-sensitive, as in Prometheus).
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 pub enum ScrapeProtocol {
     PrometheusProto,
@@ -471,42 +556,137 @@ pub enum ScrapeProtocol {
     PrometheusText1_0_0,
 }
 
-/// A byte count in Prometheus's base-2 units (`512KB`, `10MB`, `1GB`, `1GiB`; `0`). A plain
-/// number is also taken as bytes.
+impl ScrapeProtocol {
+    /// Every protocol, sorted by name (as Prometheus lists them in its errors).
+    pub const ALL: [ScrapeProtocol; 5] = [
+        ScrapeProtocol::OpenMetricsText0_0_1,
+        ScrapeProtocol::OpenMetricsText1_0_0,
+        ScrapeProtocol::PrometheusProto,
+        ScrapeProtocol::PrometheusText0_0_4,
+        ScrapeProtocol::PrometheusText1_0_0,
+    ];
+
+    /// The name used in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScrapeProtocol::PrometheusProto => "PrometheusProto",
+            ScrapeProtocol::OpenMetricsText0_0_1 => "OpenMetricsText0.0.1",
+            ScrapeProtocol::OpenMetricsText1_0_0 => "OpenMetricsText1.0.0",
+            ScrapeProtocol::PrometheusText0_0_4 => "PrometheusText0.0.4",
+            ScrapeProtocol::PrometheusText1_0_0 => "PrometheusText1.0.0",
+        }
+    }
+
+    fn parse(s: &str) -> Option<ScrapeProtocol> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Prometheus's message for a name it does not know.
+    fn unknown(s: &str) -> String {
+        let names: Vec<&str> = Self::ALL.iter().map(|p| p.as_str()).collect();
+        format!(
+            "unknown scrape protocol {s}, supported: [{}]",
+            names.join(" ")
+        )
+    }
+}
+
+/// A byte count in Prometheus's base-2 units (`512KB`, `1.5MB`, `10MiB`, `1GB512MB`; `0`),
+/// read as Prometheus reads it: `KB` and `KiB` are both 1024 bytes, fractions are allowed,
+/// units are case-sensitive, and a number without a unit other than `0` is refused.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
     pub fn parse(s: &str) -> Result<ByteSize, String> {
-        let err = || format!("{s:?} is not a size (expected e.g. 0, 512KB, 10MB, 1GB)");
-        if let Ok(n) = s.parse::<u64>() {
-            return Ok(ByteSize(n));
+        // The IEC units, else the traditional ones (one kind per value, as alecthomas/units).
+        const IEC: [(&str, u32); 7] = [
+            ("B", 0),
+            ("KiB", 1),
+            ("MiB", 2),
+            ("GiB", 3),
+            ("TiB", 4),
+            ("PiB", 5),
+            ("EiB", 6),
+        ];
+        const OLD: [(&str, u32); 7] = [
+            ("B", 0),
+            ("KB", 1),
+            ("MB", 2),
+            ("GB", 3),
+            ("TB", 4),
+            ("PB", 5),
+            ("EB", 6),
+        ];
+        Self::parse_with(s, &IEC).or_else(|_| Self::parse_with(s, &OLD))
+    }
+
+    fn parse_with(orig: &str, units: &[(&str, u32)]) -> Result<ByteSize, String> {
+        let invalid = || format!("units: invalid {orig}");
+        let s = orig.strip_prefix('+').unwrap_or(orig);
+        if s.starts_with('-') {
+            return Err(format!("{orig:?}: a size must not be negative"));
         }
-        let mut rest = s.trim();
-        let mut total: u64 = 0;
+        if s == "0" {
+            return Ok(ByteSize(0));
+        }
+        if s.is_empty() {
+            return Err(invalid());
+        }
+        let mut rest = s;
+        let mut total = 0f64;
         while !rest.is_empty() {
-            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            let n: u64 = rest[..digits].parse().map_err(|_| err())?;
-            rest = &rest[digits..];
-            let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-            let shift = match &rest[..unit_len] {
-                "B" => 0,
-                "KB" | "KiB" => 10,
-                "MB" | "MiB" => 20,
-                "GB" | "GiB" => 30,
-                "TB" | "TiB" => 40,
-                "PB" | "PiB" => 50,
-                "EB" | "EiB" => 60,
-                _ => return Err(err()),
-            };
+            let int = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let mut value: f64 = rest[..int].parse().unwrap_or(0.0);
+            rest = &rest[int..];
+            let mut frac = 0;
+            if let Some(after) = rest.strip_prefix('.') {
+                frac = after.bytes().take_while(u8::is_ascii_digit).count();
+                if frac > 0 {
+                    let digits: f64 = after[..frac].parse().map_err(|_| invalid())?;
+                    value += digits / 10f64.powi(frac as i32);
+                }
+                rest = &after[frac..];
+            }
+            if int == 0 && frac == 0 {
+                return Err(invalid());
+            }
+            let unit_len = rest
+                .find(|c: char| c == '.' || c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let unit = &rest[..unit_len];
             rest = &rest[unit_len..];
-            total = n
-                .checked_shl(shift)
-                .filter(|v| v >> shift == n)
-                .and_then(|v| total.checked_add(v))
-                .ok_or_else(err)?;
+            let power = units
+                .iter()
+                .find(|(u, _)| *u == unit)
+                .map(|(_, p)| *p)
+                .ok_or_else(|| format!("units: unknown unit {unit} in {orig}"))?;
+            total += value * 1024f64.powi(power as i32);
         }
-        Ok(ByteSize(total))
+        if total >= u64::MAX as f64 {
+            return Err("units: overflow parsing unit".into());
+        }
+        Ok(ByteSize(total as u64))
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    /// As Prometheus prints sizes: IEC units, largest first (`1MiB476KiB`, `0B`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+        let mut n = self.0;
+        let mut parts = Vec::new();
+        for unit in UNITS {
+            if n % 1024 != 0 || (unit == "B" && n == 0) {
+                parts.push(format!("{}{unit}", n % 1024));
+            }
+            n /= 1024;
+            if n == 0 {
+                break;
+            }
+        }
+        parts.reverse();
+        f.write_str(&parts.concat())
     }
 }
 
@@ -518,10 +698,11 @@ impl<'de> Deserialize<'de> for ByteSize {
             N(u64),
             S(String),
         }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
-        }
+        let text = match Raw::deserialize(d)? {
+            Raw::N(n) => n.to_string(),
+            Raw::S(s) => s,
+        };
+        ByteSize::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -532,8 +713,8 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+/// A job's `scheme`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Scheme {
     #[default]
     Http,
@@ -547,12 +728,35 @@ impl Scheme {
             Scheme::Https => "https",
         }
     }
+
+    /// `http` or `https` in any case, as a Go URL takes its scheme (Prometheus does not check
+    /// it when loading; any other scheme fails every scrape, so the agent refuses it).
+    fn parse(s: &str) -> Option<Scheme> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            _ => return None,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Scheme {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Scheme::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "scheme {s:?} cannot be scraped: it must be http or https"
+            ))
+        })
+    }
 }
 
 /// `static_configs:` entry.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StaticConfig {
+    /// A group may have labels only (it then has no target).
+    #[serde(default)]
     pub targets: Vec<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -884,6 +1088,14 @@ impl Config {
         }
         let mut cfg: Config =
             yaml::parse(path, &text).map_err(|e| unimplemented_discovery(e, &text))?;
+        cfg.document = yaml::parse(path, &text)?;
+        if let Some(m) = cfg.document.as_mapping_mut() {
+            m.remove("uplink");
+        }
+        cfg.global.derive();
+        cfg.scrape_configs
+            .iter_mut()
+            .for_each(ScrapeConfig::normalize);
         if let Some(t) = &mut cfg.tracing {
             t.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         }
@@ -899,7 +1111,7 @@ impl Config {
             }
         }
         cfg.validate(path, &text)?;
-        cfg.include_scrape_config_files(path)?;
+        cfg.include_scrape_config_files(path, &text)?;
         Ok(cfg)
     }
 
@@ -931,7 +1143,11 @@ impl Config {
     /// them against this file's `global` section with errors located in their own file, and
     /// appends them. Job names must be unique across all files; the error names the file of the
     /// first definition, as Prometheus does.
-    fn include_scrape_config_files(&mut self, main: &Path) -> Result<(), ConfigError> {
+    fn include_scrape_config_files(
+        &mut self,
+        main: &Path,
+        main_text: &str,
+    ) -> Result<(), ConfigError> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct ScrapeConfigs {
@@ -943,7 +1159,36 @@ impl Config {
             .iter()
             .map(|j| (j.job_name.clone(), None))
             .collect();
-        for file in self.scrape_config_file_paths(main)? {
+        let files = self.scrape_config_file_paths(main).map_err(|e| match e {
+            ConfigError::Rule {
+                path,
+                field,
+                message,
+            } => {
+                let i: usize = field
+                    .trim_start_matches("scrape_config_files[")
+                    .trim_end_matches(']')
+                    .parse()
+                    .unwrap_or(0);
+                let pattern = self.scrape_config_files.get(i).map_or("", String::as_str);
+                match locate(main_text, pattern).filter(|_| !pattern.is_empty()) {
+                    Some((line, column)) => ConfigError::Invalid {
+                        path,
+                        line,
+                        column,
+                        field,
+                        message,
+                    },
+                    None => ConfigError::Rule {
+                        path,
+                        field,
+                        message,
+                    },
+                }
+            }
+            e => e,
+        })?;
+        for file in files {
             let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
                 path: file.clone(),
                 source,
@@ -951,8 +1196,12 @@ impl Config {
             if text.trim().is_empty() {
                 continue;
             }
-            let included: ScrapeConfigs =
+            let mut included: ScrapeConfigs =
                 yaml::parse(&file, &text).map_err(|e| unimplemented_discovery(e, &text))?;
+            included
+                .scrape_configs
+                .iter_mut()
+                .for_each(ScrapeConfig::normalize);
             let mut part = Config {
                 scrape_configs: included.scrape_configs,
                 scrape_config_files: Vec::new(),
@@ -968,14 +1217,21 @@ impl Config {
                         None => "main config file".to_owned(),
                         Some(p) => format!("{:?}", p.display().to_string()),
                     };
-                    return Err(ConfigError::rule(
-                        &file,
-                        format!("scrape_configs[{i}].job_name"),
-                        format!(
-                            "found multiple scrape configs with job name {:?}, first found in {first}",
-                            job.job_name
-                        ),
-                    ));
+                    let field = format!("scrape_configs[{i}].job_name");
+                    let message = format!(
+                        "found multiple scrape configs with job name {:?}, first found in {first}",
+                        job.job_name
+                    );
+                    return Err(match job_position(&text, i, &job.job_name, 0) {
+                        Some((line, column)) => ConfigError::Invalid {
+                            path: file.clone(),
+                            line,
+                            column,
+                            field,
+                            message,
+                        },
+                        None => ConfigError::rule(&file, field, message),
+                    });
                 }
                 origin.insert(job.job_name.clone(), Some(file.clone()));
                 self.scrape_configs.push(job);
@@ -1017,7 +1273,7 @@ impl Config {
                 "scrape_timeout:",
                 "global.scrape_timeout".into(),
                 format!(
-                    "scrape_timeout ({}) greater than scrape_interval ({})",
+                    "global scrape timeout greater than scrape interval ({} > {})",
                     g.scrape_timeout, g.scrape_interval
                 ),
             ));
@@ -1033,7 +1289,10 @@ impl Config {
                 &g.metric_name_escaping_scheme,
             ),
         ] {
-            if let Some(message) = value.as_deref().and_then(|v| scheme_error(key, v)) {
+            if let Some(message) = value
+                .as_deref()
+                .and_then(|v| scheme_error("global", key, v))
+            {
                 return Err(at(&format!("{key}:"), format!("global.{key}"), message));
             }
         }
@@ -1069,10 +1328,40 @@ impl Config {
         }
         let mut seen = HashSet::new();
         for (i, job) in self.scrape_configs.iter().enumerate() {
-            let needle = format!("job_name: {}", job.job_name);
+            // Errors of a job point at the key in the job's own lines, else at its job_name.
+            let position = |i: usize, name: &str| {
+                let earlier = self.scrape_configs[..i]
+                    .iter()
+                    .filter(|j| j.job_name == name)
+                    .count();
+                job_position(text, i, name, earlier)
+            };
+            let start = position(i, &job.job_name);
+            let end = self
+                .scrape_configs
+                .get(i + 1)
+                .and_then(|next| position(i + 1, &next.job_name))
+                .map(|(line, _)| line);
+            let outer = &at;
+            let at = |needle: &str, field: String, message: String| {
+                let found = start
+                    .and_then(|(line, _)| locate_within(text, needle, line, end))
+                    .or(start);
+                match found {
+                    Some((line, column)) => ConfigError::Invalid {
+                        path: path.into(),
+                        line,
+                        column,
+                        field,
+                        message,
+                    },
+                    None => outer(needle, field, message),
+                }
+            };
+            let needle = "job_name:";
             let field = |f: &str| format!("scrape_configs[{i}].{f}");
             if let Err(message) = check_protocols(job.scrape_protocols.as_deref()) {
-                return Err(at(&needle, field("scrape_protocols"), message));
+                return Err(at(needle, field("scrape_protocols"), message));
             }
             if job.scrape_classic_histograms.is_some()
                 && self.compatibility() == Compatibility::Prometheus3
@@ -1095,7 +1384,10 @@ impl Config {
                     &job.metric_name_escaping_scheme,
                 ),
             ] {
-                if let Some(message) = value.as_deref().and_then(|v| scheme_error(key, v)) {
+                if let Some(message) = value
+                    .as_deref()
+                    .and_then(|v| scheme_error("scrape config", key, v))
+                {
                     return Err(at(&format!("{key}:"), field(key), message));
                 }
             }
@@ -1103,7 +1395,7 @@ impl Config {
                 && self.escaping(job) == Escaping::AllowUtf8
             {
                 return Err(at(
-                    &needle,
+                    needle,
                     field("metric_name_escaping_scheme"),
                     UTF8_ESCAPING_NEEDS_UTF8.into(),
                 ));
@@ -1117,7 +1409,7 @@ impl Config {
             }
             if !seen.insert(job.job_name.as_str()) {
                 return Err(at(
-                    &needle,
+                    needle,
                     field("job_name"),
                     format!(
                         "found multiple scrape configs with job name {:?}",
@@ -1129,27 +1421,13 @@ impl Config {
             let timeout = self.timeout(job);
             if timeout > interval {
                 return Err(at(
-                    &needle,
+                    needle,
                     field("scrape_timeout"),
                     format!(
                         "scrape timeout ({}) greater than scrape interval ({})",
                         PromDuration(timeout),
                         PromDuration(interval)
                     ),
-                ));
-            }
-            if interval.is_zero() {
-                return Err(at(
-                    &needle,
-                    field("scrape_interval"),
-                    "must be positive".into(),
-                ));
-            }
-            if !job.metrics_path.starts_with('/') {
-                return Err(at(
-                    &needle,
-                    field("metrics_path"),
-                    "must start with '/'".into(),
                 ));
             }
             if names == NameValidation::Legacy {
@@ -1195,20 +1473,51 @@ impl Config {
                 }
                 *k += 1;
             }
-            if let Err(e) = job.http_client().validate() {
-                let what = match &e {
-                    crate::http_client::HttpClientError::Invalid { what, .. } => *what,
-                    _ => "tls_config",
+            if let Err(message) = crate::http_client::check_bearer(
+                job.bearer_token.as_ref(),
+                job.bearer_token_file.as_deref(),
+                job.basic_auth.is_some(),
+                job.authorization.is_some(),
+                job.oauth2.is_some(),
+            ) {
+                let key = if job.bearer_token.is_some() {
+                    "bearer_token"
+                } else {
+                    "bearer_token_file"
                 };
-                return Err(at(&format!("{what}:"), field(what), e.to_string()));
+                return Err(at(&format!("{key}:"), field(key), message));
+            }
+            if let Err(e) = job.http_client().validate() {
+                let (what, message) = match e {
+                    crate::http_client::HttpClientError::Invalid { what, message } => {
+                        (what, message)
+                    }
+                    e => ("tls_config", e.to_string()),
+                };
+                return Err(at(&format!("{what}:"), field(what), message));
+            }
+            if let Err(message) = job.proxy().check() {
+                let key = ["proxy_connect_header", "proxy_from_environment", "no_proxy"]
+                    .into_iter()
+                    .find(|k| text.contains(&format!("{k}:")))
+                    .unwrap_or("proxy_url");
+                return Err(at(&format!("{key}:"), field(key), message));
+            }
+            if let Some(Err(message)) = job
+                .http_headers
+                .as_ref()
+                .map(crate::http_client::check_http_headers)
+            {
+                return Err(at("http_headers:", field("http_headers"), message));
             }
             for (j, sc) in job.static_configs.iter().enumerate() {
+                // As in Prometheus, only without target relabeling (which may fix them).
                 for (k, t) in sc.targets.iter().enumerate() {
-                    if !valid_target(t) {
+                    if job.relabel_configs.is_empty() && t.contains('/') {
                         return Err(at(
                             t,
                             field(&format!("static_configs[{j}].targets[{k}]")),
-                            format!("{t:?} is not a valid target address"),
+                            format!("{t:?} is not a valid hostname"),
                         ));
                     }
                 }
@@ -1391,7 +1700,10 @@ impl Config {
         {
             return e;
         }
-        if job.metric_name_validation_scheme.is_some()
+        if job
+            .metric_name_validation_scheme
+            .as_deref()
+            .is_some_and(|v| !v.is_empty())
             && self.validation(job) == NameValidation::Legacy
         {
             return Escaping::Underscores;
@@ -1413,21 +1725,19 @@ impl Config {
         }
     }
 
-    /// A job's effective limits: its own value, else the global one (0 means none).
+    /// A job's effective limits: its own value, else the global one (0 means none). As in
+    /// Prometheus, a job's `0` is unset: it cannot lift a global limit.
     pub fn limits(&self, job: &ScrapeConfig) -> JobLimits {
         let g = &self.global;
+        let or = |own: Option<u64>, global: u64| own.filter(|v| *v > 0).unwrap_or(global);
         JobLimits {
-            sample_limit: job.sample_limit.unwrap_or(g.sample_limit),
-            body_size_limit: job.body_size_limit.unwrap_or(g.body_size_limit).0,
-            label_limit: job.label_limit.unwrap_or(g.label_limit),
-            label_name_length_limit: job
-                .label_name_length_limit
-                .unwrap_or(g.label_name_length_limit),
-            label_value_length_limit: job
-                .label_value_length_limit
-                .unwrap_or(g.label_value_length_limit),
-            target_limit: job.target_limit.unwrap_or(g.target_limit),
-            keep_dropped_targets: job.keep_dropped_targets.unwrap_or(g.keep_dropped_targets),
+            sample_limit: or(job.sample_limit, g.sample_limit),
+            body_size_limit: or(job.body_size_limit.map(|b| b.0), g.body_size_limit.0),
+            label_limit: or(job.label_limit, g.label_limit),
+            label_name_length_limit: or(job.label_name_length_limit, g.label_name_length_limit),
+            label_value_length_limit: or(job.label_value_length_limit, g.label_value_length_limit),
+            target_limit: or(job.target_limit, g.target_limit),
+            keep_dropped_targets: or(job.keep_dropped_targets, g.keep_dropped_targets),
         }
     }
 
@@ -1482,6 +1792,40 @@ impl Config {
             for key in job.accepted_only() {
                 out.push(format!("scrape_configs[{:?}].{key}", job.job_name));
             }
+            let oauth2 = |prefix: String, o: &Option<crate::http_client::OAuth2>| {
+                let Some(o) = o else { return Vec::new() };
+                [
+                    ("no_proxy", o.no_proxy.is_some()),
+                    ("proxy_from_environment", o.proxy_from_environment),
+                    ("proxy_connect_header", !o.proxy_connect_header.is_empty()),
+                ]
+                .into_iter()
+                .filter(|(_, set)| *set)
+                .map(|(k, _)| format!("{prefix}.oauth2.{k}"))
+                .collect()
+            };
+            let at =
+                |kind: &str, i: usize| format!("scrape_configs[{:?}].{kind}[{i}]", job.job_name);
+            out.extend(oauth2(
+                format!("scrape_configs[{:?}]", job.job_name),
+                &job.oauth2,
+            ));
+            for (i, h) in job.http_sd_configs.iter().enumerate() {
+                out.extend(
+                    h.accepted_only()
+                        .into_iter()
+                        .map(|k| format!("{}.{k}", at("http_sd_configs", i))),
+                );
+                out.extend(oauth2(at("http_sd_configs", i), &h.oauth2));
+            }
+            for (i, k) in job.kubernetes_sd_configs.iter().enumerate() {
+                out.extend(
+                    k.accepted_only()
+                        .into_iter()
+                        .map(|key| format!("{}.{key}", at("kubernetes_sd_configs", i))),
+                );
+                out.extend(oauth2(at("kubernetes_sd_configs", i), &k.oauth2));
+            }
             for (i, k) in job.kubernetes_sd_configs.iter().enumerate() {
                 let a = &k.attach_metadata;
                 for (key, set) in [
@@ -1516,8 +1860,10 @@ fn check_protocols(list: Option<&[ScrapeProtocol]>) -> Result<(), String> {
         .enumerate()
         .any(|(i, p)| list.get(..i).unwrap_or_default().contains(p))
     {
+        let names: Vec<&str> = list.iter().map(|p| p.as_str()).collect();
         return Err(format!(
-            "duplicated protocol in scrape_protocols, got {list:?}"
+            "duplicated protocol in scrape_protocols, got [{}]",
+            names.join(" ")
         ));
     }
     Ok(())
@@ -1587,18 +1933,22 @@ const UTF8_ESCAPING_NEEDS_UTF8: &str =
     "utf8 metric names requested but validation scheme is not set to UTF8";
 
 /// Prometheus's message for a validation or escaping scheme it does not know, if `value` is
-/// one.
-fn scheme_error(key: &str, value: &str) -> Option<String> {
+/// one (`whose`: `global` or `scrape config`; the empty value is unset). Unlike Prometheus 3.5,
+/// whose escaping message shows the validation scheme, it names the value given.
+fn scheme_error(whose: &str, key: &str, value: &str) -> Option<String> {
+    if value.is_empty() {
+        return None;
+    }
     match key {
         "metric_name_validation_scheme" => NameValidation::parse(value).is_none().then(|| {
             format!(
-                "unknown name validation method specified, must be either '', 'legacy' or \
+                "unknown {whose} name validation method specified, must be either 'legacy' or \
                  'utf8', got {value}"
             )
         }),
-        _ => (Escaping::parse(value).is_none() && !value.is_empty()).then(|| {
+        _ => Escaping::parse(value).is_none().then(|| {
             format!(
-                "unknown global name escaping method specified, must be one of 'allow-utf-8', \
+                "unknown {whose} name escaping method specified, must be one of 'allow-utf-8', \
                  'underscores', 'dots', or 'values', got {value}"
             )
         }),
@@ -1672,9 +2022,46 @@ pub fn expand_env(s: &str) -> String {
 
 /// Finds the 1-based line and column of the first occurrence of `needle`.
 fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
+    locate_within(text, needle, 1, None)
+}
+
+/// [`locate`] from line `from` on, before line `to` (1-based).
+fn locate_within(
+    text: &str,
+    needle: &str,
+    from: usize,
+    to: Option<usize>,
+) -> Option<(usize, usize)> {
     text.lines()
         .enumerate()
+        .skip(from.saturating_sub(1))
+        .take_while(|(i, _)| to.is_none_or(|to| i + 1 < to))
         .find_map(|(i, line)| line.find(needle).map(|col| (i + 1, col + 1)))
+}
+
+/// Where the `index`-th job of a file, named `name` (by `earlier` jobs before it too), gives its
+/// `job_name` (1-based line and column): the key followed by the name (bare or quoted), else
+/// the `index`-th `job_name:` key outside a comment.
+fn job_position(text: &str, index: usize, name: &str, earlier: usize) -> Option<(usize, usize)> {
+    let keys = text.lines().enumerate().filter_map(|(i, line)| {
+        let col = line.find("job_name:")?;
+        let comment = line.find('#').is_some_and(|c| c < col);
+        (!comment).then_some((i, col))
+    });
+    let named = keys.clone().filter(|&(i, col)| {
+        let rest = text.lines().nth(i).unwrap_or_default()[col + "job_name:".len()..].trim_start();
+        [name.to_owned(), format!("'{name}'"), format!("{name:?}")]
+            .iter()
+            .any(|n| {
+                rest.strip_prefix(n.as_str()).is_some_and(|after| {
+                    after.is_empty() || after.starts_with([' ', ',', '}', '#'])
+                })
+            })
+    });
+    let named = named.clone().nth(earlier).or_else(|| named.last());
+    named
+        .or_else(|| keys.clone().nth(index))
+        .map(|(i, col)| (i + 1, col + 1))
 }
 
 /// Prometheus label name syntax.
@@ -1689,11 +2076,6 @@ pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
     (!host.is_empty()).then_some((host, port))
-}
-
-/// Prometheus accepts any address without `/` (a missing port is added from the scheme).
-fn valid_target(t: &str) -> bool {
-    !t.is_empty() && !t.contains('/') && !t.contains(char::is_whitespace)
 }
 
 #[cfg(test)]
@@ -1927,13 +2309,29 @@ uplink:
     fn byte_sizes_in_prometheus_units() {
         let p = |s: &str| ByteSize::parse(s).map(|b| b.0);
         assert_eq!(p("0"), Ok(0));
-        assert_eq!(p("1024"), Ok(1024));
         assert_eq!(p("512KB"), Ok(512 << 10));
         assert_eq!(p("10MB"), Ok(10 << 20));
         assert_eq!(p("1GiB"), Ok(1 << 30));
         assert_eq!(p("1GB512MB"), Ok((1 << 30) + (512 << 20)));
-        assert!(p("10 MB").is_err() && p("10mb").is_err() && p("MB").is_err());
-        assert!(p("99999999999EB").is_err());
+        assert_eq!(p("1.5MB"), Ok(3 << 19));
+        assert_eq!(p("1024B"), Ok(1024));
+        // As Prometheus: a bare number, lower-case units or mixed unit kinds are refused.
+        assert_eq!(p("1024"), Err("units: unknown unit  in 1024".into()));
+        assert_eq!(p("10mb"), Err("units: unknown unit mb in 10mb".into()));
+        assert!(p("10 MB").is_err() && p("MB").is_err() && p("1MiB512KB").is_err());
+        assert!(p("-1KB").is_err() && p("99999999999EB").is_err());
+        let show = |s: &str| p(s).map(|b| ByteSize(b).to_string());
+        for (input, shown) in [
+            ("1KB", "1KiB"),
+            ("100MB", "100MiB"),
+            ("1500KB", "1MiB476KiB"),
+            ("1.5MB", "1MiB512KiB"),
+            ("2GB", "2GiB"),
+            ("1TB", "1TiB"),
+            ("1500B", "1KiB476B"),
+        ] {
+            assert_eq!(show(input), Ok(shown.into()), "{input}");
+        }
     }
 
     #[test]
@@ -1950,7 +2348,11 @@ uplink:
             "  - job_name: node\n    sample_limit: 0\n    scrape_protocols: [OpenMetricsText1.0.0, PrometheusText0.0.4]\n",
         );
         let c = load(&text).expect("valid");
-        assert_eq!(c.limits(&c.scrape_configs[0]).sample_limit, 0);
+        assert_eq!(
+            c.limits(&c.scrape_configs[0]).sample_limit,
+            10,
+            "a job's 0 is unset, as in Prometheus"
+        );
     }
 
     #[test]
@@ -2135,6 +2537,95 @@ uplink:
         );
         let c = load(&two).expect("valid");
         assert_eq!(c.global.external_labels["site"], "${HOME}");
+    }
+
+    #[test]
+    fn loads_as_prometheus_3_5_loads() {
+        let job = |extra: &str| {
+            GOOD.replace(
+                "  - job_name: node\n",
+                &format!("  - job_name: node\n{extra}"),
+            )
+        };
+        // A global interval under 10s caps the default timeout; a job's 0s is unset.
+        let c = load(&GOOD.replace("scrape_interval: 15s", "scrape_interval: 5s")).expect("valid");
+        assert_eq!(c.global.scrape_timeout.0, Duration::from_secs(5));
+        let c = load(&job("    scrape_interval: 0s\n    scrape_timeout: 0s\n")).expect("valid");
+        let j = &c.scrape_configs[0];
+        assert_eq!(
+            (c.interval(j), c.timeout(j)),
+            (Duration::from_secs(15), Duration::from_secs(10))
+        );
+        // Accepted as Prometheus accepts them.
+        let c = load(&job(
+            "    metrics_path: metrics\n    scheme: HTTPS\n    fallback_scrape_protocol: ''\n",
+        ))
+        .expect("valid");
+        let j = &c.scrape_configs[0];
+        assert_eq!(
+            (j.metrics_path.as_str(), j.scheme),
+            ("/metrics", Scheme::Https)
+        );
+        assert_eq!(j.fallback_scrape_protocol, None);
+        load(
+            &job("    relabel_configs: [{target_label: __address__, replacement: 'h:1'}]\n")
+                .replace("127.0.0.1:9100", "http://x/"),
+        )
+        .expect("a URL is only refused without relabeling");
+        // Refused as Prometheus refuses them, each naming its place.
+        for (extra, field, message) in [
+            (
+                "    scheme: ftp\n",
+                "scrape_configs[0].scheme",
+                "must be http or https",
+            ),
+            (
+                "    bearer_token: t\n    authorization: {credentials: c}\n",
+                "scrape_configs[0].bearer_token",
+                "authorization is not compatible with bearer_token",
+            ),
+            (
+                "    no_proxy: localhost\n",
+                "scrape_configs[0].no_proxy",
+                "proxy_url must also be configured",
+            ),
+            (
+                "    proxy_url: http://p:3128\n    proxy_from_environment: true\n",
+                "scrape_configs[0].proxy_from_environment",
+                "proxy_url must not be configured",
+            ),
+            (
+                "    http_headers: {user-agent: {values: [x]}}\n",
+                "scrape_configs[0].http_headers",
+                "setting header \"User-Agent\" is not allowed",
+            ),
+            (
+                "    tls_config: {min_version: TLS14}\n",
+                "scrape_configs[0].tls_config",
+                "unknown TLS version: TLS14",
+            ),
+        ] {
+            let e = load(&job(extra)).expect_err(extra).to_string();
+            assert!(e.starts_with("agent.yml:") && e.contains(field), "{e}");
+            assert!(e.contains(message), "{e}");
+        }
+        let e = load(&GOOD.replace(
+            "scrape_interval: 15s",
+            "scrape_interval: 5s\n  scrape_timeout: 10s",
+        ))
+        .expect_err("explicit timeout above the interval")
+        .to_string();
+        assert!(
+            e.contains("global scrape timeout greater than scrape interval"),
+            "{e}"
+        );
+        // Empty secrets and files are unset.
+        let c = load(&job(
+            "    basic_auth: {username: u, password: '', password_file: pw}\n",
+        ))
+        .expect("valid");
+        let b = c.scrape_configs[0].basic_auth.clone().expect("basic_auth");
+        assert_eq!(b.password, None);
     }
 
     #[test]

@@ -73,7 +73,12 @@ impl fmt::Display for PromDuration {
         if ms == 0 {
             return f.write_str("0s");
         }
-        for (unit, size) in UNITS {
+        for (i, (unit, size)) in UNITS.into_iter().enumerate() {
+            // Years and weeks only when they divide the rest exactly (`8d`, not `1w1d`), as
+            // Prometheus prints durations.
+            if i < 2 && ms % size != 0 {
+                continue;
+            }
             if ms >= size {
                 write!(f, "{}{}", ms / size, unit)?;
                 ms %= size;
@@ -124,9 +129,21 @@ mod tests {
         for bad in ["", "15", "s", "1s1m", "1.5s", "-1s", "1x", "1s1s"] {
             assert!(ms(bad).is_err(), "{bad} should fail");
         }
-        assert_eq!(
-            PromDuration::parse("1m30s").map(|d| d.to_string()),
-            Ok("1m30s".into())
-        );
+        let show = |s: &str| PromDuration::parse(s).map(|d| d.to_string());
+        for (input, shown) in [
+            ("1m30s", "1m30s"),
+            ("60s", "1m"),
+            ("1500ms", "1s500ms"),
+            ("25h", "1d1h"),
+            ("7d", "1w"),
+            ("8d", "8d"),
+            ("52w", "52w"),
+            ("365d", "1y"),
+            ("730d", "2y"),
+            ("1d1h1m1s1ms", "1d1h1m1s1ms"),
+            ("0s", "0s"),
+        ] {
+            assert_eq!(show(input), Ok(shown.into()), "{input}");
+        }
     }
 }

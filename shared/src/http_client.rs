@@ -42,29 +42,190 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// An optional string setting where, as in Prometheus, an empty value is no value.
+pub fn non_empty<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + AsRef<std::ffi::OsStr>,
+{
+    Ok(Option::<T>::deserialize(d)?.filter(|v| !v.as_ref().is_empty()))
+}
+
+/// [`non_empty`] for secrets.
+pub fn non_empty_secret<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<Secret>::deserialize(d)?.filter(|s| !s.0.is_empty()))
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuth {
     #[serde(default)]
     pub username: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub username_file: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty_secret")]
     pub password: Option<Secret>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub password_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Authorization {
-    /// Prometheus default: Bearer.
-    #[serde(default = "default_auth_type", rename = "type")]
+    /// Prometheus default: Bearer (also when empty; surrounding spaces are dropped).
+    #[serde(
+        default = "default_auth_type",
+        rename = "type",
+        deserialize_with = "auth_type"
+    )]
     pub kind: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty_secret")]
     pub credentials: Option<Secret>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub credentials_file: Option<PathBuf>,
+}
+
+fn auth_type<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let kind = Option::<String>::deserialize(d)?.unwrap_or_default();
+    match kind.trim() {
+        "" => Ok(default_auth_type()),
+        k => Ok(k.to_owned()),
+    }
+}
+
+/// One `http_headers` entry: values sent as written, secrets, and files read on every request
+/// (each file's content, trimmed, is one value).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHeader {
+    #[serde(default)]
+    pub values: Vec<String>,
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+}
+
+/// Headers `http_headers` may not set, as Prometheus refuses them: the client sets them, or
+/// they change the connection.
+pub const RESERVED_HEADERS: [&str; 18] = [
+    "Authorization",
+    "Host",
+    "Content-Encoding",
+    "Content-Length",
+    "Content-Type",
+    "User-Agent",
+    "Connection",
+    "Keep-Alive",
+    "Proxy-Authenticate",
+    "Proxy-Authorization",
+    "Www-Authenticate",
+    "Accept-Encoding",
+    "X-Prometheus-Remote-Write-Version",
+    "X-Prometheus-Remote-Read-Version",
+    "X-Prometheus-Scrape-Timeout-Seconds",
+    "X-Amz-Date",
+    "X-Amz-Security-Token",
+    "X-Amz-Content-Sha256",
+];
+
+/// A header name in Go's canonical form (`x-foo` is `X-Foo`); a name with characters a
+/// header name cannot have is returned as it is.
+pub fn canonical_header(name: &str) -> String {
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !name.chars().all(token) {
+        return name.to_owned();
+    }
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let out = if upper {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            };
+            upper = c == '-';
+            out
+        })
+        .collect()
+}
+
+/// Prometheus's rule for `http_headers`: no reserved header.
+pub fn check_http_headers(
+    headers: &std::collections::BTreeMap<String, HttpHeader>,
+) -> Result<(), String> {
+    for name in headers.keys() {
+        let canonical = canonical_header(name);
+        if RESERVED_HEADERS.contains(&canonical.as_str()) {
+            return Err(format!("setting header {canonical:?} is not allowed"));
+        }
+    }
+    Ok(())
+}
+
+/// The proxy settings of an HTTP client, with Prometheus's rules between them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Proxy<'a> {
+    pub url: Option<&'a str>,
+    pub no_proxy: Option<&'a str>,
+    pub from_environment: bool,
+    /// Whether `proxy_connect_header` has entries.
+    pub connect_header: bool,
+}
+
+impl Proxy<'_> {
+    pub fn check(&self) -> Result<(), String> {
+        let url = self.url.is_some_and(|u| !u.is_empty());
+        let no_proxy = self.no_proxy.is_some_and(|n| !n.is_empty());
+        if self.connect_header && !self.from_environment && !url {
+            return Err("if proxy_connect_header is configured, proxy_url or \
+                        proxy_from_environment must also be configured"
+                .into());
+        }
+        if self.from_environment && url {
+            return Err(
+                "if proxy_from_environment is configured, proxy_url must not be configured".into(),
+            );
+        }
+        if self.from_environment && no_proxy {
+            return Err(
+                "if proxy_from_environment is configured, no_proxy must not be configured".into(),
+            );
+        }
+        if no_proxy && !url {
+            return Err("if no_proxy is configured, proxy_url must also be configured".into());
+        }
+        Ok(())
+    }
+}
+
+/// Prometheus's rules for the deprecated `bearer_token` and `bearer_token_file` beside the
+/// other authentication settings.
+pub fn check_bearer(
+    token: Option<&Secret>,
+    file: Option<&Path>,
+    basic_auth: bool,
+    authorization: bool,
+    oauth2: bool,
+) -> Result<(), String> {
+    let token = token.is_some_and(|t| !t.0.is_empty());
+    let file = file.is_some_and(|f| !f.as_os_str().is_empty());
+    if token && file {
+        return Err("at most one of bearer_token & bearer_token_file must be configured".into());
+    }
+    if (basic_auth || oauth2) && (token || file) {
+        return Err(
+            "at most one of basic_auth, oauth2, bearer_token & bearer_token_file must be \
+             configured"
+                .into(),
+        );
+    }
+    if authorization && (token || file) {
+        return Err("authorization is not compatible with bearer_token & bearer_token_file".into());
+    }
+    Ok(())
 }
 
 impl Authorization {
@@ -87,9 +248,9 @@ fn default_auth_type() -> String {
 #[serde(deny_unknown_fields)]
 pub struct OAuth2 {
     pub client_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty_secret")]
     pub client_secret: Option<Secret>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub client_secret_file: Option<PathBuf>,
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -98,36 +259,59 @@ pub struct OAuth2 {
     pub endpoint_params: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub tls_config: TlsConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub proxy_url: Option<String>,
+    /// Prometheus's other proxy settings of the token request: accepted so that Prometheus
+    /// files load, not implemented.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub no_proxy: Option<String>,
+    #[serde(default)]
+    pub proxy_from_environment: bool,
+    #[serde(default)]
+    pub proxy_connect_header: std::collections::BTreeMap<String, Vec<Secret>>,
+}
+
+impl OAuth2 {
+    /// The token request's proxy settings.
+    pub fn proxy(&self) -> Proxy<'_> {
+        Proxy {
+            url: self.proxy_url.as_deref(),
+            no_proxy: self.no_proxy.as_deref(),
+            from_environment: self.proxy_from_environment,
+            connect_header: !self.proxy_connect_header.is_empty(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub ca_file: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub ca: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub cert_file: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub cert: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub key_file: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty_secret")]
     pub key: Option<Secret>,
     /// Name the server certificate is verified against (and sent as SNI), instead of the
     /// URL's host.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub server_name: Option<String>,
     #[serde(default)]
     pub insecure_skip_verify: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub min_version: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub max_version: Option<String>,
 }
+
+/// The TLS versions Prometheus knows.
+pub const TLS_VERSIONS: [&str; 4] = ["TLS10", "TLS11", "TLS12", "TLS13"];
 
 /// The HTTP settings of one scrape config or `http_sd` entry, gathered.
 #[derive(Clone, Debug, PartialEq)]
@@ -212,13 +396,13 @@ impl HttpClientConfig {
             if b.password.is_some() && b.password_file.is_some() {
                 return inv(
                     "basic_auth",
-                    "at most one of basic_auth password & password_file must be configured",
+                    "at most one of basic_auth password, password_file & password_ref must be configured",
                 );
             }
             if !b.username.is_empty() && b.username_file.is_some() {
                 return inv(
                     "basic_auth",
-                    "at most one of basic_auth username & username_file must be configured",
+                    "at most one of basic_auth username, username_file & username_ref must be configured",
                 );
             }
         }
@@ -237,45 +421,66 @@ impl HttpClientConfig {
             }
         }
         if let Some(o) = &self.oauth2 {
+            if o.client_id.is_empty() {
+                return inv("oauth2", "oauth2 client_id must be configured");
+            }
+            if o.token_url.is_empty() {
+                return inv("oauth2", "oauth2 token_url must be configured");
+            }
             if o.client_secret.is_some() && o.client_secret_file.is_some() {
                 return inv(
                     "oauth2",
-                    "at most one of oauth2 client_secret & client_secret_file must be configured",
+                    "at most one of oauth2 client_secret, client_secret_file & client_secret_ref must be configured",
                 );
             }
+            if let Err(message) = o.proxy().check() {
+                return inv("oauth2", &message);
+            }
+            Self::check_tls(&o.tls_config, "oauth2")?;
         }
-        let t = &self.tls_config;
-        if t.ca.is_some() && t.ca_file.is_some() {
-            return inv(
-                "tls_config",
-                "at most one of ca and ca_file must be configured",
-            );
-        }
-        if t.cert.is_some() && t.cert_file.is_some() {
-            return inv(
-                "tls_config",
-                "at most one of cert and cert_file must be configured",
-            );
-        }
-        if t.key.is_some() && t.key_file.is_some() {
-            return inv(
-                "tls_config",
-                "at most one of key and key_file must be configured",
-            );
-        }
-        let has_cert = t.cert.is_some() || t.cert_file.is_some();
-        let has_key = t.key.is_some() || t.key_file.is_some();
-        if has_cert != has_key {
-            return inv(
-                "tls_config",
-                "exactly one of key or key_file must be configured when a client certificate is configured",
-            );
-        }
+        Self::check_tls(&self.tls_config, "tls_config")?;
         if let Some(p) = &self.proxy_url {
             reqwest::Url::parse(p).map_err(|e| HttpClientError::Invalid {
                 what: "proxy_url",
                 message: e.to_string(),
             })?;
+        }
+        Ok(())
+    }
+
+    /// Prometheus's rules for one `tls_config`.
+    fn check_tls(t: &TlsConfig, what: &'static str) -> Result<(), HttpClientError> {
+        let inv = |message: &str| {
+            Err(HttpClientError::Invalid {
+                what,
+                message: message.into(),
+            })
+        };
+        if t.ca.is_some() && t.ca_file.is_some() {
+            return inv("at most one of ca, ca_file & ca_ref must be configured");
+        }
+        if t.cert.is_some() && t.cert_file.is_some() {
+            return inv("at most one of cert, cert_file & cert_ref must be configured");
+        }
+        if t.key.is_some() && t.key_file.is_some() {
+            return inv("at most one of key and key_file must be configured");
+        }
+        let has_cert = t.cert.is_some() || t.cert_file.is_some();
+        let has_key = t.key.is_some() || t.key_file.is_some();
+        if has_cert && !has_key {
+            return inv(
+                "exactly one of key or key_file must be configured when a client certificate is configured",
+            );
+        }
+        if has_key && !has_cert {
+            return inv(
+                "exactly one of cert or cert_file must be configured when a client key is configured",
+            );
+        }
+        for v in [&t.min_version, &t.max_version].into_iter().flatten() {
+            if !TLS_VERSIONS.contains(&v.as_str()) {
+                return inv(&format!("unknown TLS version: {v}"));
+            }
         }
         Ok(())
     }

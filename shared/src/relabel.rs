@@ -243,6 +243,12 @@ impl Scalar {
     }
 }
 
+/// A key that is present, even with a null value (serde's `Option` makes null and absent
+/// alike).
+fn given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Scalar>>, D::Error> {
+    Option::<Scalar>::deserialize(d).map(Some)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -250,8 +256,9 @@ struct RawConfig {
     source_labels: Vec<String>,
     #[serde(default)]
     separator: Option<Scalar>,
-    #[serde(default)]
-    regex: Option<Scalar>,
+    /// `None`: not given; `Some(None)`: given as null or empty (the empty regex).
+    #[serde(default, deserialize_with = "given")]
+    regex: Option<Option<Scalar>>,
     #[serde(default)]
     modulus: u64,
     #[serde(default)]
@@ -272,10 +279,26 @@ impl TryFrom<RawConfig> for RelabelConfig {
             Some("") => return Err("relabel action cannot be empty".into()),
             Some(a) => Action::parse(a).ok_or_else(|| format!("unknown relabel action {a:?}"))?,
         };
-        let regex_src = raw.regex.map(Scalar::into_string);
+        // A null or empty regex is the empty regex (it matches only the empty string), as in
+        // Prometheus; only a missing one is the default `(.*)`.
+        let regex_src = raw
+            .regex
+            .map(|r| r.map(Scalar::into_string).unwrap_or_default());
         let regex = match &regex_src {
             None => Regex::default(),
-            Some(s) => Regex::new(s).map_err(|e| format!("invalid regex {s:?}: {e}"))?,
+            Some(s) => Regex::new(s).map_err(|e| {
+                // One line, as Prometheus's: the `regex` crate's last line names the fault.
+                let reason = match &e {
+                    regex::Error::Syntax(text) => text
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
+                        .trim_start_matches("error: ")
+                        .to_owned(),
+                    other => other.to_string(),
+                };
+                format!("error parsing regexp: {reason}: `^(?s:{s})$`")
+            })?,
         };
         let separator = raw.separator.map(Scalar::into_string);
         let replacement = raw.replacement.map(Scalar::into_string);
@@ -830,7 +853,7 @@ mod tests {
         );
         assert!(cfg_err("{action: frobnicate}").contains("unknown relabel action"));
         assert!(cfg_err("{action: ''}").contains("cannot be empty"));
-        assert!(cfg_err("{regex: '(', target_label: a}").contains("invalid regex"));
+        assert!(cfg_err("{regex: '(', target_label: a}").contains("error parsing regexp"));
         assert!(
             cfg_err("{action: lowercase, source_labels: [a], target_label: b, replacement: c}")
                 .contains("'replacement' can not be set for lowercase action")
@@ -872,5 +895,30 @@ mod tests {
         assert_eq!(c.separator, ";");
         assert_eq!(c.replacement, "$1");
         cfg("{action: labelmap, regex: '__meta_(.+)'}");
+    }
+
+    #[test]
+    fn a_null_or_empty_regex_is_the_empty_regex() {
+        for regex in ["regex: null", "regex: ~", "regex:", "regex: ''"] {
+            let steps: Vec<RelabelConfig> = serde_yaml::from_str(&format!(
+                "- source_labels: [a]\n  target_label: b\n  replacement: x\n  {regex}\n"
+            ))
+            .expect("valid");
+            assert_eq!(steps[0].regex.as_str(), "", "{regex}");
+            let mut set = ls(&[("a", "foo")]);
+            assert!(process(&mut set, &steps));
+            assert_eq!(set, ls(&[("a", "foo")]), "{regex}: only '' matches");
+            let mut set = ls(&[("c", "1")]);
+            assert!(process(&mut set, &steps));
+            assert_eq!(set, ls(&[("b", "x"), ("c", "1")]), "{regex}");
+            // An explicit regex, even an empty one, is a field keepequal does not take.
+            assert!(
+                cfg_err(&format!(
+                    "action: keepequal\nsource_labels: [a]\ntarget_label: b\n{regex}\n"
+                ))
+                .contains("no other fields"),
+                "{regex}"
+            );
+        }
     }
 }

@@ -49,8 +49,8 @@ pub const SRV_PORT_LABEL: &str = "__meta_dns_srv_record_port";
 pub const MX_TARGET_LABEL: &str = "__meta_dns_mx_record_target";
 pub const NS_TARGET_LABEL: &str = "__meta_dns_ns_record_target";
 
-/// Record type to query.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+/// Record type to query (its name in any case, as Prometheus reads it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RecordType {
     #[default]
     SRV,
@@ -60,7 +60,36 @@ pub enum RecordType {
     NS,
 }
 
+impl<'de> Deserialize<'de> for RecordType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.to_ascii_uppercase().as_str() {
+            "SRV" => RecordType::SRV,
+            "A" => RecordType::A,
+            "AAAA" => RecordType::AAAA,
+            "MX" => RecordType::MX,
+            "NS" => RecordType::NS,
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "invalid DNS-SD records type {s}"
+                )));
+            }
+        })
+    }
+}
+
 impl RecordType {
+    /// The type's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordType::SRV => "SRV",
+            RecordType::A => "A",
+            RecordType::AAAA => "AAAA",
+            RecordType::MX => "MX",
+            RecordType::NS => "NS",
+        }
+    }
+
     fn query_type(self) -> rr::RecordType {
         match self {
             RecordType::SRV => rr::RecordType::SRV,
@@ -124,7 +153,7 @@ impl DnsSdConfig {
             );
         }
         if self.refresh_interval.0.is_zero() {
-            return Err("refresh_interval must be positive".into());
+            return Err(super::ZERO_REFRESH.into());
         }
         Ok(())
     }

@@ -91,7 +91,7 @@ impl FileSdConfig {
             return Err("file service discovery config must contain at least one path name".into());
         }
         if self.refresh_interval.0.is_zero() {
-            return Err("refresh_interval must be positive".into());
+            return Err(super::ZERO_REFRESH.into());
         }
         self.files.iter().try_for_each(|f| check_path(f))
     }

@@ -31,8 +31,11 @@ use tracing::warn;
 use uplink_shared::duration::PromDuration;
 
 use super::{Publisher, SpecError, TargetGroup, into_groups, parse_json, publish};
+use std::collections::BTreeMap;
+
 use crate::http_client::{
-    Authorization, BasicAuth, HttpClient, HttpClientConfig, HttpClientError, OAuth2, TlsConfig,
+    Authorization, BasicAuth, HttpClient, HttpClientConfig, HttpClientError, HttpHeader, OAuth2,
+    Proxy, Secret, TlsConfig,
 };
 
 /// The group label holding the configured URL.
@@ -60,12 +63,22 @@ pub struct HttpSdConfig {
     pub oauth2: Option<OAuth2>,
     #[serde(default)]
     pub tls_config: TlsConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http_client::non_empty")]
     pub proxy_url: Option<String>,
     #[serde(default = "crate::http_client::default_true")]
     pub follow_redirects: bool,
     #[serde(default = "crate::http_client::default_true")]
     pub enable_http2: bool,
+    /// Prometheus's other HTTP client keys: accepted (and checked) so that Prometheus files
+    /// load, not implemented (the configuration warning names them).
+    #[serde(default, deserialize_with = "crate::http_client::non_empty")]
+    pub no_proxy: Option<String>,
+    #[serde(default)]
+    pub proxy_from_environment: bool,
+    #[serde(default)]
+    pub proxy_connect_header: BTreeMap<String, Vec<Secret>>,
+    #[serde(default)]
+    pub http_headers: Option<BTreeMap<String, HttpHeader>>,
 }
 
 fn default_refresh() -> PromDuration {
@@ -122,9 +135,40 @@ impl HttpSdConfig {
             return Err("host is missing in URL".into());
         }
         if self.refresh_interval.0.is_zero() {
-            return Err("refresh_interval must be positive".into());
+            return Err(super::ZERO_REFRESH.into());
         }
-        self.http_client().validate().map_err(|e| e.to_string())
+        self.http_client().validate().map_err(|e| e.to_string())?;
+        self.proxy().check()?;
+        if let Some(h) = &self.http_headers {
+            crate::http_client::check_http_headers(h)?;
+        }
+        Ok(())
+    }
+
+    /// The entry's proxy settings.
+    pub fn proxy(&self) -> Proxy<'_> {
+        Proxy {
+            url: self.proxy_url.as_deref(),
+            no_proxy: self.no_proxy.as_deref(),
+            from_environment: self.proxy_from_environment,
+            connect_header: !self.proxy_connect_header.is_empty(),
+        }
+    }
+
+    /// The keys set that the agent accepts without acting on them.
+    pub fn accepted_only(&self) -> Vec<&'static str> {
+        [
+            ("no_proxy", self.no_proxy.is_some()),
+            ("proxy_from_environment", self.proxy_from_environment),
+            (
+                "proxy_connect_header",
+                !self.proxy_connect_header.is_empty(),
+            ),
+            ("http_headers", self.http_headers.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect()
     }
 }
 
@@ -303,6 +347,10 @@ mod tests {
             proxy_url: None,
             follow_redirects: true,
             enable_http2: true,
+            no_proxy: None,
+            proxy_from_environment: false,
+            proxy_connect_header: BTreeMap::new(),
+            http_headers: None,
         }
     }
 

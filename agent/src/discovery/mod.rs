@@ -49,6 +49,11 @@ use crate::config::valid_label_name;
 /// Labels of a target or group, by name.
 pub type LabelSet = BTreeMap<String, String>;
 
+/// Why a `refresh_interval: 0s` is refused (a deliberate difference: Prometheus 3.5 accepts
+/// it, then panics when the discovery starts).
+pub const ZERO_REFRESH: &str = "refresh_interval must be positive (Prometheus accepts 0s but \
+     then crashes when the discovery starts)";
+
 /// A group of targets sharing labels, like Prometheus's `targetgroup.Group`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TargetGroup {

@@ -29,15 +29,15 @@
 //! selector grammars, so error messages differ from client-go's; the API server still parses
 //! the selector itself. `api_server` must be an `http` or `https` URL.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use reqwest::Url;
 use serde::Deserialize;
 
 use crate::http_client::{
-    Authorization, BasicAuth, HttpClient, HttpClientConfig, HttpClientError, OAuth2, Secret,
-    TlsConfig,
+    Authorization, BasicAuth, HttpClient, HttpClientConfig, HttpClientError, HttpHeader, OAuth2,
+    Proxy, Secret, TlsConfig,
 };
 
 /// What is discovered, one kind of Kubernetes object per role.
@@ -152,9 +152,9 @@ pub struct KubernetesSdConfig {
     /// Required; optional here only so that its absence gets Prometheus's message.
     #[serde(default)]
     pub role: Option<Role>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http_client::non_empty")]
     pub api_server: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http_client::non_empty")]
     pub kubeconfig_file: Option<PathBuf>,
     #[serde(default)]
     pub namespaces: NamespaceDiscovery,
@@ -168,18 +168,28 @@ pub struct KubernetesSdConfig {
     pub authorization: Option<Authorization>,
     #[serde(default)]
     pub oauth2: Option<OAuth2>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http_client::non_empty_secret")]
     pub bearer_token: Option<Secret>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http_client::non_empty")]
     pub bearer_token_file: Option<PathBuf>,
     #[serde(default)]
     pub tls_config: TlsConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http_client::non_empty")]
     pub proxy_url: Option<String>,
     #[serde(default = "crate::http_client::default_true")]
     pub follow_redirects: bool,
     #[serde(default = "crate::http_client::default_true")]
     pub enable_http2: bool,
+    /// Prometheus's other HTTP client keys: accepted (and checked) so that Prometheus files
+    /// load, not implemented (the configuration warning names them).
+    #[serde(default, deserialize_with = "crate::http_client::non_empty")]
+    pub no_proxy: Option<String>,
+    #[serde(default)]
+    pub proxy_from_environment: bool,
+    #[serde(default)]
+    pub proxy_connect_header: BTreeMap<String, Vec<Secret>>,
+    #[serde(default)]
+    pub http_headers: Option<BTreeMap<String, HttpHeader>>,
 }
 
 /// Why no connection to the API server could be set up.
@@ -238,21 +248,20 @@ impl KubernetesSdConfig {
                     .into(),
             );
         };
+        crate::http_client::check_bearer(
+            self.bearer_token.as_ref(),
+            self.bearer_token_file.as_deref(),
+            self.basic_auth.is_some(),
+            self.authorization.is_some(),
+            self.oauth2.is_some(),
+        )?;
         let http = self.http_client();
         http.validate().map_err(|e| e.to_string())?;
-        if self.bearer_token.is_some() && self.bearer_token_file.is_some() {
-            return Err(
-                "at most one of bearer_token & bearer_token_file must be configured".into(),
-            );
+        self.proxy().check()?;
+        if let Some(h) = &self.http_headers {
+            crate::http_client::check_http_headers(h)?;
         }
-        if self.authorization.is_some()
-            && (self.bearer_token.is_some() || self.bearer_token_file.is_some())
-        {
-            return Err(
-                "authorization is not compatible with bearer_token & bearer_token_file".into(),
-            );
-        }
-        let custom = http != HttpClientConfig::default();
+        let custom = http != HttpClientConfig::default() || !self.accepted_only().is_empty();
         if let Some(url) = self.api_server() {
             let parsed = Url::parse(url).map_err(|e| format!("api_server: {e}"))?;
             if parsed.scheme() != "http" && parsed.scheme() != "https" {
@@ -305,6 +314,32 @@ impl KubernetesSdConfig {
             check_label_selector(&s.label)?;
         }
         Ok(())
+    }
+
+    /// The entry's proxy settings.
+    pub fn proxy(&self) -> Proxy<'_> {
+        Proxy {
+            url: self.proxy_url.as_deref(),
+            no_proxy: self.no_proxy.as_deref(),
+            from_environment: self.proxy_from_environment,
+            connect_header: !self.proxy_connect_header.is_empty(),
+        }
+    }
+
+    /// The HTTP client keys set that the agent accepts without acting on them.
+    pub fn accepted_only(&self) -> Vec<&'static str> {
+        [
+            ("no_proxy", self.no_proxy.is_some()),
+            ("proxy_from_environment", self.proxy_from_environment),
+            (
+                "proxy_connect_header",
+                !self.proxy_connect_header.is_empty(),
+            ),
+            ("http_headers", self.http_headers.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect()
     }
 
     /// The `labelSelector` and `fieldSelector` for objects of `role` (empty when none).
