@@ -5,9 +5,8 @@
 //! labels, scrape pool, URL, health (`up`, `down`, `unknown` before the first scrape), last
 //! error, last scrape (RFC 3339) and its duration, interval and timeout; dropped targets show
 //! their discovered labels (at most `keep_dropped_targets` per job when set).
-//! `/api/v1/status/config` returns the running configuration as YAML with every secret
-//! (`password`, `credentials`, `client_secret`, `bearer_token`, inline `key`) replaced by
-//! `<secret>`, as Prometheus does.
+//! `/api/v1/status/config` returns the effective configuration as YAML, as Prometheus 3.5's
+//! agent prints it, with Uplink's `uplink:` section (see [`crate::effective`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -26,7 +25,7 @@ use crate::scrape::manager::TargetsView;
 #[derive(Clone)]
 pub struct Api {
     pub targets: TargetsView,
-    /// The running configuration, redacted ([`redacted_yaml`]).
+    /// The effective configuration ([`crate::effective::yaml`]).
     pub config: Arc<RwLock<String>>,
 }
 
@@ -122,22 +121,8 @@ const SECRET_KEYS: [&str; 5] = [
     "key",
 ];
 
-/// The configuration text with every secret value replaced by `<secret>`.
-pub fn redacted_yaml(texts: &[&str]) -> String {
-    let mut out = String::new();
-    for text in texts {
-        match serde_yaml::from_str::<serde_yaml::Value>(text) {
-            Ok(mut v) => {
-                redact(&mut v);
-                out.push_str(&serde_yaml::to_string(&v).unwrap_or_default());
-            }
-            Err(_) => out.push_str("# (unparseable)\n"),
-        }
-    }
-    out
-}
-
-fn redact(v: &mut serde_yaml::Value) {
+/// Replaces the value of every secret key (at any depth) by `<secret>`.
+pub fn redact(v: &mut serde_yaml::Value) {
     match v {
         serde_yaml::Value::Mapping(m) => {
             for (k, val) in m.iter_mut() {
@@ -167,13 +152,16 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        let y = redacted_yaml(&[
-            "scrape_configs:\n- job_name: a\n  basic_auth: {username: u, password: p}\n  authorization: {credentials: c}\n  tls_config: {key_file: k.pem}\n",
-        ]);
-        assert!(y.contains("password: <secret>"), "{y}");
-        assert!(y.contains("credentials: <secret>"), "{y}");
+        let mut v: serde_yaml::Value = serde_yaml::from_str(
+            "tracing: {endpoint: e, headers: {a: b}, tls_config: {key: k, key_file: k.pem}}\n\
+             x: [{password: p, credentials: c, client_secret: s, bearer_token: t}]\n",
+        )
+        .expect("yaml");
+        redact(&mut v);
+        let y = serde_yaml::to_string(&v).expect("yaml");
+        assert_eq!(y.matches("<secret>").count(), 5, "{y}");
         assert!(
-            y.contains("username: u") && y.contains("key_file: k.pem"),
+            y.contains("key_file: k.pem") && y.contains("endpoint: e"),
             "{y}"
         );
     }

@@ -1688,10 +1688,10 @@ impl Config {
             })
     }
 
-    /// A job's escaping scheme, as Prometheus ≥ 3.7 infers it: its own, else `underscores`
-    /// when the job's validation is legacy, else the global one. (Prometheus 3.5 lets a job
-    /// that sets only `metric_name_validation_scheme: legacy` inherit `allow-utf-8` and then
-    /// refuses the file; the agent takes the later, fixed rule.)
+    /// A job's escaping scheme: its own, else the global one, as Prometheus 3.5 infers it;
+    /// except that a job setting only `metric_name_validation_scheme: legacy` under a global
+    /// `allow-utf-8` escapes with `underscores`, as Prometheus ≥ 3.7 does (3.5 refuses such a
+    /// job).
     pub fn escaping(&self, job: &ScrapeConfig) -> Escaping {
         if let Some(e) = job
             .metric_name_escaping_scheme
@@ -1700,15 +1700,16 @@ impl Config {
         {
             return e;
         }
-        if job
+        let global = self.global_escaping();
+        let own_legacy = job
             .metric_name_validation_scheme
             .as_deref()
             .is_some_and(|v| !v.is_empty())
-            && self.validation(job) == NameValidation::Legacy
-        {
+            && self.validation(job) == NameValidation::Legacy;
+        if own_legacy && global == Escaping::AllowUtf8 {
             return Escaping::Underscores;
         }
-        self.global_escaping()
+        global
     }
 
     /// Effective scrape interval of a job.

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod config;
 pub mod discovery;
+pub mod effective;
 pub use uplink_shared::http_client;
 pub mod metrics;
 pub mod queue;
@@ -117,7 +118,10 @@ pub async fn run(
     );
     let api = api::Api {
         targets: manager.view.clone(),
-        config: Arc::new(std::sync::RwLock::new(config_text(&source))),
+        config: Arc::new(std::sync::RwLock::new(effective::yaml(
+            &cfg,
+            &source.prometheus,
+        ))),
     };
     let mut routes = api.clone().router();
     if let Some(r) = &receiver {
@@ -181,6 +185,7 @@ pub async fn run(
     ));
     ready.store(true, Ordering::Release);
 
+    let started_uplink = cfg.uplink.clone();
     let mut running = cfg;
     loop {
         tokio::select! {
@@ -209,7 +214,12 @@ pub async fn run(
                         running = Arc::new(new);
                         manager.apply(Arc::new(running.with_self_scrape(web.listen_address)));
                         if let Ok(mut c) = api.config.write() {
-                            *c = config_text(&source);
+                            // The uplink section in effect is the one the agent started with.
+                            let shown = Config {
+                                uplink: started_uplink.clone(),
+                                ..(*running).clone()
+                            };
+                            *c = effective::yaml(&shown, &source.prometheus);
                         }
                         metrics.config_last_reload_successful.set(1);
                         metrics.config_last_reload_success_timestamp.set(unix_seconds());
@@ -277,22 +287,6 @@ async fn reload_tls(
     };
     let reloads = metrics.tls.clone();
     uplink_shared::tls::watch_files(files.clone(), shutdown, reloads, apply).await;
-}
-
-/// The configuration files' text, secrets redacted, for `/api/v1/status/config`.
-fn config_text(source: &config::Source) -> String {
-    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
-    let prom = read(&source.prometheus);
-    match &source.uplink {
-        None => api::redacted_yaml(&[&prom]),
-        Some(u) => {
-            let up = read(u);
-            let mut text = api::redacted_yaml(&[&prom]);
-            text.push_str("# --uplink.config.file\n");
-            text.push_str(&api::redacted_yaml(&[&up]));
-            text
-        }
-    }
 }
 
 fn unix_seconds() -> i64 {

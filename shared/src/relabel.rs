@@ -65,7 +65,8 @@ impl Action {
         })
     }
 
-    fn name(self) -> &'static str {
+    /// The action's name, as Prometheus prints it (lower case).
+    pub fn name(self) -> &'static str {
         match self {
             Action::Replace => "replace",
             Action::Keep => "keep",
