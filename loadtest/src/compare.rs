@@ -50,6 +50,10 @@ pub struct CompareArgs {
     /// Output folder for results.json, results.md and charts.
     #[arg(long, default_value = "compare-results")]
     pub out: std::path::PathBuf,
+    /// Which peers run beside Uplink: the current ones (Prometheus 3, vmagent), Debian 12's
+    /// (Prometheus 2.42, vmagent 1.79), or both.
+    #[arg(long, value_enum, default_value = "current")]
+    pub peers: crate::peers::Generation,
 }
 
 /// One sender's figures.
@@ -206,8 +210,9 @@ async fn scenario(
 
     // The peers: Prometheus agent mode and vmagent, each remote-writing through a counting TCP
     // relay to its own receiver.
-    for peer in ["prometheus", "vmagent"] {
-        if !installed(peer) {
+    for peer in args.peers.peers() {
+        if !peer.installed() {
+            eprintln!("compare: {} is not installed, skipped", peer.label());
             continue;
         }
         let probe = if use_probe {
@@ -217,33 +222,41 @@ async fn scenario(
         };
         let capture = Capture::start_counting(harness::free_addr()?).await?;
         let tcp = TcpProxy::start(harness::free_addr()?, capture.addr()).await?;
-        let d = dir.join(format!("{name}-{peer}"));
+        let d = dir.join(format!("{name}-{}", peer.slug()));
         std::fs::create_dir_all(&d)?;
         let rw_url = format!("http://{}/api/v1/write", tcp.addr);
         let targets = targets_for(probe.as_ref());
-        let (label, proc) = if peer == "prometheus" {
+        let (label, proc) = if peer.is_prometheus() {
             let cfg = d.join("prometheus.yml");
-            let full = prom_config("bench", &targets, &args.interval, peer, Some(&rw_url));
+            let full = prom_config(
+                "bench",
+                &targets,
+                &args.interval,
+                peer.slug(),
+                Some(&rw_url),
+            );
             std::fs::write(&cfg, full)?;
-            let prom =
-                tokio::task::block_in_place(|| harness::spawn_prometheus_agent(&d, &cfg, &[]))?;
+            let prom = tokio::task::block_in_place(|| {
+                harness::spawn_prometheus_agent_of(peer, &d, &cfg, &[])
+            })?;
             (
-                "prometheus --enable-feature=agent (remote write 1.0)",
+                format!("{} agent (remote write 1.0)", peer.label()),
                 prom.proc,
             )
         } else {
             let cfg = d.join("scrape.yml");
             std::fs::write(
                 &cfg,
-                prom_config("bench", &targets, &args.interval, peer, None),
+                prom_config("bench", &targets, &args.interval, peer.slug(), None),
             )?;
             let scrape = format!("-promscrape.config={}", cfg.display());
-            let (proc, _) =
-                tokio::task::block_in_place(|| harness::spawn_vmagent(&d, &rw_url, &[scrape]))?;
-            ("vmagent (remote write 1.0)", proc)
+            let (proc, _) = tokio::task::block_in_place(|| {
+                harness::spawn_vmagent_of(peer, &d, &rw_url, &[scrape])
+            })?;
+            (format!("{} (remote write 1.0)", peer.label()), proc)
         };
         senders.push(Sender {
-            name: label.into(),
+            name: label,
             pid: proc.child.id(),
             capture,
             counters: tcp.counters.clone(),

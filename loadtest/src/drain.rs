@@ -42,12 +42,32 @@ use crate::probe::{Probe, ProbeSpec};
 pub enum Relay {
     /// Uplink agent and gateway.
     Uplink,
-    /// Prometheus in agent mode (`--enable-feature=agent`).
+    /// Prometheus 3 in agent mode (`--agent`).
     Prometheus,
-    /// vmagent.
+    /// A current vmagent.
     Vmagent,
-    /// The three in turn, in one run.
+    /// Debian 12's Prometheus 2.42 in agent mode (`--enable-feature=agent`).
+    Prometheus2,
+    /// Debian 12's vmagent 1.79.
+    Vmagent1,
+    /// Uplink and the current peers in turn, in one run.
     All,
+    /// Uplink, the current peers and Debian 12's, in one run.
+    AllWithOld,
+}
+
+impl Relay {
+    /// The peer program a relay other than Uplink runs.
+    fn peer(self) -> Option<crate::peers::Peer> {
+        use crate::peers::Peer;
+        match self {
+            Relay::Prometheus => Some(Peer::Prometheus),
+            Relay::Vmagent => Some(Peer::Vmagent),
+            Relay::Prometheus2 => Some(Peer::Prometheus2),
+            Relay::Vmagent1 => Some(Peer::Vmagent1),
+            _ => None,
+        }
+    }
 }
 
 /// Where the outage is.
@@ -415,19 +435,18 @@ struct PeerSite {
 
 impl PeerSite {
     fn name(relay: Relay) -> &'static str {
-        match relay {
-            Relay::Prometheus => "prometheus",
-            _ => "vmagent",
-        }
+        relay.peer().map_or("uplink", crate::peers::Peer::slug)
     }
 
     fn spawn(relay: Relay, dir: &Path, config: &Path, url: &str) -> anyhow::Result<Proc> {
-        Ok(match relay {
-            Relay::Prometheus => harness::spawn_prometheus_agent(dir, config, &[])?.proc,
-            _ => {
-                let scrape = format!("-promscrape.config={}", config.display());
-                harness::spawn_vmagent(dir, url, &[scrape])?.0
-            }
+        let peer = relay
+            .peer()
+            .ok_or_else(|| anyhow::anyhow!("{relay:?} is not a peer"))?;
+        Ok(if peer.is_prometheus() {
+            harness::spawn_prometheus_agent_of(peer, dir, config, &[])?.proc
+        } else {
+            let scrape = format!("-promscrape.config={}", config.display());
+            harness::spawn_vmagent_of(peer, dir, url, &[scrape])?.0
         })
     }
 }
@@ -464,13 +483,18 @@ impl Site for PeerSite {
 
 async fn run_peer(args: &DrainArgs, spec: ProbeSpec, relay: Relay) -> anyhow::Result<DrainReport> {
     let name = PeerSite::name(relay);
-    anyhow::ensure!(harness::installed(name), "{name} is not installed");
+    if let Some(p) = relay.peer() {
+        p.require()?;
+    }
     let dir = tempfile::tempdir()?;
     let probe = Probe::start_local(spec).await?;
     let capture = Capture::start(harness::free_addr()?).await?;
     let config = dir.path().join(format!("{name}.yml"));
     let url = capture.url();
-    let remote_write = (relay == Relay::Prometheus).then_some(url.as_str());
+    let remote_write = relay
+        .peer()
+        .is_some_and(|p| p.is_prometheus())
+        .then_some(url.as_str());
     std::fs::write(
         &config,
         crate::compare::prom_config(
@@ -502,6 +526,13 @@ pub async fn run(args: DrainArgs) -> anyhow::Result<Vec<DrainReport>> {
     };
     let relays = match args.relay {
         Relay::All => vec![Relay::Uplink, Relay::Prometheus, Relay::Vmagent],
+        Relay::AllWithOld => vec![
+            Relay::Uplink,
+            Relay::Prometheus,
+            Relay::Vmagent,
+            Relay::Prometheus2,
+            Relay::Vmagent1,
+        ],
         one => vec![one],
     };
     let mut out = Vec::new();

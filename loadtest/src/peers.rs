@@ -167,3 +167,52 @@ fn setting(var: &str) -> Option<String> {
 fn version(var: &str) -> String {
     setting(var).unwrap_or_else(|| "(not installed)".into())
 }
+
+/// Which peers a benchmark runs beside Uplink.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Generation {
+    /// Prometheus 3 and a current vmagent.
+    #[default]
+    Current,
+    /// Debian 12's Prometheus 2.42 and vmagent 1.79.
+    Debian12,
+    /// Both.
+    Both,
+}
+
+impl Generation {
+    /// The Prometheus agents and vmagents of this generation, in run order.
+    pub fn peers(self) -> Vec<Peer> {
+        match self {
+            Generation::Current => vec![Peer::Prometheus, Peer::Vmagent],
+            Generation::Debian12 => vec![Peer::Prometheus2, Peer::Vmagent1],
+            Generation::Both => vec![
+                Peer::Prometheus,
+                Peer::Vmagent,
+                Peer::Prometheus2,
+                Peer::Vmagent1,
+            ],
+        }
+    }
+}
+
+impl Peer {
+    /// Whether this is a Prometheus (server or agent).
+    pub fn is_prometheus(self) -> bool {
+        matches!(self, Peer::Prometheus | Peer::Prometheus2)
+    }
+
+    /// A short name for files and labels: `prometheus3`, `vmagent1.79`, ...
+    pub fn slug(self) -> &'static str {
+        match self {
+            Peer::Prometheus => "prometheus3",
+            Peer::Promtool => "promtool3",
+            Peer::Vmagent => "vmagent",
+            Peer::VictoriaMetrics => "victoria-metrics",
+            Peer::Prometheus2 => "prometheus2",
+            Peer::Promtool2 => "promtool2",
+            Peer::Vmagent1 => "vmagent1",
+        }
+    }
+}

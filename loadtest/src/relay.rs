@@ -10,8 +10,10 @@
 //!
 //! - Uplink 1.0 and Uplink 2.0: an agent in sidecar mode (`--web.enable-remote-write-receiver`,
 //!   no targets) ships over QUIC to a gateway that remote-writes 1.0, or 2.0, to the receiver;
-//! - vmagent (`-remoteWrite.url`), remote write 1.0;
-//! - Prometheus 2.42 `--enable-feature=agent --web.enable-remote-write-receiver`, 1.0.
+//! - vmagent (`-remoteWrite.url`), remote write 1.0 (`vmagent`: the current one; `vmagent1`:
+//!   Debian 12's 1.79);
+//! - a Prometheus agent with `--web.enable-remote-write-receiver`, 1.0 (`prometheus`:
+//!   Prometheus 3, `--agent`; `prometheus2`: Debian 12's 2.42, `--enable-feature=agent`).
 //!
 //! Per relay: CPU seconds of its processes (utime + stime from `/proc`) from the first push to
 //! the last sample received, samples per CPU second (per core), wall time, bytes per sample on
@@ -31,7 +33,7 @@ use uplink_shared::remote_write::{self, WriteRequest};
 
 use crate::capture::Capture;
 use crate::compare::{cpu_seconds, peak_rss_mib};
-use crate::harness::{self, AgentSpec, Bins, Proc};
+use crate::harness::{self, AgentSpec, Bins, Peer, Proc};
 use crate::probe::ProbeSpec;
 use crate::proxy::TcpProxy;
 
@@ -56,7 +58,8 @@ pub struct RelayArgs {
     /// The Uplink gateway's `queue_config.max_shards` toward the receiver.
     #[arg(long, default_value_t = 4)]
     pub gateway_max_shards: u32,
-    /// Which relays, in order: uplink-1.0, uplink-2.0, vmagent, prometheus.
+    /// Which relays, in order: uplink-1.0, uplink-2.0, vmagent, prometheus (the current
+    /// peers), vmagent1, prometheus2 (Debian 12's).
     #[arg(
         long,
         value_delimiter = ',',
@@ -211,25 +214,31 @@ fn uplink(
     })
 }
 
-fn vmagent(dir: &Path, out: SocketAddr) -> anyhow::Result<Relay> {
-    let (proc, web) = harness::spawn_vmagent(dir, &format!("http://{out}/api/v1/write"), &[])?;
+fn vmagent(peer: Peer, dir: &Path, out: SocketAddr) -> anyhow::Result<Relay> {
+    let (proc, web) =
+        harness::spawn_vmagent_of(peer, dir, &format!("http://{out}/api/v1/write"), &[])?;
     Ok(Relay {
-        name: "vmagent (remote write 1.0)".into(),
+        name: format!("{} (remote write 1.0)", peer.label()),
         url: format!("http://{web}/api/v1/write"),
         procs: vec![proc],
         gateway_pid: None,
     })
 }
 
-fn prometheus_agent(dir: &Path, out: SocketAddr) -> anyhow::Result<Relay> {
+fn prometheus_agent(peer: Peer, dir: &Path, out: SocketAddr) -> anyhow::Result<Relay> {
     let cfg = dir.join("prometheus.yml");
     std::fs::write(
         &cfg,
         format!("remote_write:\n  - url: http://{out}/api/v1/write\n"),
     )?;
-    let prom = harness::spawn_prometheus_agent(dir, &cfg, &["--web.enable-remote-write-receiver"])?;
+    let prom = harness::spawn_prometheus_agent_of(
+        peer,
+        dir,
+        &cfg,
+        &["--web.enable-remote-write-receiver"],
+    )?;
     Ok(Relay {
-        name: "prometheus --enable-feature=agent (remote write 1.0)".into(),
+        name: format!("{} agent (remote write 1.0)", peer.label()),
         url: format!("http://{}/api/v1/write", prom.web),
         procs: vec![prom.proc],
         gateway_pid: None,
@@ -243,10 +252,15 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<Vec<RelayFigures>> {
     let root = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
     let mut out = Vec::new();
     for which in args.relays.iter().map(String::as_str) {
-        if (which == "vmagent" && !harness::installed("vmagent"))
-            || (which == "prometheus" && !harness::installed("prometheus"))
-        {
-            eprintln!("relay: {which} not installed, skipped");
+        let peer = match which {
+            "vmagent" => Some(Peer::Vmagent),
+            "vmagent1" => Some(Peer::Vmagent1),
+            "prometheus" => Some(Peer::Prometheus),
+            "prometheus2" => Some(Peer::Prometheus2),
+            _ => None,
+        };
+        if let Some(p) = peer.filter(|p| !p.installed()) {
+            eprintln!("relay: {} not installed, skipped", p.label());
             continue;
         }
         let dir = root.join(which);
@@ -256,8 +270,11 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<Vec<RelayFigures>> {
         let relay = tokio::task::block_in_place(|| match which {
             "uplink-1.0" => uplink(&bins, &dir, tcp.addr, false, args.gateway_max_shards),
             "uplink-2.0" => uplink(&bins, &dir, tcp.addr, true, args.gateway_max_shards),
-            "vmagent" => vmagent(&dir, tcp.addr),
-            _ => prometheus_agent(&dir, tcp.addr),
+            _ => match peer {
+                Some(p) if p.is_prometheus() => prometheus_agent(p, &dir, tcp.addr),
+                Some(p) => vmagent(p, &dir, tcp.addr),
+                None => anyhow::bail!("unknown relay {which:?}"),
+            },
         })
         .with_context(|| format!("starting {which}"))?;
         let (tasks, total) = input(&args);

@@ -2,9 +2,9 @@
 //! a real Prometheus (remote-write receiver) and a real VictoriaMetrics single node, each behind
 //! a fault-injecting relay, plus the capture receiver as the untouched reference.
 //!
-//! Both real destinations are configured for remote write 2.0: Prometheus 2.42 answers a 2.0
-//! body with 204 and no `Written` headers (it read an empty 1.0 request), the relay in front of
-//! VictoriaMetrics answers 415; both fall back to 1.0. Then the relays script, while the agent
+//! Both real destinations are configured for remote write 2.0: Prometheus 3 takes it (its
+//! `Written` headers count every sample), the relay in front of VictoriaMetrics answers 415, so
+//! that destination falls back to 1.0. Then the relays script, while the agent
 //! keeps scraping: 503s and 429s with `Retry-After`, 401s (the destination pauses), 500s, a
 //! window of 413 for requests over five series, and a 400 for any request holding one chosen
 //! series, all run long.
@@ -223,10 +223,11 @@ async fn real_prometheus_and_victoria_metrics_through_scripted_faults() {
         );
         assert_eq!(dropped, refused, "{name}: refused samples counted exactly");
         let protocol = format!("uplink_gateway_remote_write_protocol{{destination=\"{name}\"}}");
+        let want = if name == "prometheus" { 2.0 } else { 1.0 };
         assert_eq!(
             gateway_metric(gateway.web, &protocol),
-            1.0,
-            "{name} fell back"
+            want,
+            "{name}: Prometheus 3 speaks 2.0, the 415 makes VictoriaMetrics fall back"
         );
     }
     assert!(saw_pause, "the 401s paused the Prometheus destination");
