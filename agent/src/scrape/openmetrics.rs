@@ -3,9 +3,10 @@
 //!
 //! It produces the same [`Exposition`] and [`ParsedSample`]s as the text-format parser
 //! ([`super::parse`]), under the same [`Limits`], so everything after parsing is shared. The
-//! grammar is that of Prometheus 2.42's `model/textparse` (`openmetricslex.l` +
-//! `openmetricsparse.go`): a body is accepted here exactly when Prometheus 2.42 accepts it,
-//! except for the deviations listed below, and yields the samples Prometheus 2.42 ingests.
+//! grammar is that of Prometheus's `model/textparse` (`openmetricslex.l` +
+//! `openmetricsparse.go`) in one of two [`Dialect`]s: a body is accepted here exactly when
+//! that Prometheus accepts it, except for the deviations listed below, and yields the samples
+//! it ingests. Prometheus 2.42's grammar is described first; the Prometheus 3 changes follow.
 //!
 //! # Accepted grammar
 //!
@@ -46,10 +47,23 @@
 //!     escaped, as Prometheus measures them) values. Exemplars failing those two checks are
 //!     dropped without failing the scrape, as Prometheus drops them.
 //!
+//! # Prometheus 3 ([`Dialect::Prometheus3`], the default)
+//!
+//! * Quoted UTF-8 names, as in the text format but without any whitespace: a line may start
+//!   with `{` and its quoted metric name (`{"my.metric_total","a.b"="c"} 1`), label names may be
+//!   quoted, and `# HELP`, `# TYPE`, `# UNIT` take a quoted name. Exemplar labels may have
+//!   quoted names, but an exemplar has no metric name.
+//! * A label set, an exemplar's included, may end with a comma (`{a="1",}`).
+//! * An exemplar is allowed on any sample, whatever its name.
+//! * `le` (type `histogram`) and `quantile` (type `summary`) values are rewritten to Go's float
+//!   form, by the most recent `# TYPE` line, as in the text format ([`parse::normalize_label`]);
+//!   a gauge histogram's `le` is left as it is.
+//!
 //! # What is ingested
 //!
-//! Every sample line becomes one sample with its own name, exactly as written: Prometheus 2.42
-//! has no special treatment of OpenMetrics families. So `foo_created`, `foo_total`,
+//! Every sample line becomes one sample with its own name, exactly as written: neither
+//! Prometheus 2.42 nor Prometheus 3 (without `created-timestamp-zero-ingestion`) treats
+//! OpenMetrics families specially. So `foo_created`, `foo_total`,
 //! `foo_info`, a stateset's per-state samples and a gauge histogram's `_bucket`, `_gcount`
 //! and `_gsum` are all ordinary series, and `_created` lines are stored as samples (the
 //! created-timestamp handling of later Prometheus releases does not exist in 2.42). Nothing

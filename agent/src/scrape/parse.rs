@@ -1,18 +1,20 @@
-//! Parser for the Prometheus text exposition format 0.0.4
-//! (`Content-Type: text/plain; version=0.0.4`, and every response that is not OpenMetrics: see
-//! [`super::negotiate`]; OpenMetrics bodies go to [`super::openmetrics`], which produces the
-//! same [`Exposition`] and shares the value, label and limit checks below).
+//! Parser for the Prometheus text exposition format, 0.0.4 and 1.0.0
+//! (`Content-Type: text/plain`: see [`super::negotiate`]; OpenMetrics bodies go to
+//! [`super::openmetrics`], which produces the same [`Exposition`] and shares the value, label
+//! and limit checks below).
 //!
-//! The grammar follows Prometheus 2.x's `model/textparse` (`promlex.l` + `promparse.go`), so a
-//! scrape body is accepted here exactly when Prometheus 2.x would accept it, with the few
-//! deliberate deviations listed below.
+//! The grammar follows Prometheus's `model/textparse` (`promlex.l` + `promparse.go`) in one of
+//! two [`Dialect`]s, so a scrape body is accepted here exactly when that Prometheus would
+//! accept it, with the few deliberate deviations listed below. The Prometheus 2 grammar is
+//! described first; the Prometheus 3 additions follow it.
 //!
 //! # Accepted subset
 //!
 //! * Lines are separated by `\n`; a `\r` directly before a `\n` is ignored (see deviations).
 //!   The last line needs no line break. Blank lines and lines of only spaces/tabs are skipped.
 //!   Spaces and tabs are allowed before any token.
-//! * `# HELP <name> <text>` and `# TYPE <name> <type>`, where `<name>` is
+//! * `# HELP <name> <text>` and `# TYPE <name> <type>`, where `<name>` is (in the Prometheus 2
+//!   grammar)
 //!   `[a-zA-Z_:][a-zA-Z0-9_:]*` and `<type>` is exactly one of `counter`, `gauge`,
 //!   `histogram`, `summary`, `untyped` (`untyped` maps to [`MetricType::Unknown`]). As in
 //!   Prometheus, exactly one character after the name is the separator and the rest of the line
@@ -40,6 +42,18 @@
 //!     It must fit in `i64`.
 //! * Only spaces/tabs may follow the value or the timestamp.
 //!
+//! # Prometheus 3 ([`Dialect::Prometheus3`], the default)
+//!
+//! * Quoted names (UTF-8, escapes as in label values): a sample line may start with `{` when
+//!   its metric name is the first quoted string inside the braces not followed by `=`
+//!   (`{"my.metric",le="1"} 3`; a second such string, or one after an unquoted name, is an
+//!   error, and so is a line without a name); label names may be quoted (`m{"a.b"="c"} 1`);
+//!   `# HELP` and `# TYPE` take a quoted name (kept as written between the quotes, as
+//!   Prometheus keeps it).
+//! * `le` while the current type is `histogram`, and `quantile` while it is `summary`, are
+//!   rewritten to Go's float form ([`normalize_label`]): `le="1"` becomes `le="1.0"`. The current
+//!   type is that of the most recent `# TYPE` line, whichever family it named.
+//!
 //! # Semantic checks and limits
 //!
 //! A label named `__name__` inside braces and a label name repeated within one sample are
@@ -60,8 +74,8 @@
 //!   timestamp or TYPE text and so rejects such bodies.
 //! * A NUL character at the start of a line makes Prometheus' lexer stop silently, treating
 //!   it as end of input and dropping the rest of the body. Here it is an error.
-//! * Prometheus 3.x additions (quoted UTF-8 metric and label names, `le`/`quantile`
-//!   normalisation) are not supported; this is the 2.x grammar.
+//! * A label named `__name__` inside braces fails the body in both dialects (Prometheus 3
+//!   would fail the sample's append instead).
 //!
 //! # No-panic invariant
 //!
@@ -343,7 +357,7 @@ pub enum Dialect {
 /// `summary`, becomes Go's float form (`1` → `1.0`, `1e3` → `1000.0`; a value Go cannot parse
 /// stays). The current type is that of the most recent `# TYPE` line, whichever family it
 /// named, as in Prometheus.
-pub(super) fn normalize_label(dialect: Dialect, current: Option<MetricType>, label: &mut Label) {
+pub fn normalize_label(dialect: Dialect, current: Option<MetricType>, label: &mut Label) {
     if dialect != Dialect::Prometheus3 {
         return;
     }

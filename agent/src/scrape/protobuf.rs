@@ -17,7 +17,13 @@
 //!   `<name>_sum`, one `<name>_bucket{le="b"}` per bucket, and a `+Inf` bucket (the count) when
 //!   the last bucket is not `+Inf`; each bucket's exemplar is kept.
 //! * `quantile` and `le` values are printed as Prometheus prints them: Go's shortest float
-//!   format with `.0` added to integers (`1.0`, `0.25`, `1e-05`, `+Inf`).
+//!   format with `.0` added to integers (`1.0`, `0.25`, `1e-05`, `1e+06`, `+Inf`).
+//! * Prometheus 3 ([`parse::Dialect::Prometheus3`], with [`Histograms`]): names may be any
+//!   non-empty UTF-8 (the exporter sends them unescaped when asked for `allow-utf-8`); a native
+//!   family is read as native only while native histograms are ingested
+//!   (`scrape_native_histograms`, or Prometheus 3.5's `--enable-feature=native-histograms`),
+//!   otherwise as classic series (Prometheus ≥ 3.8; 3.5 would drop it); with
+//!   `always_scrape_classic_histograms` a native histogram's classic series follow it.
 //! * A metric's `timestamp_ms` is its sample's timestamp, except 0 (proto3 cannot tell it from
 //!   unset). Exemplar timestamps are `seconds * 1000 + nanos / 10^6`; without one, an exemplar
 //!   takes its sample's.
