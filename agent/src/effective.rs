@@ -21,7 +21,8 @@
 //! - Values Prometheus echoes as written are taken from the file as written
 //!   ([`Config::document`]): `scheme` and `metrics_path` (the agent reads `HTTPS` as `https` and
 //!   gives `metrics` its `/`), a DNS `type` in any case, and whether a relabeling step gave a
-//!   `regex` (an omitted one is not printed; an empty or null one prints as `null`).
+//!   `regex` (an omitted one is not printed; an empty or null one prints as `null`), and an
+//!   empty `proxy_url` (which means none, but is printed).
 //!
 //! Deliberately different:
 //!
@@ -329,6 +330,8 @@ impl Ctx<'_> {
                 follow_redirects: job.follow_redirects,
                 enable_http2: job.enable_http2,
                 proxy_url: &job.proxy_url,
+                // Prometheus keeps an empty proxy URL (which means none) and prints it.
+                empty_proxy_url: written_str("proxy_url") == Some(""),
                 no_proxy: &job.no_proxy,
                 proxy_from_environment: job.proxy_from_environment,
                 proxy_connect_header: &job.proxy_connect_header,
@@ -400,6 +403,9 @@ impl Ctx<'_> {
         m.opt("tls_config", self.tls(h.tls_config));
         m.put("follow_redirects", h.follow_redirects);
         m.put("enable_http2", h.enable_http2);
+        if h.empty_proxy_url && h.proxy_url.is_none() {
+            m.put("proxy_url", "");
+        }
         self.proxy(
             m,
             h.proxy_url,
@@ -542,6 +548,7 @@ impl Ctx<'_> {
                 follow_redirects: h.follow_redirects,
                 enable_http2: h.enable_http2,
                 proxy_url: &h.proxy_url,
+                empty_proxy_url: false,
                 no_proxy: &h.no_proxy,
                 proxy_from_environment: h.proxy_from_environment,
                 proxy_connect_header: &h.proxy_connect_header,
@@ -576,6 +583,7 @@ impl Ctx<'_> {
                 follow_redirects: k.follow_redirects,
                 enable_http2: k.enable_http2,
                 proxy_url: &k.proxy_url,
+                empty_proxy_url: false,
                 no_proxy: &k.no_proxy,
                 proxy_from_environment: k.proxy_from_environment,
                 proxy_connect_header: &k.proxy_connect_header,
@@ -625,6 +633,8 @@ struct Http<'a> {
     follow_redirects: bool,
     enable_http2: bool,
     proxy_url: &'a Option<String>,
+    /// Written as `''` (a job's only).
+    empty_proxy_url: bool,
     no_proxy: &'a Option<String>,
     proxy_from_environment: bool,
     proxy_connect_header: &'a std::collections::BTreeMap<String, Vec<Secret>>,
