@@ -194,3 +194,98 @@ fn uplink_section_in_both_files_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("both here and in"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn auto_reload_follows_every_configuration_file_and_failures_are_logged() {
+    let dir = std::env::temp_dir().join(format!("uplink-auto-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("jobs")).expect("dir");
+    // The main file includes jobs/*.yml; one job logs its failed scrapes (127.0.0.1:9 refuses).
+    let main = |extra: &str| {
+        format!(
+            "global:\n  scrape_interval: 200ms\n  scrape_timeout: 200ms\n  \
+             scrape_failure_log_file: failures.log\n\
+             scrape_config_files: ['jobs/*.yml']\n\
+             scrape_configs:\n  - job_name: main\n    static_configs:\n      - targets: ['127.0.0.1:9']\n{extra}"
+        )
+    };
+    std::fs::write(dir.join("prometheus.yml"), main("")).expect("write");
+    let job = |name: &str| {
+        format!(
+            "scrape_configs:\n  - job_name: {name}\n    static_configs:\n      - targets: ['127.0.0.1:9']\n"
+        )
+    };
+    std::fs::write(dir.join("jobs/a.yml"), job("inc_a")).expect("write");
+    std::fs::write(
+        dir.join("uplink.yml"),
+        "gateways: ['127.0.0.1:9']\nserver_name: localhost\n\
+         tls: {cert_file: a.crt, key_file: a.key, ca_file: ca.crt}\nqueue: {directory: q, sync: interval}\n\
+         self_scrape: {enabled: false}\n",
+    )
+    .expect("write");
+    let ca = uplink_shared::certs::Authority::generate("t", 1).expect("ca");
+    ca.write(&dir).expect("ca");
+    ca.issue_agent("a", 1)
+        .expect("agent")
+        .write(&dir, "a")
+        .expect("write");
+    let web = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr")
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_uplink-agent"))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--uplink.config.file={}",
+            dir.join("uplink.yml").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .arg("--enable-feature=auto-reload-config")
+        .arg("--config.auto-reload-interval=1s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent starts");
+    let _agent = Kill(child);
+    let scraped =
+        |job: &str| metric(web, &format!("uplink_agent_scrapes_total{{job=\"{job}\"}}")) > 0.0;
+    wait_for("the main and the included job scraped", || {
+        scraped("main") && scraped("inc_a")
+    });
+    // A new included file, then a change to the main file: each applied with no signal.
+    std::fs::write(dir.join("jobs/b.yml"), job("inc_b")).expect("write");
+    wait_for("the new included job scraped", || scraped("inc_b"));
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        main("  - job_name: main2\n    static_configs:\n      - targets: ['127.0.0.1:9']\n"),
+    )
+    .expect("write");
+    wait_for("the job added to the main file scraped", || {
+        scraped("main2")
+    });
+    assert_eq!(
+        metric(web, "uplink_agent_config_last_reload_successful"),
+        1.0
+    );
+    // Every failed scrape has its JSON line, naming its job and target.
+    let log = std::fs::read_to_string(dir.join("failures.log")).expect("the failure log");
+    let first: serde_json::Value =
+        serde_json::from_str(log.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(first["level"], "ERROR");
+    assert!(
+        first["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("http://127.0.0.1:9/"))
+    );
+    assert!(first["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+    for job in ["main", "inc_a", "inc_b", "main2"] {
+        assert!(
+            log.contains(&format!("\"job_name\":\"{job}\"")),
+            "{job}: {log}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,6 +1,8 @@
-//! Scrape bodies, through the agent's three exposition parsers (text 0.0.4, OpenMetrics 1.0,
-//! delimited protobuf), compiled here from the agent's own source files so the fuzz build
-//! does not pull in the agent's RocksDB. The first byte picks the parser.
+//! Scrape bodies, through the agent's three exposition parsers (text, OpenMetrics 1.0,
+//! delimited protobuf) in both dialects (Prometheus 3 and 2), then the classic-to-native
+//! histogram conversion, compiled here from the agent's own source files so the fuzz build
+//! does not pull in the agent's RocksDB. The first byte picks the parser, the dialect and the
+//! histogram options.
 #![no_main]
 #![allow(dead_code)]
 
@@ -8,6 +10,8 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "../../agent/src/scrape/gofloat.rs"]
 mod gofloat;
+#[path = "../../agent/src/scrape/nhcb.rs"]
+mod nhcb;
 #[path = "../../agent/src/scrape/openmetrics.rs"]
 mod openmetrics;
 #[path = "../../agent/src/scrape/parse.rs"]
@@ -23,19 +27,25 @@ fuzz_target!(|data: &[u8]| {
         max_samples: 10_000,
         ..Default::default()
     };
-    match which % 3 {
-        0 => {
-            if let Ok(text) = std::str::from_utf8(body) {
-                let _ = parse::parse(text, &limits);
-            }
-        }
-        1 => {
-            if let Ok(text) = std::str::from_utf8(body) {
-                let _ = openmetrics::parse(text, &limits);
-            }
-        }
-        _ => {
-            let _ = protobuf::parse(body, &limits);
-        }
+    let dialect = if which & 0x10 == 0 {
+        parse::Dialect::Prometheus3
+    } else {
+        parse::Dialect::Prometheus2
+    };
+    let histograms = protobuf::Histograms {
+        native: which & 0x20 == 0,
+        classic: which & 0x40 != 0,
+    };
+    let parsed = match which % 3 {
+        0 => std::str::from_utf8(body)
+            .ok()
+            .and_then(|text| parse::parse_with(text, &limits, dialect).ok()),
+        1 => std::str::from_utf8(body)
+            .ok()
+            .and_then(|text| openmetrics::parse_with(text, &limits, dialect).ok()),
+        _ => protobuf::parse_with(body, &limits, histograms, dialect).ok(),
+    };
+    if let Some(mut exp) = parsed {
+        nhcb::convert(&mut exp, which & 0x80 != 0);
     }
 });

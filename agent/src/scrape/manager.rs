@@ -254,6 +254,21 @@ impl JobRunner {
                 classic: spec.cfg.always_scrape_classic_histograms(sc),
             },
             nhcb: spec.cfg.convert_classic_histograms_to_nhcb(sc),
+            failure_log: spec.cfg.scrape_failure_log_file(sc).and_then(|f| {
+                // The job's own file resolves against the job's file; the global one against
+                // the main file's directory.
+                let base = match sc.scrape_failure_log_file.as_deref().filter(|f| !f.is_empty()) {
+                    Some(_) => sc.base(&self.base),
+                    None => self.base.clone(),
+                };
+                let path = base.join(f);
+                super::FailureLog::open(&path)
+                    .map_err(|error| {
+                        error!(%error, path = %path.display(), "Cannot open the scrape failure log; failures are not logged.");
+                    })
+                    .ok()
+                    .map(Arc::new)
+            }),
         }))
     }
 

@@ -164,6 +164,64 @@ impl From<&str> for Body {
     }
 }
 
+/// `scrape_failure_log_file`: one JSON line per failed fetch (connection, timeout, status,
+/// body size limit), as Prometheus 3 writes them: `time`, `level`, `source`, `msg` (the error),
+/// `job_name`, `target` (the scrape URL). Like Prometheus, failures of a body that was fetched
+/// (its `Content-Type`, parse errors, limits, names) are not written. The file is opened in
+/// append mode when the job is (re)built, so a reload reopens it (log rotation).
+#[derive(Debug)]
+pub struct FailureLog {
+    path: std::path::PathBuf,
+    file: std::sync::Mutex<std::fs::File>,
+}
+
+impl FailureLog {
+    /// Opens (or creates) `path` for appending.
+    pub fn open(path: &std::path::Path) -> std::io::Result<FailureLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(FailureLog {
+            path: path.to_owned(),
+            file: std::sync::Mutex::new(file),
+        })
+    }
+
+    /// Whether Prometheus logs this failure (a fetch or read failure).
+    pub fn logs(error: &ScrapeError) -> bool {
+        matches!(
+            error,
+            ScrapeError::Request(_)
+                | ScrapeError::Timeout(_)
+                | ScrapeError::Status(_)
+                | ScrapeError::BodyTooLarge(_)
+                | ScrapeError::Client(_)
+        )
+    }
+
+    /// Appends the line of one failed scrape at `ts_ms`; a write error is logged, not fatal.
+    pub fn write(&self, ts_ms: i64, job: &str, target: &str, error: &ScrapeError) {
+        use std::io::Write as _;
+        let line = serde_json::json!({
+            "time": uplink_shared::telemetry::rfc3339_ms(ts_ms),
+            "level": "ERROR",
+            "source": "uplink-agent",
+            "msg": error.to_string(),
+            "job_name": job,
+            "target": target,
+        });
+        let written = self
+            .file
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(error) = written {
+            warn!(%error, path = %self.path.display(), "Cannot write the scrape failure log.");
+        }
+    }
+}
+
 /// What every target loop shares.
 #[derive(Clone)]
 pub struct Context {
@@ -273,6 +331,14 @@ async fn scrape_loop(
         if let Some(error) = &shaped.error {
             ctx.metrics.scrape_failures.get_or_create(&job).inc();
             debug!(%error, "Scrape failed.");
+            if let Some(log) = t
+                .job
+                .failure_log
+                .as_ref()
+                .filter(|_| FailureLog::logs(error))
+            {
+                log.write(ts, &t.job.name, &t.url, error);
+            }
         }
         ctx.metrics.samples_scraped.inc_by(shaped.scraped as u64);
         if !writer.append(ctx, shaped).await {

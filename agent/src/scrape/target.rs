@@ -62,6 +62,8 @@ pub struct Job {
     /// Whether classic histograms become native ones with custom buckets
     /// (`convert_classic_histograms_to_nhcb`).
     pub nhcb: bool,
+    /// `scrape_failure_log_file`, when set (and it could be opened).
+    pub failure_log: Option<Arc<super::FailureLog>>,
 }
 
 impl Job {
@@ -102,6 +104,7 @@ impl Job {
                 classic: false,
             },
             nhcb: false,
+            failure_log: None,
         })
     }
 }
