@@ -27,6 +27,7 @@ pub struct Metrics {
     pub bytes_sent: Counter,
     pub queue_append_errors: Counter,
     pub stale_markers: Counter,
+    pub scrape_samples_refused: Family<Vec<(String, String)>, Counter>,
     pub targets: Family<Vec<(String, String)>, Gauge>,
     pub records_corrupt: Counter,
     pub samples_dropped: Counter,
@@ -116,6 +117,11 @@ impl Metrics {
             "stale_markers",
             "Stale markers written (series gone from a scrape, failed scrapes, targets gone).",
             self.stale_markers.clone(),
+        );
+        r.register(
+            "scrape_samples_refused",
+            "Scraped samples not queued, as Prometheus 3 refuses them: a series repeated in one scrape (duplicate), an explicit timestamp not newer than the series' last (out_of_order).",
+            self.scrape_samples_refused.clone(),
         );
         r.register(
             "targets",

@@ -341,6 +341,21 @@ async fn scrape_loop(
             }
         }
         ctx.metrics.samples_scraped.inc_by(shaped.scraped as u64);
+        for (reason, n) in [
+            ("duplicate", shaped.duplicates),
+            ("out_of_order", shaped.out_of_order),
+        ] {
+            if n > 0 {
+                let labels = vec![
+                    ("job".to_owned(), t.job.name.to_string()),
+                    ("reason".to_owned(), reason.to_owned()),
+                ];
+                ctx.metrics
+                    .scrape_samples_refused
+                    .get_or_create(&labels)
+                    .inc_by(n as u64);
+            }
+        }
         if !writer.append(ctx, shaped).await {
             shaper.forget();
         }

@@ -59,6 +59,10 @@ pub struct Shaped {
     pub stale: usize,
     /// Why the scrape failed (`up` is 0), if it did.
     pub error: Option<ScrapeError>,
+    /// Samples refused as repeats of a series in this scrape.
+    pub duplicates: usize,
+    /// Samples refused for an explicit timestamp not newer than their series' last.
+    pub out_of_order: usize,
 }
 
 /// Turns one target's scrape results into queue records; remembers what staleness and the
@@ -251,6 +255,8 @@ impl Shaper {
             scraped,
             stale,
             error: None,
+            duplicates: built.duplicates,
+            out_of_order: built.out_of_order,
         }
     }
 
@@ -329,6 +335,8 @@ impl Shaper {
             scraped,
             stale: 0,
             error: None,
+            duplicates: 0,
+            out_of_order: 0,
         })
     }
 
@@ -352,6 +360,8 @@ impl Shaper {
             scraped: 0,
             stale,
             error: Some(error),
+            duplicates: 0,
+            out_of_order: 0,
         }
     }
 
@@ -409,6 +419,8 @@ impl Shaper {
             scraped: 0,
             stale,
             error: None,
+            duplicates: 0,
+            out_of_order: 0,
         })
     }
 
@@ -456,6 +468,9 @@ struct Built {
     /// Whether the body repeated a series, or the out-of-order rule refused a sample: the
     /// kept indices then hold for this scrape only, and the fast path is not used.
     irregular: bool,
+    /// Samples refused as repeats, and for their timestamps.
+    duplicates: usize,
+    out_of_order: usize,
     /// For each of `series` that carries an explicit timestamp: its position and series key.
     explicit: Vec<(u32, u64)>,
 }
@@ -525,7 +540,11 @@ fn build(
     let mut kept = Vec::with_capacity(parsed.len());
     let mut explicit = Vec::new();
     let mut post = 0;
-    let mut refused = false;
+    let (mut duplicates, mut out_of_order_count) = (0, 0);
+    // Timestamps accepted in this scrape; each sample is judged against the scrapes before it
+    // (Prometheus's agent updates a series' last timestamp when the scrape commits), so two
+    // samples of one series in one scrape are both taken.
+    let mut accepted = Vec::new();
     for (i, s) in parsed.into_iter().enumerate() {
         let mut labels = s.labels;
         labels.push(Label::new(METRIC_NAME, s.name));
@@ -554,6 +573,7 @@ fn build(
         let explicit_ts = s.timestamp_ms.filter(|_| job.honor_timestamps);
         if explicit_ts.is_none() && repeat.as_ref().is_some_and(|r| r[i]) {
             // Prometheus 3: a second sample for a series in one scrape (ErrDuplicateSampleForTimestamp).
+            duplicates += 1;
             continue;
         }
         add_external(&mut labels, ext);
@@ -561,10 +581,10 @@ fn build(
         if let Some(ms) = explicit_ts {
             let key = series_key(&labels);
             if out_of_order(job, ms, last_explicit.get(&key).copied()) {
-                refused = true;
+                out_of_order_count += 1;
                 continue;
             }
-            last_explicit.insert(key, ms);
+            accepted.push((key, ms));
             explicit.push((out.len() as u32, key));
         }
         let mut series = TimeSeries::floats(labels, Vec::new());
@@ -589,12 +609,15 @@ fn build(
     if limit > 0 && out.len() as u64 > limit {
         return Err(ScrapeError::SampleLimit(limit));
     }
+    last_explicit.extend(accepted);
     Ok(Built {
         series: out,
         kept,
         post,
-        irregular: repeat.is_some() || refused,
+        irregular: repeat.is_some() || out_of_order_count > 0,
         explicit,
+        duplicates,
+        out_of_order: out_of_order_count,
     })
 }
 
@@ -857,13 +880,16 @@ mod tests {
         let tg = t(false, "[]");
         let mut sh = Shaper::default();
         // A repeat without timestamp is refused (counted after relabeling); one with a
-        // timestamp is kept.
+        // timestamp is kept, even at the same timestamp (each is judged against the scrapes
+        // before, as Prometheus 3.5's agent judges them).
         let body = "m 1\nm 2\nn 1 1000\nn 2 1000\n";
         let out = sh.shape(&tg, &[], Ok(body.into()), 5000, 0.1);
+        assert_eq!((out.duplicates, out.out_of_order), (1, 0));
         let got = by_name(&out);
         assert_eq!(got[0], ("m".into(), 1.0, 5000));
         assert_eq!(got[1], ("n".into(), 1.0, 1000));
-        assert_eq!(got.len(), 2 + REPORT.len(), "{got:?}");
+        assert_eq!(got[2], ("n".into(), 2.0, 1000));
+        assert_eq!(got.len(), 3 + REPORT.len(), "{got:?}");
         let post = got
             .iter()
             .find(|g| g.0 == "scrape_samples_post_metric_relabeling");
@@ -872,6 +898,7 @@ mod tests {
         let out = sh.shape(&tg, &[], Ok("e 1 2000\n".into()), 6000, 0.1);
         assert!(by_name(&out).iter().any(|g| g.0 == "e"));
         let out = sh.shape(&tg, &[], Ok("e 1 2000\n".into()), 7000, 0.1);
+        assert_eq!((out.duplicates, out.out_of_order), (0, 1));
         let samples = codec::join(out.set.as_ref().expect("slow path"), &out.record).expect("join");
         assert!(
             !samples
