@@ -273,9 +273,7 @@ fn compact(counts: &[f64], max_empty: usize) -> (Vec<BucketSpan>, Vec<f64>) {
         match (end, spans.last_mut()) {
             (Some(e), Some(last)) if pending.len() <= max_empty => {
                 // Keep the few empty buckets between: the span goes on.
-                for _ in &pending {
-                    kept.push(0.0);
-                }
+                kept.resize(kept.len() + pending.len(), 0.0);
                 last.length += (i - e) as u32 + 1;
             }
             (Some(e), _) => spans.push(BucketSpan {
