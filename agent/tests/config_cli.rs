@@ -57,4 +57,3 @@ fn check_config_flags_errors_with_location_and_exit_64() {
     assert!(err.contains("scrape_configs[1].scrape_interval"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
-

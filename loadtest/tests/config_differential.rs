@@ -10,7 +10,8 @@
 //!
 //! 1. Verdicts: `promtool check config` 3.5 and `uplink-agent --check-config` must both accept
 //!    or both refuse each file, except for the deliberate differences of [`DELIBERATE`], each
-//!    of which must occur as listed (so the list cannot rot).
+//!    of which must occur as listed (so the list cannot rot). Every refusal of Uplink must name
+//!    `file:line:column` and the field.
 //! 2. Effective configuration: one Prometheus 3.5 agent (`--agent --web.enable-lifecycle`) and
 //!    one `uplink-agent` (its `uplink:` section in a file of its own, a gateway that is never
 //!    there) run on one work file; each file Uplink accepts is copied over it and both are
@@ -262,6 +263,22 @@ fn reason(output: &str) -> &str {
         .trim()
 }
 
+/// Whether an `--check-config` refusal reads `FILE:LINE:COLUMN: FIELD: MESSAGE`.
+fn located(output: &str) -> bool {
+    let Some(rest) = output.split("invalid configuration: ").nth(1) else {
+        return false;
+    };
+    let mut parts = rest.splitn(3, ": ");
+    let (Some(place), Some(field), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let mut numbers = place.rsplitn(3, ':');
+    let column = numbers.next().unwrap_or_default();
+    let line = numbers.next().unwrap_or_default();
+    let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    number(column) && number(line) && numbers.next().is_some() && !field.contains(' ')
+}
+
 /// Every difference between two YAML values, as `path: left | right` lines.
 fn diff(path: &str, left: Option<&Value>, right: Option<&Value>, out: &mut Vec<String>) {
     match (left, right) {
@@ -448,6 +465,12 @@ async fn uplink_loads_and_shows_configurations_as_prometheus_3_5_does() {
         }
         if u {
             accepted.push(case);
+        } else if !located(&u_out) {
+            failures.push(format!(
+                "{}: uplink-agent's error does not name file:line:column and the field:\n  {}",
+                case.name,
+                reason(&u_out)
+            ));
         }
     }
 

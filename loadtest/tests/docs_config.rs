@@ -42,6 +42,7 @@ const SOURCES: &[&str] = &[
     "gateway/src/dedupe.rs",
     "shared/src/tls.rs",
     "shared/src/traces.rs",
+    "shared/src/remote_write.rs",
 ];
 
 /// The files' roots: (binary, source file, struct).
@@ -51,7 +52,9 @@ const ROOTS: &[(&str, &str, &str)] = &[
 ];
 
 /// Deserialized structs that are not Uplink configuration: the kubeconfig file format (read as
-/// kubectl writes it), an OAuth2 token response, and the HA election record kept in etcd.
+/// kubectl writes it), an OAuth2 token response, the HA election record kept in etcd, and the
+/// agent's partial reads of its own file (the `scrape_config_files` patterns for the reload
+/// checksum, and the format of the files they name, whose jobs are `scrape_configs[]`).
 const NOT_CONFIG: &[&str] = &[
     "Kubeconfig",
     "Named",
@@ -60,6 +63,8 @@ const NOT_CONFIG: &[&str] = &[
     "User",
     "Token",
     "Record",
+    "Includes",
+    "ScrapeConfigs",
 ];
 
 /// What each example is merged into: the keys a file of that binary cannot do without.

@@ -75,11 +75,8 @@ pub struct BasicAuth {
 #[serde(deny_unknown_fields)]
 pub struct Authorization {
     /// Prometheus default: Bearer (also when empty; surrounding spaces are dropped).
-    #[serde(
-        default = "default_auth_type",
-        rename = "type",
-        deserialize_with = "auth_type"
-    )]
+    #[serde(rename = "type", default = "default_auth_type")]
+    #[serde(deserialize_with = "auth_type")]
     pub kind: String,
     #[serde(default, deserialize_with = "non_empty_secret")]
     pub credentials: Option<Secret>,
