@@ -1,14 +1,16 @@
 //! Native histograms, exemplars and metadata, end to end, side by side with Prometheus agent
 //! mode: a target exposes the protobuf format (a native histogram, a float gauge histogram, a
-//! counter and a classic histogram with exemplars, a summary), and both the real Prometheus
-//! (`--enable-feature=agent,native-histograms`) and `uplink-agent
-//! --enable-feature=native-histograms` scrape it with their default `Accept` header. Both write
+//! counter and a classic histogram with exemplars, a summary), and both the real Prometheus 3
+//! (`--agent --enable-feature=native-histograms`) and `uplink-agent
+//! --enable-feature=native-histograms` scrape it with their default `Accept` header, in two
+//! jobs: as it is, and with `convert_classic_histograms_to_nhcb`. Both write
 //! into one real Prometheus (`--enable-feature=native-histograms,exemplar-storage`), told apart
 //! by an external label; the gateway also writes remote write 2.0 to the capture receiver.
 //!
 //! The target stamps every metric with an explicit timestamp and derives every value from it,
 //! so both scrapers store the same samples at the timestamps they both scraped. Checked:
-//! identical native histograms (PromQL's histogram values) at every common timestamp, identical
+//! identical native histograms (PromQL's histogram values) at every common timestamp, the
+//! classic histogram converted to the same native histogram with custom buckets, identical
 //! float series sets and values, identical exemplars (Prometheus's exemplar API) at common
 //! timestamps, and stale markers on both sides once a native histogram (one without explicit
 //! timestamps) leaves the target. Over 2.0:
@@ -237,7 +239,9 @@ async fn target(histogram: Arc<AtomicBool>) -> SocketAddr {
 fn scrape_config(via: &str, target: SocketAddr) -> String {
     format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  external_labels: {{via: {via}}}\n\
-         scrape_configs:\n  - job_name: nh\n    static_configs:\n      - targets: ['{target}']\n"
+         scrape_configs:\n  - job_name: nh\n    static_configs:\n      - targets: ['{target}']\n\
+         \x20 - job_name: nhcb\n    convert_classic_histograms_to_nhcb: true\n    \
+         static_configs:\n      - targets: ['{target}']\n"
     )
 }
 
@@ -246,10 +250,10 @@ async fn api(prom: SocketAddr, path: &str, query: &[(&str, String)]) -> serde_js
     harness::prometheus_api(prom, path, &query).await.unwrap()
 }
 
-/// Every native histogram sample of `rpc_duration_seconds{via}` in the last 10 minutes, by
-/// timestamp (ms), as PromQL returns it.
-async fn histograms(prom: SocketAddr, metric: &str, via: &str) -> BTreeMap<i64, String> {
-    let q = format!("{metric}{{via=\"{via}\"}}[10m]");
+/// Every native histogram sample of `metric{job,via}` in the last 10 minutes, by timestamp
+/// (ms), as PromQL returns it.
+async fn histograms(prom: SocketAddr, metric: &str, job: &str, via: &str) -> BTreeMap<i64, String> {
+    let q = format!("{metric}{{job=\"{job}\",via=\"{via}\"}}[10m]");
     let data = api(prom, "/api/v1/query", &[("query", q)]).await;
     let mut out = BTreeMap::new();
     for series in data["result"].as_array().unwrap() {
@@ -372,8 +376,11 @@ async fn native_histograms_exemplars_and_metadata_match_prometheus_agent() {
     std::fs::write(
         &pcfg,
         format!(
+            // Remote write 2.0: Prometheus 3.5's 1.0 requests carry converted histograms
+            // (custom buckets) without their bounds, which its own receiver refuses.
             "{}remote_write:\n  - url: {}\n    send_exemplars: true\n    \
-             send_native_histograms: true\n    queue_config: {{batch_send_deadline: 1s}}\n",
+             send_native_histograms: true\n    protobuf_message: io.prometheus.write.v2.Request\n    \
+             queue_config: {{batch_send_deadline: 1s}}\n",
             scrape_config("prometheus", t),
             prom.remote_write_url()
         ),
@@ -397,8 +404,8 @@ async fn native_histograms_exemplars_and_metadata_match_prometheus_agent() {
     // Enough common timestamps on both sides.
     let mut ok = false;
     for _ in 0..120 {
-        let p = histograms(prom.web, "rpc_duration_seconds", "prometheus").await;
-        let u = histograms(prom.web, "rpc_duration_seconds", "uplink").await;
+        let p = histograms(prom.web, "rpc_duration_seconds", "nh", "prometheus").await;
+        let u = histograms(prom.web, "rpc_duration_seconds", "nh", "uplink").await;
         if p.keys().filter(|k| u.contains_key(k)).count() >= 3 {
             ok = true;
             break;
@@ -419,8 +426,8 @@ async fn native_histograms_exemplars_and_metadata_match_prometheus_agent() {
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
-        let p = histograms(prom.web, "rpc_duration_seconds", "prometheus").await;
-        let u = histograms(prom.web, "rpc_duration_seconds", "uplink").await;
+        let p = histograms(prom.web, "rpc_duration_seconds", "nh", "prometheus").await;
+        let u = histograms(prom.web, "rpc_duration_seconds", "nh", "uplink").await;
         eprintln!("prometheus: {:?}\nuplink: {:?}", p.keys(), u.keys());
     }
     assert!(ok, "native histograms from both sides at common timestamps");
@@ -433,11 +440,24 @@ async fn native_histograms_exemplars_and_metadata_match_prometheus_agent() {
 
     // Integer and float native histograms: identical at every common timestamp.
     for metric in ["rpc_duration_seconds", "queue_fill"] {
-        let p = histograms(prom.web, metric, "prometheus").await;
-        let u = histograms(prom.web, metric, "uplink").await;
+        let p = histograms(prom.web, metric, "nh", "prometheus").await;
+        let u = histograms(prom.web, metric, "nh", "uplink").await;
         let n = common(metric, &p, &u);
         assert!(n >= 3, "{metric}: {n} common timestamps: {p:?} {u:?}");
     }
+    // A classic histogram converted to a native one with custom buckets
+    // (`convert_classic_histograms_to_nhcb`), identical on both sides.
+    let p = histograms(prom.web, "payload_bytes", "nhcb", "prometheus").await;
+    let u = histograms(prom.web, "payload_bytes", "nhcb", "uplink").await;
+    let n = common("payload_bytes (NHCB)", &p, &u);
+    assert!(
+        n >= 3,
+        "payload_bytes as NHCB: {n} common timestamps: {p:?} {u:?}"
+    );
+    assert!(
+        p.values().any(|h| h.contains("500000")),
+        "custom bucket bounds: {p:?}"
+    );
     // Float series (classic histogram, counter, summary): the same series, the same values.
     let p = floats(prom.web, "prometheus").await;
     let u = floats(prom.web, "uplink").await;
@@ -512,8 +532,8 @@ async fn native_histograms_exemplars_and_metadata_match_prometheus_agent() {
         let q = format!("ephemeral_seconds{{via=\"{via}\"}}");
         assert_eq!(
             live(prom.web, &q).await,
-            1,
-            "{via}: ephemeral_seconds before"
+            2,
+            "{via}: ephemeral_seconds before, in both jobs"
         );
     }
     histogram.store(false, Ordering::SeqCst);
