@@ -307,7 +307,7 @@ fn url(sc: &ScrapeConfig, set: &LabelSet, scheme: &str, addr: &str) -> String {
         }
     }
     let path = set.get("__metrics_path__").map_or("", String::as_str);
-    let mut url = format!("{scheme}://{addr}{path}");
+    let mut url = format!("{scheme}://{addr}{}", go_escaped_path(path));
     let query: Vec<String> = params
         .iter()
         .flat_map(|(k, vs)| {
@@ -325,6 +325,24 @@ fn url(sc: &ScrapeConfig, set: &LabelSet, scheme: &str, addr: &str) -> String {
         url.push_str(&query.join("&"));
     }
     url
+}
+
+/// The path as Go's `url.URL` writes it: a `/` added in front when missing, and every byte
+/// escaped as `%XX` except letters, digits and `-_.~$&+,/:;=@` (so a `?` in `metrics_path` is
+/// part of the path, `%3F`, as in Prometheus).
+fn go_escaped_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 1);
+    if !path.is_empty() && !path.starts_with('/') {
+        out.push('/');
+    }
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~$&+,/:;=@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Whether `addr` ends in a port (`host:port`, `[v6]:port`); a bare IPv6 address has none.
@@ -356,6 +374,16 @@ mod tests {
         let p = dir.path().join("p.yml");
         std::fs::write(&p, text).expect("write");
         Config::load(&p).expect("valid")
+    }
+
+    #[test]
+    fn the_path_is_written_as_go_writes_it() {
+        assert_eq!(go_escaped_path("/metrics"), "/metrics");
+        assert_eq!(go_escaped_path("metrics"), "/metrics");
+        assert_eq!(go_escaped_path("/m?c=1"), "/m%3Fc=1");
+        assert_eq!(go_escaped_path("/a b/é"), "/a%20b/%C3%A9");
+        assert_eq!(go_escaped_path("/x;y=1,z@w:$&+~"), "/x;y=1,z@w:$&+~");
+        assert_eq!(go_escaped_path(""), "");
     }
 
     #[test]
