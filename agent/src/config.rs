@@ -1279,22 +1279,12 @@ impl Config {
             ));
         }
         let scheme = self.global_validation();
-        for (key, value) in [
-            (
-                "metric_name_validation_scheme",
-                &g.metric_name_validation_scheme,
-            ),
-            (
-                "metric_name_escaping_scheme",
-                &g.metric_name_escaping_scheme,
-            ),
-        ] {
-            if let Some(message) = value
-                .as_deref()
-                .and_then(|v| scheme_error("global", key, v))
-            {
-                return Err(at(&format!("{key}:"), format!("global.{key}"), message));
-            }
+        if let Some((key, message)) = schemes_error(
+            "global",
+            &g.metric_name_validation_scheme,
+            &g.metric_name_escaping_scheme,
+        ) {
+            return Err(at(&format!("{key}:"), format!("global.{key}"), message));
         }
         if scheme == NameValidation::Legacy && self.global_escaping() == Escaping::AllowUtf8 {
             return Err(at(
@@ -1374,22 +1364,12 @@ impl Config {
                         .into(),
                 ));
             }
-            for (key, value) in [
-                (
-                    "metric_name_validation_scheme",
-                    &job.metric_name_validation_scheme,
-                ),
-                (
-                    "metric_name_escaping_scheme",
-                    &job.metric_name_escaping_scheme,
-                ),
-            ] {
-                if let Some(message) = value
-                    .as_deref()
-                    .and_then(|v| scheme_error("scrape config", key, v))
-                {
-                    return Err(at(&format!("{key}:"), field(key), message));
-                }
+            if let Some((key, message)) = schemes_error(
+                "scrape config",
+                &job.metric_name_validation_scheme,
+                &job.metric_name_escaping_scheme,
+            ) {
+                return Err(at(&format!("{key}:"), field(key), message));
             }
             if self.validation(job) == NameValidation::Legacy
                 && self.escaping(job) == Escaping::AllowUtf8
@@ -1932,6 +1912,26 @@ fn unimplemented_discovery(e: ConfigError, text: &str) -> ConfigError {
 /// Prometheus's message when `allow-utf-8` escaping meets legacy validation.
 const UTF8_ESCAPING_NEEDS_UTF8: &str =
     "utf8 metric names requested but validation scheme is not set to UTF8";
+
+/// The first of a section's two name schemes (`kind`: `global`, `scrape config`) that
+/// Prometheus does not know, as (key, message).
+fn schemes_error(
+    kind: &str,
+    validation: &Option<String>,
+    escaping: &Option<String>,
+) -> Option<(&'static str, String)> {
+    [
+        ("metric_name_validation_scheme", validation),
+        ("metric_name_escaping_scheme", escaping),
+    ]
+    .into_iter()
+    .find_map(|(key, value)| {
+        value
+            .as_deref()
+            .and_then(|v| scheme_error(kind, key, v))
+            .map(|m| (key, m))
+    })
+}
 
 /// Prometheus's message for a validation or escaping scheme it does not know, if `value` is
 /// one (`whose`: `global` or `scrape config`; the empty value is unset). Unlike Prometheus 3.5,

@@ -48,41 +48,47 @@ pub fn parse(s: &str) -> Option<f64> {
 
 /// `digits [. digits] | . digits`, then optionally `[eE] [+-] digits`; overflow is an error.
 fn parse_decimal(s: &str) -> Option<f64> {
+    if !is_decimal_float(s) {
+        return None;
+    }
+    let v: f64 = s.parse().ok()?;
+    v.is_finite().then_some(v)
+}
+
+/// Whether `s` is `digits [. digits] | . digits` (at least one mantissa digit), then optionally
+/// `[eE] [+-] digits`: a decimal float in Go's syntax before Go 1.13, without sign.
+pub fn is_decimal_float(s: &str) -> bool {
     let b = s.as_bytes();
     let mut i = 0;
-    let mut digits = 0;
+    let mut mantissa_digits = 0;
     while b.get(i).is_some_and(u8::is_ascii_digit) {
         i += 1;
-        digits += 1;
+        mantissa_digits += 1;
     }
     if b.get(i) == Some(&b'.') {
         i += 1;
         while b.get(i).is_some_and(u8::is_ascii_digit) {
             i += 1;
-            digits += 1;
+            mantissa_digits += 1;
         }
     }
-    if digits == 0 {
-        return None;
+    if mantissa_digits == 0 {
+        return false;
     }
     if matches!(b.get(i), Some(b'e' | b'E')) {
         i += 1;
         if matches!(b.get(i), Some(b'+' | b'-')) {
             i += 1;
         }
-        let start = i;
+        let exp_start = i;
         while b.get(i).is_some_and(u8::is_ascii_digit) {
             i += 1;
         }
-        if i == start {
-            return None;
+        if i == exp_start {
+            return false;
         }
     }
-    if i != b.len() {
-        return None;
-    }
-    let v: f64 = s.parse().ok()?;
-    v.is_finite().then_some(v)
+    i == b.len()
 }
 
 /// The part of a hexadecimal float after `0x` (lowercased): hex digits with an optional `.`,

@@ -940,7 +940,7 @@ pub(super) fn parse_go_float(s: &str) -> Result<f64, FloatError> {
     if s.eq_ignore_ascii_case("nan") {
         return Ok(f64::from_bits(NORMAL_NAN_BITS));
     }
-    if !is_decimal_float(body) {
+    if !super::gofloat::is_decimal_float(body) {
         return Err(FloatError::Syntax);
     }
     let v: f64 = s.parse().map_err(|_| FloatError::Syntax)?;
@@ -948,42 +948,6 @@ pub(super) fn parse_go_float(s: &str) -> Result<f64, FloatError> {
         return Err(FloatError::Range);
     }
     Ok(v)
-}
-
-/// `digits [. digits] | . digits`, with at least one mantissa digit, then optionally
-/// `[eE] [+-] digits`.
-fn is_decimal_float(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut i = 0;
-    let mut mantissa_digits = 0;
-    while b.get(i).is_some_and(u8::is_ascii_digit) {
-        i += 1;
-        mantissa_digits += 1;
-    }
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-            mantissa_digits += 1;
-        }
-    }
-    if mantissa_digits == 0 {
-        return false;
-    }
-    if matches!(b.get(i), Some(b'e' | b'E')) {
-        i += 1;
-        if matches!(b.get(i), Some(b'+' | b'-')) {
-            i += 1;
-        }
-        let exp_start = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        if i == exp_start {
-            return false;
-        }
-    }
-    i == b.len()
 }
 
 #[cfg(test)]
