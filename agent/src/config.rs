@@ -416,27 +416,17 @@ impl ScrapeConfig {
 
     /// Keys of this job that the agent accepts but does not act on, when set.
     pub fn accepted_only(&self) -> Vec<&'static str> {
-        [
-            ("no_proxy", self.no_proxy.is_some()),
-            ("proxy_from_environment", self.proxy_from_environment),
-            (
-                "proxy_connect_header",
-                !self.proxy_connect_header.is_empty(),
-            ),
-            ("http_headers", self.http_headers.is_some()),
-            (
-                "native_histogram_bucket_limit",
-                self.native_histogram_bucket_limit.is_some_and(|l| l > 0),
-            ),
-            (
-                "native_histogram_min_bucket_factor",
-                self.native_histogram_min_bucket_factor
-                    .is_some_and(|f| f > 0.0),
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(k, set)| set.then_some(k))
-        .collect()
+        let mut keys = self.proxy().accepted_only(self.http_headers.is_some());
+        if self.native_histogram_bucket_limit.is_some_and(|l| l > 0) {
+            keys.push("native_histogram_bucket_limit");
+        }
+        if self
+            .native_histogram_min_bucket_factor
+            .is_some_and(|f| f > 0.0)
+        {
+            keys.push("native_histogram_min_bucket_factor");
+        }
+        keys
     }
 }
 

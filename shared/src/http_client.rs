@@ -173,6 +173,20 @@ pub struct Proxy<'a> {
 }
 
 impl Proxy<'_> {
+    /// The proxy keys set (and `http_headers` when `http_headers`) that the agent accepts
+    /// without acting on them.
+    pub fn accepted_only(&self, http_headers: bool) -> Vec<&'static str> {
+        [
+            ("no_proxy", self.no_proxy.is_some()),
+            ("proxy_from_environment", self.from_environment),
+            ("proxy_connect_header", self.connect_header),
+            ("http_headers", http_headers),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect()
+    }
+
     pub fn check(&self) -> Result<(), String> {
         let url = self.url.is_some_and(|u| !u.is_empty());
         let no_proxy = self.no_proxy.is_some_and(|n| !n.is_empty());

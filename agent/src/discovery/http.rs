@@ -157,18 +157,7 @@ impl HttpSdConfig {
 
     /// The keys set that the agent accepts without acting on them.
     pub fn accepted_only(&self) -> Vec<&'static str> {
-        [
-            ("no_proxy", self.no_proxy.is_some()),
-            ("proxy_from_environment", self.proxy_from_environment),
-            (
-                "proxy_connect_header",
-                !self.proxy_connect_header.is_empty(),
-            ),
-            ("http_headers", self.http_headers.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(k, set)| set.then_some(k))
-        .collect()
+        self.proxy().accepted_only(self.http_headers.is_some())
     }
 }
 
