@@ -417,6 +417,7 @@ impl ScrapeConfig {
     /// Keys of this job that the agent accepts but does not act on, when set.
     pub fn accepted_only(&self) -> Vec<&'static str> {
         let mut keys = self.proxy().accepted_only(self.http_headers.is_some());
+        keys.extend(self.http_client().accepted_only());
         if self.native_histogram_bucket_limit.is_some_and(|l| l > 0) {
             keys.push("native_histogram_bucket_limit");
         }
@@ -1765,15 +1766,11 @@ impl Config {
             }
             let oauth2 = |prefix: String, o: &Option<crate::http_client::OAuth2>| {
                 let Some(o) = o else { return Vec::new() };
-                [
-                    ("no_proxy", o.no_proxy.is_some()),
-                    ("proxy_from_environment", o.proxy_from_environment),
-                    ("proxy_connect_header", !o.proxy_connect_header.is_empty()),
-                ]
-                .into_iter()
-                .filter(|(_, set)| *set)
-                .map(|(k, _)| format!("{prefix}.oauth2.{k}"))
-                .collect()
+                o.proxy()
+                    .accepted_only(false)
+                    .into_iter()
+                    .map(|k| format!("{prefix}.oauth2.{k}"))
+                    .collect::<Vec<_>>()
             };
             let at =
                 |kind: &str, i: usize| format!("scrape_configs[{:?}].{kind}[{i}]", job.job_name);
@@ -2712,5 +2709,38 @@ uplink:
         .expect("write");
         let e = Config::load(&p).expect_err("glob").to_string();
         assert!(e.contains("invalid scrape config file path"), "{e}");
+    }
+
+    #[test]
+    fn secret_references_and_the_jwt_bearer_grant_load_and_are_named() {
+        let text = GOOD
+            .replace(
+                "    static_configs:\n",
+                "    basic_auth: {username: u, password_ref: vault/pw}\n    \
+             tls_config: {ca_ref: vault/ca}\n    static_configs:\n",
+            )
+            .replace("rule_files: [\"x.yml\"]\n", "")
+            .replace(
+                "scrape_configs:\n",
+                "scrape_configs:\n  - job_name: jwt\n    oauth2:\n      client_id: c\n      \
+             token_url: https://t.example/token\n      \
+             grant_type: urn:ietf:params:oauth:grant-type:jwt-bearer\n      \
+             client_certificate_key_id: k1\n      claims: {sub: x}\n",
+            );
+        let c = load(&text).expect("loads");
+        let keys = c.accepted_only();
+        for key in [
+            "scrape_configs[\"node\"].basic_auth.*_ref",
+            "scrape_configs[\"node\"].tls_config.*_ref",
+            "scrape_configs[\"jwt\"].oauth2.grant_type (jwt-bearer)",
+        ] {
+            assert!(keys.iter().any(|k| k == key), "{key} in {keys:?}");
+        }
+        let both = GOOD.replace(
+            "    static_configs:\n",
+            "    basic_auth: {username: u, password: p, password_ref: vault/pw}\n    static_configs:\n",
+        );
+        let e = load(&both).expect_err("two passwords").to_string();
+        assert!(e.contains("at most one of basic_auth password"), "{e}");
     }
 }

@@ -69,6 +69,12 @@ pub struct BasicAuth {
     pub password: Option<Secret>,
     #[serde(default, deserialize_with = "non_empty")]
     pub password_file: Option<PathBuf>,
+    /// Secret-manager references (Prometheus ≥ 2.5x): accepted so that Prometheus files load,
+    /// not implemented (named in the configuration warning).
+    #[serde(default, deserialize_with = "non_empty")]
+    pub username_ref: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub password_ref: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -82,6 +88,9 @@ pub struct Authorization {
     pub credentials: Option<Secret>,
     #[serde(default, deserialize_with = "non_empty")]
     pub credentials_file: Option<PathBuf>,
+    /// A secret-manager reference: accepted, not implemented.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub credentials_ref: Option<String>,
 }
 
 fn auth_type<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -246,6 +255,7 @@ impl Authorization {
             kind: "Bearer".into(),
             credentials: token.clone(),
             credentials_file: file.clone(),
+            credentials_ref: None,
         })
     }
 }
@@ -280,9 +290,41 @@ pub struct OAuth2 {
     pub proxy_from_environment: bool,
     #[serde(default)]
     pub proxy_connect_header: std::collections::BTreeMap<String, Vec<Secret>>,
+    /// A secret-manager reference: accepted, not implemented.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub client_secret_ref: Option<String>,
+    /// The grant: `client_credentials` (the default, implemented) or
+    /// `urn:ietf:params:oauth:grant-type:jwt-bearer` (Prometheus ≥ 3.8, RFC 7523: accepted with
+    /// its keys below, not implemented; named in the configuration warning).
+    #[serde(default, deserialize_with = "non_empty")]
+    pub grant_type: Option<String>,
+    #[serde(default, deserialize_with = "non_empty_secret")]
+    pub client_certificate_key: Option<Secret>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub client_certificate_key_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub client_certificate_key_ref: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub client_certificate_key_id: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub signature_algorithm: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub iss: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub claims: std::collections::BTreeMap<String, serde_yaml::Value>,
 }
 
+/// The OAuth2 grant Prometheus ≥ 3.8 takes besides client credentials.
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
 impl OAuth2 {
+    /// Whether the entry asks for the JWT-bearer grant (not implemented by the agent).
+    pub fn jwt_bearer(&self) -> bool {
+        self.grant_type.as_deref() == Some(JWT_BEARER_GRANT)
+    }
+
     /// The token request's proxy settings.
     pub fn proxy(&self) -> Proxy<'_> {
         Proxy {
@@ -319,6 +361,20 @@ pub struct TlsConfig {
     pub min_version: Option<String>,
     #[serde(default, deserialize_with = "non_empty")]
     pub max_version: Option<String>,
+    /// Secret-manager references: accepted, not implemented.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub ca_ref: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub cert_ref: Option<String>,
+    #[serde(default, deserialize_with = "non_empty")]
+    pub key_ref: Option<String>,
+}
+
+impl TlsConfig {
+    /// Whether a secret-manager reference is set.
+    fn has_ref(&self) -> bool {
+        self.ca_ref.is_some() || self.cert_ref.is_some() || self.key_ref.is_some()
+    }
 }
 
 /// The TLS versions Prometheus knows.
@@ -354,6 +410,40 @@ impl Default for HttpClientConfig {
 }
 
 impl HttpClientConfig {
+    /// The keys set that the agent accepts without acting on them: secret-manager references
+    /// (`*_ref`) and OAuth2's JWT-bearer grant.
+    pub fn accepted_only(&self) -> Vec<&'static str> {
+        let basic = self.basic_auth.as_ref();
+        let oauth2 = self.oauth2.as_ref();
+        [
+            (
+                "basic_auth.*_ref",
+                basic.is_some_and(|b| b.username_ref.is_some() || b.password_ref.is_some()),
+            ),
+            (
+                "authorization.credentials_ref",
+                self.authorization
+                    .as_ref()
+                    .is_some_and(|a| a.credentials_ref.is_some()),
+            ),
+            (
+                "oauth2.client_secret_ref",
+                oauth2.is_some_and(|o| o.client_secret_ref.is_some()),
+            ),
+            (
+                "oauth2.grant_type (jwt-bearer)",
+                oauth2.is_some_and(OAuth2::jwt_bearer),
+            ),
+            (
+                "tls_config.*_ref",
+                self.tls_config.has_ref() || oauth2.is_some_and(|o| o.tls_config.has_ref()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect()
+    }
+
     /// Makes every file path relative to `base` (the configuration file's directory), as
     /// Prometheus does.
     pub fn resolve_paths(&mut self, base: &Path) {
@@ -404,13 +494,22 @@ impl HttpClientConfig {
             );
         }
         if let Some(b) = &self.basic_auth {
-            if b.password.is_some() && b.password_file.is_some() {
+            let set = |v: [bool; 3]| v.into_iter().filter(|b| *b).count() > 1;
+            if set([
+                b.password.is_some(),
+                b.password_file.is_some(),
+                b.password_ref.is_some(),
+            ]) {
                 return inv(
                     "basic_auth",
                     "at most one of basic_auth password, password_file & password_ref must be configured",
                 );
             }
-            if !b.username.is_empty() && b.username_file.is_some() {
+            if set([
+                !b.username.is_empty(),
+                b.username_file.is_some(),
+                b.username_ref.is_some(),
+            ]) {
                 return inv(
                     "basic_auth",
                     "at most one of basic_auth username, username_file & username_ref must be configured",
@@ -438,7 +537,16 @@ impl HttpClientConfig {
             if o.token_url.is_empty() {
                 return inv("oauth2", "oauth2 token_url must be configured");
             }
-            if o.client_secret.is_some() && o.client_secret_file.is_some() {
+            if [
+                o.client_secret.is_some(),
+                o.client_secret_file.is_some(),
+                o.client_secret_ref.is_some(),
+            ]
+            .into_iter()
+            .filter(|b| *b)
+            .count()
+                > 1
+            {
                 return inv(
                     "oauth2",
                     "at most one of oauth2 client_secret, client_secret_file & client_secret_ref must be configured",
@@ -467,10 +575,15 @@ impl HttpClientConfig {
                 message: message.into(),
             })
         };
-        if t.ca.is_some() && t.ca_file.is_some() {
+        let two = |v: [bool; 3]| v.into_iter().filter(|b| *b).count() > 1;
+        if two([t.ca.is_some(), t.ca_file.is_some(), t.ca_ref.is_some()]) {
             return inv("at most one of ca, ca_file & ca_ref must be configured");
         }
-        if t.cert.is_some() && t.cert_file.is_some() {
+        if two([
+            t.cert.is_some(),
+            t.cert_file.is_some(),
+            t.cert_ref.is_some(),
+        ]) {
             return inv("at most one of cert, cert_file & cert_ref must be configured");
         }
         if t.key.is_some() && t.key_file.is_some() {

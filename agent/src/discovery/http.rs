@@ -157,7 +157,9 @@ impl HttpSdConfig {
 
     /// The keys set that the agent accepts without acting on them.
     pub fn accepted_only(&self) -> Vec<&'static str> {
-        self.proxy().accepted_only(self.http_headers.is_some())
+        let mut keys = self.proxy().accepted_only(self.http_headers.is_some());
+        keys.extend(self.http_client().accepted_only());
+        keys
     }
 }
 
@@ -330,6 +332,7 @@ mod tests {
                 kind: "Bearer".into(),
                 credentials: Some(Secret("s3cret".into())),
                 credentials_file: None,
+                credentials_ref: None,
             }),
             oauth2: None,
             tls_config: TlsConfig::default(),
@@ -510,6 +513,8 @@ mod tests {
             username_file: None,
             password: None,
             password_file: None,
+            username_ref: None,
+            password_ref: None,
         });
         assert!(two_auths.validate().is_err());
     }

@@ -328,7 +328,9 @@ impl KubernetesSdConfig {
 
     /// The HTTP client keys set that the agent accepts without acting on them.
     pub fn accepted_only(&self) -> Vec<&'static str> {
-        self.proxy().accepted_only(self.http_headers.is_some())
+        let mut keys = self.proxy().accepted_only(self.http_headers.is_some());
+        keys.extend(self.http_client().accepted_only());
+        keys
     }
 
     /// The `labelSelector` and `fieldSelector` for objects of `role` (empty when none).
@@ -411,6 +413,7 @@ pub fn connect(
                 kind: "Bearer".into(),
                 credentials: None,
                 credentials_file: Some(in_cluster.token_file.clone()),
+                credentials_ref: None,
             }),
             tls_config: TlsConfig {
                 ca_file: Some(in_cluster.ca_file.clone()),
@@ -606,8 +609,7 @@ fn kubeconfig(path: &Path) -> Result<(String, HttpClientConfig), ConnectError> {
         key_file: fix(user.client_key),
         server_name: cluster.tls_server_name,
         insecure_skip_verify: cluster.insecure_skip_tls_verify,
-        min_version: None,
-        max_version: None,
+        ..TlsConfig::default()
     };
     // Inline data wins over files, as in client-go.
     let tls_config = TlsConfig {
@@ -621,11 +623,13 @@ fn kubeconfig(path: &Path) -> Result<(String, HttpClientConfig), ConnectError> {
             kind: "Bearer".into(),
             credentials: Some(Secret(t)),
             credentials_file: None,
+            credentials_ref: None,
         }),
         (_, Some(f)) => Some(Authorization {
             kind: "Bearer".into(),
             credentials: None,
             credentials_file: Some(f),
+            credentials_ref: None,
         }),
         _ => None,
     };
@@ -635,6 +639,8 @@ fn kubeconfig(path: &Path) -> Result<(String, HttpClientConfig), ConnectError> {
             username_file: None,
             password: user.password.map(Secret),
             password_file: None,
+            username_ref: None,
+            password_ref: None,
         }),
         _ => None,
     };
