@@ -289,6 +289,7 @@ struct State {
     dialect: Dialect,
     /// The type of the most recent `# TYPE` line (for [`parse::normalize_label`]).
     current_type: Option<MetricType>,
+    normalized: parse::Normalized,
 }
 
 /// Parses a whole OpenMetrics body in `dialect`.
@@ -304,6 +305,7 @@ pub fn parse_with(
     let mut state = State {
         dialect,
         current_type: None,
+        normalized: parse::Normalized::default(),
     };
     let mut rest = input;
     let mut line = 1usize;
@@ -345,7 +347,7 @@ fn parse_line(
         Some(&c) if is_name_start(c) || (c == b'{' && state.dialect == Dialect::Prometheus3) => {
             let (mut sample, exemplar) = sample(text, state.dialect)?;
             for l in &mut sample.labels {
-                parse::normalize_label(state.dialect, state.current_type, l);
+                parse::normalize_label(state.dialect, state.current_type, l, &mut state.normalized);
             }
             check_label_names(&sample.labels)?;
             check_limits(&sample, limits, out.samples.len())?;

@@ -357,7 +357,12 @@ pub enum Dialect {
 /// `summary`, becomes Go's float form (`1` → `1.0`, `1e3` → `1000.0`; a value Go cannot parse
 /// stays). The current type is that of the most recent `# TYPE` line, whichever family it
 /// named, as in Prometheus.
-pub fn normalize_label(dialect: Dialect, current: Option<MetricType>, label: &mut Label) {
+pub fn normalize_label(
+    dialect: Dialect,
+    current: Option<MetricType>,
+    label: &mut Label,
+    memo: &mut Normalized,
+) {
     if dialect != Dialect::Prometheus3 {
         return;
     }
@@ -366,8 +371,37 @@ pub fn normalize_label(dialect: Dialect, current: Option<MetricType>, label: &mu
         "quantile" => current == Some(MetricType::Summary),
         _ => false,
     };
-    if applies && let Some(v) = super::gofloat::normalize(&label.value) {
-        label.value = v;
+    if applies {
+        memo.rewrite(&mut label.value);
+    }
+}
+
+/// The rewritten forms of the `le` and `quantile` values a body used last: a body repeats the
+/// same few bounds for every series of a histogram or summary, so each is parsed and formatted
+/// once, not once per series.
+#[derive(Debug, Default)]
+pub struct Normalized {
+    seen: Vec<(String, Option<String>)>,
+}
+
+impl Normalized {
+    /// How many distinct values are remembered (more are rewritten without being kept).
+    const CAPACITY: usize = 64;
+
+    fn rewrite(&mut self, value: &mut String) {
+        if let Some((_, to)) = self.seen.iter().find(|(from, _)| from == value) {
+            if let Some(to) = to {
+                value.clone_from(to);
+            }
+            return;
+        }
+        let to = super::gofloat::normalize(value);
+        if self.seen.len() < Self::CAPACITY {
+            self.seen.push((value.clone(), to.clone()));
+        }
+        if let Some(to) = to {
+            *value = to;
+        }
     }
 }
 
@@ -393,6 +427,7 @@ pub fn parse_with(
         line: 1,
         dialect,
         current_type: None,
+        normalized: Normalized::default(),
     };
     let mut out = Exposition::default();
     loop {
@@ -451,6 +486,7 @@ struct Parser<'a> {
     dialect: Dialect,
     /// The type of the most recent `# TYPE` line (for [`normalize_label`]).
     current_type: Option<MetricType>,
+    normalized: Normalized,
 }
 
 impl<'a> Parser<'a> {
@@ -693,7 +729,7 @@ impl<'a> Parser<'a> {
         }
         self.consume_eol();
         for l in &mut labels {
-            normalize_label(self.dialect, self.current_type, l);
+            normalize_label(self.dialect, self.current_type, l, &mut self.normalized);
         }
         Ok(ParsedSample::new(name, labels, value, timestamp_ms))
     }
