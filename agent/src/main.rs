@@ -37,6 +37,10 @@ struct Flags {
     /// `auto-reload-config`, and in the Prometheus 2 mode `expand-external-labels`.
     #[arg(long = "enable-feature")]
     enable_feature: Vec<String>,
+    /// Accepted for Prometheus 3's agent-mode command lines (`prometheus --agent`): uplink-agent
+    /// always is an agent.
+    #[arg(long = "agent")]
+    agent: bool,
     /// Reload the configuration when its files change (Prometheus 3.12's switch; 3.5's is
     /// `--enable-feature=auto-reload-config`).
     #[arg(long = "config.auto-reload")]
