@@ -346,7 +346,7 @@ fn common<K: Ord + Clone + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
 async fn native_histograms_exemplars_and_metadata_match_prometheus_agent() {
     assert!(
         harness::prometheus_installed(),
-        "Debian's `prometheus` package is required (deploy/dev/setup.sh installs it)"
+        "Prometheus 3 is required (deploy/dev/setup.sh fetches it)"
     );
     let bins = Bins::locate().expect("binaries built by cargo test --workspace");
     let dir = tempfile::tempdir().unwrap();

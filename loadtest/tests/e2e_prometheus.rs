@@ -19,7 +19,7 @@ use uplink_loadtest::harness::block;
 async fn every_series_of_every_site_reaches_prometheus_exactly() {
     assert!(
         harness::prometheus_installed(),
-        "Debian's `prometheus` package is required: apt-get install prometheus (deploy/dev/setup.sh does it)"
+        "Prometheus 3 is required (deploy/dev/setup.sh fetches it)"
     );
     let bins = Bins::locate().expect("binaries built by cargo test --workspace");
     let dir = tempfile::tempdir().unwrap();
