@@ -573,8 +573,10 @@ pub fn markdown(reports: &[DrainReport]) -> String {
     let ratio = crate::compare::ratio;
     for r in reports {
         md.push_str(&format!(
-            "| {:?} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:?}{} |\n",
-            r.relay,
+            "| {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:?}{} |\n",
+            r.relay
+                .peer()
+                .map_or_else(|| "Uplink".to_owned(), |p| p.label()),
             r.outage_seconds,
             r.backlog_samples,
             fig(r.delivered_seconds, ""),
