@@ -1743,8 +1743,8 @@ impl Config {
 
     /// Every setting that is present and that the agent accepts without acting on it: the
     /// ignored sections, the query-side global keys, and per job the keys of
-    /// [`ScrapeConfig::accepted_only`] and the Kubernetes `attach_metadata` keys it does not
-    /// implement. One warning names them all at each load.
+    /// [`ScrapeConfig::accepted_only`] and of its discovery entries. One warning names them
+    /// all at each load.
     pub fn accepted_only(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .ignored_sections()
@@ -1793,22 +1793,6 @@ impl Config {
                         .map(|key| format!("{}.{key}", at("kubernetes_sd_configs", i))),
                 );
                 out.extend(oauth2(at("kubernetes_sd_configs", i), &k.oauth2));
-            }
-            for (i, k) in job.kubernetes_sd_configs.iter().enumerate() {
-                let a = &k.attach_metadata;
-                for (key, set) in [
-                    ("namespace", a.namespace),
-                    ("deployment", a.deployment),
-                    ("job", a.job),
-                    ("cronjob", a.cronjob),
-                ] {
-                    if set {
-                        out.push(format!(
-                            "scrape_configs[{:?}].kubernetes_sd_configs[{i}].attach_metadata.{key}",
-                            job.job_name
-                        ));
-                    }
-                }
             }
         }
         out

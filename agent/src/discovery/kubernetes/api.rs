@@ -433,6 +433,38 @@ pub struct IngressPath {
     pub path: String,
 }
 
+// ---- core/v1 Namespace, apps/v1 ReplicaSet, batch/v1 Job: metadata only ----
+
+/// Watched for `attach_metadata.namespace`: its labels and annotations.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Namespace {
+    #[serde(default, deserialize_with = "nullable")]
+    pub metadata: ObjectMeta,
+}
+
+/// Watched for `attach_metadata.deployment`: its controller names the Deployment.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct ReplicaSet {
+    #[serde(default, deserialize_with = "nullable")]
+    pub metadata: ObjectMeta,
+}
+
+/// Watched for `attach_metadata.cronjob`: its controller names the CronJob.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Job {
+    #[serde(default, deserialize_with = "nullable")]
+    pub metadata: ObjectMeta,
+}
+
+impl ObjectMeta {
+    /// client-go's `GetControllerOf`: the first owner reference marked `controller: true`.
+    pub fn controller(&self) -> Option<&OwnerReference> {
+        self.owner_references
+            .iter()
+            .find(|r| r.controller == Some(true))
+    }
+}
+
 /// The kinds of object watched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -442,6 +474,9 @@ pub enum Kind {
     Endpoints,
     EndpointSlice,
     Ingress,
+    Namespace,
+    ReplicaSet,
+    Job,
 }
 
 impl Kind {
@@ -454,6 +489,9 @@ impl Kind {
             Kind::Endpoints => (vec!["api", "v1"], "endpoints"),
             Kind::EndpointSlice => (vec!["apis", "discovery.k8s.io", "v1"], "endpointslices"),
             Kind::Ingress => (vec!["apis", "networking.k8s.io", "v1"], "ingresses"),
+            Kind::Namespace => (vec!["api", "v1"], "namespaces"),
+            Kind::ReplicaSet => (vec!["apis", "apps", "v1"], "replicasets"),
+            Kind::Job => (vec!["apis", "batch", "v1"], "jobs"),
         };
         if let Some(ns) = namespace {
             segs.extend(["namespaces", ns]);
@@ -485,6 +523,9 @@ resource!(Service, Kind::Service);
 resource!(Endpoints, Kind::Endpoints);
 resource!(EndpointSlice, Kind::EndpointSlice);
 resource!(Ingress, Kind::Ingress);
+resource!(Namespace, Kind::Namespace);
+resource!(ReplicaSet, Kind::ReplicaSet);
+resource!(Job, Kind::Job);
 
 /// What a reflector tells the main task.
 #[derive(Debug)]

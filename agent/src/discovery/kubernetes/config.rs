@@ -131,16 +131,18 @@ pub struct AttachMetadata {
     /// Add the labels of the node a target runs on (roles pod, endpoints, endpointslice).
     #[serde(default)]
     pub node: bool,
-    /// Prometheus 3.6: the labels and annotations of the target's namespace. Accepted, not
-    /// implemented (named in the configuration warning).
+    /// Prometheus 3.6: the labels and annotations of the target's namespace (every role but
+    /// node).
     #[serde(default)]
     pub namespace: bool,
-    /// Prometheus 3.11 (role pod): the owning Deployment, Job and CronJob names. Accepted, not
-    /// implemented (named in the configuration warning).
+    /// Prometheus 3.11 (roles pod, endpoints, endpointslice): the Deployment owning the pod's
+    /// ReplicaSet.
     #[serde(default)]
     pub deployment: bool,
+    /// Prometheus 3.11: the Job controlling the pod.
     #[serde(default)]
     pub job: bool,
+    /// Prometheus 3.11: the CronJob owning the pod's Job.
     #[serde(default)]
     pub cronjob: bool,
 }

@@ -6,11 +6,17 @@
 //! role's groups ([`targets`]) built from what they hold. As in Prometheus:
 //!
 //! - Watched collections: the role's own objects; for `endpoints` and `endpointslice` also
-//!   pods and services (pod and service labels on endpoint targets); with
-//!   `attach_metadata.node` (roles `pod`, `endpoints`, `endpointslice`) also nodes. Each is
-//!   watched once per namespace of `namespaces.names` (plus the pod's own namespace with
-//!   `own_namespace`), or across all namespaces when none is given; nodes are cluster-scoped.
-//!   `selectors` of the matching role become `labelSelector`/`fieldSelector`.
+//!   pods and services (pod and service labels on endpoint targets). `attach_metadata` adds,
+//!   as Prometheus 3.14 does: with `node` (roles `pod`, `endpoints`, `endpointslice`) the
+//!   nodes; with `namespace` (every role but `node`, Prometheus 3.6) the namespaces; with
+//!   `deployment` (the three pod-backed roles, 3.11) the ReplicaSets, whose controller names
+//!   the Deployment; with `cronjob` (same roles, 3.11) the Jobs, whose controller names the
+//!   CronJob. `job` alone needs no watch (the pod's controller names the Job): Prometheus
+//!   watches Jobs for it all the same, Uplink does not, and the labels are the same. Each
+//!   namespaced collection is watched once per namespace of `namespaces.names` (plus the
+//!   pod's own namespace with `own_namespace`), or across all namespaces when none is given;
+//!   nodes and namespaces are cluster-scoped. `selectors` of the matching role become
+//!   `labelSelector`/`fieldSelector` (namespaces, ReplicaSets and Jobs are never filtered).
 //! - The first publish waits until every collection has been listed once (or its first list
 //!   has failed), like Prometheus waiting for its informers' caches to sync; then every change
 //!   republishes the complete list, at most once per `min_publish_interval` (1s).
@@ -87,6 +93,9 @@ enum Msg {
     Endpoints(usize, Event<api::Endpoints>),
     Slice(usize, Event<api::EndpointSlice>),
     Ingress(usize, Event<api::Ingress>),
+    Namespace(usize, Event<api::Namespace>),
+    ReplicaSet(usize, Event<api::ReplicaSet>),
+    Job(usize, Event<api::Job>),
 }
 
 /// The collections `cfg` needs watched.
@@ -125,28 +134,43 @@ pub fn watches(cfg: &KubernetesSdConfig, own_namespace: Option<&str>) -> Vec<Wat
         ],
         Role::Ingress => &[(Kind::Ingress, Role::Ingress)],
     };
+    let attach = &cfg.attach_metadata;
+    let pod_backed = matches!(role, Role::Pod | Role::Endpoints | Role::EndpointSlice);
     let mut out = Vec::new();
-    for (kind, sel_role) in kinds {
-        let (label_selector, field_selector) = cfg.selector(*sel_role);
+    let mut per_namespace = |kind: Kind, (label_selector, field_selector): (String, String)| {
         for ns in &namespaces {
             out.push(WatchSpec {
-                kind: *kind,
+                kind,
                 namespace: ns.clone(),
                 label_selector: label_selector.clone(),
                 field_selector: field_selector.clone(),
             });
         }
+    };
+    for (kind, sel_role) in kinds {
+        per_namespace(*kind, cfg.selector(*sel_role));
     }
-    let nodes = role == Role::Node
-        || (cfg.attach_metadata.node
-            && matches!(role, Role::Pod | Role::Endpoints | Role::EndpointSlice));
-    if nodes {
+    if pod_backed && attach.deployment {
+        per_namespace(Kind::ReplicaSet, Default::default());
+    }
+    if pod_backed && attach.cronjob {
+        per_namespace(Kind::Job, Default::default());
+    }
+    if role == Role::Node || (pod_backed && attach.node) {
         let (label_selector, field_selector) = cfg.selector(Role::Node);
         out.push(WatchSpec {
             kind: Kind::Node,
             namespace: None,
             label_selector,
             field_selector,
+        });
+    }
+    if role != Role::Node && attach.namespace {
+        out.push(WatchSpec {
+            kind: Kind::Namespace,
+            namespace: None,
+            label_selector: String::new(),
+            field_selector: String::new(),
         });
     }
     out
@@ -183,6 +207,9 @@ fn spawn_reflector(
         Kind::Endpoints => go!(Endpoints),
         Kind::EndpointSlice => go!(Slice),
         Kind::Ingress => go!(Ingress),
+        Kind::Namespace => go!(Namespace),
+        Kind::ReplicaSet => go!(ReplicaSet),
+        Kind::Job => go!(Job),
     };
 }
 
@@ -201,6 +228,9 @@ fn apply(stores: &mut Stores, msg: Msg) -> (usize, bool) {
         Msg::Endpoints(id, e) => one(&mut stores.endpoints, id, e),
         Msg::Slice(id, e) => one(&mut stores.slices, id, e),
         Msg::Ingress(id, e) => one(&mut stores.ingresses, id, e),
+        Msg::Namespace(id, e) => one(&mut stores.namespaces, id, e),
+        Msg::ReplicaSet(id, e) => one(&mut stores.replica_sets, id, e),
+        Msg::Job(id, e) => one(&mut stores.jobs, id, e),
     }
 }
 
@@ -271,7 +301,7 @@ pub async fn run_with(
                 dirty = true;
             }
             _ = tokio::time::sleep_until(next_publish), if publish_due || (first && !waiting) => {
-                groups = targets::build(role, &stores, cfg.attach_metadata.node, &groups);
+                groups = targets::build(role, &stores, &cfg.attach_metadata, &groups);
                 publish(&out, groups.clone(), first);
                 first = false;
                 dirty = false;

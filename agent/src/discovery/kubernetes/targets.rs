@@ -1,5 +1,18 @@
-//! Target groups from the watched objects, label for label as Prometheus v2.53 builds them
-//! (`discovery/kubernetes/{node,pod,service,endpoints,endpointslice,ingress}.go`).
+//! Target groups from the watched objects, label for label as Prometheus 3.5 builds them
+//! (`discovery/kubernetes/{node,pod,service,endpoints,endpointslice,ingress}.go`), plus the
+//! `attach_metadata` labels of Prometheus 3.6 and 3.11:
+//!
+//! - `namespace`: `__meta_kubernetes_namespace_label_<n>`, `…_labelpresent_<n>`,
+//!   `…_annotation_<n>`, `…_annotationpresent_<n>` of the object's namespace, on the group of
+//!   every role but `node` (nothing while the namespace is not in the store);
+//! - `deployment`: `__meta_kubernetes_pod_deployment_name`, when the pod's controller is a
+//!   ReplicaSet in the store whose own controller is a Deployment;
+//! - `job`: `__meta_kubernetes_pod_job_name`, when the pod's controller is a Job;
+//! - `cronjob`: `__meta_kubernetes_pod_cronjob_name`, when the pod's controller is a Job in
+//!   the store whose own controller is a CronJob.
+//!
+//! The three pod keys apply wherever pod labels go: `pod` targets and the pod-backed targets
+//! of `endpoints` and `endpointslice`.
 //!
 //! One group per object, `source` `node/<name>`, `pod/<ns>/<name>`, `svc/<ns>/<name>`,
 //! `endpoints/<ns>/<name>`, `endpointslice/<ns>/<name>` or `ingress/<ns>/<name>`; groups are
@@ -14,17 +27,18 @@
 //! - `endpoints`/`endpointslice` extra targets for container ports no endpoint port covers
 //!   are listed in the order the pods were first seen in the object; Prometheus's order is
 //!   Go's random map order.
-//! - `endpoints`/`endpointslice` groups are rebuilt whenever a watched pod or service (or,
-//!   with `attach_metadata.node`, node) changes; Prometheus rebuilds them on service changes
-//!   and on pod phase changes only (and on node changes with `attach_metadata`), so its pod
+//! - Every group is rebuilt whenever any watched object changes; Prometheus rebuilds
+//!   `endpoints`/`endpointslice` groups on service changes and on pod phase changes only
+//!   (and on node, namespace, ReplicaSet and Job changes with `attach_metadata`), so its pod
 //!   labels can lag until the next Endpoints update. Here they are always current.
 
 use std::collections::BTreeMap;
 
 use super::api::{
-    EndpointSlice, Endpoints, Event, Ingress, Node, ObjectMeta, Pod, Resource, Service, SlicePort,
+    EndpointSlice, Endpoints, Event, Ingress, Job, Namespace, Node, ObjectMeta, Pod, ReplicaSet,
+    Resource, Service, SlicePort,
 };
-use super::config::Role;
+use super::config::{AttachMetadata, Role};
 use crate::discovery::{ADDRESS_LABEL, LabelSet, TargetGroup};
 
 const P: &str = "__meta_kubernetes_";
@@ -83,6 +97,9 @@ pub struct Stores {
     pub endpoints: Store<Endpoints>,
     pub slices: Store<EndpointSlice>,
     pub ingresses: Store<Ingress>,
+    pub namespaces: Store<Namespace>,
+    pub replica_sets: Store<ReplicaSet>,
+    pub jobs: Store<Job>,
 }
 
 /// Prometheus's `strutil.SanitizeLabelName`: every character outside `[a-zA-Z0-9_]` becomes
@@ -115,11 +132,46 @@ fn set(ls: &mut LabelSet, name: &str, value: impl Into<String>) {
 /// `addObjectMetaLabels`: `<role>_name`, labels and annotations with their `present` twins.
 fn meta_labels(ls: &mut LabelSet, meta: &ObjectMeta, role: &str) {
     set(ls, &format!("{role}_name"), meta.name.as_str());
+    object_labels(ls, meta, role);
+}
+
+/// `addObjectAnnotationsAndLabels`: labels and annotations with their `present` twins.
+fn object_labels(ls: &mut LabelSet, meta: &ObjectMeta, resource: &str) {
     for (kind, map) in [("label", &meta.labels), ("annotation", &meta.annotations)] {
         for (k, v) in map {
             let n = sanitize(k);
-            set(ls, &format!("{role}_{kind}_{n}"), v.as_str());
-            set(ls, &format!("{role}_{kind}present_{n}"), "true");
+            set(ls, &format!("{resource}_{kind}_{n}"), v.as_str());
+            set(ls, &format!("{resource}_{kind}present_{n}"), "true");
+        }
+    }
+}
+
+/// What labels take from objects other than the group's own: the stores, and the
+/// `attach_metadata` lookups the configuration asks for.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    stores: &'a Stores,
+    attach: &'a AttachMetadata,
+}
+
+impl Ctx<'_> {
+    /// `addNodeLabels` (with `attach_metadata.node`): the node's name, labels and
+    /// annotations; nothing for a node not in the store.
+    fn node_labels(&self, ls: &mut LabelSet, name: &str) {
+        if self.attach.node
+            && let Some(n) = self.stores.nodes.get("", name)
+        {
+            meta_labels(ls, &n.metadata, "node");
+        }
+    }
+
+    /// `addNamespaceLabels` (with `attach_metadata.namespace`): the namespace's labels and
+    /// annotations (its name is `__meta_kubernetes_namespace` already).
+    fn namespace_labels(&self, ls: &mut LabelSet, namespace: &str) {
+        if self.attach.namespace
+            && let Some(n) = self.stores.namespaces.get("", namespace)
+        {
+            object_labels(ls, &n.metadata, "namespace");
         }
     }
 }
@@ -129,10 +181,10 @@ fn meta_labels(ls: &mut LabelSet, meta: &ObjectMeta, role: &str) {
 pub fn build(
     role: Role,
     stores: &Stores,
-    attach_node: bool,
+    attach: &AttachMetadata,
     previous: &[TargetGroup],
 ) -> Vec<TargetGroup> {
-    let node = |name: &str| attach_node.then(|| stores.nodes.get("", name)).flatten();
+    let ctx = Ctx { stores, attach };
     let mut groups: BTreeMap<String, TargetGroup> = BTreeMap::new();
     let mut add = |g: TargetGroup| {
         groups.insert(g.source.clone(), g);
@@ -151,17 +203,20 @@ pub fn build(
                 }
             }
         }
-        Role::Pod => stores.pods.iter().for_each(|p| add(pod_group(p, &node))),
-        Role::Service => stores.services.iter().for_each(|s| add(service_group(s))),
+        Role::Pod => stores.pods.iter().for_each(|p| add(pod_group(p, ctx))),
+        Role::Service => stores
+            .services
+            .iter()
+            .for_each(|s| add(service_group(s, ctx))),
         Role::Endpoints => stores
             .endpoints
             .iter()
-            .for_each(|e| add(endpoints_group(e, stores, &node))),
-        Role::EndpointSlice => stores
-            .slices
+            .for_each(|e| add(endpoints_group(e, ctx))),
+        Role::EndpointSlice => stores.slices.iter().for_each(|e| add(slice_group(e, ctx))),
+        Role::Ingress => stores
+            .ingresses
             .iter()
-            .for_each(|e| add(slice_group(e, stores, &node))),
-        Role::Ingress => stores.ingresses.iter().for_each(|i| add(ingress_group(i))),
+            .for_each(|i| add(ingress_group(i, ctx))),
     }
     groups.into_values().collect()
 }
@@ -210,17 +265,11 @@ fn node_group(n: &Node) -> Option<TargetGroup> {
     })
 }
 
-/// Node metadata labels added with `attach_metadata.node` (name, labels, annotations only).
-fn node_labels(ls: &mut LabelSet, node: Option<&Node>) {
-    if let Some(n) = node {
-        meta_labels(ls, &n.metadata, "node");
-    }
-}
-
 // ---- pod ----
 
-/// `podLabels`: the labels every target of a pod shares.
-fn pod_labels(p: &Pod) -> LabelSet {
+/// `podLabels`: the labels every target of a pod shares, with the owner names
+/// `attach_metadata` asks for.
+fn pod_labels(p: &Pod, ctx: Ctx<'_>) -> LabelSet {
     let mut ls = LabelSet::new();
     set(&mut ls, "pod_ip", p.status.pod_ip.as_str());
     let ready = p
@@ -235,23 +284,46 @@ fn pod_labels(p: &Pod) -> LabelSet {
     set(&mut ls, "pod_host_ip", p.status.host_ip.as_str());
     set(&mut ls, "pod_uid", p.metadata.uid.as_str());
     meta_labels(&mut ls, &p.metadata, "pod");
-    if let Some(c) = p
-        .metadata
-        .owner_references
-        .iter()
-        .find(|r| r.controller == Some(true))
-    {
-        if !c.kind.is_empty() {
-            set(&mut ls, "pod_controller_kind", c.kind.as_str());
+    let Some(c) = p.metadata.controller() else {
+        return ls;
+    };
+    if !c.kind.is_empty() {
+        set(&mut ls, "pod_controller_kind", c.kind.as_str());
+    }
+    if !c.name.is_empty() {
+        set(&mut ls, "pod_controller_name", c.name.as_str());
+    }
+    // The owner's own controller, of the kind `kind`.
+    let grand = |meta: Option<&ObjectMeta>, kind: &str| {
+        meta.and_then(ObjectMeta::controller)
+            .filter(|o| o.kind == kind)
+            .map(|o| o.name.clone())
+    };
+    let (a, stores, ns) = (ctx.attach, ctx.stores, p.metadata.namespace.as_str());
+    match c.kind.as_str() {
+        "ReplicaSet" if a.deployment => {
+            let rs = stores.replica_sets.get(ns, &c.name).map(|r| &r.metadata);
+            if let Some(d) = grand(rs, "Deployment") {
+                set(&mut ls, "pod_deployment_name", d);
+            }
         }
-        if !c.name.is_empty() {
-            set(&mut ls, "pod_controller_name", c.name.as_str());
+        "Job" => {
+            if a.job {
+                set(&mut ls, "pod_job_name", c.name.as_str());
+            }
+            if a.cronjob {
+                let job = stores.jobs.get(ns, &c.name).map(|j| &j.metadata);
+                if let Some(cj) = grand(job, "CronJob") {
+                    set(&mut ls, "pod_cronjob_name", cj);
+                }
+            }
         }
+        _ => {}
     }
     ls
 }
 
-fn pod_group<'a>(p: &Pod, node: &impl Fn(&str) -> Option<&'a Node>) -> TargetGroup {
+fn pod_group(p: &Pod, ctx: Ctx<'_>) -> TargetGroup {
     let mut g = TargetGroup {
         source: format!("pod/{}/{}", p.metadata.namespace, p.metadata.name),
         ..TargetGroup::default()
@@ -260,9 +332,10 @@ fn pod_group<'a>(p: &Pod, node: &impl Fn(&str) -> Option<&'a Node>) -> TargetGro
     if p.status.pod_ip.is_empty() {
         return g;
     }
-    g.labels = pod_labels(p);
+    g.labels = pod_labels(p, ctx);
     set(&mut g.labels, "namespace", p.metadata.namespace.as_str());
-    node_labels(&mut g.labels, node(&p.spec.node_name));
+    ctx.node_labels(&mut g.labels, &p.spec.node_name);
+    ctx.namespace_labels(&mut g.labels, &p.metadata.namespace);
     let ip = &p.status.pod_ip;
     let containers = p.spec.containers.iter().map(|c| (c, false));
     let inits = p.spec.init_containers.iter().map(|c| (c, true));
@@ -313,7 +386,7 @@ fn service_labels(s: &Service) -> LabelSet {
     ls
 }
 
-fn service_group(s: &Service) -> TargetGroup {
+fn service_group(s: &Service, ctx: Ctx<'_>) -> TargetGroup {
     let m = &s.metadata;
     let targets = s
         .spec
@@ -346,10 +419,12 @@ fn service_group(s: &Service) -> TargetGroup {
             t
         })
         .collect();
+    let mut labels = service_labels(s);
+    ctx.namespace_labels(&mut labels, &m.namespace);
     TargetGroup {
         source: format!("svc/{}/{}", m.namespace, m.name),
         targets,
-        labels: service_labels(s),
+        labels,
     }
 }
 
@@ -377,7 +452,7 @@ impl<'a> SeenPods<'a> {
     }
 
     /// Targets for the container ports of seen pods that no endpoint port covered.
-    fn extra_targets(&self, targets: &mut Vec<LabelSet>) {
+    fn extra_targets(&self, targets: &mut Vec<LabelSet>, ctx: Ctx<'_>) {
         for (pod, covered) in &self.pods {
             if pod.status.pod_ip.is_empty() {
                 continue;
@@ -388,7 +463,7 @@ impl<'a> SeenPods<'a> {
                         continue;
                     }
                     let n = cport.container_port.to_string();
-                    let mut t = pod_labels(pod);
+                    let mut t = pod_labels(pod, ctx);
                     t.insert(
                         ADDRESS_LABEL.to_owned(),
                         join_host_port(&pod.status.pod_ip, &n),
@@ -433,11 +508,8 @@ fn resolve_pod<'a>(stores: &'a Stores, r: Option<&super::api::ObjectReference>) 
     stores.pods.get(&r.namespace, &r.name)
 }
 
-fn endpoints_group<'a>(
-    e: &Endpoints,
-    stores: &'a Stores,
-    node: &impl Fn(&str) -> Option<&'a Node>,
-) -> TargetGroup {
+fn endpoints_group(e: &Endpoints, ctx: Ctx<'_>) -> TargetGroup {
+    let stores = ctx.stores;
     let m = &e.metadata;
     let mut labels = LabelSet::new();
     set(&mut labels, "namespace", m.namespace.as_str());
@@ -445,6 +517,7 @@ fn endpoints_group<'a>(
         labels.extend(service_labels(svc));
     }
     meta_labels(&mut labels, m, "endpoints");
+    ctx.namespace_labels(&mut labels, &m.namespace);
     let mut targets = Vec::new();
     let mut seen = SeenPods::default();
     for ss in &e.subsets {
@@ -470,20 +543,20 @@ fn endpoints_group<'a>(
                     set(&mut t, "endpoint_hostname", addr.hostname.as_str());
                 }
                 match (&addr.node_name, &addr.target_ref) {
-                    (Some(n), _) => node_labels(&mut t, node(n)),
-                    (None, Some(r)) if r.kind == "Node" => node_labels(&mut t, node(&r.name)),
+                    (Some(n), _) => ctx.node_labels(&mut t, n),
+                    (None, Some(r)) if r.kind == "Node" => ctx.node_labels(&mut t, &r.name),
                     _ => {}
                 }
                 if let Some(pod) = resolve_pod(stores, addr.target_ref.as_ref()) {
                     seen.saw(pod, Some(port.port));
-                    t.extend(pod_labels(pod));
+                    t.extend(pod_labels(pod, ctx));
                     container_port_labels(&mut t, pod, port.port, Some(&port.protocol));
                 }
                 targets.push(t);
             }
         }
     }
-    seen.extra_targets(&mut targets);
+    seen.extra_targets(&mut targets, ctx);
     TargetGroup {
         source: format!("endpoints/{}/{}", m.namespace, m.name),
         targets,
@@ -494,11 +567,8 @@ fn endpoints_group<'a>(
 /// The label naming an EndpointSlice's Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-fn slice_group<'a>(
-    e: &EndpointSlice,
-    stores: &'a Stores,
-    node: &impl Fn(&str) -> Option<&'a Node>,
-) -> TargetGroup {
+fn slice_group(e: &EndpointSlice, ctx: Ctx<'_>) -> TargetGroup {
+    let stores = ctx.stores;
     let m = &e.metadata;
     let mut labels = LabelSet::new();
     set(&mut labels, "namespace", m.namespace.as_str());
@@ -515,16 +585,17 @@ fn slice_group<'a>(
     {
         labels.extend(service_labels(svc));
     }
+    ctx.namespace_labels(&mut labels, &m.namespace);
     let mut targets = Vec::new();
     let mut seen = SeenPods::default();
     for ep in &e.endpoints {
         for port in &e.ports {
             for addr in &ep.addresses {
-                targets.push(slice_target(addr, ep, port, stores, node, &mut seen));
+                targets.push(slice_target(addr, ep, port, ctx, &mut seen));
             }
         }
     }
-    seen.extra_targets(&mut targets);
+    seen.extra_targets(&mut targets, ctx);
     TargetGroup {
         source: format!("endpointslice/{}/{}", m.namespace, m.name),
         targets,
@@ -536,8 +607,7 @@ fn slice_target<'a>(
     addr: &str,
     ep: &super::api::SliceEndpoint,
     port: &SlicePort,
-    stores: &'a Stores,
-    node: &impl Fn(&str) -> Option<&'a Node>,
+    ctx: Ctx<'a>,
     seen: &mut SeenPods<'a>,
 ) -> LabelSet {
     let address = match port.port {
@@ -588,13 +658,13 @@ fn slice_target<'a>(
         );
     }
     match (&ep.target_ref, &ep.node_name) {
-        (Some(r), _) if r.kind == "Node" => node_labels(&mut t, node(&r.name)),
-        (_, Some(n)) => node_labels(&mut t, node(n)),
+        (Some(r), _) if r.kind == "Node" => ctx.node_labels(&mut t, &r.name),
+        (_, Some(n)) => ctx.node_labels(&mut t, n),
         _ => {}
     }
-    if let Some(pod) = resolve_pod(stores, ep.target_ref.as_ref()) {
+    if let Some(pod) = resolve_pod(ctx.stores, ep.target_ref.as_ref()) {
         seen.saw(pod, port.port);
-        t.extend(pod_labels(pod));
+        t.extend(pod_labels(pod, ctx));
         if let Some(p) = port.port {
             container_port_labels(&mut t, pod, p, None);
         }
@@ -604,7 +674,7 @@ fn slice_target<'a>(
 
 // ---- ingress ----
 
-fn ingress_group(i: &Ingress) -> TargetGroup {
+fn ingress_group(i: &Ingress, ctx: Ctx<'_>) -> TargetGroup {
     let m = &i.metadata;
     let mut labels = LabelSet::new();
     set(&mut labels, "namespace", m.namespace.as_str());
@@ -612,6 +682,7 @@ fn ingress_group(i: &Ingress) -> TargetGroup {
         set(&mut labels, "ingress_class_name", c.as_str());
     }
     meta_labels(&mut labels, m, "ingress");
+    ctx.namespace_labels(&mut labels, &m.namespace);
     let tls_hosts: Vec<&str> = i
         .spec
         .tls

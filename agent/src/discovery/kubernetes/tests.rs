@@ -1098,6 +1098,210 @@ async fn attach_metadata_adds_node_labels() {
     r.stop().await;
 }
 
+/// A Job of the CronJob `nightly` and a pod it controls, the ReplicaSet of the coredns pod
+/// with its Deployment, and the namespaces with labels and annotations.
+fn owner_objects() -> Vec<(&'static str, Value)> {
+    let mut objects = cluster_objects();
+    objects.extend([
+        ("namespaces", kube_system_namespace()),
+        (
+            "namespaces",
+            json!({"kind": "Namespace", "apiVersion": "v1",
+              "metadata": {"name": "default", "labels": {"kubernetes.io/metadata.name": "default"}}}),
+        ),
+        (
+            "namespaces",
+            json!({"kind": "Namespace", "apiVersion": "v1",
+              "metadata": {"name": "monitoring", "annotations": {"owner": "sre"}}}),
+        ),
+        ("replicasets", coredns_replica_set()),
+        (
+            "jobs",
+            json!({"kind": "Job", "apiVersion": "batch/v1",
+              "metadata": {"name": "nightly-29400480", "namespace": "default",
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob",
+                                     "name": "nightly", "controller": true}]}}),
+        ),
+        (
+            "pods",
+            json!({"kind": "Pod", "apiVersion": "v1",
+              "metadata": {"name": "nightly-29400480-k2x9", "namespace": "default", "uid": "j-uid",
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
+                                     "name": "nightly-29400480", "controller": true}]},
+              "spec": {"nodeName": "edge-1", "containers": [{"name": "dump", "image": "pg:16"}]},
+              "status": {"phase": "Running", "podIP": "10.42.0.9"}}),
+        ),
+    ]);
+    objects
+}
+
+fn coredns_replica_set() -> Value {
+    json!({"kind": "ReplicaSet", "apiVersion": "apps/v1",
+      "metadata": {"name": "coredns-6799fbcd5", "namespace": "kube-system",
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                             "name": "coredns", "controller": true}]},
+      "spec": {"replicas": 1}})
+}
+
+fn kube_system_namespace() -> Value {
+    json!({"kind": "Namespace", "apiVersion": "v1",
+      "metadata": {"name": "kube-system", "labels": {"team.example.com/owner": "platform"},
+                   "annotations": {"cost-center": "42"}}})
+}
+
+fn kube_system_namespace_labels() -> LabelSet {
+    ls(&[
+        ("~namespace_label_team_example_com_owner", "platform"),
+        ("~namespace_labelpresent_team_example_com_owner", "true"),
+        ("~namespace_annotation_cost_center", "42"),
+        ("~namespace_annotationpresent_cost_center", "true"),
+    ])
+}
+
+#[tokio::test]
+async fn attach_metadata_adds_namespace_and_owner_labels() {
+    let (url, server) = start(&owner_objects()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(&dir, "t0k3n");
+    let attach: config::AttachMetadata =
+        serde_yaml::from_str("{namespace: true, deployment: true, job: true, cronjob: true}")
+            .expect("attach_metadata");
+    let find = |groups: &[TargetGroup], source: &str| -> TargetGroup {
+        groups
+            .iter()
+            .find(|g| g.source == source)
+            .unwrap_or_else(|| panic!("no group {source} in\n{}", pretty(groups)))
+            .clone()
+    };
+    let has_all = |got: &LabelSet, want: &LabelSet, what: &str| {
+        for (k, v) in want {
+            assert_eq!(got.get(k), Some(v), "{what}: {k}");
+        }
+    };
+
+    // Pod role: namespace labels on the group, owner names on it too.
+    let mut cfg = config("pod", &url, &token);
+    cfg.attach_metadata = attach.clone();
+    let mut r = Running::start(cfg, fast(), no_in_cluster()).await;
+    let got = r.first().await;
+    let coredns = find(&got, "pod/kube-system/coredns-6799fbcd5-x7k2p");
+    has_all(&coredns.labels, &kube_system_namespace_labels(), "coredns");
+    assert_eq!(
+        coredns.labels.get("__meta_kubernetes_pod_deployment_name"),
+        Some(&"coredns".to_owned())
+    );
+    assert!(
+        !coredns
+            .labels
+            .contains_key("__meta_kubernetes_pod_job_name")
+    );
+    let nightly = find(&got, "pod/default/nightly-29400480-k2x9");
+    has_all(
+        &nightly.labels,
+        &ls(&[
+            ("~pod_job_name", "nightly-29400480"),
+            ("~pod_cronjob_name", "nightly"),
+            ("~namespace_label_kubernetes_io_metadata_name", "default"),
+        ]),
+        "nightly",
+    );
+    // A StatefulSet's pod gets no owner names; no namespace name label (it is `namespace`).
+    let backup = find(&got, "pod/default/backup-0");
+    assert!(
+        backup
+            .labels
+            .keys()
+            .all(|k| !k.ends_with("deployment_name") && !k.ends_with("job_name")),
+        "{backup:?}"
+    );
+    assert!(
+        !backup
+            .labels
+            .contains_key("__meta_kubernetes_namespace_name")
+    );
+
+    // The namespace's labels follow its changes; a ReplicaSet gone takes the name away.
+    let mut ns = kube_system_namespace();
+    ns["metadata"]["labels"]["team.example.com/owner"] = json!("edge");
+    server.lock().put("namespaces", ns, true);
+    server
+        .lock()
+        .delete("replicasets", "kube-system", "coredns-6799fbcd5");
+    r.until("namespace relabeled, replicaset gone", |g| {
+        let c = g
+            .iter()
+            .find(|g| g.source == "pod/kube-system/coredns-6799fbcd5-x7k2p");
+        c.is_some_and(|c| {
+            c.labels
+                .get("__meta_kubernetes_namespace_label_team_example_com_owner")
+                .is_some_and(|v| v == "edge")
+                && !c
+                    .labels
+                    .contains_key("__meta_kubernetes_pod_deployment_name")
+        })
+    })
+    .await;
+    r.stop().await;
+    {
+        let c = server.lock();
+        for p in [
+            "/api/v1/namespaces",
+            "/apis/apps/v1/replicasets",
+            "/apis/batch/v1/jobs",
+        ] {
+            assert!(c.lists(p) > 0, "{p} not listed");
+        }
+    }
+
+    // Every other role but node: namespace labels on the group; owner names on pod-backed
+    // targets of endpoints and endpointslice.
+    server
+        .lock()
+        .put("replicasets", coredns_replica_set(), true);
+    for (role, source) in [
+        ("service", "svc/kube-system/kube-dns"),
+        ("endpoints", "endpoints/kube-system/kube-dns"),
+        ("endpointslice", "endpointslice/kube-system/kube-dns-7x9qz"),
+        ("ingress", "ingress/monitoring/grafana"),
+    ] {
+        let mut cfg = config(role, &url, &token);
+        cfg.attach_metadata = attach.clone();
+        let mut r = Running::start(cfg, fast(), no_in_cluster()).await;
+        let got = r.first().await;
+        let g = find(&got, source);
+        let want = if role == "ingress" {
+            ls(&[
+                ("~namespace_annotation_owner", "sre"),
+                ("~namespace_annotationpresent_owner", "true"),
+            ])
+        } else {
+            let mut want = kube_system_namespace_labels();
+            want.insert(
+                "__meta_kubernetes_namespace_label_team_example_com_owner".into(),
+                "edge".into(),
+            );
+            want
+        };
+        has_all(&g.labels, &want, role);
+        if matches!(role, "endpoints" | "endpointslice") {
+            let pod_backed: Vec<&LabelSet> = g
+                .targets
+                .iter()
+                .filter(|t| t.contains_key("__meta_kubernetes_pod_controller_name"))
+                .collect();
+            assert!(!pod_backed.is_empty(), "{role}: {}", pretty(&got));
+            for t in pod_backed {
+                assert_eq!(
+                    t.get("__meta_kubernetes_pod_deployment_name"),
+                    Some(&"coredns".to_owned()),
+                    "{role}"
+                );
+            }
+        }
+        r.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn watch_events_bookmarks_drops_and_gone() {
     let (url, server) = start(&[("pods", coredns_pod()), ("services", kube_dns_service())]).await;
@@ -1443,6 +1647,44 @@ fn watches_per_role_and_namespace() {
     );
     let cfg: KubernetesSdConfig = serde_yaml::from_str("role: node").expect("config");
     assert_eq!(watches(&cfg, None).len(), 1);
+
+    // attach_metadata's lookups: ReplicaSets and Jobs per namespace, unfiltered; namespaces
+    // cluster-wide; `job` alone needs none; the node role takes none of them.
+    let kinds = |yaml: &str| -> Vec<(Kind, Option<String>, String)> {
+        let cfg: KubernetesSdConfig = serde_yaml::from_str(yaml).expect("config");
+        watches(&cfg, None)
+            .into_iter()
+            .map(|s| (s.kind, s.namespace, s.label_selector))
+            .collect()
+    };
+    let a = Some("a".to_owned());
+    assert_eq!(
+        kinds(
+            "role: pod\nnamespaces: {names: [a]}\nselectors: [{role: pod, label: x=y}]\n\
+             attach_metadata: {namespace: true, deployment: true, cronjob: true}"
+        ),
+        [
+            (Kind::Pod, a.clone(), "x=y".to_owned()),
+            (Kind::ReplicaSet, a.clone(), String::new()),
+            (Kind::Job, a, String::new()),
+            (Kind::Namespace, None, String::new()),
+        ]
+    );
+    assert_eq!(
+        kinds("role: pod\nattach_metadata: {job: true}"),
+        [(Kind::Pod, None, String::new())]
+    );
+    assert_eq!(
+        kinds("role: ingress\nattach_metadata: {namespace: true, deployment: true}"),
+        [
+            (Kind::Ingress, None, String::new()),
+            (Kind::Namespace, None, String::new()),
+        ]
+    );
+    assert_eq!(
+        kinds("role: node\nattach_metadata: {namespace: true, deployment: true}").len(),
+        1
+    );
 }
 
 #[test]
@@ -1468,8 +1710,25 @@ fn hostile_objects_do_not_panic() {
     stores
         .endpoints
         .apply(0, Event::Replace(vec![api::Endpoints::default()]));
-    for role in [Role::Pod, Role::Node, Role::Endpoints, Role::EndpointSlice] {
-        let _ = targets::build(role, &stores, true, &[]);
+    stores
+        .namespaces
+        .apply(0, Event::Replace(vec![api::Namespace::default()]));
+    stores
+        .jobs
+        .apply(0, Event::Replace(vec![api::Job::default()]));
+    let attach: config::AttachMetadata = serde_yaml::from_str(
+        "{node: true, namespace: true, deployment: true, job: true, cronjob: true}",
+    )
+    .expect("attach_metadata");
+    for role in [
+        Role::Pod,
+        Role::Node,
+        Role::Service,
+        Role::Endpoints,
+        Role::EndpointSlice,
+        Role::Ingress,
+    ] {
+        let _ = targets::build(role, &stores, &attach, &[]);
     }
 }
 
