@@ -284,8 +284,6 @@ pub struct ScrapeConfig {
     pub bearer_token: Option<crate::http_client::Secret>,
     #[serde(default, deserialize_with = "crate::http_client::non_empty")]
     pub bearer_token_file: Option<PathBuf>,
-    /// Accepted so that Prometheus files load (and checked as Prometheus checks them); not
-    /// implemented by the agent (a warning says so when set).
     #[serde(default, deserialize_with = "crate::http_client::non_empty")]
     pub no_proxy: Option<String>,
     #[serde(default)]
@@ -390,6 +388,10 @@ impl ScrapeConfig {
             oauth2: self.oauth2.clone(),
             tls_config: self.tls_config.clone(),
             proxy_url: self.proxy_url.clone(),
+            no_proxy: self.no_proxy.clone(),
+            proxy_from_environment: self.proxy_from_environment,
+            proxy_connect_header: self.proxy_connect_header.clone(),
+            http_headers: self.http_headers.clone().unwrap_or_default(),
             follow_redirects: self.follow_redirects,
             enable_http2: self.enable_http2,
             compression: self.enable_compression,
@@ -410,24 +412,13 @@ impl ScrapeConfig {
             url: self.proxy_url.as_deref(),
             no_proxy: self.no_proxy.as_deref(),
             from_environment: self.proxy_from_environment,
-            connect_header: !self.proxy_connect_header.is_empty(),
+            connect_header: &self.proxy_connect_header,
         }
     }
 
     /// Keys of this job that the agent accepts but does not act on, when set.
     pub fn accepted_only(&self) -> Vec<&'static str> {
-        let mut keys = self.proxy().accepted_only(self.http_headers.is_some());
-        keys.extend(self.http_client().accepted_only());
-        if self.native_histogram_bucket_limit.is_some_and(|l| l > 0) {
-            keys.push("native_histogram_bucket_limit");
-        }
-        if self
-            .native_histogram_min_bucket_factor
-            .is_some_and(|f| f > 0.0)
-        {
-            keys.push("native_histogram_min_bucket_factor");
-        }
-        keys
+        self.http_client().accepted_only()
     }
 }
 
@@ -1764,27 +1755,14 @@ impl Config {
             for key in job.accepted_only() {
                 out.push(format!("scrape_configs[{:?}].{key}", job.job_name));
             }
-            let oauth2 = |prefix: String, o: &Option<crate::http_client::OAuth2>| {
-                let Some(o) = o else { return Vec::new() };
-                o.proxy()
-                    .accepted_only(false)
-                    .into_iter()
-                    .map(|k| format!("{prefix}.oauth2.{k}"))
-                    .collect::<Vec<_>>()
-            };
             let at =
                 |kind: &str, i: usize| format!("scrape_configs[{:?}].{kind}[{i}]", job.job_name);
-            out.extend(oauth2(
-                format!("scrape_configs[{:?}]", job.job_name),
-                &job.oauth2,
-            ));
             for (i, h) in job.http_sd_configs.iter().enumerate() {
                 out.extend(
                     h.accepted_only()
                         .into_iter()
                         .map(|k| format!("{}.{k}", at("http_sd_configs", i))),
                 );
-                out.extend(oauth2(at("http_sd_configs", i), &h.oauth2));
             }
             for (i, k) in job.kubernetes_sd_configs.iter().enumerate() {
                 out.extend(
@@ -1792,7 +1770,6 @@ impl Config {
                         .into_iter()
                         .map(|key| format!("{}.{key}", at("kubernetes_sd_configs", i))),
                 );
-                out.extend(oauth2(at("kubernetes_sd_configs", i), &k.oauth2));
             }
         }
         out
@@ -2696,7 +2673,7 @@ uplink:
     }
 
     #[test]
-    fn secret_references_and_the_jwt_bearer_grant_load_and_are_named() {
+    fn secret_references_are_named_and_the_jwt_bearer_grant_loads() {
         let text = GOOD
             .replace(
                 "    static_configs:\n",
@@ -2713,13 +2690,13 @@ uplink:
             );
         let c = load(&text).expect("loads");
         let keys = c.accepted_only();
-        for key in [
-            "scrape_configs[\"node\"].basic_auth.*_ref",
-            "scrape_configs[\"node\"].tls_config.*_ref",
-            "scrape_configs[\"jwt\"].oauth2.grant_type (jwt-bearer)",
-        ] {
-            assert!(keys.iter().any(|k| k == key), "{key} in {keys:?}");
-        }
+        assert_eq!(
+            keys,
+            [
+                "scrape_configs[\"node\"].basic_auth.*_ref",
+                "scrape_configs[\"node\"].tls_config.*_ref",
+            ]
+        );
         let both = GOOD.replace(
             "    static_configs:\n",
             "    basic_auth: {username: u, password: p, password_ref: vault/pw}\n    static_configs:\n",

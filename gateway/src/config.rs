@@ -490,6 +490,7 @@ impl RemoteWriteConfig {
             follow_redirects: self.follow_redirects,
             enable_http2: self.enable_http2,
             compression: false,
+            ..HttpClientConfig::default()
         }
     }
 
@@ -524,7 +525,7 @@ impl Config {
         }
         for rw in &mut cfg.remote_write {
             let mut http = rw.http_client();
-            http.resolve_paths(base);
+            http.resolve(base);
             rw.basic_auth = http.basic_auth;
             rw.authorization = rw.authorization.as_ref().and(http.authorization);
             rw.bearer_token_file = rw

@@ -171,35 +171,24 @@ pub fn check_http_headers(
     Ok(())
 }
 
+/// `proxy_connect_header`: header name to values, sent on the CONNECT request of an
+/// `https://` target reached through a proxy.
+pub type ProxyConnectHeader = std::collections::BTreeMap<String, Vec<Secret>>;
+
 /// The proxy settings of an HTTP client, with Prometheus's rules between them.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Proxy<'a> {
     pub url: Option<&'a str>,
     pub no_proxy: Option<&'a str>,
     pub from_environment: bool,
-    /// Whether `proxy_connect_header` has entries.
-    pub connect_header: bool,
+    pub connect_header: &'a ProxyConnectHeader,
 }
 
 impl Proxy<'_> {
-    /// The proxy keys set (and `http_headers` when `http_headers`) that the agent accepts
-    /// without acting on them.
-    pub fn accepted_only(&self, http_headers: bool) -> Vec<&'static str> {
-        [
-            ("no_proxy", self.no_proxy.is_some()),
-            ("proxy_from_environment", self.from_environment),
-            ("proxy_connect_header", self.connect_header),
-            ("http_headers", http_headers),
-        ]
-        .into_iter()
-        .filter_map(|(k, set)| set.then_some(k))
-        .collect()
-    }
-
     pub fn check(&self) -> Result<(), String> {
         let url = self.url.is_some_and(|u| !u.is_empty());
         let no_proxy = self.no_proxy.is_some_and(|n| !n.is_empty());
-        if self.connect_header && !self.from_environment && !url {
+        if !self.connect_header.is_empty() && !self.from_environment && !url {
             return Err("if proxy_connect_header is configured, proxy_url or \
                         proxy_from_environment must also be configured"
                 .into());
@@ -218,6 +207,55 @@ impl Proxy<'_> {
             return Err("if no_proxy is configured, proxy_url must also be configured".into());
         }
         Ok(())
+    }
+
+    /// The reqwest proxies that route requests as Prometheus does (see [`crate::http_proxy`]);
+    /// none when no proxy is set. The CONNECT headers go on `https://` requests only, as Go
+    /// sends them.
+    fn reqwest(&self) -> Result<Vec<reqwest::Proxy>, HttpClientError> {
+        use crate::http_proxy::ProxyRule;
+        let url = self.url.filter(|u| !u.is_empty());
+        let no_proxy = self.no_proxy.unwrap_or_default();
+        let rule = match url {
+            _ if self.from_environment => ProxyRule::from_env(),
+            Some(u) if no_proxy.is_empty() => ProxyRule::all(reqwest::Url::parse(u).map_err(
+                |e| HttpClientError::Invalid {
+                    what: "proxy_url",
+                    message: e.to_string(),
+                },
+            )?),
+            Some(u) => ProxyRule::new(u, u, no_proxy),
+            None => return Ok(Vec::new()),
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, values) in self.connect_header {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|e| {
+                HttpClientError::Invalid {
+                    what: "proxy_connect_header",
+                    message: e.to_string(),
+                }
+            })?;
+            for v in values {
+                let v = reqwest::header::HeaderValue::from_str(&v.0).map_err(|e| {
+                    HttpClientError::Invalid {
+                        what: "proxy_connect_header",
+                        message: e.to_string(),
+                    }
+                })?;
+                headers.append(name.clone(), v);
+            }
+        }
+        let rule = Arc::new(rule);
+        let for_scheme = |scheme: &'static str| {
+            let rule = rule.clone();
+            reqwest::Proxy::custom(move |u| {
+                (u.scheme() == scheme).then(|| rule.proxy_for(u)).flatten()
+            })
+        };
+        Ok(vec![
+            for_scheme("https").headers(headers),
+            for_scheme("http"),
+        ])
     }
 }
 
@@ -282,8 +320,6 @@ pub struct OAuth2 {
     pub tls_config: TlsConfig,
     #[serde(default, deserialize_with = "non_empty")]
     pub proxy_url: Option<String>,
-    /// Prometheus's other proxy settings of the token request: accepted so that Prometheus
-    /// files load, not implemented.
     #[serde(default, deserialize_with = "non_empty")]
     pub no_proxy: Option<String>,
     #[serde(default)]
@@ -293,9 +329,9 @@ pub struct OAuth2 {
     /// A secret-manager reference: accepted, not implemented.
     #[serde(default, deserialize_with = "non_empty")]
     pub client_secret_ref: Option<String>,
-    /// The grant: `client_credentials` (the default, implemented) or
-    /// `urn:ietf:params:oauth:grant-type:jwt-bearer` (Prometheus ≥ 3.8, RFC 7523: accepted with
-    /// its keys below, not implemented; named in the configuration warning).
+    /// The grant: `client_credentials` (the default) or
+    /// `urn:ietf:params:oauth:grant-type:jwt-bearer` (Prometheus ≥ 3.8, RFC 7523: an assertion
+    /// signed with the key below, see [`crate::jwt_bearer`]).
     #[serde(default, deserialize_with = "non_empty")]
     pub grant_type: Option<String>,
     #[serde(default, deserialize_with = "non_empty_secret")]
@@ -317,10 +353,10 @@ pub struct OAuth2 {
 }
 
 /// The OAuth2 grant Prometheus ≥ 3.8 takes besides client credentials.
-pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+pub const JWT_BEARER_GRANT: &str = crate::jwt_bearer::GRANT_TYPE;
 
 impl OAuth2 {
-    /// Whether the entry asks for the JWT-bearer grant (not implemented by the agent).
+    /// Whether the entry asks for the JWT-bearer grant.
     pub fn jwt_bearer(&self) -> bool {
         self.grant_type.as_deref() == Some(JWT_BEARER_GRANT)
     }
@@ -331,7 +367,7 @@ impl OAuth2 {
             url: self.proxy_url.as_deref(),
             no_proxy: self.no_proxy.as_deref(),
             from_environment: self.proxy_from_environment,
-            connect_header: !self.proxy_connect_header.is_empty(),
+            connect_header: &self.proxy_connect_header,
         }
     }
 }
@@ -388,6 +424,11 @@ pub struct HttpClientConfig {
     pub oauth2: Option<OAuth2>,
     pub tls_config: TlsConfig,
     pub proxy_url: Option<String>,
+    pub no_proxy: Option<String>,
+    pub proxy_from_environment: bool,
+    pub proxy_connect_header: ProxyConnectHeader,
+    /// `http_headers`: added to every request, files read each time.
+    pub http_headers: std::collections::BTreeMap<String, HttpHeader>,
     pub follow_redirects: bool,
     pub enable_http2: bool,
     /// Ask for gzip; `false` sends `Accept-Encoding: identity`.
@@ -402,6 +443,10 @@ impl Default for HttpClientConfig {
             oauth2: None,
             tls_config: TlsConfig::default(),
             proxy_url: None,
+            no_proxy: None,
+            proxy_from_environment: false,
+            proxy_connect_header: ProxyConnectHeader::new(),
+            http_headers: std::collections::BTreeMap::new(),
             follow_redirects: true,
             enable_http2: true,
             compression: true,
@@ -410,8 +455,19 @@ impl Default for HttpClientConfig {
 }
 
 impl HttpClientConfig {
+    /// The client's proxy settings.
+    pub fn proxy(&self) -> Proxy<'_> {
+        Proxy {
+            url: self.proxy_url.as_deref(),
+            no_proxy: self.no_proxy.as_deref(),
+            from_environment: self.proxy_from_environment,
+            connect_header: &self.proxy_connect_header,
+        }
+    }
+
     /// The keys set that the agent accepts without acting on them: secret-manager references
-    /// (`*_ref`) and OAuth2's JWT-bearer grant.
+    /// (`*_ref`). Prometheus has no secret manager either: a client using one cannot be built
+    /// ([`HttpClient::new`] fails as Prometheus does), so the job or discovery entry stays idle.
     pub fn accepted_only(&self) -> Vec<&'static str> {
         let basic = self.basic_auth.as_ref();
         let oauth2 = self.oauth2.as_ref();
@@ -431,8 +487,8 @@ impl HttpClientConfig {
                 oauth2.is_some_and(|o| o.client_secret_ref.is_some()),
             ),
             (
-                "oauth2.grant_type (jwt-bearer)",
-                oauth2.is_some_and(OAuth2::jwt_bearer),
+                "oauth2.client_certificate_key_ref",
+                oauth2.is_some_and(|o| o.client_certificate_key_ref.is_some()),
             ),
             (
                 "tls_config.*_ref",
@@ -442,35 +498,6 @@ impl HttpClientConfig {
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
         .collect()
-    }
-
-    /// Makes every file path relative to `base` (the configuration file's directory), as
-    /// Prometheus does.
-    pub fn resolve_paths(&mut self, base: &Path) {
-        let fix = |p: &mut Option<PathBuf>| {
-            if let Some(p) = p
-                && p.is_relative()
-            {
-                *p = base.join(&*p);
-            }
-        };
-        let tls = |t: &mut TlsConfig| {
-            for p in [&mut t.ca_file, &mut t.cert_file, &mut t.key_file] {
-                fix(p);
-            }
-        };
-        tls(&mut self.tls_config);
-        if let Some(b) = &mut self.basic_auth {
-            fix(&mut b.username_file);
-            fix(&mut b.password_file);
-        }
-        if let Some(a) = &mut self.authorization {
-            fix(&mut a.credentials_file);
-        }
-        if let Some(o) = &mut self.oauth2 {
-            fix(&mut o.client_secret_file);
-            tls(&mut o.tls_config);
-        }
     }
 
     /// Checks what Prometheus checks at load time: at most one authentication mechanism,
@@ -537,16 +564,31 @@ impl HttpClientConfig {
             if o.token_url.is_empty() {
                 return inv("oauth2", "oauth2 token_url must be configured");
             }
-            if [
+            let several = |v: [bool; 3]| v.into_iter().filter(|b| *b).count() > 1;
+            if o.jwt_bearer() {
+                if several([
+                    o.client_certificate_key.is_some(),
+                    o.client_certificate_key_file.is_some(),
+                    o.client_certificate_key_ref.is_some(),
+                ]) {
+                    return inv(
+                        "oauth2",
+                        "at most one of oauth2 client_certificate_key, client_certificate_key_file & client_certificate_key_ref must be configured using grant-type=urn:ietf:params:oauth:grant-type:jwt-bearer",
+                    );
+                }
+                if let Some(alg) = o.signature_algorithm.as_deref()
+                    && !["RS256", "RS384", "RS512"].contains(&alg)
+                {
+                    return inv(
+                        "oauth2",
+                        "valid signature algorithms are RS256, RS384 and RS512",
+                    );
+                }
+            } else if several([
                 o.client_secret.is_some(),
                 o.client_secret_file.is_some(),
                 o.client_secret_ref.is_some(),
-            ]
-            .into_iter()
-            .filter(|b| *b)
-            .count()
-                > 1
-            {
+            ]) {
                 return inv(
                     "oauth2",
                     "at most one of oauth2 client_secret, client_secret_file & client_secret_ref must be configured",
@@ -558,11 +600,16 @@ impl HttpClientConfig {
             Self::check_tls(&o.tls_config, "oauth2")?;
         }
         Self::check_tls(&self.tls_config, "tls_config")?;
+        // The proxy keys' rules are checked by each configuration section, which can name the
+        // key at fault (`Proxy::check`).
         if let Some(p) = &self.proxy_url {
             reqwest::Url::parse(p).map_err(|e| HttpClientError::Invalid {
                 what: "proxy_url",
                 message: e.to_string(),
             })?;
+        }
+        if let Err(message) = check_http_headers(&self.http_headers) {
+            return inv("http_headers", &message);
         }
         Ok(())
     }
@@ -609,29 +656,39 @@ impl HttpClientConfig {
         Ok(())
     }
 
-    /// Makes relative file paths relative to the configuration file's directory.
+    /// Makes every file path relative to `base` (the configuration file's directory), as
+    /// Prometheus does.
     pub fn resolve(&mut self, base: &Path) {
-        let fix = |p: &mut Option<PathBuf>| {
-            if let Some(p) = p
-                && p.is_relative()
-            {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
                 *p = base.join(&*p);
             }
         };
+        let fix_opt = |p: &mut Option<PathBuf>| {
+            if let Some(p) = p {
+                fix(p);
+            }
+        };
+        let tls = |t: &mut TlsConfig| {
+            for p in [&mut t.ca_file, &mut t.cert_file, &mut t.key_file] {
+                fix_opt(p);
+            }
+        };
+        tls(&mut self.tls_config);
         if let Some(b) = &mut self.basic_auth {
-            fix(&mut b.username_file);
-            fix(&mut b.password_file);
+            fix_opt(&mut b.username_file);
+            fix_opt(&mut b.password_file);
         }
         if let Some(a) = &mut self.authorization {
-            fix(&mut a.credentials_file);
+            fix_opt(&mut a.credentials_file);
         }
         if let Some(o) = &mut self.oauth2 {
-            fix(&mut o.client_secret_file);
+            fix_opt(&mut o.client_secret_file);
+            tls(&mut o.tls_config);
         }
-        let t = &mut self.tls_config;
-        fix(&mut t.ca_file);
-        fix(&mut t.cert_file);
-        fix(&mut t.key_file);
+        for h in self.http_headers.values_mut() {
+            h.files.iter_mut().for_each(fix);
+        }
     }
 }
 
@@ -674,7 +731,7 @@ impl std::fmt::Debug for HttpClient {
 
 fn builder(
     tls: &TlsConfig,
-    proxy_url: Option<&str>,
+    proxy: Proxy<'_>,
     follow_redirects: bool,
     enable_http2: bool,
     compression: bool,
@@ -692,8 +749,8 @@ fn builder(
     if !enable_http2 {
         b = b.http1_only();
     }
-    if let Some(p) = proxy_url {
-        b = b.proxy(reqwest::Proxy::all(p)?);
+    for p in proxy.reqwest()? {
+        b = b.proxy(p);
     }
     b = b.use_preconfigured_tls(crate::http_tls::client_config(tls)?);
     Ok(b)
@@ -703,9 +760,15 @@ impl HttpClient {
     /// Builds the client; files named by `tls_config` are read now (a reload rereads them).
     pub fn new(cfg: &HttpClientConfig, user_agent: &str) -> Result<HttpClient, HttpClientError> {
         cfg.validate()?;
+        if let Some(key) = cfg.accepted_only().first() {
+            return Err(HttpClientError::Invalid {
+                what: key,
+                message: "cannot use secret ref without manager".into(),
+            });
+        }
         let client = builder(
             &cfg.tls_config,
-            cfg.proxy_url.as_deref(),
+            cfg.proxy(),
             cfg.follow_redirects,
             cfg.enable_http2,
             cfg.compression,
@@ -713,17 +776,9 @@ impl HttpClient {
         )?
         .build()?;
         let oauth_client = match &cfg.oauth2 {
-            Some(o) => Some(
-                builder(
-                    &o.tls_config,
-                    o.proxy_url.as_deref(),
-                    true,
-                    true,
-                    true,
-                    user_agent,
-                )?
-                .build()?,
-            ),
+            Some(o) => {
+                Some(builder(&o.tls_config, o.proxy(), true, true, true, user_agent)?.build()?)
+            }
             None => None,
         };
         Ok(HttpClient {
@@ -734,19 +789,39 @@ impl HttpClient {
         })
     }
 
-    /// A GET request with the configured authentication.
+    /// A GET request with the configured authentication and `http_headers`.
     pub async fn get(&self, url: &str) -> Result<reqwest::RequestBuilder, HttpClientError> {
         let req = self.client.get(url);
-        self.authenticate(req).await
+        self.authenticate(self.headers(req)?).await
     }
 
-    /// A POST request with the configured authentication.
+    /// A POST request with the configured authentication and `http_headers`.
     pub async fn post(
         &self,
         url: reqwest::Url,
     ) -> Result<reqwest::RequestBuilder, HttpClientError> {
         let req = self.client.post(url);
-        self.authenticate(req).await
+        self.authenticate(self.headers(req)?).await
+    }
+
+    /// Adds `http_headers` as Prometheus's headers round tripper does: per header, its values,
+    /// then its secrets, then each file's trimmed content, read now (a file that cannot be
+    /// read fails the request). Added to what the caller sets, never replacing it.
+    fn headers(
+        &self,
+        mut req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, HttpClientError> {
+        for (name, h) in &self.cfg.http_headers {
+            let values = h.values.iter().cloned();
+            let secrets = h.secrets.iter().map(|s| s.0.clone());
+            for v in values.chain(secrets) {
+                req = req.header(name.as_str(), v);
+            }
+            for f in &h.files {
+                req = req.header(name.as_str(), read_file(f)?);
+            }
+        }
+        Ok(req)
     }
 
     async fn authenticate(
@@ -784,7 +859,8 @@ impl HttpClient {
         Ok(req)
     }
 
-    /// Client-credentials token, cached until a minute before it expires.
+    /// The OAuth2 token (client credentials, or Prometheus 3.8's JWT-bearer grant), cached
+    /// until a minute before it expires.
     async fn oauth2_token(&self, o: &OAuth2) -> Result<String, HttpClientError> {
         if let Ok(guard) = self.token.lock()
             && let Some((t, until)) = &*guard
@@ -796,35 +872,18 @@ impl HttpClient {
             url: o.token_url.clone(),
             message,
         };
-        let secret = match (&o.client_secret, &o.client_secret_file) {
-            (Some(s), _) => s.0.clone(),
-            (None, Some(p)) => read_file(p)?,
-            (None, None) => String::new(),
-        };
-        let mut form: Vec<(String, String)> =
-            vec![("grant_type".into(), "client_credentials".into())];
-        if !o.scopes.is_empty() {
-            form.push(("scope".into(), o.scopes.join(" ")));
-        }
-        form.extend(
-            o.endpoint_params
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-        let body = form
-            .iter()
-            .map(|(k, v)| format!("{}={}", query_escape(k), query_escape(v)))
-            .collect::<Vec<_>>()
-            .join("&");
         let client = self.oauth_client.as_ref().unwrap_or(&self.client);
-        let resp = client
-            .post(&o.token_url)
-            .basic_auth(query_escape(&o.client_id), Some(query_escape(&secret)))
+        let request = if o.jwt_bearer() {
+            let body = jwt_bearer_form(o).map_err(|e| err(e.to_string()))?;
+            client.post(&o.token_url).body(body)
+        } else {
+            self.client_credentials(client, o)?
+        };
+        let resp = request
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             )
-            .body(body)
             .send()
             .await
             .map_err(|e| err(e.to_string()))?;
@@ -845,6 +904,72 @@ impl HttpClient {
         }
         Ok(t.access_token)
     }
+
+    /// The client-credentials token request: the client ID and secret as basic auth.
+    fn client_credentials(
+        &self,
+        client: &reqwest::Client,
+        o: &OAuth2,
+    ) -> Result<reqwest::RequestBuilder, HttpClientError> {
+        let secret = match (&o.client_secret, &o.client_secret_file) {
+            (Some(s), _) => s.0.clone(),
+            (None, Some(p)) => read_file(p)?,
+            (None, None) => String::new(),
+        };
+        let mut form: Vec<(String, String)> =
+            vec![("grant_type".into(), "client_credentials".into())];
+        if !o.scopes.is_empty() {
+            form.push(("scope".into(), o.scopes.join(" ")));
+        }
+        form.extend(
+            o.endpoint_params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", query_escape(k), query_escape(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        Ok(client
+            .post(&o.token_url)
+            .basic_auth(query_escape(&o.client_id), Some(query_escape(&secret)))
+            .body(body))
+    }
+}
+
+/// The JWT-bearer token request's body (see [`crate::jwt_bearer`]): the key read now (from
+/// `client_certificate_key` or its file), the form encoded as Go's `url.Values` (keys sorted).
+fn jwt_bearer_form(o: &OAuth2) -> Result<String, Box<dyn std::error::Error>> {
+    let key = match (&o.client_certificate_key, &o.client_certificate_key_file) {
+        (Some(k), _) => k.0.clone().into_bytes(),
+        (None, Some(p)) => std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?,
+        (None, None) => Vec::new(),
+    };
+    let claims = o
+        .claims
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), serde_json::to_value(v)?)))
+        .collect::<Result<std::collections::BTreeMap<_, _>, serde_json::Error>>()?;
+    let assertion = crate::jwt_bearer::Assertion {
+        key_pem: &key,
+        key_id: o.client_certificate_key_id.as_deref(),
+        algorithm: o.signature_algorithm.as_deref(),
+        client_id: &o.client_id,
+        iss: o.iss.as_deref(),
+        audience: o.audience.as_deref(),
+        token_url: &o.token_url,
+        scopes: &o.scopes,
+        claims: &claims,
+    }
+    .sign(std::time::SystemTime::now())?;
+    let mut form = crate::jwt_bearer::form(assertion, &o.scopes, &o.endpoint_params)?;
+    form.sort();
+    Ok(form
+        .iter()
+        .map(|(k, v)| format!("{}={}", query_escape(k), query_escape(v)))
+        .collect::<Vec<_>>()
+        .join("&"))
 }
 
 /// Go's `url.QueryEscape` (what `url.Values.Encode` and Go's oauth2 client use): unreserved
@@ -861,4 +986,209 @@ pub fn query_escape(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::HeaderMap;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    use super::*;
+
+    /// What the test server saw: path, headers (lower-case names, values in order), body.
+    type Seen = Vec<(String, Vec<(String, String)>, String)>;
+
+    /// Serves `POST /token` (a token lasting an hour) and anything else (200), recording
+    /// every request.
+    async fn server() -> (String, Arc<Mutex<Seen>>) {
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        let log = seen.clone();
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: String| {
+                let log = log.clone();
+                async move {
+                    let headers = headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                        .collect();
+                    log.lock()
+                        .expect("lock")
+                        .push((uri.path().to_owned(), headers, body));
+                    if uri.path() == "/token" {
+                        r#"{"access_token":"tok-1","token_type":"Bearer","expires_in":3600}"#
+                    } else {
+                        "ok"
+                    }
+                }
+            },
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", l.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (url, seen)
+    }
+
+    fn header<'a>(h: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+        h.iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn form(body: &str) -> BTreeMap<String, String> {
+        body.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.replace('+', " ").replace("%3A", ":")))
+            .collect()
+    }
+
+    fn oauth2(token_url: String, yaml: &str) -> OAuth2 {
+        let mut o: OAuth2 = serde_yaml::from_str(&format!(
+            "{{client_id: uplink, token_url: '{token_url}', {yaml}}}"
+        ))
+        .expect("oauth2");
+        o.client_certificate_key_file = o
+            .client_certificate_key_file
+            .map(|p| Path::new(env!("CARGO_MANIFEST_DIR")).join(p));
+        o
+    }
+
+    #[tokio::test]
+    async fn jwt_bearer_grant_then_bearer_requests() {
+        let (url, seen) = server().await;
+        let cfg = HttpClientConfig {
+            oauth2: Some(oauth2(
+                format!("{url}/token"),
+                "grant_type: 'urn:ietf:params:oauth:grant-type:jwt-bearer', \
+                 client_certificate_key_file: tests/fixtures/jwt-rsa-pkcs8.pem, \
+                 client_certificate_key_id: k1, scopes: [read], \
+                 endpoint_params: {resource: metrics}, claims: {tenant: edge}",
+            )),
+            ..HttpClientConfig::default()
+        };
+        let client = HttpClient::new(&cfg, "test").expect("client");
+        for _ in 0..2 {
+            let resp = client
+                .get(&format!("{url}/metrics"))
+                .await
+                .expect("request")
+                .send()
+                .await
+                .expect("sent");
+            assert!(resp.status().is_success());
+        }
+        let seen = seen.lock().expect("lock").clone();
+        let paths: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["/token", "/metrics", "/metrics"],
+            "one token, cached"
+        );
+        let (_, token_headers, body) = &seen[0];
+        assert!(
+            header(token_headers, "authorization").is_empty(),
+            "no client auth"
+        );
+        let f = form(body);
+        assert_eq!(f["grant_type"], JWT_BEARER_GRANT);
+        assert_eq!(f["scope"], "read");
+        assert_eq!(f["resource"], "metrics");
+        let keys: Vec<&String> = f.keys().collect();
+        assert_eq!(keys, ["assertion", "grant_type", "resource", "scope"]);
+        let parts: Vec<&str> = f["assertion"].split('.').collect();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("b64")).expect("json");
+        assert_eq!(claims["iss"], "uplink");
+        assert_eq!(claims["aud"], format!("{url}/token"));
+        assert_eq!(claims["tenant"], "edge");
+        for (_, h, _) in &seen[1..] {
+            assert_eq!(header(h, "authorization"), ["Bearer tok-1"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn client_credentials_grant() {
+        let (url, seen) = server().await;
+        let mut o = oauth2(
+            format!("{url}/token"),
+            "client_secret: s3cret, scopes: [a, b]",
+        );
+        o.endpoint_params.insert("audience".into(), "x".into());
+        let cfg = HttpClientConfig {
+            oauth2: Some(o),
+            ..HttpClientConfig::default()
+        };
+        let client = HttpClient::new(&cfg, "test").expect("client");
+        client
+            .get(&format!("{url}/m"))
+            .await
+            .expect("request")
+            .send()
+            .await
+            .expect("sent");
+        let seen = seen.lock().expect("lock").clone();
+        let (_, h, body) = &seen[0];
+        let basic = base64::engine::general_purpose::STANDARD.encode("uplink:s3cret");
+        assert_eq!(
+            header(h, "authorization"),
+            [format!("Basic {basic}").as_str()]
+        );
+        let f = form(body);
+        assert_eq!(f["grant_type"], "client_credentials");
+        assert_eq!(f["scope"], "a b");
+        assert_eq!(f["audience"], "x");
+    }
+
+    #[tokio::test]
+    async fn http_headers_are_added_and_files_reread() {
+        let (url, seen) = server().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("h");
+        std::fs::write(&file, "one\n").expect("write");
+        let mut cfg = HttpClientConfig::default();
+        cfg.http_headers.insert(
+            "X-Tenant".into(),
+            serde_yaml::from_str("{values: [a, b], secrets: [s], files: [h]}").expect("header"),
+        );
+        cfg.resolve(dir.path());
+        let client = HttpClient::new(&cfg, "test").expect("client");
+        for next in ["two", "two"] {
+            client
+                .get(&format!("{url}/m"))
+                .await
+                .expect("request")
+                .send()
+                .await
+                .expect("sent");
+            std::fs::write(&file, next).expect("write");
+        }
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(header(&seen[0].1, "x-tenant"), ["a", "b", "s", "one"]);
+        assert_eq!(header(&seen[1].1, "x-tenant"), ["a", "b", "s", "two"]);
+        std::fs::remove_file(&file).expect("rm");
+        let e = client.get(&format!("{url}/m")).await.expect_err("no file");
+        assert!(e.to_string().starts_with("reading "), "{e}");
+    }
+
+    #[test]
+    fn secret_references_cannot_build_a_client() {
+        let cfg = HttpClientConfig {
+            basic_auth: Some(
+                serde_yaml::from_str("{username: u, password_ref: vault/p}").expect("auth"),
+            ),
+            ..HttpClientConfig::default()
+        };
+        cfg.validate().expect("loads");
+        let e = HttpClient::new(&cfg, "test").expect_err("no secret manager");
+        assert_eq!(
+            e.to_string(),
+            "basic_auth.*_ref: cannot use secret ref without manager"
+        );
+    }
 }

@@ -11,8 +11,9 @@
 //! - [`certs`]: a small development PKI built with rcgen.
 //! - [`duration`]: Prometheus duration syntax (`15s`, `1m30s`).
 //! - [`relabel`]: Prometheus relabeling, every action, with its exact semantics.
-//! - `http_client` (feature `http`): Prometheus's HTTP client settings (auth, TLS, proxy),
-//!   used by the agent's scrapes and discovery and by the gateway's destinations.
+//! - `http_client` (feature `http`): Prometheus's HTTP client settings (auth, TLS, proxy,
+//!   extra headers), used by the agent's scrapes and discovery and by the gateway's
+//!   destinations; `http_proxy` (feature `http`): which proxy a request takes, as Go decides.
 //! - [`yaml`]: YAML loading with errors that name file:line:column and the field.
 //! - [`web`]: the HTTP endpoints every binary serves (`/metrics`, `/-/healthy`, `/-/ready`,
 //!   `/-/reload`).
@@ -29,7 +30,11 @@ pub mod duration;
 #[cfg(feature = "http")]
 pub mod http_client;
 #[cfg(feature = "http")]
+pub mod http_proxy;
+#[cfg(feature = "http")]
 mod http_tls;
+#[cfg(feature = "http")]
+pub mod jwt_bearer;
 pub mod model;
 pub mod quic;
 pub mod relabel;

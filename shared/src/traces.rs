@@ -154,7 +154,7 @@ impl TracingConfig {
             tls_config: std::mem::take(&mut self.tls_config),
             ..HttpClientConfig::default()
         };
-        c.resolve_paths(base);
+        c.resolve(base);
         self.tls_config = c.tls_config;
     }
 

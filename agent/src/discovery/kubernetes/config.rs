@@ -182,8 +182,6 @@ pub struct KubernetesSdConfig {
     pub follow_redirects: bool,
     #[serde(default = "crate::http_client::default_true")]
     pub enable_http2: bool,
-    /// Prometheus's other HTTP client keys: accepted (and checked) so that Prometheus files
-    /// load, not implemented (the configuration warning names them).
     #[serde(default, deserialize_with = "crate::http_client::non_empty")]
     pub no_proxy: Option<String>,
     #[serde(default)]
@@ -226,6 +224,10 @@ impl KubernetesSdConfig {
             oauth2: self.oauth2.clone(),
             tls_config: self.tls_config.clone(),
             proxy_url: self.proxy_url.clone(),
+            no_proxy: self.no_proxy.clone(),
+            proxy_from_environment: self.proxy_from_environment,
+            proxy_connect_header: self.proxy_connect_header.clone(),
+            http_headers: self.http_headers.clone().unwrap_or_default(),
             follow_redirects: self.follow_redirects,
             enable_http2: self.enable_http2,
             compression: true,
@@ -324,15 +326,13 @@ impl KubernetesSdConfig {
             url: self.proxy_url.as_deref(),
             no_proxy: self.no_proxy.as_deref(),
             from_environment: self.proxy_from_environment,
-            connect_header: !self.proxy_connect_header.is_empty(),
+            connect_header: &self.proxy_connect_header,
         }
     }
 
     /// The HTTP client keys set that the agent accepts without acting on them.
     pub fn accepted_only(&self) -> Vec<&'static str> {
-        let mut keys = self.proxy().accepted_only(self.http_headers.is_some());
-        keys.extend(self.http_client().accepted_only());
-        keys
+        self.http_client().accepted_only()
     }
 
     /// The `labelSelector` and `fieldSelector` for objects of `role` (empty when none).
