@@ -3,7 +3,9 @@
 //! counter and a classic histogram with exemplars, a summary), and both the real Prometheus 3
 //! (`--agent --enable-feature=native-histograms`) and `uplink-agent
 //! --enable-feature=native-histograms` scrape it with their default `Accept` header, in two
-//! jobs: as it is, and with `convert_classic_histograms_to_nhcb`. Both write
+//! jobs: as it is, and with `convert_classic_histograms_to_nhcb`; three more bring native
+//! histograms under `native_histogram_bucket_limit` and `native_histogram_min_bucket_factor`
+//! (reduced resolution; a converted histogram no reduction fits fails the scrape). Both write
 //! into one real Prometheus (`--enable-feature=native-histograms,exemplar-storage`), told apart
 //! by an external label; the gateway also writes remote write 2.0 to the capture receiver.
 //!
@@ -241,7 +243,13 @@ fn scrape_config(via: &str, target: SocketAddr) -> String {
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  external_labels: {{via: {via}}}\n\
          scrape_configs:\n  - job_name: nh\n    static_configs:\n      - targets: ['{target}']\n\
          \x20 - job_name: nhcb\n    convert_classic_histograms_to_nhcb: true\n    \
-         static_configs:\n      - targets: ['{target}']\n"
+         static_configs:\n      - targets: ['{target}']\n\
+         \x20 - job_name: nh-limit\n    native_histogram_bucket_limit: 2\n    \
+         static_configs:\n      - targets: ['{target}']\n\
+         \x20 - job_name: nh-factor\n    native_histogram_min_bucket_factor: 3\n    \
+         static_configs:\n      - targets: ['{target}']\n\
+         \x20 - job_name: nhcb-refused\n    convert_classic_histograms_to_nhcb: true\n    \
+         native_histogram_bucket_limit: 1\n    static_configs:\n      - targets: ['{target}']\n"
     )
 }
 
@@ -458,6 +466,41 @@ async fn native_histograms_exemplars_and_metadata_match_prometheus_agent() {
         p.values().any(|h| h.contains("500000")),
         "custom bucket bounds: {p:?}"
     );
+    // Resolution limits (`native_histogram_bucket_limit`, `native_histogram_min_bucket_factor`):
+    // reduced alike on both sides, to something else than the exposed resolution.
+    for job in ["nh-limit", "nh-factor"] {
+        for metric in ["rpc_duration_seconds", "queue_fill"] {
+            let p = histograms(prom.web, metric, job, "prometheus").await;
+            let u = histograms(prom.web, metric, job, "uplink").await;
+            let n = common(&format!("{metric} ({job})"), &p, &u);
+            assert!(
+                n >= 3,
+                "{metric} in {job}: {n} common timestamps: {p:?} {u:?}"
+            );
+        }
+        let full = histograms(prom.web, "rpc_duration_seconds", "nh", "uplink").await;
+        let reduced = histograms(prom.web, "rpc_duration_seconds", job, "uplink").await;
+        assert!(
+            reduced
+                .iter()
+                .any(|(ts, h)| full.get(ts).is_some_and(|f| f != h)),
+            "{job} reduces the resolution: {reduced:?} {full:?}"
+        );
+    }
+    // A converted histogram no reduction brings under the limit fails the scrape, on both sides.
+    assert_eq!(
+        live(prom.web, "up{job=\"nhcb-refused\"} == 0").await,
+        2,
+        "nhcb-refused fails on both sides"
+    );
+    assert_eq!(
+        live(
+            prom.web,
+            "{job=\"nhcb-refused\",__name__!~\"up|scrape_.*\"}"
+        )
+        .await,
+        0
+    );
     // Float series (classic histogram, counter, summary): the same series, the same values.
     let p = floats(prom.web, "prometheus").await;
     let u = floats(prom.web, "uplink").await;
@@ -475,17 +518,26 @@ async fn native_histograms_exemplars_and_metadata_match_prometheus_agent() {
         p.keys().any(|k| k.contains("\"quantile\":\"1.0\"")),
         "{p:?}"
     );
-    // Exemplars, compared over the timestamps both scraped.
+    // Exemplars, compared per series over the timestamps both sides scraped (each job
+    // starts at its own phase).
     let pe = exemplars(prom.web, "prometheus").await;
     let ue = exemplars(prom.web, "uplink").await;
-    let both: BTreeSet<i64> = pe
+    let key = |e: &(String, String, String, i64)| (e.0.clone(), e.3);
+    let both: BTreeSet<(String, i64)> = pe
         .iter()
-        .map(|e| e.3)
-        .filter(|ts| ue.iter().any(|x| x.3 == *ts))
+        .map(key)
+        .filter(|k| ue.iter().any(|x| key(x) == *k))
         .collect();
-    assert!(both.len() >= 3, "common exemplar timestamps: {pe:?} {ue:?}");
+    let stamps: BTreeSet<i64> = both.iter().map(|k| k.1).collect();
+    assert!(
+        stamps.len() >= 3,
+        "common exemplar timestamps: {pe:?} {ue:?}"
+    );
     let at = |s: &BTreeSet<(String, String, String, i64)>| -> BTreeSet<_> {
-        s.iter().filter(|e| both.contains(&e.3)).cloned().collect()
+        s.iter()
+            .filter(|e| both.contains(&key(e)))
+            .cloned()
+            .collect()
     };
     assert_eq!(at(&pe), at(&ue), "exemplars at common timestamps");
     assert!(
@@ -532,8 +584,8 @@ async fn native_histograms_exemplars_and_metadata_match_prometheus_agent() {
         let q = format!("ephemeral_seconds{{via=\"{via}\"}}");
         assert_eq!(
             live(prom.web, &q).await,
-            2,
-            "{via}: ephemeral_seconds before, in both jobs"
+            4,
+            "{via}: ephemeral_seconds before, in the four jobs that keep it"
         );
     }
     histogram.store(false, Ordering::SeqCst);

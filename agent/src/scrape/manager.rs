@@ -254,6 +254,10 @@ impl JobRunner {
                 classic: spec.cfg.always_scrape_classic_histograms(sc),
             },
             nhcb: spec.cfg.convert_classic_histograms_to_nhcb(sc),
+            histogram_limits: super::resolution::Limits::new(
+                sc.native_histogram_bucket_limit,
+                sc.native_histogram_min_bucket_factor,
+            ),
             failure_log: spec.cfg.scrape_failure_log_file(sc).and_then(|f| {
                 // The job's own file resolves against the job's file; the global one against
                 // the main file's directory.

@@ -26,6 +26,7 @@ pub mod nhcb;
 pub mod openmetrics;
 pub mod parse;
 pub mod protobuf;
+pub mod resolution;
 pub mod shape;
 pub mod target;
 
@@ -116,6 +117,10 @@ pub enum ScrapeError {
     /// More samples than `sample_limit` after metric relabeling.
     #[error("sample limit exceeded ({0})")]
     SampleLimit(u64),
+    /// A native histogram over `native_histogram_bucket_limit` that no lower resolution
+    /// brings under it (after metric relabeling).
+    #[error("histogram bucket limit exceeded ({0})")]
+    BucketLimit(usize),
     /// A series over `label_limit`, `label_name_length_limit` or `label_value_length_limit`.
     #[error("label limit exceeded: {0}")]
     LabelLimit(String),

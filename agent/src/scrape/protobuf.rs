@@ -35,8 +35,6 @@
 //!   histogram without a zero threshold or zero count as a classic one.
 //! * A classic gauge histogram's series are `<name>_count`, `<name>_sum` and `<name>_bucket`;
 //!   2.42 names the count and sum series `<name>` (one series for both) and its buckets too.
-//! * Native histograms are passed on as exposed, without Prometheus's `Compact(0)` (which
-//!   drops empty buckets at span edges and merges spans; the histogram means the same).
 //!
 //! # Limits and errors
 //!
@@ -516,6 +514,8 @@ fn to_native(h: &Histogram, gauge: bool) -> remote_write::Histogram {
         out.negative_deltas = h.negative_delta.clone();
         out.positive_deltas = h.positive_delta.clone();
     }
+    // Empty buckets dropped, as Prometheus's parser does (`Compact(0)`).
+    super::resolution::compact(&mut out);
     out
 }
 

@@ -195,16 +195,26 @@ impl Shaper {
         if job.nhcb && dialect == parse::Dialect::Prometheus3 {
             super::nhcb::convert(&mut exp, job.histograms.classic);
         }
+        let over_limit = histogram_limits(&mut exp.samples, &job.histogram_limits);
         let scraped = exp.samples.len();
         let shape = fingerprint(&exp);
-        if self.shape == Some(shape) {
+        // A histogram over the bucket limit fails the scrape if relabeling keeps it: the
+        // slow path decides.
+        if self.shape == Some(shape) && over_limit.is_empty() {
             match self.fast(t, &exp.samples, ts, duration, extra) {
                 Some(shaped) => return shaped,
                 None => self.forget(),
             }
         }
         let metadata = metadata(&exp);
-        let built = match build(t, ext, exp.samples, ts, &mut self.last_explicit) {
+        let built = match build(
+            t,
+            ext,
+            exp.samples,
+            &over_limit,
+            ts,
+            &mut self.last_explicit,
+        ) {
             Ok(b) => b,
             Err(error) => return self.failed(t, ext, error, ts, duration, extra),
         };
@@ -453,7 +463,7 @@ pub fn build_text(
     ts: i64,
 ) -> Result<Vec<TimeSeries>, ScrapeError> {
     let exp = parse::parse(text, &parse::Limits::default())?;
-    Ok(build(t, ext, exp.samples, ts, &mut HashMap::new())?.series)
+    Ok(build(t, ext, exp.samples, &[], ts, &mut HashMap::new())?.series)
 }
 
 /// What [`build`] makes of a parsed body.
@@ -523,12 +533,36 @@ fn out_of_order(job: &Job, ts: i64, last: Option<i64>) -> bool {
     }
 }
 
-/// Series from parsed samples (see [`Built`]). `last_explicit` holds the last accepted
-/// timestamp of every series with explicit timestamps, and is updated.
+/// Brings every native histogram under the job's resolution limits
+/// ([`super::resolution`]); returns the (increasing) indices of those that stay over the
+/// bucket limit.
+fn histogram_limits(
+    samples: &mut [parse::ParsedSample],
+    limits: &super::resolution::Limits,
+) -> Vec<u32> {
+    if limits.is_none() {
+        return Vec::new();
+    }
+    let mut over = Vec::new();
+    for (i, s) in samples.iter_mut().enumerate() {
+        if let Some(h) = &mut s.histogram
+            && !limits.apply(h)
+        {
+            over.push(i as u32);
+        }
+    }
+    over
+}
+
+/// Series from parsed samples (see [`Built`]). `over_limit` lists the samples (increasing
+/// indices) over `native_histogram_bucket_limit`: one that relabeling keeps fails the
+/// scrape, after the sample limit's check. `last_explicit` holds the last accepted timestamp
+/// of every series with explicit timestamps, and is updated.
 fn build(
     t: &Target,
     ext: &[Label],
     parsed: Vec<parse::ParsedSample>,
+    over_limit: &[u32],
     ts: i64,
     last_explicit: &mut std::collections::HashMap<u64, i64>,
 ) -> Result<Built, ScrapeError> {
@@ -540,6 +574,7 @@ fn build(
     let mut kept = Vec::with_capacity(parsed.len());
     let mut explicit = Vec::new();
     let mut post = 0;
+    let mut bucket_limited = false;
     let (mut duplicates, mut out_of_order_count) = (0, 0);
     // Timestamps accepted in this scrape; each sample is judged against the scrapes before it
     // (Prometheus's agent updates a series' last timestamp when the scrape commits), so two
@@ -570,6 +605,10 @@ fn build(
         check_names(&labels, job.validation)?;
         check_label_limits(&labels, &job.limits)?;
         post += 1;
+        if over_limit.binary_search(&(i as u32)).is_ok() {
+            bucket_limited = true;
+            continue;
+        }
         let explicit_ts = s.timestamp_ms.filter(|_| job.honor_timestamps);
         if explicit_ts.is_none() && repeat.as_ref().is_some_and(|r| r[i]) {
             // Prometheus 3: a second sample for a series in one scrape (ErrDuplicateSampleForTimestamp).
@@ -608,6 +647,9 @@ fn build(
     let limit = job.limits.sample_limit;
     if limit > 0 && out.len() as u64 > limit {
         return Err(ScrapeError::SampleLimit(limit));
+    }
+    if bucket_limited {
+        return Err(ScrapeError::BucketLimit(job.histogram_limits.bucket_limit));
     }
     last_explicit.extend(accepted);
     Ok(Built {

@@ -62,6 +62,8 @@ pub struct Job {
     /// Whether classic histograms become native ones with custom buckets
     /// (`convert_classic_histograms_to_nhcb`).
     pub nhcb: bool,
+    /// `native_histogram_bucket_limit` and `native_histogram_min_bucket_factor`.
+    pub histogram_limits: super::resolution::Limits,
     /// `scrape_failure_log_file`, when set (and it could be opened).
     pub failure_log: Option<Arc<super::FailureLog>>,
 }
@@ -104,6 +106,7 @@ impl Job {
                 classic: false,
             },
             nhcb: false,
+            histogram_limits: Default::default(),
             failure_log: None,
         })
     }
