@@ -406,16 +406,6 @@ impl ScrapeConfig {
         }
     }
 
-    /// The job's proxy settings.
-    pub fn proxy(&self) -> crate::http_client::Proxy<'_> {
-        crate::http_client::Proxy {
-            url: self.proxy_url.as_deref(),
-            no_proxy: self.no_proxy.as_deref(),
-            from_environment: self.proxy_from_environment,
-            connect_header: &self.proxy_connect_header,
-        }
-    }
-
     /// Keys of this job that the agent accepts but does not act on, when set.
     pub fn accepted_only(&self) -> Vec<&'static str> {
         self.http_client().accepted_only()
@@ -1449,7 +1439,8 @@ impl Config {
                 };
                 return Err(at(&format!("{key}:"), field(key), message));
             }
-            if let Err(e) = job.http_client().validate() {
+            let http = job.http_client();
+            if let Err(e) = http.validate() {
                 let (what, message) = match e {
                     crate::http_client::HttpClientError::Invalid { what, message } => {
                         (what, message)
@@ -1458,19 +1449,12 @@ impl Config {
                 };
                 return Err(at(&format!("{what}:"), field(what), message));
             }
-            if let Err(message) = job.proxy().check() {
+            if let Err(message) = http.proxy().check() {
                 let key = ["proxy_connect_header", "proxy_from_environment", "no_proxy"]
                     .into_iter()
                     .find(|k| text.contains(&format!("{k}:")))
                     .unwrap_or("proxy_url");
                 return Err(at(&format!("{key}:"), field(key), message));
-            }
-            if let Some(Err(message)) = job
-                .http_headers
-                .as_ref()
-                .map(crate::http_client::check_http_headers)
-            {
-                return Err(at("http_headers:", field("http_headers"), message));
             }
             for (j, sc) in job.static_configs.iter().enumerate() {
                 // As in Prometheus, only without target relabeling (which may fix them).

@@ -521,8 +521,7 @@ impl HttpClientConfig {
             );
         }
         if let Some(b) = &self.basic_auth {
-            let set = |v: [bool; 3]| v.into_iter().filter(|b| *b).count() > 1;
-            if set([
+            if several([
                 b.password.is_some(),
                 b.password_file.is_some(),
                 b.password_ref.is_some(),
@@ -532,7 +531,7 @@ impl HttpClientConfig {
                     "at most one of basic_auth password, password_file & password_ref must be configured",
                 );
             }
-            if set([
+            if several([
                 !b.username.is_empty(),
                 b.username_file.is_some(),
                 b.username_ref.is_some(),
@@ -564,7 +563,6 @@ impl HttpClientConfig {
             if o.token_url.is_empty() {
                 return inv("oauth2", "oauth2 token_url must be configured");
             }
-            let several = |v: [bool; 3]| v.into_iter().filter(|b| *b).count() > 1;
             if o.jwt_bearer() {
                 if several([
                     o.client_certificate_key.is_some(),
@@ -622,11 +620,10 @@ impl HttpClientConfig {
                 message: message.into(),
             })
         };
-        let two = |v: [bool; 3]| v.into_iter().filter(|b| *b).count() > 1;
-        if two([t.ca.is_some(), t.ca_file.is_some(), t.ca_ref.is_some()]) {
+        if several([t.ca.is_some(), t.ca_file.is_some(), t.ca_ref.is_some()]) {
             return inv("at most one of ca, ca_file & ca_ref must be configured");
         }
-        if two([
+        if several([
             t.cert.is_some(),
             t.cert_file.is_some(),
             t.cert_ref.is_some(),
@@ -690,6 +687,11 @@ impl HttpClientConfig {
             h.files.iter_mut().for_each(fix);
         }
     }
+}
+
+/// Whether more than one of three alternatives is set (Prometheus's "at most one of" rules).
+fn several(set: [bool; 3]) -> bool {
+    set.into_iter().filter(|b| *b).count() > 1
 }
 
 fn read_file(path: &Path) -> Result<String, HttpClientError> {

@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 
 use crate::http_client::{
     Authorization, BasicAuth, HttpClient, HttpClientConfig, HttpClientError, HttpHeader, OAuth2,
-    Proxy, Secret, TlsConfig,
+    Secret, TlsConfig,
 };
 
 /// The group label holding the configured URL.
@@ -139,22 +139,10 @@ impl HttpSdConfig {
         if self.refresh_interval.0.is_zero() {
             return Err(super::ZERO_REFRESH.into());
         }
-        self.http_client().validate().map_err(|e| e.to_string())?;
-        self.proxy().check()?;
-        if let Some(h) = &self.http_headers {
-            crate::http_client::check_http_headers(h)?;
-        }
+        let http = self.http_client();
+        http.validate().map_err(|e| e.to_string())?;
+        http.proxy().check()?;
         Ok(())
-    }
-
-    /// The entry's proxy settings.
-    pub fn proxy(&self) -> Proxy<'_> {
-        Proxy {
-            url: self.proxy_url.as_deref(),
-            no_proxy: self.no_proxy.as_deref(),
-            from_environment: self.proxy_from_environment,
-            connect_header: &self.proxy_connect_header,
-        }
     }
 
     /// The keys set that the agent accepts without acting on them.

@@ -37,7 +37,7 @@ use serde::Deserialize;
 
 use crate::http_client::{
     Authorization, BasicAuth, HttpClient, HttpClientConfig, HttpClientError, HttpHeader, OAuth2,
-    Proxy, Secret, TlsConfig,
+    Secret, TlsConfig,
 };
 
 /// What is discovered, one kind of Kubernetes object per role.
@@ -261,10 +261,7 @@ impl KubernetesSdConfig {
         )?;
         let http = self.http_client();
         http.validate().map_err(|e| e.to_string())?;
-        self.proxy().check()?;
-        if let Some(h) = &self.http_headers {
-            crate::http_client::check_http_headers(h)?;
-        }
+        http.proxy().check()?;
         let custom = http != HttpClientConfig::default() || !self.accepted_only().is_empty();
         if let Some(url) = self.api_server() {
             let parsed = Url::parse(url).map_err(|e| format!("api_server: {e}"))?;
@@ -318,16 +315,6 @@ impl KubernetesSdConfig {
             check_label_selector(&s.label)?;
         }
         Ok(())
-    }
-
-    /// The entry's proxy settings.
-    pub fn proxy(&self) -> Proxy<'_> {
-        Proxy {
-            url: self.proxy_url.as_deref(),
-            no_proxy: self.no_proxy.as_deref(),
-            from_environment: self.proxy_from_environment,
-            connect_header: &self.proxy_connect_header,
-        }
     }
 
     /// The HTTP client keys set that the agent accepts without acting on them.
