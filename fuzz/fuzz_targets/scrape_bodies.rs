@@ -1,6 +1,6 @@
 //! Scrape bodies, through the agent's three exposition parsers (text, OpenMetrics 1.0,
 //! delimited protobuf) in both dialects (Prometheus 3 and 2), then the classic-to-native
-//! histogram conversion, compiled here from the agent's own source files so the fuzz build
+//! histogram conversion and the native histogram resolution limits, compiled here from the agent's own source files so the fuzz build
 //! does not pull in the agent's RocksDB. The first byte picks the parser, the dialect and the
 //! histogram options.
 #![no_main]
@@ -18,6 +18,8 @@ mod openmetrics;
 mod parse;
 #[path = "../../agent/src/scrape/protobuf.rs"]
 mod protobuf;
+#[path = "../../agent/src/scrape/resolution.rs"]
+mod resolution;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, body)) = data.split_first() else {
@@ -47,5 +49,16 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Some(mut exp) = parsed {
         nhcb::convert(&mut exp, which & 0x80 != 0);
+        // The resolution limits on whatever histograms came out (native or converted).
+        let limits = resolution::Limits {
+            bucket_limit: 3,
+            max_schema: 2,
+        };
+        for s in &mut exp.samples {
+            if let Some(h) = &mut s.histogram {
+                limits.apply(h);
+                resolution::reduce(h, resolution::SCHEMA_MIN);
+            }
+        }
     }
 });
